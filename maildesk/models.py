@@ -1,0 +1,365 @@
+"""Tables, the engine and the session factory; migrations live in ``maildesk/migrations``.
+
+Everything maildesk remembers is here: tickets and their thread, the event log, the outbox of
+mail to send, and the ledger of every IMAP message seen (keyed by mailbox, UIDVALIDITY and UID),
+which is what makes a crash between commit and move harmless. Only the daemon and the CLI open
+transactions; domain functions take a ``Session``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Attachment",
+    "Base",
+    "Database",
+    "DatabaseError",
+    "Event",
+    "Lease",
+    "Ledger",
+    "Message",
+    "Outbox",
+    "OutboxStatus",
+    "Participant",
+    "Session",
+    "Status",
+    "Suppression",
+    "Tag",
+    "Ticket",
+    "select",
+]
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or is locked: transient, retry later."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend stores."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Status(enum.StrEnum):
+    OPEN = "open"
+    PENDING = "pending"
+    ESCALATED = "escalated"
+    CLOSED = "closed"
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(998))
+    requester: Mapped[str] = mapped_column(String(320), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.OPEN, index=True)
+    priority: Mapped[str] = mapped_column(String(16), default="medium")
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    assignee: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    mailbox: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_since: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    sla_breached: Mapped[str] = mapped_column(String(64), default="")
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rating_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    linked_to: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+
+    tags: Mapped[list[Tag]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", order_by="Tag.tag"
+    )
+    participants: Mapped[list[Participant]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan"
+    )
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", order_by="Message.id"
+    )
+    events: Mapped[list[Event]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", order_by="Event.id"
+    )
+
+    @property
+    def number(self) -> int:
+        return self.id
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.tag for t in self.tags]
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ticket: Mapped[Ticket] = relationship(back_populates="tags")
+
+
+class Participant(Base):
+    """Addresses Cc'd by the requester: they may follow up by ref."""
+
+    __tablename__ = "participants"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    ticket: Mapped[Ticket] = relationship(back_populates="participants")
+
+
+class Message(Base):
+    """One message in a ticket's thread: inbound mail, an agent reply, or an internal note."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    sender: Mapped[str] = mapped_column(String(320))
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    unverified: Mapped[bool] = mapped_column(Boolean, default=False)
+    automatic: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    raw_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    defects: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    ticket: Mapped[Ticket] = relationship(back_populates="messages")
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attachment.id"
+    )
+
+    __table_args__ = (Index("ix_messages_message_id", "message_id"),)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    dropped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    message: Mapped[Message] = relationship(back_populates="attachments")
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(320), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    ticket: Mapped[Ticket] = relationship(back_populates="events")
+
+
+class Outbox(Base):
+    """Mail to send, written in the same transaction as the change that causes it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True, index=True)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(320), index=True)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    automatic: Mapped[bool] = mapped_column(Boolean, default=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient_created", "recipient", "created_at"),
+    )
+
+
+class Ledger(Base):
+    """Every IMAP message seen, keyed by mailbox + UIDVALIDITY + UID, and what became of it."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(64))
+    uidvalidity: Mapped[int] = mapped_column(Integer)
+    uid: Mapped[int] = mapped_column(Integer)
+    message_id: Mapped[str | None] = mapped_column(String(998), nullable=True, index=True)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+    raw_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    sender: Mapped[str] = mapped_column(String(998), default="")
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    moved: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid", name="uq_ledger_key"),)
+
+
+class Suppression(Base):
+    """Addresses that bounced permanently: no automatic mail to them until ``until``."""
+
+    __tablename__ = "suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Lease(Base):
+    """One consumer per mailbox: the holder renews its lease; a dead holder's lease expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed message survives power loss (WAL + NORMAL may roll it back).
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """The engine and session factory for one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, connect_args={"timeout": 10, "check_same_thread": False}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any exception."""
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise DatabaseError(_one_line(exc)) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise DatabaseError(_one_line(exc)) from exc
+            raise
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision (alembic)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        config.attributes["engine"] = self.engine
+        try:
+            command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise DatabaseError(_one_line(exc)) from exc
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            raise DatabaseError(_one_line(exc)) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _one_line(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

@@ -1,0 +1,370 @@
+"""Render templates, enqueue outbound mail, deliver it over SMTP with retry.
+
+Last stage of the flow. ``Mailer.enqueue`` turns a template and its context into a complete
+message and writes it to the outbox table inside the caller's transaction, so mail exists if
+and only if the change that caused it committed. ``deliver_due`` sends due rows with aiosmtplib:
+2xx marks them sent, 4xx and connection trouble retry with backoff (same Message-ID every time),
+5xx marks them failed with the error kept. Customer text only ever enters a template as data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import ssl
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy import func, or_, select, update
+
+from maildesk.config import Settings, SmtpSettings
+from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket
+from maildesk.routing import LOOP_HEADER, bounce_address, own_message_id
+
+log = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = timedelta(days=4)
+NO_AUTO_MAIL = re.compile(
+    r"^(mailer-daemon|postmaster|abuse|root|noreply|noreply.+|no-reply|no-reply.+|bounces?)@",
+    re.IGNORECASE,
+)
+CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def clean_header(value: str, limit: int = 900) -> str:
+    """A single-line, control-free header value: nothing a sender wrote can add a header."""
+    value = CONTROL.sub(" ", unicodedata.normalize("NFC", value))
+    value = re.sub(r"\s+", " ", value).strip()
+    return value[:limit]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def shipped_templates() -> Path:
+    """The templates directory shipped with maildesk (a source checkout or the installed copy)."""
+    source = Path(__file__).resolve().parent.parent / "templates"
+    if (source / "ack.txt.j2").is_file():
+        return source
+    return Path(str(resources.files("maildesk") / "templates"))
+
+
+class Templates:
+    """Jinja2 mail templates: operator files only, sandboxed, StrictUndefined.
+
+    Each mail is ``<name>.txt.j2`` (required; it sets ``subject`` with ``{% set %}``) and
+    optionally ``<name>.html.j2`` (autoescaped). Overrides in ``[desk] templates_dir`` win.
+    """
+
+    def __init__(self, override: Path | None = None) -> None:
+        dirs = [str(p) for p in (override, shipped_templates()) if p is not None]
+        loader = jinja2.FileSystemLoader(dirs)
+        common: dict[str, Any] = {
+            "loader": loader,
+            "undefined": jinja2.StrictUndefined,
+            "keep_trailing_newline": True,
+            "trim_blocks": True,
+            "lstrip_blocks": True,
+        }
+        self.text = ImmutableSandboxedEnvironment(autoescape=False, **common)  # noqa: S701
+        self.html = ImmutableSandboxedEnvironment(autoescape=True, **common)
+        self.html.filters["paragraphs"] = _paragraphs
+
+    def render(self, name: str, context: dict[str, Any]) -> tuple[str, str, str | None]:
+        """(subject, text, html or None) for template ``name``."""
+        template = self.text.get_template(f"{name}.txt.j2")
+        module = template.make_module(context)
+        body = str(module)
+        subject = str(getattr(module, "subject", "")).strip()
+        html = None
+        try:
+            html = self.html.get_template(f"{name}.html.j2").render(context)
+        except jinja2.TemplateNotFound:
+            pass
+        return subject, body, html
+
+    def names(self, prefix: str = "") -> list[str]:
+        loader = self.text.loader
+        assert loader is not None
+        return sorted(n for n in loader.list_templates() if n.startswith(prefix))
+
+
+def _paragraphs(text: str) -> Any:
+    """Plain text to escaped HTML paragraphs (customer text is never HTML)."""
+    from markupsafe import Markup, escape
+
+    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
+    return Markup("\n").join(
+        Markup("<p>") + Markup("<br>\n").join(escape(line) for line in b.splitlines()) + Markup("</p>")
+        for b in blocks
+    )
+
+
+# --------------------------------------------------------------------------- enqueueing
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One mail to send, as decided by the lifecycle rules."""
+
+    kind: str  # ack | reply | notice | receipt | alert | ...
+    template: str
+    to: str
+    context: dict[str, Any] = field(default_factory=dict)
+    ticket: Ticket | None = None
+    automatic: bool = True
+    auto_submitted: str = "auto-generated"
+    reply_to: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    to_agent: bool = False
+
+
+class Mailer:
+    """Turns ``Mail`` values into outbox rows (inside the caller's transaction)."""
+
+    def __init__(self, settings: Settings, templates: Templates | None = None) -> None:
+        self.settings = settings
+        self.templates = templates or Templates(settings.desk.templates_dir)
+
+    def enqueue(self, session: Any, mail: Mail, now: datetime) -> Outbox:
+        desk = self.settings.desk
+        context = {"desk": {"name": desk.name, "address": desk.address}, **mail.context}
+        subject, text, html = self.templates.render(mail.template, context)
+        message_id = own_message_id(desk.secret, desk.domain)
+        row = Outbox(
+            ticket_id=mail.ticket.id if mail.ticket is not None else None,
+            message_id=message_id,
+            kind=mail.kind,
+            recipient=mail.to,
+            mail_from=desk.address,
+            automatic=mail.automatic,
+            body=b"",
+            status=OutboxStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        why_not = self._suppressed(session, mail, now)
+        if why_not:
+            row.status = OutboxStatus.SUPPRESSED
+            row.last_error = why_not
+            log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
+        session.add(row)
+        session.flush()  # the row id makes the VERP address
+        row.mail_from = bounce_address(desk.secret, desk.address, row.id)
+        row.body = self._compose(mail, subject, text, html, message_id, now)
+        return row
+
+    def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
+        if not mail.automatic or mail.to_agent:
+            return None
+        address = mail.to.lower()
+        desk = self.settings.desk
+        if address == desk.address or address.split("@")[-1] == desk.domain and (
+            address.split("@")[0].startswith(desk.local_part + "+")
+        ):
+            return "the desk's own address"
+        if NO_AUTO_MAIL.match(address):
+            return "system address (never auto-mailed)"
+        suppression = session.get(Suppression, address)
+        if suppression is not None and suppression.until > now:
+            return f"address bounced permanently ({suppression.reason})"
+        limit = self.settings.limits.auto_replies_per_address_per_hour
+        recent = session.scalar(
+            select(func.count(Outbox.id)).where(
+                Outbox.recipient == address,
+                Outbox.automatic.is_(True),
+                Outbox.status != OutboxStatus.SUPPRESSED,
+                Outbox.created_at > now - timedelta(hours=1),
+            )
+        )
+        if recent is not None and recent >= limit:
+            return f"loop protection: {recent} automatic mails to this address in the last hour"
+        return None
+
+    def _compose(
+        self, mail: Mail, subject: str, text: str, html: str | None, message_id: str, now: datetime
+    ) -> bytes:
+        desk = self.settings.desk
+        msg = EmailMessage(policy=SMTP)
+        msg["From"] = Address(clean_header(desk.name, 200), addr_spec=desk.address)
+        msg["To"] = Address(addr_spec=mail.to)
+        msg["Subject"] = clean_header(subject, 900) or desk.name
+        msg["Date"] = format_datetime(now)
+        msg["Message-ID"] = f"<{message_id}>"
+        if mail.in_reply_to:
+            msg["In-Reply-To"] = f"<{clean_header(mail.in_reply_to, 500)}>"
+        refs = [clean_header(r, 500) for r in mail.references if r]
+        if refs:
+            msg["References"] = " ".join(f"<{r}>" for r in refs[-20:])
+        if mail.reply_to:
+            msg["Reply-To"] = Address(clean_header(desk.name, 200), addr_spec=mail.reply_to)
+        if mail.automatic:
+            msg["Auto-Submitted"] = mail.auto_submitted
+            msg["X-Auto-Response-Suppress"] = "All"
+            msg["Precedence"] = "bulk" if mail.to_agent else "auto_reply"
+        msg[LOOP_HEADER] = desk.loop_id
+        msg.set_content(text)
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+        return msg.as_bytes()
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of one attempt: ``sent``, ``retry`` or ``failed``, with the server's words."""
+
+    outcome: str
+    detail: str = ""
+
+
+def backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min ... capped at 2 h, with ±20 % jitter so retries don't synchronise."""
+    base = min(30 * 2 ** max(attempts - 1, 0), 7200)
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
+    return settings.ssl_context if settings.ssl_context is not None else None
+
+
+class Sender:
+    """One reusable SMTP connection (reconnects when the server drops it)."""
+
+    def __init__(self, settings: SmtpSettings, token: Any = None) -> None:
+        self.settings = settings
+        self.token = token
+        self.client: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.security == "tls",
+            start_tls=True if s.security == "starttls" else False,
+            validate_certs=True,
+            tls_context=_tls_context(s),
+            timeout=s.timeout,
+        )
+        await client.connect()
+        if s.auth == "xoauth2" and self.token is not None:
+            await client.auth_xoauth2(s.username or "", await asyncio.to_thread(self.token))
+        elif s.username:
+            await client.login(s.username, s.password or "")
+        return client
+
+    async def send(self, mail_from: str, recipient: str, body: bytes) -> Delivery:
+        try:
+            if self.client is None or not self.client.is_connected:
+                self.client = await self._connect()
+            errors, response = await self.client.sendmail(mail_from, [recipient], body)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return _classify(exc.recipients[0].code, exc.recipients[0].message)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self.close()
+            return _classify(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            await self.close()
+            return Delivery("retry", f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}")
+        if recipient in errors:
+            code, message = errors[recipient]
+            return _classify(code, message)
+        return Delivery("sent", response)
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                await client.quit()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                client.close()
+
+
+def _classify(code: int, message: str) -> Delivery:
+    detail = f"{code} {message}".strip()
+    if 500 <= code < 600:
+        return Delivery("failed", detail)
+    return Delivery("retry", detail)
+
+
+def claim_due(db: Database, now: datetime, limit: int, holder_lease: timedelta) -> list[Outbox]:
+    """Claim up to ``limit`` due rows for this process (several daemons never share a row)."""
+    with db.transaction() as session:
+        query = (
+            select(Outbox)
+            .where(
+                Outbox.status == OutboxStatus.PENDING,
+                Outbox.next_attempt_at <= now,
+                or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
+            )
+            .order_by(Outbox.next_attempt_at, Outbox.id)
+            .limit(limit)
+        )
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        rows = list(session.scalars(query))
+        if rows:
+            session.execute(
+                update(Outbox)
+                .where(Outbox.id.in_([r.id for r in rows]))
+                .values(claimed_until=now + holder_lease)
+            )
+        return rows
+
+
+def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
+    """Write the outcome of one attempt."""
+    with db.transaction() as session:
+        values: dict[str, Any] = {"attempts": row.attempts + 1, "claimed_until": None}
+        if result.outcome == "sent":
+            values |= {"status": OutboxStatus.SENT, "sent_at": now, "last_error": None}
+        elif result.outcome == "failed" or now - row.created_at > GIVE_UP_AFTER:
+            values |= {"status": OutboxStatus.FAILED, "last_error": result.detail}
+        else:
+            values |= {"next_attempt_at": now + backoff(row.attempts + 1), "last_error": result.detail}
+        session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
+    if result.outcome == "sent":
+        log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
+    elif values.get("status") == OutboxStatus.FAILED:
+        log.warning(
+            "gave up on %s <%s> to %s: %s", row.kind, row.message_id, row.recipient, result.detail
+        )
+
+
+async def deliver_rows(senders: Sequence[Sender], db: Database, rows: list[Outbox], clock: Any) -> list[Delivery]:
+    """Send ``rows`` over the given connections in parallel; record each outcome."""
+    queue: asyncio.Queue[Outbox] = asyncio.Queue()
+    for row in rows:
+        queue.put_nowait(row)
+    results: list[Delivery] = []
+
+    async def worker(sender: Sender) -> None:
+        while not queue.empty():
+            row = queue.get_nowait()
+            result = await sender.send(row.mail_from, row.recipient, row.body)
+            await asyncio.to_thread(record, db, row, result, clock())
+            results.append(result)
+            if result.outcome == "retry" and sender.client is None:
+                return  # server unreachable: leave the rest for the next round
+
+    await asyncio.gather(*(worker(s) for s in senders))
+    return results
