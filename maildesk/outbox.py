@@ -368,3 +368,21 @@ async def deliver_rows(senders: Sequence[Sender], db: Database, rows: list[Outbo
 
     await asyncio.gather(*(worker(s) for s in senders))
     return results
+
+
+class SmtpError(Exception):
+    """The SMTP server could not be reached or refused the login: one line for the admin."""
+
+
+async def probe(settings: SmtpSettings) -> str:
+    """For ``check-config``: connect, STARTTLS/TLS as configured, log in, quit."""
+    sender = Sender(settings)
+    try:
+        client = await sender._connect()
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
+    try:
+        await client.quit()
+    except aiosmtplib.SMTPException:
+        client.close()
+    return "connected" + (" and logged in" if settings.username else "")

@@ -1,0 +1,424 @@
+"""argv to commands: the ``maildesk`` command line, human tables and ``--json``.
+
+Opens the transactions the commands need (with ``ingest`` for mail), turns known failures into
+one line and an exit code: 78 for a bad config, 75 for a transient failure an MTA should retry,
+1 for an unreachable mailbox in ``run --once``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from maildesk import config as config_module
+from maildesk.config import EX_CONFIG, ConfigError, Settings
+from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket
+
+log = logging.getLogger("maildesk")
+
+EX_TEMPFAIL = 75
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("message_id", "ticket", "mailbox"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("imapclient", "aiosmtplib", "mail-parser", "mailparser", "alembic", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- presenters
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def ticket_summary(ticket: Ticket, ref_format: str) -> dict[str, Any]:
+    return {
+        "ref": ref_format.format(number=ticket.id),
+        "number": ticket.id,
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "requester": ticket.requester,
+        "assignee": ticket.assignee,
+        "team": ticket.team,
+        "tags": ticket.tag_names,
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
+        "due_at": iso(ticket.due_at),
+        "sla_breached": [s for s in ticket.sla_breached.split(",") if s],
+        "linked_to": ref_format.format(number=ticket.linked_to) if ticket.linked_to else None,
+    }
+
+
+def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
+    data = ticket_summary(ticket, ref_format)
+    data["satisfaction"] = (
+        {"rating": ticket.rating, "comment": ticket.rating_comment} if ticket.rating is not None else None
+    )
+    data["messages"] = [
+        {
+            "from": m.sender,
+            "internal": m.internal,
+            "unverified": m.unverified,
+            "automatic": m.automatic,
+            "text": m.text,
+            "message_id": m.message_id,
+            "created_at": iso(m.created_at),
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": a.size,
+                    "sha256": a.sha256,
+                    **({"dropped": True} if a.dropped else {}),
+                }
+                for a in m.attachments
+            ],
+        }
+        for m in ticket.messages
+    ]
+    data["events"] = [
+        {"kind": e.kind, "actor": e.actor, "at": iso(e.at), "detail": json.loads(e.detail) if e.detail else {}}
+        for e in ticket.events
+    ]
+    return data
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    widths[-1] = 0
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    settings = config_module.load(config_module.find_config(args.config))
+    setup_logging(args.log_format or settings.log.format, settings.log.level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    return settings
+
+
+def open_db(settings: Settings, *, upgrade: bool = True) -> Database:
+    db = Database(settings.database_url)
+    if upgrade:
+        db.upgrade()
+    return db
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from maildesk.daemon import Daemon
+    from maildesk.tickets import Desk
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    daemon = Daemon(settings, db, Desk(settings), once=args.once)
+    code = asyncio.run(daemon.run())
+    for line in daemon.unreachable:
+        print(f"maildesk: {line}", file=sys.stderr)
+    db.dispose()
+    return code
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from maildesk import ingest
+    from maildesk.tickets import Desk
+
+    settings = load_settings(args)
+    mailbox = args.mailbox or settings.mailboxes[0].name
+    settings.mailbox(mailbox)
+    raw = sys.stdin.buffer.read()
+    try:
+        db = open_db(settings)
+        outcome = ingest.process(db, Desk(settings), ingest.Source(mailbox), raw)
+    except (DatabaseError, OSError) as exc:
+        print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
+    print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
+    return 0
+
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        query = select(Ticket).order_by(Ticket.id)
+        if args.status:
+            query = query.where(Ticket.status == args.status)
+        if args.limit:
+            query = query.limit(args.limit)
+        tickets = [ticket_summary(t, settings.desk.ref_format) for t in session.scalars(query)]
+    if args.json:
+        print(json.dumps(tickets, indent=2, ensure_ascii=False))
+    else:
+        rows = [
+            (t["ref"], t["status"], t["priority"], t["team"], t["assignee"], t["requester"], t["subject"])
+            for t in tickets
+        ]
+        print(table(rows, ("REF", "STATUS", "PRIORITY", "TEAM", "ASSIGNEE", "REQUESTER", "SUBJECT")))
+    return 0
+
+
+def find_ticket(session: Any, settings: Settings, ref: str) -> Ticket | None:
+    import re
+
+    match = re.search(r"\d+", ref)
+    return session.get(Ticket, int(match.group())) if match else None
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        ticket = find_ticket(session, settings, args.ref)
+        if ticket is None:
+            print(f"maildesk: no ticket {args.ref}", file=sys.stderr)
+            return 1
+        data = ticket_detail(ticket, settings.desk.ref_format)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    print(render_ticket(data))
+    return 0
+
+
+def render_ticket(data: dict[str, Any]) -> str:
+    out = [
+        f"{data['ref']} {data['subject']}",
+        f"  status {data['status']}, priority {data['priority']}, team {data['team']}, "
+        f"assignee {data['assignee'] or 'nobody'}, tags {', '.join(data['tags']) or '-'}",
+        f"  requester {data['requester']}, opened {data['created_at']}",
+    ]
+    if data["satisfaction"]:
+        out.append(f"  satisfaction {data['satisfaction']['rating']}/5 {data['satisfaction']['comment'] or ''}")
+    out.append("")
+    for m in data["messages"]:
+        label = "internal note" if m["internal"] else "message"
+        if m["unverified"]:
+            label += ", unverified"
+        out.append(f"--- {m['created_at']} {label} from {m['from']}")
+        out.extend("  " + line for line in (m["text"] or "").splitlines())
+        for a in m["attachments"]:
+            dropped = " (dropped: too large)" if a.get("dropped") else ""
+            out.append(f"  [attachment] {a['filename']} {a['content_type']} {a['size']} bytes{dropped}")
+    out.append("")
+    out.append("Timeline:")
+    for e in data["events"]:
+        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in (None, "", []))
+        out.append(f"  {e['at']} {e['kind']:<16} {e['actor'] or '-'} {detail}")
+    return "\n".join(out)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    open_db(settings, upgrade=True)
+    print("database is up to date")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from maildesk import outbox
+    from maildesk.imap import MailboxError, probe
+
+    settings = load_settings(args)
+    print(f"ok   config {settings.path}")
+    failed = 0
+    try:
+        Database(settings.database_url).ping()
+        print(f"ok   database {settings.database_url.split('@')[-1]}")
+    except DatabaseError as exc:
+        print(f"FAIL database: {exc}")
+        failed += 1
+    for box in settings.mailboxes:
+        try:
+            print(f"ok   mailbox {box.name} ({box.host}:{box.port}): {probe(box)}")
+        except MailboxError as exc:
+            print(f"FAIL mailbox {box.name}: {exc}")
+            failed += 1
+    try:
+        print(f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(outbox.probe(settings.smtp))}")
+    except outbox.SmtpError as exc:
+        print(f"FAIL smtp: {exc}")
+        failed += 1
+    return 1 if failed else 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        rows = session.scalars(select(Ledger).where(Ledger.outcome == "quarantined").order_by(Ledger.id))
+        items = [
+            {
+                "id": r.id,
+                "mailbox": r.mailbox,
+                "uid": r.uid,
+                "from": r.sender,
+                "subject": r.subject,
+                "error": r.reason,
+                "at": iso(r.at),
+            }
+            for r in rows
+        ]
+    if args.json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+    else:
+        print(table([(i["id"], i["mailbox"], i["uid"], i["at"], i["from"], i["error"]) for i in items],
+                    ("ID", "MAILBOX", "UID", "AT", "FROM", "ERROR")))
+    return 0
+
+
+def cmd_quarantine_replay(args: argparse.Namespace) -> int:
+    from maildesk import ingest
+    from maildesk.tickets import Desk
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    desk = Desk(settings)
+    with db.transaction() as session:
+        query = select(Ledger).where(Ledger.outcome == "quarantined")
+        if not args.all:
+            if args.id is None:
+                print("maildesk: give a quarantine ID or --all", file=sys.stderr)
+                return 2
+            query = query.where(Ledger.id == args.id)
+        rows = [(r.id, r.mailbox, r.uidvalidity, r.uid, r.raw_path) for r in session.scalars(query)]
+    if not rows and not args.all:
+        print(f"maildesk: no quarantined message {args.id}", file=sys.stderr)
+        return 1
+    failed = 0
+    for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
+        if raw_path is None:
+            print(f"{ledger_id}: raw message not kept (too large to download); raise [limits] "
+                  "max_message_bytes and move it back to the inbox folder")
+            failed += 1
+            continue
+        outcome = ingest.process(
+            db, desk, ingest.Source(mailbox, uidvalidity, uid), desk.store.read(raw_path), replay=ledger_id
+        )
+        ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
+        print(f"{ledger_id}: {outcome.kind} {ref} {outcome.reason}".rstrip())
+        failed += outcome.quarantined
+    if rows:
+        asyncio.run(_deliver_now(settings, db, desk))
+    return 1 if failed else 0
+
+
+async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:
+    from maildesk.daemon import Daemon
+
+    daemon = Daemon(settings, db, desk, once=True)
+    daemon.loop = asyncio.get_running_loop()
+    await daemon.outbox_loop([])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from maildesk import demo
+
+    return demo.main(keep=args.keep)
+
+
+# --------------------------------------------------------------------------- argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maildesk", description="An email-driven help desk.")
+    parser.add_argument("--config", help="config file (default: $MAILDESK_CONFIG, else ./maildesk.toml)")
+    parser.add_argument("--log-format", choices=("text", "json"), help="log line format (default from [log] format)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the daemon: watch the mailboxes, send the outbox")
+    run.add_argument("--once", action="store_true", help="handle what is waiting, deliver what is due, exit")
+    run.set_defaults(func=cmd_run)
+
+    ingest = sub.add_parser("ingest", help="handle one message from stdin (for an MTA pipe)")
+    ingest.add_argument("--mailbox", help="mailbox whose team gets new tickets (default: the first)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(dest="sub", required=True)
+    tlist = tickets.add_parser("list", help="list tickets")
+    tlist.add_argument("--status", choices=[s.value for s in Status])
+    tlist.add_argument("--limit", type=int)
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=cmd_tickets_list)
+    tshow = tickets.add_parser("show", help="one ticket with its messages and timeline")
+    tshow.add_argument("ref", help="the ref ([#12]) or the bare number")
+    tshow.add_argument("--json", action="store_true")
+    tshow.set_defaults(func=cmd_tickets_show)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
+    db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
+
+    sub.add_parser("check-config", help="validate the config and log in to every server").set_defaults(
+        func=cmd_check_config
+    )
+
+    quarantine = sub.add_parser("quarantine", help="mail that could not be handled").add_subparsers(
+        dest="sub", required=True
+    )
+    qlist = quarantine.add_parser("list", help="list quarantined messages")
+    qlist.add_argument("--json", action="store_true")
+    qlist.set_defaults(func=cmd_quarantine_list)
+    qreplay = quarantine.add_parser("replay", help="handle quarantined messages again")
+    qreplay.add_argument("id", nargs="?", type=int)
+    qreplay.add_argument("--all", action="store_true")
+    qreplay.set_defaults(func=cmd_quarantine_replay)
+
+    demo = sub.add_parser("demo", help="a throwaway mail world on loopback, with one ticket walked through")
+    demo.add_argument("--keep", action="store_true", help="keep it running and print the logins")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"maildesk: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except DatabaseError as exc:
+        print(f"maildesk: database unavailable: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except KeyboardInterrupt:
+        return 130

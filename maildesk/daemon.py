@@ -1,0 +1,268 @@
+"""The asyncio shell: one loop per mailbox (IDLE or polling), the outbox loop, signals, stop.
+
+Blocking work (IMAP, parsing, the database) runs in worker threads; this module only schedules
+it. Each mailbox loop fetches what is waiting, hands each message to ``ingest.process`` (one
+transaction each), then moves the batch on the server after the commits. A committed message
+wakes the outbox loop at once, so a customer's acknowledgment leaves within moments of arrival.
+Outages are logged once when they start and once when they end, retried with backoff and
+jitter, and alerted to the admin after five consecutive failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from maildesk import ingest, outbox
+from maildesk.config import MailboxSettings, Settings
+from maildesk.imap import Mailbox, MailboxError
+from maildesk.models import Database, DatabaseError
+from maildesk.outbox import Mail
+from maildesk.tickets import Desk
+
+log = logging.getLogger(__name__)
+
+ALERT_AFTER = 5
+MAX_BACKOFF = 300.0
+OUTBOX_BATCH = 200
+OUTBOX_CONNECTIONS = 4
+CLAIM_LEASE = timedelta(minutes=2)
+
+
+@dataclass
+class Health:
+    """Consecutive failures of one dependency, for one log line per outage and one alert."""
+
+    name: str
+    failures: int = 0
+    alerted: bool = False
+    last_ok: datetime | None = None
+    last_error: str = ""
+    down_since: datetime | None = None
+
+    def failed(self, error: str, now: datetime) -> tuple[bool, bool]:
+        """Record a failure; returns (first failure of the outage, time to alert)."""
+        self.failures += 1
+        self.last_error = error
+        first = self.failures == 1
+        if first:
+            self.down_since = now
+        alert = self.failures >= ALERT_AFTER and not self.alerted
+        if alert:
+            self.alerted = True
+        return first, alert
+
+    def ok(self, now: datetime) -> tuple[bool, bool]:
+        """Record a success; returns (recovered from an outage, send a recovery alert)."""
+        recovered = self.failures > 0
+        recovery_alert = self.alerted
+        self.failures = 0
+        self.alerted = False
+        self.last_ok = now
+        self.down_since = None
+        return recovered, recovery_alert
+
+
+def backoff_seconds(failures: int) -> float:
+    """1 s, 2 s, 4 s ... up to 5 min, with full jitter in the upper half."""
+    base = min(2.0 ** max(failures - 1, 0), MAX_BACKOFF)
+    return base * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    db: Database
+    desk: Desk
+    once: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    health: dict[str, Health] = field(default_factory=dict)
+    on_outcome: Callable[[str, ingest.Outcome], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.stopping = threading.Event()
+        self.wake_outbox = asyncio.Event()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.unreachable: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        for box in self.settings.mailboxes:
+            self.health[f"mailbox:{box.name}"] = Health(box.name)
+        self.health["smtp"] = Health("smtp")
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> int:
+        """Run until stopped (or, with ``once``, until everything waiting is handled)."""
+        self.loop = asyncio.get_running_loop()
+        self._install_signals()
+        boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.settings.mailboxes]
+        sender = asyncio.create_task(self.outbox_loop(boxes))
+        await asyncio.gather(*boxes, return_exceptions=False)
+        self.wake_outbox.set()
+        if not self.once:
+            self.request_stop()
+        await sender
+        return 1 if self.unreachable else 0
+
+    def _install_signals(self) -> None:
+        assert self.loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        if self.stop.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(sig).name)
+            import os
+
+            os._exit(1)
+        log.info("%s received: finishing the message in hand, then stopping", signal.Signals(sig).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.stopping.set()
+        self.wake_outbox.set()
+        for box in list(self.mailboxes.values()):
+            interrupt = getattr(box, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` or until stopped, whichever comes first."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ mailboxes
+
+    async def mailbox_loop(self, box: MailboxSettings) -> None:
+        health = self.health[f"mailbox:{box.name}"]
+        while not self.stop.is_set():
+            mailbox = Mailbox(box, max_message_bytes=self.settings.limits.max_message_bytes)
+            self.mailboxes[box.name] = mailbox
+            try:
+                await asyncio.to_thread(mailbox.connect)
+                await self._healthy(health, f"mailbox {box.name}")
+                while not self.stop.is_set():
+                    await asyncio.to_thread(self.drain, box, mailbox)
+                    await self._healthy(health, f"mailbox {box.name}")
+                    if self.once or self.stop.is_set():
+                        return
+                    await asyncio.to_thread(mailbox.wait, min(box.poll_seconds, 29 * 60))
+            except (MailboxError, DatabaseError) as exc:
+                await self._failed(health, f"mailbox {box.name}", str(exc))
+                if self.once:
+                    self.unreachable.append(f"mailbox {box.name}: {exc}")
+                    return
+                await self.pause(backoff_seconds(health.failures))
+            finally:
+                self.mailboxes.pop(box.name, None)
+                await asyncio.to_thread(mailbox.close)
+
+    def drain(self, box: MailboxSettings, mailbox: Mailbox) -> None:
+        """Handle every message waiting in the folder; move each batch after its commits."""
+        while not self.stopping.is_set():
+            uids = mailbox.pending()
+            if not uids:
+                return
+            done: dict[str, list[int]] = {"processed": [], "quarantine": []}
+            try:
+                for raw in mailbox.fetch(uids):
+                    if self.stopping.is_set():
+                        break
+                    source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
+                    if raw.too_large:
+                        outcome = ingest.quarantine(
+                            self.db, self.desk, source, b"", None,
+                            f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
+                        )
+                    else:
+                        outcome = ingest.process(self.db, self.desk, source, raw.raw)
+                    done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
+                    self._committed(box.name, outcome)
+            finally:
+                for folder, moved in done.items():
+                    if moved:
+                        mailbox.move(moved, folder)
+            if self.stopping.is_set():
+                return
+
+    def _committed(self, mailbox: str, outcome: ingest.Outcome) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake_outbox.set)
+        if self.on_outcome is not None:
+            self.on_outcome(mailbox, outcome)
+
+    # ------------------------------------------------------------------ outbox
+
+    async def outbox_loop(self, boxes: list[asyncio.Task[None]]) -> None:
+        health = self.health["smtp"]
+        senders = [outbox.Sender(self.settings.smtp) for _ in range(OUTBOX_CONNECTIONS)]
+        try:
+            while True:
+                self.wake_outbox.clear()
+                now = self.desk.clock()
+                rows = await asyncio.to_thread(outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE)
+                if rows:
+                    results = await outbox.deliver_rows(senders, self.db, rows, self.desk.clock)
+                    if any(r.outcome == "sent" for r in results):
+                        await self._healthy(health, "SMTP")
+                    unreachable = [r for r in results if r.outcome == "retry"]
+                    if unreachable and not any(r.outcome == "sent" for r in results):
+                        await self._failed(health, "SMTP", unreachable[0].detail)
+                        if self.once:
+                            return
+                        await self.pause(backoff_seconds(health.failures))
+                    if not self.stop.is_set() or self.once:
+                        continue
+                if self.stop.is_set() and not self.once:
+                    return
+                if self.once and all(b.done() for b in boxes):
+                    return
+                try:
+                    await asyncio.wait_for(self.wake_outbox.wait(), 5.0)
+                except TimeoutError:
+                    pass
+        finally:
+            for sender in senders:
+                await sender.close()
+
+    # ------------------------------------------------------------------ health and alerts
+
+    async def _failed(self, health: Health, what: str, error: str) -> None:
+        first, alert = health.failed(error, self.desk.clock())
+        if first:
+            log.error("%s unreachable: %s (retrying with backoff)", what, error)
+        if alert and self.settings.desk.admin_address:
+            log.error("%s has failed %d times in a row: alerting %s", what, health.failures, self.settings.desk.admin_address)
+            await asyncio.to_thread(self._alert, f"{what} is failing", f"{what} has failed {health.failures} times in a row.\nLast error: {error}")
+
+    async def _healthy(self, health: Health, what: str) -> None:
+        recovered, recovery_alert = health.ok(self.desk.clock())
+        if recovered:
+            log.info("%s is back", what)
+        if recovery_alert and self.settings.desk.admin_address:
+            await asyncio.to_thread(self._alert, f"{what} recovered", f"{what} is working again.")
+
+    def _alert(self, subject: str, text: str) -> None:
+        admin = self.settings.desk.admin_address
+        if not admin:
+            return
+        with self.db.transaction() as session:
+            self.desk.mailer.enqueue(
+                session,
+                Mail(kind="alert", template="admin_alert", to=admin, context={"subject": subject, "text": text}, to_agent=True),
+                self.desk.clock(),
+            )
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake_outbox.set)

@@ -1,0 +1,311 @@
+"""Carry out one message's route, in one transaction, and record it in the ledger.
+
+``process`` is the whole pipeline for one message, top to bottom: parse, recognise a message
+already handled, keep the raw bytes, classify, route, apply the lifecycle rule, write the ledger
+row, commit. Anything unexpected rolls the transaction back and the message is quarantined with
+its error recorded; a database outage is transient and propagates so the mail stays on the
+server. The caller moves the message on the server only after ``process`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk import routing, tickets
+from maildesk.config import MailboxSettings
+from maildesk.inbound import Inbound, Limits, parse
+from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus, Suppression, Ticket
+from maildesk.tickets import Desk, StoredMail
+
+log = logging.getLogger(__name__)
+
+SUPPRESS_AFTER_BOUNCE = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: a mailbox and, for IMAP, its UIDVALIDITY and UID."""
+
+    mailbox: str
+    uidvalidity: int | None = None
+    uid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one message. ``kind``: new_ticket, follow_up, ignored, bounce,
+    duplicate or quarantined."""
+
+    kind: str
+    ticket_id: int | None = None
+    reason: str = ""
+    message_id: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.kind == "quarantined"
+
+
+def limits_of(desk: Desk) -> Limits:
+    lim = desk.settings.limits
+    return Limits(
+        max_message_bytes=lim.max_message_bytes,
+        max_attachment_bytes=lim.max_attachment_bytes,
+        max_mime_depth=lim.max_mime_depth,
+        max_parts=lim.max_parts,
+        max_headers=lim.max_headers,
+    )
+
+
+def process(db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None) -> Outcome:
+    """Handle one message from ``source``; returns once its effect is committed."""
+    inbound = parse(raw, limits_of(desk))
+    if inbound.fatal:
+        return quarantine(db, desk, source, raw, inbound, inbound.fatal, replay=replay)
+    try:
+        with db.transaction() as session:
+            if replay is None:
+                seen = already_handled(session, source, inbound, raw)
+                if seen is not None:
+                    return seen
+            raw_path, digest = desk.store.put_raw(raw)
+            stored = StoredMail(raw_path, digest)
+            now = desk.clock()
+            kind = routing.classify(inbound, desk.identity)
+            route = routing.route(inbound, kind, tickets.Threads(session), desk.identity)
+            outcome = handle(session, desk, source, route, inbound, stored, now)
+            write_ledger(session, source, inbound, stored, outcome, now, replay=replay)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - poison mail must not stop the mailbox
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "cannot handle <%s> from %s: %s\n%s", inbound.message_id, source.mailbox, reason, traceback.format_exc()
+        )
+        return quarantine(db, desk, source, raw, inbound, reason, replay=replay)
+    log_outcome(desk, source, outcome)
+    return outcome
+
+
+def log_outcome(desk: Desk, source: Source, outcome: Outcome) -> None:
+    ref = desk.settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
+    log.info(
+        "%s: <%s> %s %s%s",
+        source.mailbox,
+        outcome.message_id or "no Message-ID",
+        outcome.kind.replace("_", " "),
+        ref,
+        f" ({outcome.reason})" if outcome.reason else "",
+        extra={"message_id": outcome.message_id, "ticket": ref, "mailbox": source.mailbox},
+    )
+
+
+def already_handled(session: Session, source: Source, inbound: Inbound, raw: bytes) -> Outcome | None:
+    """A message whose effect is already committed: by ledger key, then by Message-ID + content."""
+    if source.uid is not None:
+        row = session.scalar(
+            select(Ledger).where(
+                Ledger.mailbox == source.mailbox,
+                Ledger.uidvalidity == source.uidvalidity,
+                Ledger.uid == source.uid,
+            )
+        )
+        if row is not None:
+            return Outcome("duplicate", row.ticket_id, "already handled (ledger)", inbound.message_id)
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()
+    query = select(Ledger).where(Ledger.mailbox == source.mailbox, Ledger.sha256 == digest)
+    if inbound.message_id:
+        query = select(Ledger).where(
+            Ledger.mailbox == source.mailbox,
+            Ledger.message_id == inbound.message_id,
+            Ledger.sha256 == digest,
+        )
+    row = session.scalar(query.where(Ledger.outcome != "quarantined").limit(1))
+    if row is None:
+        return None
+    session.add(
+        Ledger(
+            mailbox=source.mailbox,
+            uidvalidity=source.uidvalidity,
+            uid=source.uid,
+            message_id=inbound.message_id,
+            sha256=digest,
+            outcome="duplicate",
+            reason=f"same message as ledger entry {row.id}",
+            ticket_id=row.ticket_id,
+            raw_path=row.raw_path,
+            sender=inbound.from_raw[:998],
+            subject=inbound.subject[:998],
+            at=datetime.now(row.at.tzinfo),
+        )
+    )
+    return Outcome("duplicate", row.ticket_id, "already handled (same Message-ID and content)", inbound.message_id)
+
+
+def handle(
+    session: Session,
+    desk: Desk,
+    source: Source,
+    route: routing.Route,
+    inbound: Inbound,
+    stored: StoredMail,
+    now: datetime,
+) -> Outcome:
+    """Carry out ``route`` inside the caller's transaction."""
+    mid = inbound.message_id
+    match route:
+        case routing.Ignore(reason=reason):
+            return Outcome("ignored", None, reason, mid)
+        case routing.Bounce():
+            return bounce(session, desk, route, inbound, now)
+        case routing.NewTicket(no_auto_reply=quiet):
+            team = desk.settings.mailbox(source.mailbox).team if _known(desk, source) else desk.settings.teams[0].name
+            ticket = tickets.open_ticket(
+                session, desk, inbound, stored, team=team, mailbox=source.mailbox, now=now, acknowledge=not quiet
+            )
+            return Outcome("new_ticket", ticket.id, "", mid)
+        case routing.FollowUp(ticket=view, automatic=automatic):
+            ticket = session.get(Ticket, view.id)
+            assert ticket is not None
+            if automatic:
+                tickets.automatic_followup(session, desk, ticket, inbound, stored, automatic, now)
+                return Outcome("follow_up", ticket.id, automatic, mid)
+            agent = desk.settings.agent(inbound.sender or inbound.claimed_sender)
+            if agent is not None:
+                result = tickets.agent_message(session, desk, ticket, inbound, stored, agent, now)
+                reason = "; ".join(result.refused) if result.refused else "agent"
+                return Outcome("follow_up", ticket.id, reason, mid)
+            target = tickets.customer_reply(session, desk, ticket, inbound, stored, mailbox=source.mailbox, now=now)
+            if target.id != ticket.id:
+                return Outcome("new_ticket", target.id, f"linked to closed {desk.ref(ticket)}", mid)
+            return Outcome("follow_up", ticket.id, "", mid)
+    raise AssertionError(f"unhandled route {route!r}")
+
+
+def _known(desk: Desk, source: Source) -> bool:
+    return any(m.name == source.mailbox for m in desk.settings.mailboxes)
+
+
+def bounce(session: Session, desk: Desk, route: routing.Bounce, inbound: Inbound, now: datetime) -> Outcome:
+    """A delivery report about mail we sent: an event on its ticket, never a reply."""
+    report = route.report
+    row = session.get(Outbox, route.outbox_id) if route.outbox_id is not None else None
+    if row is None and report is not None and report.original_message_id:
+        row = session.scalar(select(Outbox).where(Outbox.message_id == report.original_message_id))
+    if row is None:
+        return Outcome("ignored", None, "delivery report about mail we did not send", inbound.message_id)
+    recipients = report.recipients if report is not None else ()
+    entries: list[tuple[str, str, str]] = [(r.address or row.recipient, r.action, r.status) for r in recipients]
+    if not entries:
+        entries = [(row.recipient, "failed", "5.0.0")]
+    ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
+    for address, action, status in entries:
+        permanent = action == "failed" or status.startswith("5")
+        if ticket is not None:
+            tickets.event(
+                session, ticket, "bounce", address, now,
+                recipient=address, status=status, action=action or ("failed" if permanent else "delayed"),
+                message_id=row.message_id,
+            )
+        if permanent:
+            row.status = OutboxStatus.FAILED
+            row.last_error = f"bounced: {status} ({action or 'failed'}) for {address}"
+            suppress(session, address, now, f"{status} bounce")
+    return Outcome("bounce", ticket.id if ticket else None, f"about <{row.message_id}>", inbound.message_id)
+
+
+def suppress(session: Session, address: str, now: datetime, reason: str) -> None:
+    entry = session.get(Suppression, address)
+    if entry is None:
+        session.add(Suppression(address=address, until=now + SUPPRESS_AFTER_BOUNCE, reason=reason))
+    else:
+        entry.until = now + SUPPRESS_AFTER_BOUNCE
+        entry.reason = reason
+
+
+def write_ledger(
+    session: Session,
+    source: Source,
+    inbound: Inbound,
+    stored: StoredMail,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    replay: int | None = None,
+) -> None:
+    values: dict[str, Any] = {
+        "message_id": inbound.message_id,
+        "sha256": stored.sha256 or "",
+        "outcome": outcome.kind,
+        "reason": outcome.reason[:2000],
+        "ticket_id": outcome.ticket_id,
+        "raw_path": stored.raw_path,
+        "sender": inbound.from_raw[:998],
+        "subject": inbound.subject[:998],
+        "at": now,
+    }
+    if replay is not None:
+        row = session.get(Ledger, replay)
+        if row is not None:
+            for key, value in values.items():
+                setattr(row, key, value)
+            return
+    session.add(Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values))
+
+
+def quarantine(
+    db: Database,
+    desk: Desk,
+    source: Source,
+    raw: bytes,
+    inbound: Inbound | None,
+    reason: str,
+    *,
+    replay: int | None = None,
+) -> Outcome:
+    """Record a message that could not be handled; the caller moves it to the quarantine folder."""
+    stored = StoredMail(None, None)
+    if raw:
+        path, digest = desk.store.put_raw(raw)
+        stored = StoredMail(path, digest)
+    mid = inbound.message_id if inbound else None
+    with db.transaction() as session:
+        values: dict[str, Any] = {
+            "message_id": mid,
+            "sha256": stored.sha256 or "",
+            "outcome": "quarantined",
+            "reason": reason[:2000],
+            "ticket_id": None,
+            "raw_path": stored.raw_path,
+            "sender": (inbound.from_raw if inbound else "")[:998],
+            "subject": (inbound.subject if inbound else "")[:998],
+            "at": desk.clock(),
+        }
+        existing = session.get(Ledger, replay) if replay is not None else None
+        if existing is None and source.uid is not None:
+            existing = session.scalar(
+                select(Ledger).where(
+                    Ledger.mailbox == source.mailbox,
+                    Ledger.uidvalidity == source.uidvalidity,
+                    Ledger.uid == source.uid,
+                )
+            )
+        if existing is not None:
+            for key, value in values.items():
+                setattr(existing, key, value)
+        else:
+            session.add(Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values))
+    log.warning(
+        "%s: <%s> quarantined: %s", source.mailbox, mid or "no Message-ID", reason,
+        extra={"message_id": mid, "ticket": "-", "mailbox": source.mailbox},
+    )
+    return Outcome("quarantined", None, reason, mid)

@@ -1,0 +1,572 @@
+"""The lifecycle rules: open, reply, note, assign, escalate, close, reopen, rate.
+
+Each rule changes a ticket inside the caller's transaction and says which mail that causes, as
+``outbox.Mail`` values handed to the ``Mailer`` (written to the outbox in the same transaction).
+Every step that matters to the customer emails them; nothing internal ever does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk import auth, commands
+from maildesk.config import AgentSettings, Settings
+from maildesk.inbound import Inbound
+from maildesk.models import (
+    Attachment,
+    Event,
+    Message,
+    Outbox,
+    Participant,
+    Status,
+    Tag,
+    Ticket,
+)
+from maildesk.outbox import Mail, Mailer
+from maildesk.routing import Identity, TicketView
+from maildesk.store import Store
+
+log = logging.getLogger(__name__)
+
+RATING = re.compile(r"^\s*(?:rating\s*[:=]?\s*)?([1-5])(?:\s*/\s*5)?(?![\d.,])\s*[-:.,!)]*\s*(.*)$", re.I | re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMail:
+    """Where the raw bytes of the message being handled were kept."""
+
+    raw_path: str | None
+    sha256: str | None
+
+
+class Desk:
+    """What the lifecycle rules need: settings, the blob store, the mailer and the clock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        mailer: Mailer | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        from datetime import UTC
+
+        self.settings = settings
+        self.store = store or Store(settings.desk.data_dir)
+        self.mailer = mailer or Mailer(settings)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.identity = Identity(
+            address=settings.desk.address,
+            secret=settings.desk.secret,
+            loop_id=settings.desk.loop_id,
+            ref_pattern=settings.desk.ref_pattern,
+            agents=frozenset(a.email for a in settings.agents),
+        )
+        self.directory = commands.Directory(
+            agents=tuple((a.email, a.name, a.teams) for a in settings.agents),
+            teams=tuple(t.name for t in settings.teams),
+            canned=tuple(self.canned_names()),
+        )
+
+    def canned_names(self) -> list[str]:
+        prefix = "canned/"
+        return [
+            n[len(prefix) : -len(".txt.j2")]
+            for n in self.mailer.templates.names(prefix)
+            if n.endswith(".txt.j2")
+        ]
+
+    def ref(self, ticket: Ticket) -> str:
+        return self.settings.desk.ref(ticket.id)
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+class Threads:
+    """``routing.Threads`` on a session: indexed lookups by Message-ID and number."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def by_message_ids(self, message_ids: Sequence[str]) -> TicketView | None:
+        ids = [m for m in message_ids if m][:50]
+        if not ids:
+            return None
+        ticket_id = self.session.scalar(
+            select(Message.ticket_id).where(Message.message_id.in_(ids)).limit(1)
+        )
+        if ticket_id is None:
+            ticket_id = self.session.scalar(
+                select(Outbox.ticket_id)
+                .where(Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None))
+                .limit(1)
+            )
+        return self.by_number(ticket_id) if ticket_id is not None else None
+
+    def by_number(self, number: int) -> TicketView | None:
+        ticket = self.session.get(Ticket, number)
+        if ticket is None:
+            return None
+        return TicketView(
+            id=ticket.id,
+            requester=ticket.requester,
+            participants=frozenset(p.address for p in ticket.participants),
+            status=ticket.status,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def event(session: Session, ticket: Ticket, kind: str, actor: str, at: datetime, **detail: Any) -> None:
+    session.add(
+        Event(
+            ticket=ticket,
+            kind=kind,
+            actor=actor,
+            at=at,
+            detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else "",
+        )
+    )
+
+
+def add_message(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound | None,
+    stored: StoredMail | None,
+    *,
+    sender: str,
+    text: str,
+    at: datetime,
+    internal: bool = False,
+    unverified: bool = False,
+    automatic: str | None = None,
+    message_id: str | None = None,
+) -> Message:
+    """A message on the ticket's thread, with its attachments kept in the blob store."""
+    message = Message(
+        ticket=ticket,
+        message_id=message_id if message_id is not None else (inbound.message_id if inbound else None),
+        sender=sender,
+        internal=internal,
+        unverified=unverified,
+        automatic=automatic,
+        subject=inbound.subject if inbound else "",
+        text=text,
+        raw_path=stored.raw_path if stored else None,
+        sha256=stored.sha256 if stored else None,
+        defects="\n".join(inbound.defects) if inbound else "",
+        created_at=at,
+    )
+    session.add(message)
+    for part in inbound.attachments if inbound else ():
+        path = None if part.dropped else desk.store.put_blob(part.payload, part.sha256)
+        message.attachments.append(
+            Attachment(
+                filename=part.filename,
+                content_type=part.content_type,
+                size=part.size,
+                sha256=part.sha256,
+                path=path,
+                inline=part.inline,
+                dropped=part.dropped,
+            )
+        )
+    ticket.updated_at = at
+    return message
+
+
+def set_status(ticket: Ticket, status: Status, at: datetime) -> None:
+    if ticket.status != status:
+        ticket.status = status
+        ticket.status_since = at
+    if status is Status.CLOSED:
+        ticket.closed_at = at
+    elif ticket.closed_at is not None and status is not Status.CLOSED:
+        ticket.closed_at = None
+
+
+def thread_ids(ticket: Ticket) -> tuple[str, ...]:
+    """Message-IDs of the customer-visible thread, oldest first (for References)."""
+    ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
+    return tuple(ids[-10:])
+
+
+def last_customer_message_id(ticket: Ticket) -> str | None:
+    for message in reversed(ticket.messages):
+        if message.sender == ticket.requester and message.message_id:
+            return message.message_id
+    return None
+
+
+def ticket_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:
+    return {
+        "ticket": {
+            "ref": desk.ref(ticket),
+            "number": ticket.id,
+            "subject": ticket.subject,
+            "status": ticket.status,
+            "priority": ticket.priority,
+            "team": ticket.team,
+            "assignee": ticket.assignee,
+            "requester": ticket.requester,
+            "tags": sorted(t.tag for t in ticket.tags),
+        }
+    }
+
+
+def customer_mail(desk: Desk, ticket: Ticket, kind: str, template: str, **context: Any) -> Mail:
+    automatic = kind != "reply"
+    return Mail(
+        kind=kind,
+        template=template,
+        to=ticket.requester,
+        ticket=ticket,
+        context={**ticket_context(desk, ticket), **context},
+        automatic=automatic,
+        auto_submitted="auto-replied" if kind == "ack" else "auto-generated",
+        in_reply_to=last_customer_message_id(ticket),
+        references=thread_ids(ticket),
+    )
+
+
+def agent_mail(
+    desk: Desk, ticket: Ticket, agent: AgentSettings, kind: str, template: str, now: datetime, **context: Any
+) -> Mail:
+    """A notice to an agent; its Reply-To carries the agent's token for this ticket."""
+    expires = now + timedelta(days=desk.settings.security.token_days)
+    token = auth.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
+    return Mail(
+        kind=kind,
+        template=template,
+        to=agent.email,
+        ticket=ticket,
+        context={
+            **ticket_context(desk, ticket),
+            "agent": {"email": agent.email, "name": agent.name},
+            "help": commands.HELP,
+            **context,
+        },
+        automatic=True,
+        to_agent=True,
+        reply_to=auth.reply_address(desk.settings.desk.address, token),
+        references=thread_ids(ticket),
+    )
+
+
+def send(session: Session, desk: Desk, mails: Iterable[Mail], now: datetime) -> None:
+    for mail in mails:
+        desk.mailer.enqueue(session, mail, now)
+
+
+def notify_team(desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any) -> list[Mail]:
+    return [
+        agent_mail(desk, ticket, agent, kind, template, now, **ctx)
+        for agent in desk.settings.team_agents(ticket.team)
+    ]
+
+
+def notify_owner(desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any) -> list[Mail]:
+    """The assignee, else every agent of the ticket's team."""
+    assignee = desk.settings.agent(ticket.assignee)
+    if assignee is not None:
+        return [agent_mail(desk, ticket, assignee, kind, template, now, **ctx)]
+    return notify_team(desk, ticket, kind, template, now, **ctx)
+
+
+def attachment_notes(inbound: Inbound) -> list[dict[str, Any]]:
+    return [{"filename": a.filename, "size": a.size} for a in inbound.attachments if a.dropped]
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def open_ticket(
+    session: Session,
+    desk: Desk,
+    inbound: Inbound,
+    stored: StoredMail,
+    *,
+    team: str,
+    mailbox: str,
+    now: datetime,
+    acknowledge: bool = True,
+    linked_to: Ticket | None = None,
+) -> Ticket:
+    """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
+    requester = inbound.sender or ""
+    ticket = Ticket(
+        subject=inbound.subject or "(no subject)",
+        requester=requester,
+        status=Status.OPEN,
+        priority="medium",
+        team=team,
+        mailbox=mailbox,
+        created_at=now,
+        updated_at=now,
+        status_since=now,
+        linked_to=linked_to.id if linked_to is not None else None,
+    )
+    session.add(ticket)
+    session.flush()
+    agents = desk.identity.agents
+    for address in inbound.cc:
+        if address not in agents and address != desk.settings.desk.address and address != requester:
+            ticket.participants.append(Participant(address=address))
+    add_message(session, desk, ticket, inbound, stored, sender=requester, text=inbound.text.strip(), at=now)
+    detail: dict[str, Any] = {"mailbox": mailbox}
+    if linked_to is not None:
+        detail["linked_to"] = desk.ref(linked_to)
+    if not requester:
+        detail["warning"] = "the From: address is missing or ambiguous; no acknowledgment sent"
+    event(session, ticket, "created", requester, now, **detail)
+    mails = notify_team(
+        desk, ticket, "notice", "agent_new", now, text=inbound.text.strip(), sender=requester
+    )
+    if acknowledge and requester:
+        mails.append(
+            customer_mail(
+                desk, ticket, "ack", "ack", dropped=attachment_notes(inbound),
+                max_attachment_bytes=desk.settings.limits.max_attachment_bytes,
+            )
+        )
+        event(session, ticket, "acknowledged", "", now)
+    send(session, desk, mails, now)
+    log.info("new ticket %s from %s <%s>", desk.ref(ticket), requester, inbound.message_id)
+    return ticket
+
+
+def automatic_followup(
+    session: Session, desk: Desk, ticket: Ticket, inbound: Inbound, stored: StoredMail, reason: str, now: datetime
+) -> None:
+    """Automatic mail that threads (an out-of-office reply...): kept, nothing else happens."""
+    add_message(
+        session, desk, ticket, inbound, stored,
+        sender=inbound.sender or "", text=inbound.reply_text.strip(), at=now, automatic=reason,
+    )
+
+
+def customer_reply(
+    session: Session, desk: Desk, ticket: Ticket, inbound: Inbound, stored: StoredMail, *, mailbox: str, now: datetime
+) -> Ticket:
+    """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
+    sender = inbound.sender or ""
+    text = inbound.reply_text.strip()
+    if ticket.status == Status.CLOSED:
+        rating = RATING.match(text)
+        if rating and sender == ticket.requester:
+            add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
+            ticket.rating = int(rating.group(1))
+            ticket.rating_comment = rating.group(2).strip() or None
+            event(session, ticket, "rating", sender, now, rating=ticket.rating, comment=ticket.rating_comment)
+            return ticket
+        closed_at = ticket.closed_at or ticket.status_since
+        if now - closed_at > timedelta(days=desk.settings.lifecycle.reopen_days):
+            return open_ticket(
+                session, desk, inbound, stored, team=ticket.team, mailbox=mailbox, now=now, linked_to=ticket
+            )
+        add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
+        set_status(ticket, Status.OPEN, now)
+        event(session, ticket, "reopened", sender, now)
+        send(session, desk, notify_owner(desk, ticket, "notice", "agent_reopened", now, text=text, sender=sender), now)
+        return ticket
+    add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
+    if ticket.status == Status.PENDING:
+        set_status(ticket, Status.OPEN, now)
+        event(session, ticket, "customer_replied", sender, now, status="open")
+    send(session, desk, notify_owner(desk, ticket, "notice", "agent_customer_replied", now, text=text, sender=sender), now)
+    return ticket
+
+
+# --------------------------------------------------------------------------- agents
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOutcome:
+    applied: tuple[str, ...]
+    refused: tuple[str, ...]
+    verified: bool
+
+
+def agent_message(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound,
+    stored: StoredMail,
+    agent: AgentSettings,
+    now: datetime,
+) -> AgentOutcome:
+    """An agent's mail on a ticket: authenticate, then apply its commands and reply, or refuse."""
+    settings = desk.settings
+    text = inbound.reply_text.strip()
+    if inbound.sender != agent.email:
+        proof = auth.Proof(False, "", "The From: header is ambiguous (it shows more than one address), so it cannot prove who sent it.")
+    else:
+        proof = auth.authenticate(
+            secret=settings.desk.secret,
+            desk_address=settings.desk.address,
+            agent=agent.email,
+            ticket_number=ticket.id,
+            addresses=[*inbound.to, *inbound.cc, *inbound.delivered_to],
+            authentication_results=inbound.header("authentication-results"),
+            trusted_authserv_ids=settings.security.trusted_authserv_ids,
+            agent_auth=settings.security.agent_auth,
+            now=now,
+        )
+    parsed = commands.parse(inbound.subject, text, settings.desk.ref_pattern)
+    if not proof.ok:
+        add_message(
+            session, desk, ticket, inbound, stored,
+            sender=agent.email, text=text, at=now, internal=True, unverified=True,
+        )
+        event(session, ticket, "command_refused", agent.email, now, reason=proof.reason, verified=False)
+        send(
+            session, desk,
+            [agent_mail(desk, ticket, agent, "receipt", "agent_unverified", now, reason=proof.reason,
+                        commands=[c.source for c in parsed.commands], text=text)],
+            now,
+        )
+        log.warning("unverified agent mail for %s claiming %s: %s <%s>", desk.ref(ticket), agent.email, proof.reason, inbound.message_id)
+        return AgentOutcome((), (proof.reason,), False)
+
+    validation = commands.validate(parsed, desk.directory, agent.email)
+    if not validation.ok:
+        add_message(session, desk, ticket, inbound, stored, sender=agent.email, text=parsed.text, at=now, internal=True)
+        event(session, ticket, "command_refused", agent.email, now, refused=list(validation.refusals))
+        send(
+            session, desk,
+            [agent_mail(desk, ticket, agent, "receipt", "agent_receipt", now, applied=[],
+                        refused=list(validation.refusals), kept_as_note=bool(parsed.text))],
+            now,
+        )
+        return AgentOutcome((), validation.refusals, True)
+
+    applied, mails = apply_actions(session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now)
+    if parsed.commands:
+        mails.append(
+            agent_mail(desk, ticket, agent, "receipt", "agent_receipt", now, applied=list(applied),
+                       refused=[], kept_as_note=False)
+        )
+    send(session, desk, mails, now)
+    return AgentOutcome(tuple(applied), (), True)
+
+
+def apply_actions(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound,
+    stored: StoredMail,
+    agent: AgentSettings,
+    actions: Sequence[commands.Action],
+    text: str,
+    now: datetime,
+) -> tuple[list[str], list[Mail]]:
+    """Carry out validated actions, then the text: a note, a summary, a resolution or a reply."""
+    verbs = {a.verb for a in actions}
+    applied: list[str] = []
+    mails: list[Mail] = []
+    actor = agent.email
+    canned = [a.value for a in actions if a.verb == "reply" and a.value]
+    for action in actions:
+        line = commands.describe(action)
+        if action.verb == "assign" and action.value != ticket.assignee:
+            ticket.assignee = action.value
+            event(session, ticket, "assigned", actor, now, assignee=action.value)
+            target = desk.settings.agent(action.value)
+            if target is not None and target.email != actor:
+                mails.append(agent_mail(desk, ticket, target, "notice", "agent_assigned", now, by=agent.name))
+        elif action.verb == "priority" and action.value != ticket.priority:
+            event(session, ticket, "priority", actor, now, old=ticket.priority, new=action.value)
+            ticket.priority = action.value or ticket.priority
+        elif action.verb == "tag":
+            new = [w for w in action.words if w not in ticket.tag_names]
+            for word in new:
+                ticket.tags.append(Tag(tag=word))
+            if new:
+                event(session, ticket, "tagged", actor, now, added=new)
+        elif action.verb == "untag":
+            gone = [t for t in ticket.tags if t.tag in action.words]
+            for tag in gone:
+                ticket.tags.remove(tag)
+            if gone:
+                event(session, ticket, "untagged", actor, now, removed=[t.tag for t in gone])
+        elif action.verb == "reopen" and ticket.status == Status.CLOSED:
+            set_status(ticket, Status.OPEN, now)
+            event(session, ticket, "reopened", actor, now)
+        elif action.verb == "escalate":
+            ticket.team = action.value or ticket.team
+            set_status(ticket, Status.ESCALATED, now)
+            if ticket.assignee and action.value not in (desk.settings.agent(ticket.assignee) or agent).teams:
+                ticket.assignee = None
+            event(session, ticket, "escalated", actor, now, team=action.value, summary=text if "note" not in verbs else "")
+            mails.extend(notify_team(desk, ticket, "notice", "agent_escalated", now, summary=text, by=agent.name))
+            mails.append(customer_mail(desk, ticket, "escalated", "escalated"))
+        applied.append(line)
+
+    if "note" in verbs or ("escalate" in verbs and text):
+        if text:
+            add_message(session, desk, ticket, inbound, stored, sender=actor, text=text, at=now, internal=True)
+            if "note" in verbs:
+                event(session, ticket, "note", actor, now)
+    elif "close" in verbs:
+        _close(session, desk, ticket, inbound, stored, actor, text, canned, now, mails)
+    elif text or canned:
+        body = "\n\n".join([*(_canned(desk, ticket, name) for name in canned), text]).strip()
+        add_message(session, desk, ticket, inbound, stored, sender=actor, text=body, at=now)
+        mails.append(customer_mail(desk, ticket, "reply", "reply", text=body, agent={"name": agent.name}))
+        if ticket.first_response_at is None:
+            ticket.first_response_at = now
+        if ticket.status != Status.CLOSED and "escalate" not in verbs:
+            set_status(ticket, Status.PENDING, now)
+        event(session, ticket, "replied", actor, now)
+    if "close" in verbs and ("note" in verbs or "escalate" in verbs):
+        _close(session, desk, ticket, None, None, actor, "", canned, now, mails)
+    return applied, mails
+
+
+def _close(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound | None,
+    stored: StoredMail | None,
+    actor: str,
+    text: str,
+    canned: list[str],
+    now: datetime,
+    mails: list[Mail],
+) -> None:
+    if ticket.status == Status.CLOSED:
+        return
+    resolution = "\n\n".join([*(_canned(desk, ticket, n) for n in canned), text]).strip()
+    if resolution and inbound is not None:
+        add_message(session, desk, ticket, inbound, stored, sender=actor, text=resolution, at=now)
+        if ticket.first_response_at is None:
+            ticket.first_response_at = now
+    set_status(ticket, Status.CLOSED, now)
+    event(session, ticket, "closed", actor, now, resolution=resolution)
+    mails.append(customer_mail(desk, ticket, "closed", "closed", resolution=resolution))
+
+
+def _canned(desk: Desk, ticket: Ticket, name: str) -> str:
+    context = {
+        **ticket_context(desk, ticket),
+        "customer": {"email": ticket.requester},
+        "desk": {"name": desk.settings.desk.name, "address": desk.settings.desk.address},
+    }
+    _subject, body, _html = desk.mailer.templates.render(f"canned/{name}", context)
+    return body.strip()
