@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import threading
@@ -67,6 +68,17 @@ class Health:
         self.last_ok = now
         self.down_since = None
         return recovered, recovery_alert
+
+
+CRASH_AT = frozenset(filter(None, os.environ.get("MAILDESK_CRASH_AT", "").split(",")))
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash-safety tests: die like ``kill -9`` at a named point
+    (``after_fetch``, ``after_commit``, ``after_move``, ``after_send``) when
+    ``MAILDESK_CRASH_AT`` names it. Does nothing otherwise."""
+    if name in CRASH_AT:
+        os._exit(137)
 
 
 def backoff_seconds(failures: int) -> float:
@@ -180,6 +192,7 @@ class Daemon:
                 for raw in mailbox.fetch(uids):
                     if self.stopping.is_set():
                         break
+                    crash_point("after_fetch")
                     source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
                     if raw.too_large:
                         outcome = ingest.quarantine(
@@ -190,10 +203,12 @@ class Daemon:
                         outcome = ingest.process(self.db, self.desk, source, raw.raw)
                     done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
                     self._committed(box.name, outcome)
+                    crash_point("after_commit")
             finally:
                 for folder, moved in done.items():
                     if moved:
                         mailbox.move(moved, folder)
+                        crash_point("after_move")
             if self.stopping.is_set():
                 return
 
@@ -214,7 +229,9 @@ class Daemon:
                 now = self.desk.clock()
                 rows = await asyncio.to_thread(outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE)
                 if rows:
-                    results = await outbox.deliver_rows(senders, self.db, rows, self.desk.clock)
+                    results = await outbox.deliver_rows(
+                        senders, self.db, rows, self.desk.clock, after_send=lambda: crash_point("after_send")
+                    )
                     if any(r.outcome == "sent" for r in results):
                         await self._healthy(health, "SMTP")
                     unreachable = [r for r in results if r.outcome == "retry"]

@@ -350,8 +350,17 @@ def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
         )
 
 
-async def deliver_rows(senders: Sequence[Sender], db: Database, rows: list[Outbox], clock: Any) -> list[Delivery]:
-    """Send ``rows`` over the given connections in parallel; record each outcome."""
+async def deliver_rows(
+    senders: Sequence[Sender],
+    db: Database,
+    rows: list[Outbox],
+    clock: Any,
+    after_send: Any = None,
+) -> list[Delivery]:
+    """Send ``rows`` over the given connections in parallel; record each outcome.
+
+    A crash between the server's 250 and ``record`` resends that one mail after a restart, with
+    the same Message-ID: the only duplicate window."""
     queue: asyncio.Queue[Outbox] = asyncio.Queue()
     for row in rows:
         queue.put_nowait(row)
@@ -361,13 +370,25 @@ async def deliver_rows(senders: Sequence[Sender], db: Database, rows: list[Outbo
         while not queue.empty():
             row = queue.get_nowait()
             result = await sender.send(row.mail_from, row.recipient, row.body)
+            if after_send is not None:
+                after_send()
             await asyncio.to_thread(record, db, row, result, clock())
             results.append(result)
             if result.outcome == "retry" and sender.client is None:
                 return  # server unreachable: leave the rest for the next round
 
     await asyncio.gather(*(worker(s) for s in senders))
+    untried = []
+    while not queue.empty():
+        untried.append(queue.get_nowait().id)
+    if untried:  # the server went away: let the next round (or another daemon) have them
+        await asyncio.to_thread(release, db, untried)
     return results
+
+
+def release(db: Database, ids: list[int]) -> None:
+    with db.transaction() as session:
+        session.execute(update(Outbox).where(Outbox.id.in_(ids)).values(claimed_until=None))
 
 
 class SmtpError(Exception):

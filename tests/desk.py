@@ -1,0 +1,244 @@
+"""An end-to-end harness: a real maildesk (config file, database, daemon) against real servers.
+
+Tests build a ``DeskWorld`` on an IMAP account (pymap or Dovecot) and an SMTP capture, put mail
+into the mailbox over IMAP, run the daemon (``run_once`` or in the background) and look at what a
+user would see: tickets as ``maildesk tickets show --json`` prints them, mail at the SMTP sink,
+and the folders on the IMAP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import re
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+from maildesk import cli, config
+from maildesk.daemon import Daemon
+from maildesk.mailworld import Captured, SmtpServer
+from maildesk.models import Database, Ticket
+from maildesk.tickets import Desk
+from tests.servers import ImapAccount
+
+SUPPORT_NAME = "Example Support"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+CAROL_AGENT = "carol@example.com"
+CUSTOMER = "dana@customer.test"
+
+
+class Clock:
+    """An injected clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def config_text(account: ImapAccount, smtp: SmtpServer, data_dir: Path, extra: str = "") -> str:
+    return f"""
+[desk]
+name = "{SUPPORT_NAME}"
+address = "{account.username}"
+data_dir = "{data_dir}"
+admin_address = "admin@example.com"
+
+[[mailboxes]]
+name = "support"
+host = "{account.host}"
+port = {account.port}
+security = "none"
+username = "{account.username}"
+password = "{account.password}"
+poll_seconds = 2
+team = "support"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp.port}
+security = "none"
+timeout = 5
+
+[[teams]]
+name = "support"
+
+[[teams]]
+name = "engineering"
+
+[[agents]]
+email = "{ALICE}"
+name = "Alice Smith"
+teams = ["support"]
+
+[[agents]]
+email = "{BOB}"
+name = "Bob Jones"
+teams = ["engineering"]
+
+[[agents]]
+email = "{CAROL_AGENT}"
+name = "Carol White"
+teams = ["support", "engineering"]
+{extra}
+"""
+
+
+class DeskWorld:
+    def __init__(
+        self,
+        account: ImapAccount,
+        smtp: SmtpServer,
+        root: Path,
+        *,
+        extra_config: str = "",
+        database_url: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.account = account
+        self.smtp = smtp
+        self.root = root
+        self.clock = clock or Clock(datetime.now(UTC))
+        text = config_text(account, smtp, root / "data", extra_config)
+        if database_url:
+            text = text.replace("[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1)
+        self.config_path = root / "maildesk.toml"
+        self.config_path.write_text(text)
+        self.config_path.chmod(0o600)
+        self.settings = config.load(self.config_path)
+        self.db = Database(self.settings.database_url)
+        self.db.upgrade()
+        self.desk = Desk(self.settings, clock=self.clock)
+        self.address = account.username
+        self._thread: threading.Thread | None = None
+        self._daemon: Daemon | None = None
+
+    # ------------------------------------------------------------------ driving
+
+    def run_once(self) -> int:
+        daemon = Daemon(self.settings, self.db, self.desk, once=True)
+        return asyncio.run(daemon.run())
+
+    def start(self, on_outcome: Callable[[str, Any], None] | None = None) -> Daemon:
+        daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome)
+        self._daemon = daemon
+        self._thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)
+        self._thread.start()
+        return daemon
+
+    def stop(self) -> None:
+        if self._daemon is not None and self._daemon.loop is not None:
+            self._daemon.loop.call_soon_threadsafe(self._daemon.request_stop)
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+            assert not self._thread.is_alive(), "daemon did not stop"
+        self._thread = None
+        self._daemon = None
+
+    def close(self) -> None:
+        self.stop()
+        self.db.dispose()
+
+    def deliver(self, message: EmailMessage | bytes) -> None:
+        raw = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+        self.account.append(raw)
+
+    # ------------------------------------------------------------------ looking
+
+    def tickets(self) -> list[dict[str, Any]]:
+        with self.db.transaction() as session:
+            from sqlalchemy import select
+
+            return [
+                cli.ticket_detail(t, self.settings.desk.ref_format)
+                for t in session.scalars(select(Ticket).order_by(Ticket.id))
+            ]
+
+    def ticket(self, number: int) -> dict[str, Any]:
+        with self.db.transaction() as session:
+            ticket = session.get(Ticket, number)
+            assert ticket is not None, f"no ticket {number}"
+            return cli.ticket_detail(ticket, self.settings.desk.ref_format)
+
+    def mails_to(self, address: str) -> list[Captured]:
+        return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+    def wait_mails_to(self, address: str, count: int, timeout: float = 10) -> list[Captured]:
+        self.smtp.wait_for(lambda msgs: sum(address in m.rcpt_tos for m in msgs) >= count, timeout)
+        return self.mails_to(address)
+
+
+def customer_mail(
+    subject: str,
+    body: str,
+    *,
+    sender: str = CUSTOMER,
+    to: str = "support@example.com",
+    reply_to: Captured | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    message_id: str | None = None,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or make_msgid(domain=sender.split("@")[-1].strip(">"))
+    msg["Date"] = "Thu, 26 Nov 2026 10:00:00 +0000"
+    if reply_to is not None:
+        msg["In-Reply-To"] = reply_to.message["Message-ID"]
+        msg["References"] = reply_to.message["Message-ID"]
+    for name, value in headers:
+        msg[name] = value
+    msg.set_content(body)
+    return msg
+
+
+def text_of(captured: Captured) -> str:
+    part = captured.message.get_body(preferencelist=("plain",))
+    return part.get_content() if part is not None else ""
+
+
+def html_of(captured: Captured) -> str | None:
+    part = captured.message.get_body(preferencelist=("html",))
+    return part.get_content() if part is not None else None
+
+
+def reply_to_address(captured: Captured) -> str:
+    return re.sub(r".*<|>.*", "", str(captured.message["Reply-To"]))
+
+
+def agent_reply(
+    notice: Captured,
+    sender: str,
+    body: str,
+    *,
+    subject_extra: str = "",
+    to: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> EmailMessage:
+    """What an agent's mail client sends when they reply to a notification."""
+    quoted = "\n".join("> " + line for line in text_of(notice).splitlines()[:5])
+    return customer_mail(
+        f"Re: {notice.message['Subject']}{subject_extra}",
+        f"{body}\n\nOn Thu, Nov 26, 2026 at 10:00 AM Example Support wrote:\n{quoted}\n",
+        sender=sender,
+        to=to or reply_to_address(notice),
+        reply_to=notice,
+        headers=headers,
+    )
+
+
+def ref_number(captured: Captured) -> int:
+    match = re.search(r"\[#(\d+)\]", str(captured.message["Subject"]))
+    assert match, captured.message["Subject"]
+    return int(match.group(1))

@@ -1,0 +1,304 @@
+"""Mail in, tickets out: ingestion, acknowledgment, threading, outbound, against real servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from maildesk.mailworld import SmtpServer
+from tests.desk import (
+    ALICE,
+    CAROL_AGENT,
+    CUSTOMER,
+    DeskWorld,
+    customer_mail,
+    html_of,
+    text_of,
+)
+from tests.servers import ImapAccount
+
+MAIL = Path(__file__).parent / "mail"
+
+
+@pytest.fixture
+def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path)
+    yield w
+    w.close()
+
+
+def test_new_mail_becomes_a_ticket_with_one_threaded_acknowledgment(world: DeskWorld) -> None:
+    msg = customer_mail("Printer prints blank pages", "Hello,\nthe printer on floor 3 is broken.\nDana")
+    world.deliver(msg)
+
+    assert world.run_once() == 0
+
+    [ticket] = world.tickets()
+    assert ticket["status"] == "open"
+    assert ticket["priority"] == "medium"
+    assert ticket["team"] == "support"
+    assert ticket["requester"] == CUSTOMER
+    assert ticket["assignee"] is None
+    assert ticket["subject"] == "Printer prints blank pages"
+    assert "floor 3 is broken" in ticket["messages"][0]["text"]
+    assert [e["kind"] for e in ticket["events"]] == ["created", "acknowledged"]
+
+    [ack] = world.mails_to(CUSTOMER)
+    assert ack.message["Auto-Submitted"] == "auto-replied"
+    assert ack.message["X-Auto-Response-Suppress"] == "All"
+    assert ticket["ref"] in ack.message["Subject"]
+    assert ack.message["In-Reply-To"] == msg["Message-ID"]
+    assert msg["Message-ID"] in ack.message["References"]
+    assert ack.message["Message-ID"] and ack.message["Message-ID"] != msg["Message-ID"]
+    assert world.address in ack.message["From"]
+    assert ticket["ref"] in text_of(ack)
+    assert ticket["ref"] in (html_of(ack) or "")
+    # a bounce would come back to an address that names this outbox row
+    assert ack.mail_from.startswith(world.address.split("@")[0] + "+bounce-")
+
+    # the team's agents get a notice they can reply to
+    notices = world.mails_to(ALICE) + world.mails_to(CAROL_AGENT)
+    assert len(notices) == 2
+    assert all(ticket["ref"] in n.message["Subject"] for n in notices)
+    assert all("+" in str(n.message["Reply-To"]) for n in notices)
+
+    # the handled mail left INBOX for Processed
+    assert world.account.uids("INBOX") == []
+    assert len(world.account.uids("Processed")) == 1
+
+    # a second pass changes nothing
+    sent = len(world.smtp.messages)
+    assert world.run_once() == 0
+    assert len(world.tickets()) == 1
+    assert len(world.smtp.messages) == sent
+
+
+def test_attachments_are_kept_whole(world: DeskWorld) -> None:
+    msg = customer_mail("Two files", "See attached.")
+    pdf = os.urandom(50_000)
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="report.pdf")
+    msg.add_attachment(png, maintype="image", subtype="png", filename="screen shot.png")
+    world.deliver(msg)
+    world.run_once()
+
+    [ticket] = world.tickets()
+    atts = ticket["messages"][0]["attachments"]
+    assert [(a["filename"], a["content_type"], a["size"]) for a in atts] == [
+        ("report.pdf", "application/pdf", len(pdf)),
+        ("screen shot.png", "image/png", len(png)),
+    ]
+    assert [a["sha256"] for a in atts] == [hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()]
+    blobs = list((world.root / "data" / "blobs").rglob("*"))
+    assert {p.name for p in blobs if p.is_file()} >= {a["sha256"] for a in atts}
+
+
+def test_html_only_and_encoded_subjects_become_readable(world: DeskWorld) -> None:
+    msg = EmailMessage()
+    msg["From"] = "=?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <juergen@kunde.test>"
+    msg["To"] = world.address
+    msg["Subject"] = "=?utf-8?b?RHJ1Y2tlciBkZWZla3Qg4oCTIGJpdHRlIGhlbGZlbg==?="
+    msg["Message-ID"] = "<html-only-1@kunde.test>"
+    msg.set_content("<html><body><p>Der <b>Drucker</b> druckt nicht.</p><ul><li>Etage 3</li></ul></body></html>", subtype="html")
+    world.deliver(msg)
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert ticket["subject"] == "Drucker defekt – bitte helfen"
+    assert ticket["requester"] == "juergen@kunde.test"
+    text = ticket["messages"][0]["text"]
+    assert "Drucker" in text and "druckt nicht" in text and "Etage 3" in text
+    assert "<b>" not in text and "<p>" not in text
+
+
+def test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_strangers(world: DeskWorld) -> None:
+    world.deliver(customer_mail("VPN drops", "The VPN drops every hour."))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    ref = ack.message["Subject"].split()[0]
+
+    # by header: a reply to our acknowledgment
+    world.deliver(customer_mail(f"Re: {ack.message['Subject']}", "Still happening.", reply_to=ack))
+    # by ref in the subject from the requester, with a foreign prefix
+    world.deliver(customer_mail(f"AW: [EXTERNAL] {ref} VPN drops", "And again today."))
+    # a stranger using the ref opens a new ticket
+    world.deliver(customer_mail(f"Re: {ref} VPN drops", "I can read your ticket?", sender="mallory@evil.test"))
+    world.run_once()
+
+    tickets = world.tickets()
+    assert len(tickets) == 2
+    first, second = tickets
+    assert [m["text"] for m in first["messages"]][1:] == ["Still happening.", "And again today."]
+    assert second["requester"] == "mallory@evil.test"
+    # follow-ups get no acknowledgment; the stranger's new ticket does
+    assert len(world.mails_to(CUSTOMER)) == 1
+    assert len(world.mails_to("mallory@evil.test")) == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("Auto-Submitted", "auto-replied"),
+        ("Precedence", "bulk"),
+        ("List-Id", "<announce.lists.example.org>"),
+        ("Return-Path", "<>"),
+    ],
+)
+def test_automatic_mail_gets_no_acknowledgment(world: DeskWorld, header: tuple[str, str]) -> None:
+    world.deliver(customer_mail("Out of office", "I am away until Monday.", headers=[header]))
+    world.run_once()
+
+    assert world.tickets() == []
+    assert world.smtp.messages == []
+    assert world.account.uids("INBOX") == []  # recorded as ignored, moved, never lost
+
+
+def test_automatic_mail_that_threads_is_kept_on_its_ticket(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Help", "Please help."))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    world.deliver(
+        customer_mail("Automatic reply: Help", "I am out of office.", reply_to=ack,
+                      headers=[("Auto-Submitted", "auto-replied")])
+    )
+    world.run_once()
+    [ticket] = world.tickets()
+    assert ticket["messages"][-1]["text"] == "I am out of office."
+    assert ticket["status"] == "open"
+    assert len(world.mails_to(CUSTOMER)) == 1
+
+
+def test_mailer_daemon_mail_gets_no_reply(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Warning: could not send", "Your message is delayed.", sender="MAILER-DAEMON@mx.example.net"))
+    world.run_once()
+    assert world.smtp.messages == []
+
+
+def test_corpus_messages_become_tickets(world: DeskWorld) -> None:
+    names = ["plain-text.eml", "multi-attachment.eml", "html-only.eml", "rfc2047-subject.eml"]
+    for name in names:
+        world.deliver((MAIL / name).read_bytes())
+    world.run_once()
+    tickets = world.tickets()
+    assert len(tickets) == len(names)
+    assert all(t["messages"][0]["text"].strip() for t in tickets)
+    assert sum(len(t["messages"][0]["attachments"]) for t in tickets) >= 2
+    assert world.account.uids("INBOX") == []
+
+
+def test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx(world: DeskWorld) -> None:
+    world.smtp.script("rcpt", "451 4.3.0 try again later")
+    world.deliver(customer_mail("Retry me", "Hello"))
+    world.run_once()
+    assert world.mails_to(CUSTOMER) == []  # first attempt refused
+
+    # due again after the backoff: move the clock, run again
+    world.clock.advance(hours=1)
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+
+    from maildesk.models import Outbox
+    from sqlalchemy import select
+
+    with world.db.transaction() as session:
+        row = session.scalar(select(Outbox).where(Outbox.recipient == CUSTOMER))
+        assert row is not None
+        assert row.status == "sent"
+        assert row.attempts == 2
+        assert f"<{row.message_id}>" == ack.message["Message-ID"]
+
+    world.smtp.script("rcpt", "550 5.1.1 no such user")
+    world.deliver(customer_mail("Bounce me", "Hello", sender="nobody@customer.test"))
+    world.run_once()
+    with world.db.transaction() as session:
+        row = session.scalar(select(Outbox).where(Outbox.recipient == "nobody@customer.test"))
+        assert row is not None
+        assert row.status == "failed"
+        assert row.last_error is not None and "550" in row.last_error
+
+
+def test_smtp_down_never_blocks_ingestion(world: DeskWorld) -> None:
+    world.smtp.stop()
+    world.deliver(customer_mail("SMTP is down", "Hello"))
+    world.run_once()
+    assert len(world.tickets()) == 1
+    world.smtp.start()
+    world.clock.advance(hours=1)
+    world.run_once()
+    assert len(world.mails_to(CUSTOMER)) == 1
+
+
+def test_crash_between_commit_and_move_neither_loses_nor_doubles(world: DeskWorld) -> None:
+    """The daemon is killed (os._exit) right after the commit, before the move."""
+    world.deliver(customer_mail("Crash test", "Hello"))
+    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path), "MAILDESK_CRASH_AT": "after_commit"}
+    killed = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    assert killed.returncode == 137
+    assert len(world.tickets()) == 1
+    assert len(world.account.uids("INBOX")) == 1  # committed, not yet moved
+
+    env.pop("MAILDESK_CRASH_AT")
+    again = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    assert again.returncode == 0, again.stderr.decode()
+    assert len(world.tickets()) == 1
+    assert world.account.uids("INBOX") == []
+    assert len(world.account.uids("Processed")) == 1
+    assert len(world.mails_to(CUSTOMER)) == 1
+
+
+def test_idle_answers_a_new_message_within_moments(world: DeskWorld) -> None:
+    world.start()
+    try:
+        world.deliver(customer_mail("Fast please", "Hello"))
+        start = time.monotonic()
+        world.wait_mails_to(CUSTOMER, 1, timeout=10)
+        elapsed = time.monotonic() - start
+    finally:
+        world.stop()
+    # IDLE, not the 2 s poll: Dovecot coalesces notifications for 0.5 s by design
+    assert elapsed < 1.9, elapsed
+
+
+def test_ingest_from_stdin_for_an_mta_pipe(world: DeskWorld) -> None:
+    raw = customer_mail("Piped in", "From the MTA").as_bytes()
+    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
+    done = subprocess.run([sys.executable, "-m", "maildesk", "ingest"], input=raw, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().startswith("new_ticket [#1]")
+    again = subprocess.run([sys.executable, "-m", "maildesk", "ingest"], input=raw, env=env, capture_output=True, timeout=60)
+    assert again.returncode == 0
+    assert len(world.tickets()) == 1
+
+
+def test_run_once_with_an_unreachable_mailbox_says_so_in_one_line(world: DeskWorld) -> None:
+    world.account.stop()
+    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
+    done = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr.decode()
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("maildesk: mailbox support:")
+
+
+def test_ticket_json_contract(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Contract", "Hello"))
+    world.run_once()
+    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
+    import json
+
+    listed = json.loads(subprocess.run([sys.executable, "-m", "maildesk", "tickets", "list", "--json"], env=env, capture_output=True, check=True).stdout)
+    assert set(listed[0]) >= {"ref", "number", "subject", "status", "priority", "requester", "assignee", "team", "tags", "created_at", "updated_at"}
+    shown = json.loads(subprocess.run([sys.executable, "-m", "maildesk", "tickets", "show", "1", "--json"], env=env, capture_output=True, check=True).stdout)
+    assert set(shown["messages"][0]) >= {"from", "internal", "text", "message_id", "created_at", "attachments"}
+    assert set(shown["events"][0]) >= {"kind", "actor", "at", "detail"}
+    human = subprocess.run([sys.executable, "-m", "maildesk", "tickets", "list"], env=env, capture_output=True, check=True, text=True).stdout
+    assert "[#1]" in human and "Contract" in human
+
