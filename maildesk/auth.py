@@ -1,0 +1,388 @@
+"""Who may act: reply tokens and trusted Authentication-Results.
+
+Sits between ``routing`` and ``tickets``: once a follow-up is known to come from an agent, the
+lifecycle asks ``authenticate`` whether the message proves it. ``From:`` alone never does. Proof
+is either a reply token (an HMAC with the desk secret, carried in the plus-address of the
+``Reply-To`` of every notification) or a verdict from a trusted ``Authentication-Results`` header
+(RFC 8601) showing DMARC pass or DKIM pass aligned with the From domain.
+
+Everything here is pure: no database, no network, no clock (``now`` is passed in). Checking
+never raises; only ``make_token`` refuses impossible input.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+TOKEN_VERSION = 1
+_MAC_BYTES = 17  # 136 bits: at least 128, and it makes the token a whole number of base32 chars
+_TAG_BYTES = 4
+_HEADER_BYTES = 1 + 4 + 4 + _TAG_BYTES  # version, ticket, expiry minutes, agent tag
+_RAW_BYTES = _HEADER_BYTES + _MAC_BYTES  # 30 bytes -> exactly 48 base32 characters
+TOKEN_LENGTH = _RAW_BYTES * 8 // 5
+_TOKEN_RE = re.compile(r"[a-z2-7]+")
+_MAC_CONTEXT = b"maildesk reply token\x00"
+_TAG_CONTEXT = b"maildesk agent tag\x00"
+
+# Preference among failed tokens when a message carries several: the most helpful explanation.
+_FAILURE_RANK = {"expired": 0, "other_ticket": 1, "other_agent": 2, "altered": 3, "malformed": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """The verdict on one reply token."""
+
+    ok: bool
+    reason: str  # valid | missing | malformed | altered | expired | other_agent | other_ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Whether a message proves that the agent sent it, and how.
+
+    ``reason`` is one sentence for the notice to the agent when ``ok`` is false. ``token_reason``
+    and ``ar_reason`` record both checks for the audit trail (never the token itself).
+    """
+
+    ok: bool
+    method: str  # token | dmarc | dkim | none | "" when not ok
+    reason: str
+    token_reason: str = ""
+    ar_reason: str = ""
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken to be UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _normalise_agent(agent: str) -> bytes:
+    return agent.strip().lower().encode("utf-8", "surrogatepass")
+
+
+def _agent_tag(secret: bytes, agent: bytes) -> bytes:
+    # Keyed, so a third party who sees a token cannot test guessed addresses against it.
+    return hmac.new(secret, _TAG_CONTEXT + agent, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+def _mac(secret: bytes, header: bytes, agent: bytes) -> bytes:
+    return hmac.new(secret, _MAC_CONTEXT + header + agent, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_token(secret: bytes, agent: str, ticket_number: int, expires: datetime) -> str:
+    """A reply token binding ``agent``, ``ticket_number`` and ``expires`` (to the minute).
+
+    48 characters of lowercase base32: version byte, ticket number, expiry in minutes since the
+    epoch, a 4-byte keyed tag of the agent address, and a 136-bit HMAC-SHA256 over all of it and
+    the full agent address.
+    """
+    if not secret:
+        raise ValueError("the desk secret is empty")
+    if not 0 <= ticket_number < 2**32:
+        raise ValueError(f"ticket number out of range: {ticket_number}")
+    minutes = int(_utc(expires).timestamp() // 60)
+    if not 0 <= minutes < 2**32:
+        raise ValueError(f"expiry out of range: {expires.isoformat()}")
+    who = _normalise_agent(agent)
+    header = (
+        bytes([TOKEN_VERSION])
+        + ticket_number.to_bytes(4, "big")
+        + minutes.to_bytes(4, "big")
+        + _agent_tag(secret, who)
+    )
+    raw = header + _mac(secret, header, who)
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def check_token(
+    secret: bytes, token: str, agent: str, ticket_number: int, now: datetime
+) -> TokenCheck:
+    """Check a token (any letter case) for this agent and ticket at ``now``; never raises."""
+    if not token:
+        return TokenCheck(False, "missing")
+    text = token.strip().lower()
+    if len(text) != TOKEN_LENGTH or not _TOKEN_RE.fullmatch(text):
+        return TokenCheck(False, "malformed")
+    raw = base64.b32decode(text.upper())
+    header, mac = raw[:_HEADER_BYTES], raw[_HEADER_BYTES:]
+    if header[0] != TOKEN_VERSION or not secret:
+        return TokenCheck(False, "malformed")
+    who = _normalise_agent(agent)
+    if not hmac.compare_digest(header[9:_HEADER_BYTES], _agent_tag(secret, who)):
+        return TokenCheck(False, "other_agent")
+    if not hmac.compare_digest(mac, _mac(secret, header, who)):
+        return TokenCheck(False, "altered")
+    if int.from_bytes(header[1:5], "big") != ticket_number:
+        return TokenCheck(False, "other_ticket")
+    expiry_minutes = int.from_bytes(header[5:9], "big")
+    if _utc(now).timestamp() >= expiry_minutes * 60:
+        return TokenCheck(False, "expired")
+    return TokenCheck(True, "valid")
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.strip().rpartition("@")
+    return local, domain
+
+
+def reply_address(desk_address: str, token: str) -> str:
+    """The plus-address carrying ``token``: ``support@example.com`` -> ``support+<token>@...``."""
+    local, domain = _split_address(desk_address)
+    return f"{local}+{token}@{domain}"
+
+
+def tokens_in(addresses: Iterable[str], desk_address: str) -> tuple[str, ...]:
+    """Tokens found in plus-addresses of the desk address, lower-cased, in order, once each.
+
+    ``addresses`` may be bare addresses or whole header values (``Support <support+x@...>, ...``);
+    the local part and domain compare case-insensitively, as mail systems fold them.
+    """
+    local, domain = _split_address(desk_address)
+    if not local or not domain:
+        return ()
+    pattern = re.compile(
+        rf"(?<![\w.+!#$%&'*/=?^`{{|}}~-]){re.escape(local)}\+([a-z0-9]{{1,200}})@{re.escape(domain)}(?![\w.-])",
+        re.IGNORECASE,
+    )
+    found: dict[str, None] = {}
+    for value in addresses:
+        if not isinstance(value, str):
+            continue
+        for match in pattern.finditer(value):
+            found.setdefault(match.group(1).lower(), None)
+    return tuple(found)
+
+
+# --- Authentication-Results (RFC 8601) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ResInfo:
+    method: str  # e.g. "dmarc", "dkim" (version suffix removed)
+    result: str  # e.g. "pass"
+    props: tuple[tuple[str, str], ...]  # ("header.from", "example.com"), ...
+
+    def prop(self, name: str) -> str | None:
+        for key, value in self.props:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Results:
+    authserv_id: str  # lower-case; "" when the header has none
+    resinfo: tuple[_ResInfo, ...]
+
+
+def _lex(value: str) -> tuple[list[tuple[str, str]], bool]:
+    """Tokens of an AR value: ("word", w), ("quoted", s), ("=", "="), (";", ";"), and whether
+    the value was well formed.
+
+    Comments (nested, with quoted-pairs) are dropped; an unterminated comment or quoted string
+    runs to the end of the value and marks it malformed.
+    """
+    tokens: list[tuple[str, str]] = []
+    well_formed = True
+    i, n = 0, len(value)
+    while i < n:
+        char = value[i]
+        if char.isspace() or char == ")":  # a stray ")" closes nothing
+            i += 1
+        elif char == "(":
+            depth = 0
+            while i < n:
+                if value[i] == "\\":
+                    i += 2
+                    continue
+                depth += {"(": 1, ")": -1}.get(value[i], 0)
+                i += 1
+                if depth == 0:
+                    break
+            well_formed = well_formed and depth == 0
+        elif char == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(value[i])
+                i += 1
+            well_formed = well_formed and i < n
+            i += 1
+            tokens.append(("quoted", "".join(chars)))
+        elif char in "=;":
+            tokens.append((char, char))
+            i += 1
+        else:
+            start = i
+            while i < n and not value[i].isspace() and value[i] not in '()";=':
+                i += 1
+            tokens.append(("word", value[start:i]))
+    return tokens, well_formed
+
+
+def _parse_resinfo(tokens: list[tuple[str, str]]) -> _ResInfo | None:
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i + 2 < len(tokens):
+        (kind, key), (eq, _), (vkind, val) = tokens[i], tokens[i + 1], tokens[i + 2]
+        if kind == "word" and eq == "=" and vkind in ("word", "quoted"):
+            pairs.append((key.lower(), val))
+            i += 3
+        else:
+            i += 1
+    if not pairs:
+        return None
+    method, result = pairs[0]
+    return _ResInfo(
+        method=method.split("/", 1)[0],
+        result=result.lower(),
+        props=tuple((key, val.strip()) for key, val in pairs[1:]),
+    )
+
+
+def parse_authentication_results(value: str) -> _Results:
+    """One AR header value to its authserv-id and results; never raises."""
+    segments: list[list[tuple[str, str]]] = [[]]
+    tokens, well_formed = _lex(value if isinstance(value, str) else "")
+    for token in tokens:
+        if token[0] == ";":
+            segments.append([])
+        else:
+            segments[-1].append(token)
+    head = segments[0]
+    # A header without an authserv-id (it starts "spf=pass ...") can never be trusted.
+    if not head or head[0][0] != "word" or (len(head) > 1 and head[1][0] == "="):
+        authserv_id = ""
+    else:
+        authserv_id = head[0][1].lower()
+    if not well_formed:  # a header we cannot read exactly proves nothing (but still counts)
+        return _Results(authserv_id, ())
+    parsed = (_parse_resinfo(segment) for segment in segments[1:])
+    return _Results(authserv_id, tuple(info for info in parsed if info is not None))
+
+
+def _domain(value: str | None) -> str:
+    if not value:
+        return ""
+    return value.rpartition("@")[2].strip().strip(".").lower()
+
+
+def _aligned(signer: str, from_domain: str) -> bool:
+    """Relaxed alignment: same domain, or one is a parent of the other (never a bare TLD)."""
+    if not signer or not from_domain or "." not in signer or "." not in from_domain:
+        return False
+    return (
+        signer == from_domain
+        or from_domain.endswith("." + signer)
+        or signer.endswith("." + from_domain)
+    )
+
+
+def _verdict(results: _Results, from_domain: str) -> tuple[str, str]:
+    """("dmarc" | "dkim" | "", reason) for the one trusted header."""
+    for info in results.resinfo:
+        if info.method == "dmarc" and info.result == "pass":
+            header_from = info.prop("header.from")
+            if header_from is None or _domain(header_from) == from_domain:
+                return "dmarc", f"dmarc=pass for {from_domain} from {results.authserv_id}"
+    for info in results.resinfo:
+        if info.method == "dkim" and info.result == "pass":
+            signer = _domain(info.prop("header.d")) or _domain(info.prop("header.i"))
+            if _aligned(signer, from_domain):
+                return "dkim", f"dkim=pass aligned with {from_domain} from {results.authserv_id}"
+    return "", f"{results.authserv_id} shows no dmarc=pass or aligned dkim=pass for {from_domain}"
+
+
+def _ar_check(
+    values: Sequence[str], trusted_authserv_ids: Collection[str], from_domain: str
+) -> tuple[str, str]:
+    trusted = {item.strip().lower() for item in trusted_authserv_ids if item and item.strip()}
+    domain = _domain(from_domain)
+    parsed = [parse_authentication_results(value) for value in values]
+    positions = [i for i, results in enumerate(parsed) if results.authserv_id in trusted]
+    if not positions:
+        return "", "no Authentication-Results from a trusted server"
+    if len(positions) > 1:
+        return "", "Authentication-Results ambiguous: more than one from a trusted server"
+    if positions[0] != 0:
+        return "", "the trusted Authentication-Results is not the topmost one"
+    return _verdict(parsed[0], domain)
+
+
+def check_authentication_results(
+    values: Sequence[str], trusted_authserv_ids: Collection[str], from_domain: str
+) -> tuple[bool, str]:
+    """(passed, reason) for the Authentication-Results values, topmost first (header order).
+
+    Only headers whose authserv-id is trusted count, and only if there is exactly one such header
+    and it is the topmost one (RFC 8601 sections 5 and 7.1): anything below it may have been
+    written by the sender. It must show ``dmarc=pass`` for the From domain, or ``dkim=pass``
+    whose signing domain is aligned with it.
+    """
+    method, reason = _ar_check(values, trusted_authserv_ids, from_domain)
+    return bool(method), reason
+
+
+_NOTICES = {
+    "missing": (
+        "The message carried no reply token of yours and no trusted sender authentication. "
+        "Reply to a notification from the desk (its Reply-To carries your token) so the "
+        "command counts."
+    ),
+    "other_agent": (
+        "The reply token belongs to another agent; reply to a notification the desk sent to you."
+    ),
+    "other_ticket": (
+        "The reply token belongs to another ticket; reply to a notification about this ticket."
+    ),
+    "expired": "The reply token has expired; reply to a newer notification.",
+    "altered": (
+        "The reply token was altered; reply to a notification from the desk without editing "
+        "its Reply-To address."
+    ),
+    "malformed": (
+        "The reply token was altered; reply to a notification from the desk without editing "
+        "its Reply-To address."
+    ),
+}
+
+
+def authenticate(
+    *,
+    secret: bytes,
+    desk_address: str,
+    agent: str,
+    ticket_number: int,
+    addresses: Iterable[str],
+    authentication_results: Sequence[str],
+    trusted_authserv_ids: Collection[str],
+    agent_auth: str,
+    now: datetime,
+) -> Proof:
+    """Whether this message proves it comes from ``agent`` (the registered address) for the ticket.
+
+    ``addresses`` are the To, Cc, Delivered-To and X-Original-To values; ``authentication_results``
+    the AR header values topmost first. A valid token wins; else a trusted AR verdict; else
+    ``agent_auth == "none"`` lets it through; else the proof fails with a sentence for the agent.
+    """
+    token_reason = "missing"
+    for token in tokens_in(addresses, desk_address):
+        check = check_token(secret, token, agent, ticket_number, now)
+        if check.ok:
+            return Proof(True, "token", "", token_reason="valid")
+        if _FAILURE_RANK.get(check.reason, 9) < _FAILURE_RANK.get(token_reason, 9):
+            token_reason = check.reason
+    method, ar_reason = _ar_check(authentication_results, trusted_authserv_ids, _domain(agent))
+    if method:
+        return Proof(True, method, "", token_reason=token_reason, ar_reason=ar_reason)
+    if agent_auth.strip().lower() == "none":
+        return Proof(True, "none", "", token_reason=token_reason, ar_reason=ar_reason)
+    return Proof(False, "", _NOTICES[token_reason], token_reason=token_reason, ar_reason=ar_reason)
