@@ -1,0 +1,373 @@
+"""The agent command grammar: parse ``#verb`` commands, validate them, and the help text.
+
+Sits between ``routing`` and ``tickets``: for an agent's follow-up, ``parse`` finds the commands
+in the subject (``#verb`` words after the ticket ref) and in the command-only lines at the very
+top of the body; ``validate`` resolves them against the desk's agents, teams and canned replies,
+all or nothing. Both return values and touch nothing; ``tickets`` carries the actions out and
+``describe``/``HELP`` word the receipt. Customer mail is never parsed for commands.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+VERBS = ("assign", "note", "escalate", "close", "priority", "tag", "untag", "reopen", "reply")
+PRIORITIES = ("low", "medium", "high", "urgent")
+
+MAX_COMMANDS = 20
+MAX_COMMAND_CHARS = 200
+MAX_TAG_CHARS = 40
+
+# A command word: "#" starting a whitespace-separated word, then a letter (so "#1042" is a ticket
+# number, not a command); sentence punctuation right after the verb is tolerated.
+_VERB_WORD = re.compile(r"#([A-Za-z][A-Za-z0-9_-]*)[.,;:!?]*")
+_TRAILING_PUNCTUATION = re.compile(r"[.,;:!?]+$")
+_TAG_WORD = re.compile(rf"[a-z0-9_-]{{1,{MAX_TAG_CHARS}}}")
+
+# Reply and forward prefixes of common clients and languages (Re, AW, SV, Antw, Fwd, WG, TR, RV,
+# VS, Odp, Enc, Rif, RE[2], Re(2)) and the warning tags gateways put into subjects ([EXTERNAL], ...).
+_SUBJECT_NOISE = re.compile(
+    r"(?<![\w#@.-])(?:"
+    r"(?:re|aw|sv|antw|fwd?|wg|tr|rv|vs|odp|enc|rif)(?:\s*\[\d+\]|\s*\(\d+\)|\^\d+)?\s*:"
+    r"|\[\s*(?:external|extern|ext|caution|warning|suspicious|spam)(?:\s+[a-z]+)*\s*\]"
+    r")",
+    re.IGNORECASE,
+)
+_FULLWIDTH_HASH = "\uff03"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command as written: lower-case verb (possibly unknown), its argument words."""
+
+    verb: str
+    args: tuple[str, ...]
+    source: str  # e.g. "#assign bob@example.com"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The commands of one message, subject first, and the text left once they are removed."""
+
+    commands: tuple[Command, ...]
+    text: str  # the body without its leading command lines, stripped
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """What commands may name: the desk's agents, teams and canned replies."""
+
+    agents: tuple[tuple[str, str, tuple[str, ...]], ...]  # (email, name, teams)
+    teams: tuple[str, ...]
+    canned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One validated command, resolved to the names the lifecycle stores."""
+
+    verb: str
+    value: str | None  # agent email, team, priority or canned reply name; None without argument
+    words: tuple[str, ...] = ()  # tags for tag/untag
+    source: str = ""
+    name: str = ""  # the agent's display name for assign
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """All the actions of a message, or none of them and the reasons why."""
+
+    actions: tuple[Action, ...]
+    refusals: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+
+def _strip_noise(subject: str) -> str:
+    return _SUBJECT_NOISE.sub(" ", subject)
+
+
+def _verb_of(word: str) -> str | None:
+    match = _VERB_WORD.fullmatch(word)
+    return match.group(1).lower() if match else None
+
+
+def _group(words: Sequence[str]) -> list[Command]:
+    """Split words into commands: each ``#verb`` word takes the words up to the next one."""
+    commands: list[Command] = []
+    verb: str | None = None
+    written = ""
+    args: list[str] = []
+
+    def flush() -> None:
+        if verb is not None:
+            cleaned = [_TRAILING_PUNCTUATION.sub("", arg) for arg in args]
+            source = " ".join([written, *args])
+            commands.append(Command(verb, tuple(arg for arg in cleaned if arg), source))
+
+    for word in words:
+        found = _verb_of(word)
+        if found is not None:
+            flush()
+            verb, written, args = found, _TRAILING_PUNCTUATION.sub("", word), []
+        elif verb is not None:
+            args.append(word)
+    flush()
+    return commands
+
+
+def _subject_commands(subject: str, ref_pattern: str) -> list[Command]:
+    cleaned = _strip_noise(subject or "")
+    ref = re.search(ref_pattern, cleaned)
+    if ref is None:
+        return []
+    return _group(cleaned[ref.end() :].split())
+
+
+def _is_command_line(line: str) -> bool:
+    words = line.split()
+    return bool(words) and _verb_of(words[0]) is not None
+
+
+def _body_commands(body: str) -> tuple[list[Command], str]:
+    lines = (body or "").splitlines()
+    commands: list[Command] = []
+    cut = len(lines)
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if not _is_command_line(line):
+            cut = index
+            break
+        commands.extend(_group(line.split()))
+    return commands, "\n".join(lines[cut:]).strip()
+
+
+def parse(subject: str, body: str, ref_pattern: str) -> Parsed:
+    """Commands from the subject (after the ref matched by ``ref_pattern``) and the body's top.
+
+    In the subject every ``#verb`` word after the ref starts a command that takes the following
+    words up to the next ``#verb``; reply prefixes and gateway tags are ignored. In the body,
+    the lines at the very top that begin with a ``#verb`` word are command lines (blank lines
+    between them allowed); the first other line ends them and starts the text. ``#`` followed by
+    a digit, or not at the start of a word, or anywhere in the text, is never a command.
+    """
+    from_subject = _subject_commands(subject, ref_pattern)
+    from_body, text = _body_commands(body)
+    return Parsed(tuple(from_subject + from_body), text)
+
+
+def defang(text: str) -> str:
+    """Text that ``parse`` will never read a command from (for subjects sent to agents).
+
+    A customer's ``#word`` in a subject would otherwise become a command when an agent replies;
+    the full-width number sign looks the same to a reader.
+    """
+    return re.sub(r"#(?=[A-Za-z])", _FULLWIDTH_HASH, text)
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A command's refusal reason (internal to ``validate``)."""
+
+
+def _short(source: str) -> str:
+    return source if len(source) <= 60 else source[:57] + "..."
+
+
+def _no_args(command: Command) -> None:
+    if command.args:
+        raise _Refused(f"#{command.verb} takes no arguments")
+
+
+def _one_phrase(command: Command, what: str) -> str:
+    if not command.args:
+        raise _Refused(f"missing {what}")
+    return " ".join(command.args)
+
+
+def _resolve_agent(
+    phrase: str, directory: Directory, actor: str
+) -> tuple[str, tuple[str, str, tuple[str, ...]]]:
+    by_email = {agent[0].strip().lower(): agent for agent in directory.agents}
+    wanted = phrase.strip().strip("<>").lower()
+    if wanted == "me":
+        agent = by_email.get(actor.strip().lower())
+        if agent is None:
+            raise _Refused("you are not an agent of this desk")
+        return agent[0].lower(), agent
+    if "@" in wanted:
+        agent = by_email.get(wanted)
+        if agent is None:
+            raise _Refused(f"no agent with the address {wanted}")
+        return agent[0].lower(), agent
+    spaced = " ".join(wanted.split())
+    full = [agent for agent in directory.agents if " ".join(agent[1].lower().split()) == spaced]
+    if not full:
+        full = [
+            agent
+            for agent in directory.agents
+            if agent[1].split() and agent[1].split()[0].lower() == spaced
+        ]
+    if len(full) > 1:
+        names = ", ".join(sorted(f"{agent[1]} <{agent[0]}>" for agent in full))
+        raise _Refused(f"{phrase} could be {names}; use the address")
+    if not full:
+        raise _Refused(f"no agent called {phrase}")
+    return full[0][0].lower(), full[0]
+
+
+def _named(phrase: str, choices: Sequence[str], what: str) -> str:
+    for choice in choices:
+        if choice.lower() == phrase.lower():
+            return choice
+    known = ", ".join(choices) or "none"
+    raise _Refused(f"no {what} called {phrase} (known: {known})")
+
+
+def _tags(command: Command) -> tuple[str, ...]:
+    if not command.args:
+        raise _Refused("name at least one tag")
+    words: dict[str, None] = {}
+    for arg in command.args:
+        word = arg.lower()
+        if not _TAG_WORD.fullmatch(word):
+            raise _Refused(
+                f"{arg!r} is not a tag: use a-z, 0-9, _ and - only, at most "
+                f"{MAX_TAG_CHARS} characters"
+            )
+        words.setdefault(word, None)
+    return tuple(words)
+
+
+def _action(command: Command, directory: Directory, actor: str) -> Action:
+    verb, source = command.verb, command.source
+    if verb in ("note", "close", "reopen"):
+        _no_args(command)
+        return Action(verb, None, source=source)
+    if verb == "assign":
+        email, agent = _resolve_agent(_one_phrase(command, "agent"), directory, actor)
+        return Action(verb, email, source=source, name=agent[1])
+    if verb == "escalate":
+        team = _named(_one_phrase(command, "team"), directory.teams, "team")
+        return Action(verb, team, source=source)
+    if verb == "priority":
+        phrase = _one_phrase(command, "priority").lower()
+        if phrase not in PRIORITIES:
+            raise _Refused(f"priority must be one of {', '.join(PRIORITIES)}")
+        return Action(verb, phrase, source=source)
+    if verb in ("tag", "untag"):
+        return Action(verb, None, words=_tags(command), source=source)
+    if verb == "reply":
+        name = _named(_one_phrase(command, "canned reply"), directory.canned, "canned reply")
+        return Action(verb, name, source=source)
+    raise _Refused(f"unknown command; known: {', '.join('#' + v for v in VERBS)}")
+
+
+_SINGLE_VALUED = ("assign", "escalate", "priority", "reply")
+
+
+def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
+    """Why ``action`` contradicts an earlier one of the same message, if it does."""
+    for other in earlier:
+        if action.verb in _SINGLE_VALUED and other.verb == action.verb:
+            return f"conflicts with {other.source}"
+        if {action.verb, other.verb} == {"close", "reopen"}:
+            return f"conflicts with {other.source}"
+        if {action.verb, other.verb} == {"tag", "untag"} and set(action.words) & set(other.words):
+            return f"conflicts with {other.source}"
+    return None
+
+
+def _without_repeats(action: Action, earlier: Sequence[Action]) -> Action | None:
+    """The action minus what earlier actions already do; None when nothing is left."""
+    if action.verb in ("tag", "untag"):
+        done = {word for other in earlier if other.verb == action.verb for word in other.words}
+        words = tuple(word for word in action.words if word not in done)
+        if not words:
+            return None
+        return Action(action.verb, None, words=words, source=action.source)
+    if any((action.verb, action.value) == (other.verb, other.value) for other in earlier):
+        return None
+    return action
+
+
+def validate(parsed: Parsed, directory: Directory, actor: str) -> Validation:
+    """Resolve every command, all or nothing: one refusal and no action applies.
+
+    Repeating a command is harmless (it appears once); two that contradict each other
+    (``#priority low #priority high``, ``#close #reopen``) are refused.
+    """
+    if len(parsed.commands) > MAX_COMMANDS:
+        line = f"{len(parsed.commands)} commands: at most {MAX_COMMANDS} per message"
+        return Validation((), (line,))
+    actions: list[Action] = []
+    refusals: list[str] = []
+    for command in parsed.commands:
+        try:
+            if len(command.source) > MAX_COMMAND_CHARS:
+                raise _Refused(f"longer than {MAX_COMMAND_CHARS} characters")
+            action = _without_repeats(_action(command, directory, actor), actions)
+            if action is None:
+                continue
+            conflict = _conflict(action, actions)
+            if conflict:
+                raise _Refused(conflict)
+            actions.append(action)
+        except _Refused as refusal:
+            refusals.append(f"{_short(command.source)}: {refusal}")
+    if refusals:
+        return Validation((), tuple(refusals))
+    return Validation(tuple(actions), ())
+
+
+def describe(action: Action) -> str:
+    """One line for the receipt: what the action did."""
+    value = action.value or ""
+    if action.verb == "assign":
+        return f"assigned to {action.name} <{value}>" if action.name else f"assigned to {value}"
+    lines = {
+        "note": "kept as an internal note; the customer gets nothing",
+        "escalate": f"escalated to team {value}",
+        "close": "closed",
+        "priority": f"priority set to {value}",
+        "tag": f"tagged {', '.join(action.words)}",
+        "untag": f"untagged {', '.join(action.words)}",
+        "reopen": "reopened",
+        "reply": f"canned reply {value} sent to the customer",
+    }
+    return lines.get(action.verb, action.source or action.verb)
+
+
+HELP = """\
+How to give commands: reply to a notification from the desk and type them at the end of its
+subject, after the ticket ref (Re: [#1042] Printer broken #assign me #priority high), or on
+lines of their own at the very top of your message, before your text. Several per message are
+fine. They apply all or nothing: if one is refused, none applies and your text is kept as an
+internal note. Text without #note is mailed to the customer; commands never are.
+
+#assign <agent email | agent name | me>
+    Give the ticket to an agent.                      Example: #assign bob@example.com
+#note
+    Keep the text internal; the customer gets nothing. Example: #note
+#escalate <team>
+    Move the ticket to another team.                  Example: #escalate billing
+#close
+    Close the ticket; the text is the resolution.     Example: #close
+#priority <low | medium | high | urgent>
+    Set the priority.                                 Example: #priority urgent
+#tag <word>...
+    Add tags (a-z, 0-9, _ and -).                     Example: #tag printer hardware
+#untag <word>...
+    Remove tags.                                      Example: #untag hardware
+#reopen
+    Open a closed ticket again.                       Example: #reopen
+#reply <name>
+    Send the customer a canned reply.                 Example: #reply password-reset
+"""
