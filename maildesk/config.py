@@ -210,7 +210,9 @@ def parse_duration(text: str) -> timedelta | None:
         return None
     match = DURATION.match(text)
     if not match:
-        raise ValueError(f'expected a duration like "45s", "15m", "4h", "3d" or "off", got {text!r}')
+        raise ValueError(
+            f'expected a duration like "45s", "15m", "4h", "3d" or "off", got {text!r}'
+        )
     return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
 
 
@@ -228,7 +230,9 @@ class _Table:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.file}: {self.where} {key}: {problem}")
 
-    def get(self, key: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+    def get(
+        self, key: str, kind: type[T], default: T | None = None, *, required: bool = False
+    ) -> T:
         self.used.add(key)
         if key not in self.data:
             if required:
@@ -239,7 +243,7 @@ class _Table:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(key, f"must be a {kind.__name__}, got {type(value).__name__}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
@@ -271,7 +275,7 @@ class _Table:
     def address(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.get(key, str, default, required=required)
         if value is None:
-            return value  # type: ignore[unreachable]
+            return value
         try:
             parsed = Address(addr_spec=value.strip())
         except (ValueError, IndexError, TypeError) as exc:
@@ -396,7 +400,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
     security = _read_security(_Table(data.get("security", {}), "[security]", path))
     if security.agent_auth == "none":
         warnings.append(
-            "[security] agent_auth = \"none\": agent commands are NOT authenticated; anyone who "
+            '[security] agent_auth = "none": agent commands are NOT authenticated; anyone who '
             "can forge an agent's From: address can act on tickets. Use only on closed networks."
         )
     lifecycle = _read_lifecycle(_Table(data.get("lifecycle", {}), "[lifecycle]", path))
@@ -437,9 +441,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
     )
 
 
-def _read_list(
-    data: dict[str, Any], key: str, path: Path, read: Callable[[_Table], T]
-) -> list[T]:
+def _read_list(data: dict[str, Any], key: str, path: Path, read: Callable[[_Table], T]) -> list[T]:
     items = data.get(key, [])
     if not isinstance(items, list):
         raise ConfigError(f"{path}: [[{key}]]: must be an array of tables ([[{key}]])")
@@ -489,7 +491,9 @@ def _desk_secret(t: _Table, base: Path, data_dir: Path) -> bytes:
     given = t.secret("secret", base, required=False)
     if given is not None:
         if len(given) < 16:
-            raise t.fail("secret", "too short: use at least 16 characters (32 random bytes is best)")
+            raise t.fail(
+                "secret", "too short: use at least 16 characters (32 random bytes is best)"
+            )
         return given.encode()
     path = data_dir / "secret"
     try:
@@ -501,7 +505,9 @@ def _desk_secret(t: _Table, base: Path, data_dir: Path) -> bytes:
             handle.write(secrets.token_urlsafe(32) + "\n")
         return path.read_text().strip().encode()
     except OSError as exc:
-        raise t.fail("secret", f"none given and cannot keep one in {path}: {exc.strerror}") from None
+        raise t.fail(
+            "secret", f"none given and cannot keep one in {path}: {exc.strerror}"
+        ) from None
 
 
 def _read_team(t: _Table) -> TeamSettings:
@@ -543,7 +549,9 @@ def _oauth(t: _Table, base: Path, auth: str) -> dict[str, Any]:
     if auth == "xoauth2" and not values["oauth_token_command"]:
         for key in ("oauth_client_id", "oauth_refresh_token_file", "oauth_token_url"):
             if not values[key]:
-                raise t.fail(key, "required with auth = \"xoauth2\" unless oauth_token_command is set")
+                raise t.fail(
+                    key, 'required with auth = "xoauth2" unless oauth_token_command is set'
+                )
     return values
 
 
@@ -572,7 +580,9 @@ def _read_mailbox(t: _Table, base: Path, teams: set[str]) -> MailboxSettings:
         )
     }
     if len(set(folders.values())) != 3:
-        raise t.fail("processed_folder", "folder, processed_folder and quarantine_folder must differ")
+        raise t.fail(
+            "processed_folder", "folder, processed_folder and quarantine_folder must differ"
+        )
     return MailboxSettings(
         name=t.get("name", str, required=True),
         host=t.get("host", str, required=True),
@@ -583,7 +593,9 @@ def _read_mailbox(t: _Table, base: Path, teams: set[str]) -> MailboxSettings:
         poll_seconds=poll,
         team=team,
         auth=auth,
-        **folders,
+        folder=folders["folder"],
+        processed_folder=folders["processed_folder"],
+        quarantine_folder=folders["quarantine_folder"],
         **_oauth(t, base, auth),
     )
 
@@ -653,7 +665,9 @@ def _read_sla(data: Any, path: Path, teams: set[str]) -> dict[str, SlaTarget]:
     out = {}
     for priority, item in data.items():
         if priority not in PRIORITIES:
-            raise ConfigError(f"{path}: [sla.{priority}]: priority must be one of {', '.join(PRIORITIES)}")
+            raise ConfigError(
+                f"{path}: [sla.{priority}]: priority must be one of {', '.join(PRIORITIES)}"
+            )
         t = _Table(item, f"[sla.{priority}]", path)
         escalate_to = t.get("escalate_to", str)
         if escalate_to is not None and escalate_to not in teams:
@@ -699,7 +713,9 @@ def _read_hours(t: _Table) -> BusinessHours:
 
 def _permission_warnings(path: Path, data: dict[str, Any]) -> list[str]:
     """Warn when the file holding a password is readable by others."""
-    holds_password = any("password" in box for box in data.get("mailboxes", []) if isinstance(box, dict))
+    holds_password = any(
+        "password" in box for box in data.get("mailboxes", []) if isinstance(box, dict)
+    )
     holds_password |= isinstance(data.get("smtp"), dict) and "password" in data["smtp"]
     holds_password |= isinstance(data.get("desk"), dict) and "secret" in data["desk"]
     try:

@@ -14,16 +14,22 @@ import asyncio
 import logging
 import os
 import random
+import secrets
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from maildesk import ingest, outbox
 from maildesk.config import MailboxSettings, Settings
 from maildesk.imap import Mailbox, MailboxError
-from maildesk.models import Database, DatabaseError
+from maildesk.models import Database, DatabaseError, Lease
 from maildesk.outbox import Mail
 from maildesk.tickets import Desk
 
@@ -34,6 +40,8 @@ MAX_BACKOFF = 300.0
 OUTBOX_BATCH = 200
 OUTBOX_CONNECTIONS = 4
 CLAIM_LEASE = timedelta(minutes=2)
+LEASE_TTL = timedelta(seconds=float(os.environ.get("MAILDESK_LEASE_SECONDS", "30")))
+MOVE_BATCH = 100
 
 
 @dataclass
@@ -87,6 +95,45 @@ def backoff_seconds(failures: int) -> float:
     return base * random.uniform(0.5, 1.0)
 
 
+def take_lease(db: Database, name: str, holder: str) -> bool:
+    """Take or renew the lease ``name`` for ``holder``: one consumer per mailbox at a time.
+
+    A lease not renewed within ``LEASE_TTL`` (its holder died) is taken over; the fence counts
+    takeovers. Real time, not the injected clock: leases are about live processes.
+    """
+    now = datetime.now(UTC)
+    try:
+        with db.transaction() as session:
+            query = select(Lease).where(Lease.name == name)
+            if not db.is_sqlite:
+                query = query.with_for_update()
+            lease = session.scalar(query)
+            if lease is None:
+                session.add(Lease(name=name, holder=holder, expires_at=now + LEASE_TTL, fence=1))
+                return True
+            if lease.holder != holder and lease.expires_at > now:
+                return False
+            if lease.holder != holder:
+                log.info("taking over %s from %s (lease expired)", name, lease.holder)
+                lease.fence += 1
+            lease.holder = holder
+            lease.expires_at = now + LEASE_TTL
+            return True
+    except IntegrityError:  # another daemon created it first
+        return False
+
+
+def release_lease(db: Database, name: str, holder: str) -> None:
+    """Give the lease up at a clean stop, so another daemon need not wait for it to expire."""
+    try:
+        with db.transaction() as session:
+            lease = session.get(Lease, name)
+            if lease is not None and lease.holder == holder:
+                lease.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    except DatabaseError as exc:
+        log.warning("could not release %s: %s", name, exc)
+
+
 @dataclass
 class Daemon:
     settings: Settings
@@ -98,6 +145,7 @@ class Daemon:
     on_outcome: Callable[[str, ingest.Outcome], None] | None = None
 
     def __post_init__(self) -> None:
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.stopping = threading.Event()
         self.wake_outbox = asyncio.Event()
         self.mailboxes: dict[str, Mailbox] = {}
@@ -136,7 +184,9 @@ class Daemon:
             import os
 
             os._exit(1)
-        log.info("%s received: finishing the message in hand, then stopping", signal.Signals(sig).name)
+        log.info(
+            "%s received: finishing the message in hand, then stopping", signal.Signals(sig).name
+        )
         self.request_stop()
 
     def request_stop(self) -> None:
@@ -159,27 +209,50 @@ class Daemon:
 
     async def mailbox_loop(self, box: MailboxSettings) -> None:
         health = self.health[f"mailbox:{box.name}"]
-        while not self.stop.is_set():
-            mailbox = Mailbox(box, max_message_bytes=self.settings.limits.max_message_bytes)
-            self.mailboxes[box.name] = mailbox
-            try:
-                await asyncio.to_thread(mailbox.connect)
-                await self._healthy(health, f"mailbox {box.name}")
-                while not self.stop.is_set():
-                    await asyncio.to_thread(self.drain, box, mailbox)
-                    await self._healthy(health, f"mailbox {box.name}")
-                    if self.once or self.stop.is_set():
+        lease = f"mailbox:{box.name}"
+        try:
+            while not self.stop.is_set():
+                if not await asyncio.to_thread(take_lease, self.db, lease, self.holder):
+                    if self.once:
+                        log.info(
+                            "mailbox %s is being handled by another daemon; skipping", box.name
+                        )
                         return
-                    await asyncio.to_thread(mailbox.wait, min(box.poll_seconds, 29 * 60))
-            except (MailboxError, DatabaseError) as exc:
-                await self._failed(health, f"mailbox {box.name}", str(exc))
-                if self.once:
-                    self.unreachable.append(f"mailbox {box.name}: {exc}")
+                    await self.pause(LEASE_TTL.total_seconds() / 3)
+                    continue
+                if await self.consume(box, health, lease) or self.once:
                     return
-                await self.pause(backoff_seconds(health.failures))
-            finally:
-                self.mailboxes.pop(box.name, None)
-                await asyncio.to_thread(mailbox.close)
+        finally:
+            await asyncio.to_thread(release_lease, self.db, lease, self.holder)
+
+    async def consume(self, box: MailboxSettings, health: Health, lease: str) -> bool:
+        """Connect and handle mail until stopped; False when the caller should retry later."""
+        mailbox = Mailbox(box, max_message_bytes=self.settings.limits.max_message_bytes)
+        self.mailboxes[box.name] = mailbox
+        try:
+            await asyncio.to_thread(mailbox.connect)
+            await self._healthy(health, f"mailbox {box.name}")
+            while not self.stop.is_set():
+                await asyncio.to_thread(self.drain, box, mailbox)
+                await self._healthy(health, f"mailbox {box.name}")
+                if self.once or self.stop.is_set():
+                    return True
+                wait = min(box.poll_seconds, LEASE_TTL.total_seconds() / 3)
+                await asyncio.to_thread(mailbox.wait, wait)
+                if not await asyncio.to_thread(take_lease, self.db, lease, self.holder):
+                    log.warning("lost the lease on mailbox %s to another daemon", box.name)
+                    return False
+            return True
+        except (MailboxError, DatabaseError) as exc:
+            await self._failed(health, f"mailbox {box.name}", str(exc))
+            if self.once:
+                self.unreachable.append(f"mailbox {box.name}: {exc}")
+                return True
+            await self.pause(backoff_seconds(health.failures))
+            return False
+        finally:
+            self.mailboxes.pop(box.name, None)
+            await asyncio.to_thread(mailbox.close)
 
     def drain(self, box: MailboxSettings, mailbox: Mailbox) -> None:
         """Handle every message waiting in the folder; move each batch after its commits."""
@@ -187,30 +260,42 @@ class Daemon:
             uids = mailbox.pending()
             if not uids:
                 return
-            done: dict[str, list[int]] = {"processed": [], "quarantine": []}
-            try:
-                for raw in mailbox.fetch(uids):
-                    if self.stopping.is_set():
-                        break
-                    crash_point("after_fetch")
-                    source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
-                    if raw.too_large:
-                        outcome = ingest.quarantine(
-                            self.db, self.desk, source, b"", None,
-                            f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
-                        )
-                    else:
-                        outcome = ingest.process(self.db, self.desk, source, raw.raw)
-                    done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
-                    self._committed(box.name, outcome)
-                    crash_point("after_commit")
-            finally:
-                for folder, moved in done.items():
-                    if moved:
-                        mailbox.move(moved, folder)
-                        crash_point("after_move")
-            if self.stopping.is_set():
-                return
+            for start in range(0, len(uids), MOVE_BATCH):
+                self.drain_batch(box, mailbox, uids[start : start + MOVE_BATCH])
+                if self.stopping.is_set():
+                    return
+
+    def drain_batch(self, box: MailboxSettings, mailbox: Mailbox, uids: list[int]) -> None:
+        """Fetch, handle and commit each message of ``uids``, then move them in one go."""
+        done: dict[Literal["processed", "quarantine"], list[int]] = {
+            "processed": [],
+            "quarantine": [],
+        }
+        try:
+            for raw in mailbox.fetch(uids):
+                if self.stopping.is_set():
+                    break
+                crash_point("after_fetch")
+                source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
+                if raw.too_large:
+                    outcome = ingest.quarantine(
+                        self.db,
+                        self.desk,
+                        source,
+                        b"",
+                        None,
+                        f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
+                    )
+                else:
+                    outcome = ingest.process(self.db, self.desk, source, raw.raw)
+                done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
+                self._committed(box.name, outcome)
+                crash_point("after_commit")
+        finally:
+            for folder, moved in done.items():
+                if moved:
+                    mailbox.move(moved, folder)
+                    crash_point("after_move")
 
     def _committed(self, mailbox: str, outcome: ingest.Outcome) -> None:
         if self.loop is not None:
@@ -227,10 +312,16 @@ class Daemon:
             while True:
                 self.wake_outbox.clear()
                 now = self.desk.clock()
-                rows = await asyncio.to_thread(outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE)
+                rows = await asyncio.to_thread(
+                    outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE
+                )
                 if rows:
                     results = await outbox.deliver_rows(
-                        senders, self.db, rows, self.desk.clock, after_send=lambda: crash_point("after_send")
+                        senders,
+                        self.db,
+                        rows,
+                        self.desk.clock,
+                        after_send=lambda: crash_point("after_send"),
                     )
                     if any(r.outcome == "sent" for r in results):
                         await self._healthy(health, "SMTP")
@@ -261,8 +352,17 @@ class Daemon:
         if first:
             log.error("%s unreachable: %s (retrying with backoff)", what, error)
         if alert and self.settings.desk.admin_address:
-            log.error("%s has failed %d times in a row: alerting %s", what, health.failures, self.settings.desk.admin_address)
-            await asyncio.to_thread(self._alert, f"{what} is failing", f"{what} has failed {health.failures} times in a row.\nLast error: {error}")
+            log.error(
+                "%s has failed %d times in a row: alerting %s",
+                what,
+                health.failures,
+                self.settings.desk.admin_address,
+            )
+            await asyncio.to_thread(
+                self._alert,
+                f"{what} is failing",
+                f"{what} has failed {health.failures} times in a row.\nLast error: {error}",
+            )
 
     async def _healthy(self, health: Health, what: str) -> None:
         recovered, recovery_alert = health.ok(self.desk.clock())
@@ -278,7 +378,13 @@ class Daemon:
         with self.db.transaction() as session:
             self.desk.mailer.enqueue(
                 session,
-                Mail(kind="alert", template="admin_alert", to=admin, context={"subject": subject, "text": text}, to_agent=True),
+                Mail(
+                    kind="alert",
+                    template="admin_alert",
+                    to=admin,
+                    context={"subject": subject, "text": text},
+                    to_agent=True,
+                ),
                 self.desk.clock(),
             )
         if self.loop is not None:

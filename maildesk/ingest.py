@@ -9,6 +9,7 @@ server. The caller moves the message on the server only after ``process`` return
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import traceback
 from dataclasses import dataclass
@@ -16,12 +17,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk import routing, tickets
-from maildesk.config import MailboxSettings
 from maildesk.inbound import Inbound, Limits, parse
-from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus, Suppression, Ticket
+from maildesk.models import (
+    Database,
+    DatabaseError,
+    Ledger,
+    Outbox,
+    OutboxStatus,
+    Suppression,
+    Ticket,
+)
 from maildesk.tickets import Desk, StoredMail
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,9 @@ def limits_of(desk: Desk) -> Limits:
     )
 
 
-def process(db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None) -> Outcome:
+def process(
+    db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None
+) -> Outcome:
     """Handle one message from ``source``; returns once its effect is committed."""
     inbound = parse(raw, limits_of(desk))
     if inbound.fatal:
@@ -72,7 +83,7 @@ def process(db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int
     try:
         with db.transaction() as session:
             if replay is None:
-                seen = already_handled(session, source, inbound, raw)
+                seen = already_handled(session, source, inbound, raw, desk.clock())
                 if seen is not None:
                     return seen
             raw_path, digest = desk.store.put_raw(raw)
@@ -84,10 +95,21 @@ def process(db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int
             write_ledger(session, source, inbound, stored, outcome, now, replay=replay)
     except DatabaseError:
         raise
+    except IntegrityError:
+        # another daemon committed this very message first (its ledger row won): not poison
+        with db.transaction() as session:
+            seen = already_handled(session, source, inbound, raw, desk.clock())
+        if seen is not None:
+            return seen
+        raise
     except Exception as exc:  # noqa: BLE001 - poison mail must not stop the mailbox
         reason = f"{type(exc).__name__}: {exc}"
         log.error(
-            "cannot handle <%s> from %s: %s\n%s", inbound.message_id, source.mailbox, reason, traceback.format_exc()
+            "cannot handle <%s> from %s: %s\n%s",
+            inbound.message_id,
+            source.mailbox,
+            reason,
+            traceback.format_exc(),
         )
         return quarantine(db, desk, source, raw, inbound, reason, replay=replay)
     log_outcome(desk, source, outcome)
@@ -107,7 +129,9 @@ def log_outcome(desk: Desk, source: Source, outcome: Outcome) -> None:
     )
 
 
-def already_handled(session: Session, source: Source, inbound: Inbound, raw: bytes) -> Outcome | None:
+def already_handled(
+    session: Session, source: Source, inbound: Inbound, raw: bytes
+) -> Outcome | None:
     """A message whose effect is already committed: by ledger key, then by Message-ID + content."""
     if source.uid is not None:
         row = session.scalar(
@@ -118,9 +142,9 @@ def already_handled(session: Session, source: Source, inbound: Inbound, raw: byt
             )
         )
         if row is not None:
-            return Outcome("duplicate", row.ticket_id, "already handled (ledger)", inbound.message_id)
-    import hashlib
-
+            return Outcome(
+                "duplicate", row.ticket_id, "already handled (ledger)", inbound.message_id
+            )
     digest = hashlib.sha256(raw).hexdigest()
     query = select(Ledger).where(Ledger.mailbox == source.mailbox, Ledger.sha256 == digest)
     if inbound.message_id:
@@ -145,10 +169,15 @@ def already_handled(session: Session, source: Source, inbound: Inbound, raw: byt
             raw_path=row.raw_path,
             sender=inbound.from_raw[:998],
             subject=inbound.subject[:998],
-            at=datetime.now(row.at.tzinfo),
+            at=now,
         )
     )
-    return Outcome("duplicate", row.ticket_id, "already handled (same Message-ID and content)", inbound.message_id)
+    return Outcome(
+        "duplicate",
+        row.ticket_id,
+        "already handled (same Message-ID and content)",
+        inbound.message_id,
+    )
 
 
 def handle(
@@ -168,14 +197,26 @@ def handle(
         case routing.Bounce():
             return bounce(session, desk, route, inbound, now)
         case routing.NewTicket(no_auto_reply=quiet):
-            team = desk.settings.mailbox(source.mailbox).team if _known(desk, source) else desk.settings.teams[0].name
+            team = (
+                desk.settings.mailbox(source.mailbox).team
+                if _known(desk, source)
+                else desk.settings.teams[0].name
+            )
             ticket = tickets.open_ticket(
-                session, desk, inbound, stored, team=team, mailbox=source.mailbox, now=now, acknowledge=not quiet
+                session,
+                desk,
+                inbound,
+                stored,
+                team=team,
+                mailbox=source.mailbox,
+                now=now,
+                acknowledge=not quiet,
             )
             return Outcome("new_ticket", ticket.id, "", mid)
         case routing.FollowUp(ticket=view, automatic=automatic):
-            ticket = session.get(Ticket, view.id)
-            assert ticket is not None
+            followed = session.get(Ticket, view.id)
+            assert followed is not None
+            ticket = followed
             if automatic:
                 tickets.automatic_followup(session, desk, ticket, inbound, stored, automatic, now)
                 return Outcome("follow_up", ticket.id, automatic, mid)
@@ -184,7 +225,9 @@ def handle(
                 result = tickets.agent_message(session, desk, ticket, inbound, stored, agent, now)
                 reason = "; ".join(result.refused) if result.refused else "agent"
                 return Outcome("follow_up", ticket.id, reason, mid)
-            target = tickets.customer_reply(session, desk, ticket, inbound, stored, mailbox=source.mailbox, now=now)
+            target = tickets.customer_reply(
+                session, desk, ticket, inbound, stored, mailbox=source.mailbox, now=now
+            )
             if target.id != ticket.id:
                 return Outcome("new_ticket", target.id, f"linked to closed {desk.ref(ticket)}", mid)
             return Outcome("follow_up", ticket.id, "", mid)
@@ -195,16 +238,22 @@ def _known(desk: Desk, source: Source) -> bool:
     return any(m.name == source.mailbox for m in desk.settings.mailboxes)
 
 
-def bounce(session: Session, desk: Desk, route: routing.Bounce, inbound: Inbound, now: datetime) -> Outcome:
+def bounce(
+    session: Session, desk: Desk, route: routing.Bounce, inbound: Inbound, now: datetime
+) -> Outcome:
     """A delivery report about mail we sent: an event on its ticket, never a reply."""
     report = route.report
     row = session.get(Outbox, route.outbox_id) if route.outbox_id is not None else None
     if row is None and report is not None and report.original_message_id:
         row = session.scalar(select(Outbox).where(Outbox.message_id == report.original_message_id))
     if row is None:
-        return Outcome("ignored", None, "delivery report about mail we did not send", inbound.message_id)
+        return Outcome(
+            "ignored", None, "delivery report about mail we did not send", inbound.message_id
+        )
     recipients = report.recipients if report is not None else ()
-    entries: list[tuple[str, str, str]] = [(r.address or row.recipient, r.action, r.status) for r in recipients]
+    entries: list[tuple[str, str, str]] = [
+        (r.address or row.recipient, r.action, r.status) for r in recipients
+    ]
     if not entries:
         entries = [(row.recipient, "failed", "5.0.0")]
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
@@ -212,15 +261,23 @@ def bounce(session: Session, desk: Desk, route: routing.Bounce, inbound: Inbound
         permanent = action == "failed" or status.startswith("5")
         if ticket is not None:
             tickets.event(
-                session, ticket, "bounce", address, now,
-                recipient=address, status=status, action=action or ("failed" if permanent else "delayed"),
+                session,
+                ticket,
+                "bounce",
+                address,
+                now,
+                recipient=address,
+                status=status,
+                action=action or ("failed" if permanent else "delayed"),
                 message_id=row.message_id,
             )
         if permanent:
             row.status = OutboxStatus.FAILED
             row.last_error = f"bounced: {status} ({action or 'failed'}) for {address}"
             suppress(session, address, now, f"{status} bounce")
-    return Outcome("bounce", ticket.id if ticket else None, f"about <{row.message_id}>", inbound.message_id)
+    return Outcome(
+        "bounce", ticket.id if ticket else None, f"about <{row.message_id}>", inbound.message_id
+    )
 
 
 def suppress(session: Session, address: str, now: datetime, reason: str) -> None:
@@ -259,7 +316,9 @@ def write_ledger(
             for key, value in values.items():
                 setattr(row, key, value)
             return
-    session.add(Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values))
+    session.add(
+        Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values)
+    )
 
 
 def quarantine(
@@ -303,9 +362,16 @@ def quarantine(
             for key, value in values.items():
                 setattr(existing, key, value)
         else:
-            session.add(Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values))
+            session.add(
+                Ledger(
+                    mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values
+                )
+            )
     log.warning(
-        "%s: <%s> quarantined: %s", source.mailbox, mid or "no Message-ID", reason,
+        "%s: <%s> quarantined: %s",
+        source.mailbox,
+        mid or "no Message-ID",
+        reason,
         extra={"message_id": mid, "ticket": "-", "mailbox": source.mailbox},
     )
     return Outcome("quarantined", None, reason, mid)

@@ -37,7 +37,9 @@ from maildesk.store import Store
 
 log = logging.getLogger(__name__)
 
-RATING = re.compile(r"^\s*(?:rating\s*[:=]?\s*)?([1-5])(?:\s*/\s*5)?(?![\d.,])\s*[-:.,!)]*\s*(.*)$", re.I | re.S)
+RATING = re.compile(
+    r"^\s*(?:rating\s*[:=]?\s*)?([1-5])(?:\s*/\s*5)?(?![\d.,])\s*[-:.,!)]*\s*(.*)$", re.I | re.S
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,9 @@ class Threads:
 # --------------------------------------------------------------------------- helpers
 
 
-def event(session: Session, ticket: Ticket, kind: str, actor: str, at: datetime, **detail: Any) -> None:
+def event(
+    session: Session, ticket: Ticket, kind: str, actor: str, at: datetime, **detail: Any
+) -> None:
     session.add(
         Event(
             ticket=ticket,
@@ -158,7 +162,9 @@ def add_message(
     """A message on the ticket's thread, with its attachments kept in the blob store."""
     message = Message(
         ticket=ticket,
-        message_id=message_id if message_id is not None else (inbound.message_id if inbound else None),
+        message_id=message_id
+        if message_id is not None
+        else (inbound.message_id if inbound else None),
         sender=sender,
         internal=internal,
         unverified=unverified,
@@ -216,7 +222,8 @@ def ticket_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:
         "ticket": {
             "ref": desk.ref(ticket),
             "number": ticket.id,
-            "subject": ticket.subject,
+            # a customer's "#word" must not become a command when an agent replies to it
+            "subject": commands.defang(ticket.subject),
             "status": ticket.status,
             "priority": ticket.priority,
             "team": ticket.team,
@@ -243,7 +250,13 @@ def customer_mail(desk: Desk, ticket: Ticket, kind: str, template: str, **contex
 
 
 def agent_mail(
-    desk: Desk, ticket: Ticket, agent: AgentSettings, kind: str, template: str, now: datetime, **context: Any
+    desk: Desk,
+    ticket: Ticket,
+    agent: AgentSettings,
+    kind: str,
+    template: str,
+    now: datetime,
+    **context: Any,
 ) -> Mail:
     """A notice to an agent; its Reply-To carries the agent's token for this ticket."""
     expires = now + timedelta(days=desk.settings.security.token_days)
@@ -271,14 +284,18 @@ def send(session: Session, desk: Desk, mails: Iterable[Mail], now: datetime) -> 
         desk.mailer.enqueue(session, mail, now)
 
 
-def notify_team(desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any) -> list[Mail]:
+def notify_team(
+    desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any
+) -> list[Mail]:
     return [
         agent_mail(desk, ticket, agent, kind, template, now, **ctx)
         for agent in desk.settings.team_agents(ticket.team)
     ]
 
 
-def notify_owner(desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any) -> list[Mail]:
+def notify_owner(
+    desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any
+) -> list[Mail]:
     """The assignee, else every agent of the ticket's team."""
     assignee = desk.settings.agent(ticket.assignee)
     if assignee is not None:
@@ -325,7 +342,9 @@ def open_ticket(
     for address in inbound.cc:
         if address not in agents and address != desk.settings.desk.address and address != requester:
             ticket.participants.append(Participant(address=address))
-    add_message(session, desk, ticket, inbound, stored, sender=requester, text=inbound.text.strip(), at=now)
+    add_message(
+        session, desk, ticket, inbound, stored, sender=requester, text=inbound.text.strip(), at=now
+    )
     detail: dict[str, Any] = {"mailbox": mailbox}
     if linked_to is not None:
         detail["linked_to"] = desk.ref(linked_to)
@@ -338,7 +357,11 @@ def open_ticket(
     if acknowledge and requester:
         mails.append(
             customer_mail(
-                desk, ticket, "ack", "ack", dropped=attachment_notes(inbound),
+                desk,
+                ticket,
+                "ack",
+                "ack",
+                dropped=attachment_notes(inbound),
                 max_attachment_bytes=desk.settings.limits.max_attachment_bytes,
             )
         )
@@ -349,17 +372,37 @@ def open_ticket(
 
 
 def automatic_followup(
-    session: Session, desk: Desk, ticket: Ticket, inbound: Inbound, stored: StoredMail, reason: str, now: datetime
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound,
+    stored: StoredMail,
+    reason: str,
+    now: datetime,
 ) -> None:
     """Automatic mail that threads (an out-of-office reply...): kept, nothing else happens."""
     add_message(
-        session, desk, ticket, inbound, stored,
-        sender=inbound.sender or "", text=inbound.reply_text.strip(), at=now, automatic=reason,
+        session,
+        desk,
+        ticket,
+        inbound,
+        stored,
+        sender=inbound.sender or "",
+        text=inbound.reply_text.strip(),
+        at=now,
+        automatic=reason,
     )
 
 
 def customer_reply(
-    session: Session, desk: Desk, ticket: Ticket, inbound: Inbound, stored: StoredMail, *, mailbox: str, now: datetime
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound,
+    stored: StoredMail,
+    *,
+    mailbox: str,
+    now: datetime,
 ) -> Ticket:
     """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
     sender = inbound.sender or ""
@@ -370,23 +413,50 @@ def customer_reply(
             add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
             ticket.rating = int(rating.group(1))
             ticket.rating_comment = rating.group(2).strip() or None
-            event(session, ticket, "rating", sender, now, rating=ticket.rating, comment=ticket.rating_comment)
+            event(
+                session,
+                ticket,
+                "rating",
+                sender,
+                now,
+                rating=ticket.rating,
+                comment=ticket.rating_comment,
+            )
             return ticket
         closed_at = ticket.closed_at or ticket.status_since
         if now - closed_at > timedelta(days=desk.settings.lifecycle.reopen_days):
             return open_ticket(
-                session, desk, inbound, stored, team=ticket.team, mailbox=mailbox, now=now, linked_to=ticket
+                session,
+                desk,
+                inbound,
+                stored,
+                team=ticket.team,
+                mailbox=mailbox,
+                now=now,
+                linked_to=ticket,
             )
         add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
         set_status(ticket, Status.OPEN, now)
         event(session, ticket, "reopened", sender, now)
-        send(session, desk, notify_owner(desk, ticket, "notice", "agent_reopened", now, text=text, sender=sender), now)
+        send(
+            session,
+            desk,
+            notify_owner(desk, ticket, "notice", "agent_reopened", now, text=text, sender=sender),
+            now,
+        )
         return ticket
     add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
     if ticket.status == Status.PENDING:
         set_status(ticket, Status.OPEN, now)
         event(session, ticket, "customer_replied", sender, now, status="open")
-    send(session, desk, notify_owner(desk, ticket, "notice", "agent_customer_replied", now, text=text, sender=sender), now)
+    send(
+        session,
+        desk,
+        notify_owner(
+            desk, ticket, "notice", "agent_customer_replied", now, text=text, sender=sender
+        ),
+        now,
+    )
     return ticket
 
 
@@ -413,7 +483,11 @@ def agent_message(
     settings = desk.settings
     text = inbound.reply_text.strip()
     if inbound.sender != agent.email:
-        proof = auth.Proof(False, "", "The From: header is ambiguous (it shows more than one address), so it cannot prove who sent it.")
+        proof = auth.Proof(
+            False,
+            "",
+            "The From: header is ambiguous (it shows more than one address), so it cannot prove who sent it.",
+        )
     else:
         proof = auth.authenticate(
             secret=settings.desk.secret,
@@ -429,36 +503,105 @@ def agent_message(
     parsed = commands.parse(inbound.subject, text, settings.desk.ref_pattern)
     if not proof.ok:
         add_message(
-            session, desk, ticket, inbound, stored,
-            sender=agent.email, text=text, at=now, internal=True, unverified=True,
+            session,
+            desk,
+            ticket,
+            inbound,
+            stored,
+            sender=agent.email,
+            text=text,
+            at=now,
+            internal=True,
+            unverified=True,
         )
-        event(session, ticket, "command_refused", agent.email, now, reason=proof.reason, verified=False)
+        event(
+            session,
+            ticket,
+            "command_refused",
+            agent.email,
+            now,
+            reason=proof.reason,
+            verified=False,
+        )
         send(
-            session, desk,
-            [agent_mail(desk, ticket, agent, "receipt", "agent_unverified", now, reason=proof.reason,
-                        commands=[c.source for c in parsed.commands], text=text)],
+            session,
+            desk,
+            [
+                agent_mail(
+                    desk,
+                    ticket,
+                    agent,
+                    "receipt",
+                    "agent_unverified",
+                    now,
+                    reason=proof.reason,
+                    commands=[c.source for c in parsed.commands],
+                    text=text,
+                )
+            ],
             now,
         )
-        log.warning("unverified agent mail for %s claiming %s: %s <%s>", desk.ref(ticket), agent.email, proof.reason, inbound.message_id)
+        log.warning(
+            "unverified agent mail for %s claiming %s: %s <%s>",
+            desk.ref(ticket),
+            agent.email,
+            proof.reason,
+            inbound.message_id,
+        )
         return AgentOutcome((), (proof.reason,), False)
 
     validation = commands.validate(parsed, desk.directory, agent.email)
     if not validation.ok:
-        add_message(session, desk, ticket, inbound, stored, sender=agent.email, text=parsed.text, at=now, internal=True)
-        event(session, ticket, "command_refused", agent.email, now, refused=list(validation.refusals))
+        add_message(
+            session,
+            desk,
+            ticket,
+            inbound,
+            stored,
+            sender=agent.email,
+            text=parsed.text,
+            at=now,
+            internal=True,
+        )
+        event(
+            session, ticket, "command_refused", agent.email, now, refused=list(validation.refusals)
+        )
         send(
-            session, desk,
-            [agent_mail(desk, ticket, agent, "receipt", "agent_receipt", now, applied=[],
-                        refused=list(validation.refusals), kept_as_note=bool(parsed.text))],
+            session,
+            desk,
+            [
+                agent_mail(
+                    desk,
+                    ticket,
+                    agent,
+                    "receipt",
+                    "agent_receipt",
+                    now,
+                    applied=[],
+                    refused=list(validation.refusals),
+                    kept_as_note=bool(parsed.text),
+                )
+            ],
             now,
         )
         return AgentOutcome((), validation.refusals, True)
 
-    applied, mails = apply_actions(session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now)
+    applied, mails = apply_actions(
+        session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now
+    )
     if parsed.commands:
         mails.append(
-            agent_mail(desk, ticket, agent, "receipt", "agent_receipt", now, applied=list(applied),
-                       refused=[], kept_as_note=False)
+            agent_mail(
+                desk,
+                ticket,
+                agent,
+                "receipt",
+                "agent_receipt",
+                now,
+                applied=list(applied),
+                refused=[],
+                kept_as_note=False,
+            )
         )
     send(session, desk, mails, now)
     return AgentOutcome(tuple(applied), (), True)
@@ -488,7 +631,9 @@ def apply_actions(
             event(session, ticket, "assigned", actor, now, assignee=action.value)
             target = desk.settings.agent(action.value)
             if target is not None and target.email != actor:
-                mails.append(agent_mail(desk, ticket, target, "notice", "agent_assigned", now, by=agent.name))
+                mails.append(
+                    agent_mail(desk, ticket, target, "notice", "agent_assigned", now, by=agent.name)
+                )
         elif action.verb == "priority" and action.value != ticket.priority:
             event(session, ticket, "priority", actor, now, old=ticket.priority, new=action.value)
             ticket.priority = action.value or ticket.priority
@@ -510,16 +655,41 @@ def apply_actions(
         elif action.verb == "escalate":
             ticket.team = action.value or ticket.team
             set_status(ticket, Status.ESCALATED, now)
-            if ticket.assignee and action.value not in (desk.settings.agent(ticket.assignee) or agent).teams:
+            if (
+                ticket.assignee
+                and action.value not in (desk.settings.agent(ticket.assignee) or agent).teams
+            ):
                 ticket.assignee = None
-            event(session, ticket, "escalated", actor, now, team=action.value, summary=text if "note" not in verbs else "")
-            mails.extend(notify_team(desk, ticket, "notice", "agent_escalated", now, summary=text, by=agent.name))
+            event(
+                session,
+                ticket,
+                "escalated",
+                actor,
+                now,
+                team=action.value,
+                summary=text if "note" not in verbs else "",
+            )
+            mails.extend(
+                notify_team(
+                    desk, ticket, "notice", "agent_escalated", now, summary=text, by=agent.name
+                )
+            )
             mails.append(customer_mail(desk, ticket, "escalated", "escalated"))
         applied.append(line)
 
     if "note" in verbs or ("escalate" in verbs and text):
         if text:
-            add_message(session, desk, ticket, inbound, stored, sender=actor, text=text, at=now, internal=True)
+            add_message(
+                session,
+                desk,
+                ticket,
+                inbound,
+                stored,
+                sender=actor,
+                text=text,
+                at=now,
+                internal=True,
+            )
             if "note" in verbs:
                 event(session, ticket, "note", actor, now)
     elif "close" in verbs:
@@ -527,7 +697,9 @@ def apply_actions(
     elif text or canned:
         body = "\n\n".join([*(_canned(desk, ticket, name) for name in canned), text]).strip()
         add_message(session, desk, ticket, inbound, stored, sender=actor, text=body, at=now)
-        mails.append(customer_mail(desk, ticket, "reply", "reply", text=body, agent={"name": agent.name}))
+        mails.append(
+            customer_mail(desk, ticket, "reply", "reply", text=body, agent={"name": agent.name})
+        )
         if ticket.first_response_at is None:
             ticket.first_response_at = now
         if ticket.status != Status.CLOSED and "escalate" not in verbs:
