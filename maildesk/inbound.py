@@ -9,7 +9,29 @@ reported through ``fatal`` so the caller quarantines it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
+import email
+import email.policy
+import email.utils
+import hashlib
+import logging
+import mimetypes
+import re
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from email.generator import BytesGenerator
+from email.header import decode_header
+from email.message import Message
+from email.parser import BytesHeaderParser, HeaderParser
+from html.parser import HTMLParser
+from io import BytesIO
+
+import html2text
+import mailparser
+import tnefparse
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +43,8 @@ class Limits:
     max_mime_depth: int = 20
     max_parts: int = 500
     max_headers: int = 1000
+    max_header_bytes: int = 256 * 1024
+    max_nested_messages: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +115,9 @@ class Inbound:
     size: int
     fatal: str | None = None  # set when the message breaks a hard limit: quarantine it
     content_type: str = "text/plain"
+    # From's first addr-spec even when ambiguous: for display and for telling the registered
+    # owner of that address about the message; never a proof of who sent it (that is ``sender``)
+    claimed_sender: str | None = None
 
     def header(self, name: str) -> tuple[str, ...]:
         """All values of header ``name`` (case-insensitive), top first."""
@@ -102,6 +129,1310 @@ class Inbound:
         return values[0] if values else None
 
 
+log = logging.getLogger(__name__)
+
+_DEFAULT_LIMITS = Limits()
+_MAX_HTML = 2 * 1024 * 1024  # html2text is pure Python: bound the work per message
+_MAX_STRUCTURED = 64 * 1024
+_MAX_DISPLAY = 16 * 1024  # longer address headers are not parsed (quadratic, gh-136063)
+_MAX_IDS = 500
+_MAX_DEFECTS = 100
+_NAME_BYTES = 255
+_SUBJECT_CHARS = 998
+_POLICY = email.policy.default
+_MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same answer on every machine
+# mail-parser warns through logging about every part type it does not show (delivery reports...);
+# those parts are ours to read, so its chatter is noise in the daemon's log.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+
 def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
-    """Parse ``raw`` into an ``Inbound``; never raises."""
-    raise NotImplementedError
+    """Parse ``raw`` into an ``Inbound``; never raises.
+
+    Problems become strings in ``defects``; a broken hard limit sets ``fatal`` (the caller
+    quarantines) while the identity headers that could be read are still filled in.
+    """
+    defects = _Defects()
+    try:
+        data = bytes(raw)
+    except Exception:  # anything that is not bytes-like is no message at all
+        data = b""
+        defects.add("input is not bytes")
+    try:
+        return _parse(data, limits or _DEFAULT_LIMITS, defects)
+    except Exception as exc:  # the promise is: never raise; record and let the caller decide
+        log.exception("unexpected error while parsing a message of %d bytes", len(data))
+        defects.add(f"parser error: {type(exc).__name__}")
+        return _inbound(_Identity(), _Body(), data, defects, f"unparseable ({type(exc).__name__})")
+
+
+class _Defects:
+    """Defect strings, each once, in the order found (bounded: hostile mail has thousands)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, None] = {}
+
+    def add(self, text: str) -> None:
+        if len(self._items) < _MAX_DEFECTS:
+            self._items[_clean_line(text, 300)] = None
+
+    def items(self) -> tuple[str, ...]:
+        return tuple(self._items)
+
+
+def _parse(raw: bytes, limits: Limits, defects: _Defects) -> Inbound:
+    header_block, fatal = _header_block(raw, limits, defects)
+    identity = _identity(header_block, defects)
+    body = _Body()
+    if fatal is None and len(raw) > limits.max_message_bytes:
+        fatal = f"message is {len(raw)} bytes, over the limit of {limits.max_message_bytes}"
+    if fatal is None:
+        fatal = _shape_limits(raw, limits)
+    if fatal is None:
+        tree = _mime_tree(raw, defects)
+        if tree is not None:
+            fatal = _walk(tree, limits, body, defects)
+    if fatal is None and body.report is None:
+        body.report = _heuristic_report(identity, body)
+    return _inbound(identity, body, raw, defects, fatal)
+
+
+def _inbound(
+    identity: _Identity, body: _Body, raw: bytes, defects: _Defects, fatal: str | None
+) -> Inbound:
+    text, html, reply = _texts(body, defects)
+    return Inbound(
+        message_id=identity.message_id,
+        in_reply_to=identity.in_reply_to,
+        references=identity.references,
+        subject=identity.subject,
+        sender=identity.sender,
+        sender_name=identity.sender_name,
+        from_raw=identity.from_raw,
+        to=identity.to,
+        cc=identity.cc,
+        delivered_to=identity.delivered_to,
+        reply_to=identity.reply_to,
+        return_path=identity.return_path,
+        date=identity.date,
+        headers=identity.headers,
+        text=text,
+        reply_text=reply,
+        html=html,
+        attachments=tuple(body.attachments),
+        report=body.report,
+        defects=defects.items(),
+        size=len(raw),
+        fatal=fatal,
+        content_type=body.content_type or identity.content_type,
+        claimed_sender=identity.claimed_sender,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Limits, checked on the bytes before any recursive parser sees them
+# --------------------------------------------------------------------------------------------
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
+
+
+def _header_block(raw: bytes, limits: Limits, defects: _Defects) -> tuple[bytes, str | None]:
+    """The top-level header block, cut down to the limits; and the fatal reason if it was."""
+    end = _HEADER_END.search(raw, 0, limits.max_header_bytes + 4)
+    block = raw[: end.end()] if end else raw[: limits.max_header_bytes]
+    fatal = None
+    if end is None and len(raw) > limits.max_header_bytes:
+        fatal = f"header block over {limits.max_header_bytes} bytes"
+    fields = 0
+    cut = len(block)
+    pos = 0
+    for line in block.splitlines(keepends=True):
+        if line[:1] not in (b" ", b"\t", b"\r", b"\n"):
+            fields += 1
+            if fields > limits.max_headers:
+                cut = pos
+                fatal = fatal or f"more than {limits.max_headers} header fields"
+                break
+        pos += len(line)
+    if cut < len(block):
+        block = block[:cut] + b"\r\n"
+    elif fatal is not None:
+        # cut inside a long field: keep only whole lines, the partial one is lost
+        last = max(block.rfind(b"\n"), 0)
+        block = block[:last] + b"\r\n\r\n"
+    if fatal:
+        defects.add(fatal)
+    return block, fatal
+
+
+_NESTING_HINT = re.compile(rb"boundary|message/", re.IGNORECASE)
+_MESSAGE_HINT = re.compile(rb"message/(?:rfc822|global)\b", re.IGNORECASE)
+
+
+def _shape_limits(raw: bytes, limits: Limits) -> str | None:
+    """Reject trees too deep or too wide before the recursive stdlib parser sees them."""
+    depth_bound = 1 + sum(1 for _ in _NESTING_HINT.finditer(raw))
+    nested_bound = sum(1 for _ in _MESSAGE_HINT.finditer(raw))
+    parts_bound = 1 + raw.count(b"\n--") + depth_bound
+    if (
+        depth_bound <= limits.max_mime_depth
+        and nested_bound <= limits.max_nested_messages
+        and parts_bound <= limits.max_parts
+    ):
+        return None
+    return _MimeScan(limits).run(raw)
+
+
+_CT_FIELD = re.compile(rb"content-type[ \t]*:(.*)", re.IGNORECASE | re.DOTALL)
+_CT_TYPE = re.compile(rb"\s*([!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+)", re.IGNORECASE)
+_CT_BOUNDARY = re.compile(rb"""boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))""", re.IGNORECASE)
+
+
+class _MimeScan:
+    """An iterative, line-based sketch of the MIME tree: depth, part count, nesting of messages.
+
+    It follows the stdlib feed parser closely enough to bound what that (recursive) parser will
+    build, in one pass and constant stack.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.parts = 1
+        self.depth = 1
+        self.level = 0
+        self.stack: list[tuple[bytes, int, int]] = []  # boundary, depth of children, level
+        self.content_type: bytes | None = None
+        self.in_headers = True
+        self.in_type_field = False
+
+    def run(self, raw: bytes) -> str | None:
+        for line in raw.splitlines():
+            reason = self._headers(line) if self.in_headers else self._body(line)
+            if reason:
+                return reason
+        return None
+
+    def _headers(self, line: bytes) -> str | None:
+        if line.strip():
+            if line[:1] in (b" ", b"\t"):
+                if self.in_type_field and self.content_type is not None:
+                    self.content_type += b" " + line.strip()
+                return None
+            match = _CT_FIELD.match(line)
+            self.in_type_field = match is not None
+            if match:
+                self.content_type = match.group(1).strip()
+            return None
+        self.in_headers = False
+        value = self.content_type or b""
+        self.content_type, self.in_type_field = None, False
+        ctype_match = _CT_TYPE.match(value)
+        ctype = ctype_match.group(1).lower() if ctype_match else b"text/plain"
+        boundary = _CT_BOUNDARY.search(value)
+        if ctype.startswith(b"multipart/") and boundary:
+            self.stack.append((boundary.group(1) or boundary.group(2), self.depth + 1, self.level))
+        elif ctype.startswith(b"message/") and ctype != b"message/delivery-status":
+            self.depth += 1
+            self.parts += 1
+            if ctype in (b"message/rfc822", b"message/global"):
+                self.level += 1
+            self.in_headers = True
+            return self._check()
+        return None
+
+    def _body(self, line: bytes) -> str | None:
+        if not line.startswith(b"--"):
+            return None
+        mark = line.rstrip(b" \t")
+        for index in range(len(self.stack) - 1, -1, -1):
+            boundary, depth, level = self.stack[index]
+            if mark == b"--" + boundary:
+                del self.stack[index + 1 :]
+                self.depth, self.level = depth, level
+                self.parts += 1
+                self.in_headers = True
+                return self._check()
+            if mark == b"--" + boundary + b"--":
+                del self.stack[index:]
+                return None
+        return None
+
+    def _check(self) -> str | None:
+        return _limit_reason(self.limits, self.depth, self.parts, self.level)
+
+
+def _limit_reason(limits: Limits, depth: int, parts: int, level: int) -> str | None:
+    if depth > limits.max_mime_depth:
+        return f"MIME nesting deeper than {limits.max_mime_depth} levels"
+    if parts > limits.max_parts:
+        return f"more than {limits.max_parts} MIME parts"
+    if level > limits.max_nested_messages:
+        return f"messages nested deeper than {limits.max_nested_messages} levels"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Identity: the top-level headers, from a strict parse with email.policy.default
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    message_id: str | None = None
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    sender: str | None = None
+    sender_name: str = ""
+    from_raw: str = ""
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    delivered_to: tuple[str, ...] = ()
+    reply_to: tuple[str, ...] = ()
+    return_path: str | None = None
+    date: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain"
+    claimed_sender: str | None = None
+
+
+_ADDRESS_HEADERS = frozenset(
+    {"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc"}
+)
+_FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+_ADDR_IN_NAME = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+")
+_MSG_ID = re.compile(r"<([^<>\s]{1,998})>")
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+
+
+def _identity(block: bytes, defects: _Defects) -> _Identity:
+    try:
+        message = BytesHeaderParser(policy=_POLICY).parsebytes(block)
+        items = list(message.raw_items())
+    except Exception as exc:  # the header parser is not expected to fail; keep going if it does
+        defects.add(f"headers could not be parsed ({type(exc).__name__})")
+        return _Identity()
+    for defect in message.defects:
+        defects.add(f"headers: {type(defect).__name__}")
+    values: dict[str, list[str]] = {}
+    headers: list[tuple[str, str]] = []
+    for name, value in items:
+        key = _clean_line(str(name)).lower()
+        text = _header_value(key, value, defects)
+        values.setdefault(key, []).append(text)
+        headers.append((key, _display_value(key, text, defects)))
+    return _from_values(values, tuple(headers), defects)
+
+
+def _header_value(name: str, value: object, defects: _Defects) -> str:
+    """The unfolded header value as text; raw 8-bit bytes re-decoded (UTF-8, else cp1252)."""
+    text = value if isinstance(value, str) else str(value)
+    if _has_surrogates(text):
+        data = text.encode("ascii", "surrogateescape")
+        text = _decode_bytes(data, "utf-8", f"{name} header", defects, quiet=True)
+        defects.add(f"raw 8-bit bytes in the {name} header")
+    return _FOLD.sub("", text)
+
+
+def _display_value(name: str, value: str, defects: _Defects) -> str:
+    """A header value as cleaned display text: encoded words decoded, one line."""
+    if len(value) > _MAX_DISPLAY:  # decode_header is quadratic in the number of words
+        defects.add(f"{name} header over {_MAX_DISPLAY} characters: cut")
+        value = value[:_MAX_DISPLAY]
+    if "=?" not in value:
+        return _clean_line(value)
+    if name not in _ADDRESS_HEADERS or len(value) > _MAX_STRUCTURED:
+        return _clean_line(_decoded(value, defects))
+    try:
+        return _clean_line(str(_POLICY.header_factory(name, value)))
+    except Exception as exc:
+        defects.add(f"{name} header could not be decoded ({type(exc).__name__})")
+        return _clean_line(_decoded(value, defects))
+
+
+def _from_values(
+    values: dict[str, list[str]], headers: tuple[tuple[str, str], ...], defects: _Defects
+) -> _Identity:
+    sender, sender_name, from_raw = _sender(values.get("from", []), defects)
+    claimed = sender or _claimed(values.get("from", []))
+    message_ids = [i for v in values.get("message-id", []) for i in _msg_ids(v)[:1]]
+    if not message_ids:
+        defects.add("no Message-ID")
+    elif len(values.get("message-id", [])) > 1:
+        defects.add("several Message-ID headers")
+    subjects = [value for name, value in headers if name == "subject"]
+    if len(subjects) > 1:
+        defects.add("several Subject headers")
+    subject = subjects[0] if subjects else ""
+    if _BIDI.search(subject):
+        defects.add("bidirectional control characters in the subject")
+    dates = values.get("date", [])
+    return _Identity(
+        message_id=message_ids[0] if message_ids else None,
+        in_reply_to=_id_list(values.get("in-reply-to", [])),
+        references=_id_list(values.get("references", [])),
+        subject=subject[:_SUBJECT_CHARS],
+        sender=sender,
+        sender_name=sender_name,
+        from_raw=from_raw,
+        to=_address_list("to", values.get("to", []), defects),
+        cc=_address_list("cc", values.get("cc", []), defects),
+        delivered_to=_delivered_to(headers),
+        reply_to=_address_list("reply-to", values.get("reply-to", []), defects),
+        return_path=_return_path(values.get("return-path", [])),
+        date=_clean_line(dates[0]) if dates else None,
+        headers=headers,
+        content_type=_content_type_of(values.get("content-type", [])),
+        claimed_sender=claimed,
+    )
+
+
+def _sender(values: list[str], defects: _Defects) -> tuple[str | None, str, str]:
+    """(addr-spec or None, display name, raw text) of From; None unless it is unambiguous."""
+    if not values:
+        defects.add("no From header")
+        return None, "", ""
+    from_raw = _display_value("from", values[0], defects)
+    if len(values) > 1:
+        defects.add("several From headers")
+        return None, "", from_raw
+    parsed = _parse_addresses("from", values[0], defects)
+    if parsed is None:
+        return None, "", from_raw
+    mailboxes, header_defects = parsed
+    if len(mailboxes) != 1:
+        defects.add(f"From holds {len(mailboxes)} mailboxes")
+        return None, "", from_raw
+    name, addr = mailboxes[0]
+    if header_defects:
+        defects.add("ambiguous From: " + "; ".join(header_defects))
+        return None, name, from_raw
+    if _ADDR_IN_NAME.search(name) or _BIDI.search(name):
+        defects.add("ambiguous From: the display name holds an address")
+        return None, name, from_raw
+    return addr, name, from_raw
+
+
+def _claimed(values: list[str]) -> str | None:
+    """The first address From names, however ambiguous (never for trust)."""
+    for value in values[:1]:
+        parsed = _parse_addresses("from", value, _Defects())
+        if parsed and parsed[0]:
+            return parsed[0][0][1]
+        for _, addr in email.utils.getaddresses([value[:_MAX_STRUCTURED]]):
+            addr = _clean_line(addr).lower()
+            if "@" in addr and " " not in addr:
+                return addr
+    return None
+
+
+def _parse_addresses(
+    name: str, value: str, defects: _Defects
+) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """[(display name, bare lower-case addr-spec)] and the parse defects; None if unparseable."""
+    if len(value) > _MAX_STRUCTURED:
+        defects.add(f"{name} header too long to parse")
+        return None
+    try:
+        header = _POLICY.header_factory(name, value)
+        found: list[tuple[str, str]] = []
+        for address in header.addresses:
+            addr = _clean_line(address.addr_spec).lower()
+            if "@" in addr and " " not in addr and not addr.startswith("@"):
+                found.append((_clean_line(address.display_name, _NAME_BYTES), addr))
+        problems = [type(d).__name__ for d in header.defects]
+    except Exception as exc:
+        defects.add(f"{name} header could not be parsed ({type(exc).__name__})")
+        return None
+    return found, problems
+
+
+def _address_list(name: str, values: list[str], defects: _Defects) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for value in values:
+        parsed = _parse_addresses(name, value, defects)
+        if parsed is None:
+            continue
+        mailboxes, problems = parsed
+        if problems:
+            defects.add(f"{name} header: " + ", ".join(sorted(set(problems))))
+        for _, addr in mailboxes:
+            found[addr] = None
+    return tuple(found)
+
+
+def _delivered_to(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for key, value in headers:
+        if key in ("delivered-to", "x-original-to"):
+            for _, addr in email.utils.getaddresses([value]):
+                addr = addr.strip().lower()
+                if "@" in addr:
+                    found[addr] = None
+    return tuple(found)
+
+
+def _return_path(values: list[str]) -> str | None:
+    if not values:
+        return None
+    value = _clean_line(values[0])
+    if value.replace(" ", "") in ("", "<>"):
+        return ""
+    addr = email.utils.parseaddr(value)[1].strip().lower()
+    return addr if "@" in addr else value.strip("<> ").lower()
+
+
+def _msg_ids(value: str) -> list[str]:
+    found = [_clean_id(m) for m in _MSG_ID.findall(value)]
+    if not found:  # no angle brackets: the bare tokens that look like ids, else the first
+        tokens = value.split()
+        found = [_clean_id(t) for t in tokens if "@" in t] or [_clean_id(t) for t in tokens[:1]]
+    return [i for i in found if i][:_MAX_IDS]
+
+
+def _clean_id(token: str) -> str:
+    return "".join(c for c in token.strip("<>") if c.isprintable() and not c.isspace())[:998]
+
+
+def _id_list(values: list[str]) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for value in values:
+        for msg_id in _msg_ids(value):
+            found[msg_id] = None
+    return tuple(found)[:_MAX_IDS]
+
+
+def _content_type_of(values: list[str]) -> str:
+    match = _CT_TYPE.match(values[0].encode("utf-8", "replace")) if values else None
+    return match.group(1).decode("ascii").lower() if match else "text/plain"
+
+
+# --------------------------------------------------------------------------------------------
+# The MIME tree: parsed by mail-parser, walked once, iteratively
+# --------------------------------------------------------------------------------------------
+
+
+class _Body:
+    """What the walk finds; filled in place, then frozen into the ``Inbound``."""
+
+    def __init__(self) -> None:
+        self.plain: list[str] = []
+        self.html: list[str] = []
+        self.attachments: list[Attachment] = []
+        self.report: Report | None = None
+        self.returned: list[Message] = []  # headers of messages returned inside the message
+        self.content_type = ""
+
+
+def _mime_tree(raw: bytes, defects: _Defects) -> Message | None:
+    """The parsed tree from mail-parser; the stdlib parser (compat32) when mail-parser fails."""
+    try:
+        tree = mailparser.parse_from_bytes(raw).message
+        if isinstance(tree, Message):
+            return tree
+        defects.add("mail-parser returned no message")
+    except Exception as exc:
+        defects.add(f"mail-parser failed ({type(exc).__name__}); parsed with the standard library")
+    try:
+        return email.message_from_bytes(raw, policy=email.policy.compat32)
+    except Exception as exc:
+        defects.add(f"MIME structure could not be parsed ({type(exc).__name__})")
+        return None
+
+
+_REPORT_PARTS = frozenset(
+    {
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/disposition-notification",
+        "message/global-disposition-notification",
+        "message/feedback-report",
+        "text/rfc822-headers",
+        "text/global-headers",
+    }
+)
+_MESSAGE_PARTS = frozenset({"message/rfc822", "message/global"})
+_TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+
+
+_Item = tuple[Message, int, int, bool, bool]  # part, depth, message level, attached, counted only
+
+
+def _walk(root: Message, limits: Limits, body: _Body, defects: _Defects) -> str | None:
+    """One iterative pass: bodies, attachments, reports; returns the fatal reason, if any."""
+    body.content_type = _safe(root.get_content_type, "text/plain")
+    stack: list[_Item] = [(root, 1, 0, False, False)]
+    parts = 0
+    while stack:
+        item = stack.pop()
+        parts += 1
+        reason = _limit_reason(limits, item[1], parts, item[2])
+        if reason:
+            return reason
+        try:
+            stack.extend(reversed(_visit(item, body, limits, defects)))
+        except Exception as exc:  # one broken part must not lose the others
+            defects.add(f"a MIME part could not be read ({type(exc).__name__})")
+        _collect_defects(item[0], defects)
+    return None
+
+
+def _visit(item: _Item, body: _Body, limits: Limits, defects: _Defects) -> list[_Item]:
+    """Handle one part; return its children to visit (inside messages: counted only)."""
+    part, depth, level, attached, counted_only = item
+    ctype = _safe(part.get_content_type, "application/octet-stream")
+    children = part.get_payload() if part.is_multipart() else None
+    if not isinstance(children, list):
+        if not counted_only and ctype not in _REPORT_PARTS:
+            _leaf(part, ctype, attached, body, limits, defects)
+        return []
+    if ctype.startswith("multipart/"):
+        if ctype == "multipart/report" and body.report is None and not counted_only:
+            body.report = _guarded_report(part, defects)
+        attached = attached or _disposition(part) == "attachment"
+        return [(c, depth + 1, level, attached, counted_only) for c in _parts(children)]
+    if ctype in _REPORT_PARTS:
+        return []
+    if ctype in _MESSAGE_PARTS:
+        level += 1
+        if not counted_only:
+            _keep_message(part, body, limits, defects)
+    return [(c, depth + 1, level, True, True) for c in _parts(children)]
+
+
+def _parts(children: Sequence[object]) -> list[Message]:
+    return [c for c in children if isinstance(c, Message)]
+
+
+def _leaf(
+    part: Message, ctype: str, attached: bool, body: _Body, limits: Limits, defects: _Defects
+) -> None:
+    """A leaf part: body text when it is one, otherwise an attachment."""
+    is_text = ctype in ("text/plain", "text/html")
+    if is_text and not attached and _disposition(part) != "attachment" and not _filename(part):
+        data = _payload(part, defects)
+        text = _decode_bytes(data, part.get_content_charset(), f"{ctype} part", defects)
+        (body.plain if ctype == "text/plain" else body.html).append(text)
+        return
+    if ctype in _TNEF_TYPES or _filename(part).lower() == "winmail.dat":
+        body.attachments.extend(_tnef(part, limits, defects, len(body.attachments)))
+        return
+    body.attachments.append(_attachment(part, ctype, _payload(part, defects), limits))
+
+
+def _keep_message(part: Message, body: _Body, limits: Limits, defects: _Defects) -> None:
+    """An attached or returned message: kept whole as an ``.eml`` attachment."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if not isinstance(inner, Message):
+        body.attachments.append(
+            _attachment(part, "message/rfc822", _payload(part, defects), limits)
+        )
+        return
+    body.returned.append(inner)
+    data = b""
+    try:
+        out = BytesIO()
+        BytesGenerator(out, mangle_from_=False, policy=email.policy.compat32).flatten(inner)
+        data = out.getvalue()
+    except Exception as exc:
+        defects.add(f"attached message could not be written out ({type(exc).__name__})")
+    if not _filename(part):
+        subject = _clean_line(_decoded(str(inner.get("subject", "") or "")), 200)
+        stem = re.sub(r"[^\w\s.,()\[\]#&+-]", "", subject).strip() or "message"
+        body.attachments.append(_attachment(part, "message/rfc822", data, limits, stem + ".eml"))
+        return
+    body.attachments.append(_attachment(part, "message/rfc822", data, limits))
+
+
+def _collect_defects(part: Message, defects: _Defects) -> None:
+    for defect in getattr(part, "defects", ()):
+        defects.add(f"MIME: {type(defect).__name__}")
+
+
+def _safe(getter: object, default: str) -> str:
+    try:
+        value = getter()  # type: ignore[operator]
+        return str(value).lower() if value else default
+    except Exception:
+        return default
+
+
+def _disposition(part: Message) -> str:
+    try:
+        return (part.get_content_disposition() or "").lower()
+    except Exception:
+        return ""
+
+
+def _filename(part: Message) -> str:
+    """The raw (unsafe) filename, RFC 2231 and RFC 2047 decoded; "" when there is none."""
+    try:
+        name = part.get_filename() or part.get_param("name") or ""
+    except Exception:
+        return ""
+    if isinstance(name, tuple):  # an RFC 2231 value get_param could not decode
+        name = email.utils.collapse_rfc2231_value(name)
+    return _decoded(str(name))
+
+
+def _decoded(value: str, defects: _Defects | None = None) -> str:
+    """Decode RFC 2047 encoded words; unknown charsets fall back (UTF-8, cp1252), never raise."""
+    if "=?" not in value:
+        return value
+    try:
+        chunks = []
+        for data, charset in decode_header(value):
+            if isinstance(data, str):
+                chunks.append(data)
+            else:
+                chunks.append(_decode_bytes(data, charset, "an encoded word", defects, quiet=True))
+        return "".join(chunks)
+    except Exception:
+        if defects is not None:
+            defects.add("malformed encoded word")
+        return value
+
+
+def _payload(part: Message, defects: _Defects) -> bytes:
+    """The decoded bytes of a leaf part; broken base64 is salvaged and recorded."""
+    try:
+        if str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+            return _base64(part, defects)
+        data = part.get_payload(decode=True)
+    except Exception as exc:
+        defects.add(f"part could not be decoded ({type(exc).__name__})")
+        return b""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogateescape")
+    return b""
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _base64(part: Message, defects: _Defects) -> bytes:
+    encoded = part.get_payload(decode=False)
+    if not isinstance(encoded, str):
+        return b""
+    data = b"".join(encoded.encode("ascii", "surrogateescape").split())
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    clean = _NOT_BASE64.sub(b"", data)  # keep every valid character, then repair the padding
+    if len(clean) % 4 == 1:
+        clean = clean[:-1]
+    defects.add(f"broken base64 in {_filename(part) or part.get_content_type()}")
+    return base64.b64decode(clean + b"=" * (-len(clean) % 4))
+
+
+# --------------------------------------------------------------------------------------------
+# Attachments: display-safe names, whole payloads, TNEF unpacked
+# --------------------------------------------------------------------------------------------
+
+
+def _attachment(
+    part: Message, ctype: str, data: bytes, limits: Limits, fallback_name: str = ""
+) -> Attachment:
+    raw_name = _filename(part) or fallback_name
+    disposition = _disposition(part)
+    inline = disposition == "inline" or (not disposition and part.get("content-id") is not None)
+    return _make_attachment(raw_name, ctype, data, limits, inline)
+
+
+def _make_attachment(
+    raw_name: str, ctype: str, data: bytes, limits: Limits, inline: bool = False
+) -> Attachment:
+    size = len(data)
+    dropped = size > limits.max_attachment_bytes
+    return Attachment(
+        filename=safe_filename(raw_name, ctype),
+        content_type=_clean_line(ctype, 255).lower() or "application/octet-stream",
+        payload=b"" if dropped else data,
+        size=size,
+        sha256=hashlib.sha256(data).hexdigest(),
+        inline=inline,
+        dropped=dropped,
+    )
+
+
+def _tnef(part: Message, limits: Limits, defects: _Defects, count: int) -> list[Attachment]:
+    """The files inside an Outlook ``winmail.dat``; the file itself when it cannot be read."""
+    data = _payload(part, defects)
+    opaque = [_attachment(part, "application/ms-tnef", data, limits, "winmail.dat")]
+    try:
+        tnef = tnefparse.TNEF(data, do_checksum=True)
+        if not all(getattr(obj, "good_checksum", True) for obj in tnef.objects):
+            defects.add("winmail.dat has checksum errors")
+        found: list[Attachment] = []
+        for item in tnef.attachments:
+            payload = item.data if isinstance(item.data, bytes) else b""
+            name = item.long_filename()
+            if isinstance(name, bytes):
+                name = _decode_bytes(name, "cp1252", "winmail.dat name", None, quiet=True)
+            if count + len(found) >= limits.max_parts:
+                defects.add("winmail.dat holds too many files; the rest were left inside")
+                break
+            ctype = _MIME_TYPES.guess_type(str(name).strip("\x00"), strict=False)[0]
+            found.append(
+                _make_attachment(str(name), ctype or "application/octet-stream", payload, limits)
+            )
+    except Exception as exc:
+        defects.add(f"winmail.dat could not be unpacked ({type(exc).__name__}); kept as is")
+        return opaque
+    return found or opaque
+
+
+_RESERVED_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
+_UNSAFE_NAME_CHARS = re.compile(r'[<>:"|?*]')
+_EXTENSIONS = {
+    "message/rfc822": ".eml",
+    "text/plain": ".txt",
+    "text/html": ".html",
+    "image/jpeg": ".jpg",
+    "application/octet-stream": ".bin",
+}
+
+
+def safe_filename(name: str | None, content_type: str = "application/octet-stream") -> str:
+    """A filename fit for display: a basename without paths, controls, bidi or leading dots.
+
+    At most 255 UTF-8 bytes with the extension kept; never empty ("attachment" plus an
+    extension from the content type). It is never a path: blobs are stored by generated names.
+    """
+    text = unicodedata.normalize("NFC", name or "")
+    text = "".join(
+        " " if unicodedata.category(c) == "Cc" else c
+        for c in text
+        if unicodedata.category(c) not in ("Cf", "Cs", "Co", "Cn") or c == "\u200d"
+    )
+    text = text.replace("\\", "/").rsplit("/", 1)[-1]
+    text = re.sub(r"^[A-Za-z]:", "", text)
+    text = _UNSAFE_NAME_CHARS.sub("_", text)
+    text = re.sub(r"\s+", " ", text).strip(" .")
+    if text.split(".", 1)[0].strip().lower() in _RESERVED_NAMES:
+        text = "_" + text
+    if not text:
+        text = "attachment" + _extension(content_type)
+    return _fit_bytes(text, _NAME_BYTES)
+
+
+def _extension(content_type: str) -> str:
+    ctype = (content_type or "").lower()
+    if ctype in _EXTENSIONS:
+        return _EXTENSIONS[ctype]
+    return _MIME_TYPES.guess_extension(ctype, strict=False) or ""
+
+
+def _fit_bytes(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` UTF-8 bytes, keeping a short extension."""
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    stem, dot, ext = text.rpartition(".")
+    keep = f".{ext}" if dot and stem and 0 < len(ext.encode("utf-8")) <= 16 else ""
+    if not keep:
+        stem = text
+    room = limit - len(keep.encode("utf-8"))
+    cut = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .")
+    return (cut or "attachment") + keep
+
+
+# --------------------------------------------------------------------------------------------
+# Text: charsets that never raise, cleaning
+# --------------------------------------------------------------------------------------------
+
+
+def _decode_bytes(
+    data: bytes, charset: str | None, where: str, defects: _Defects | None, quiet: bool = False
+) -> str:
+    """Declared charset (by its codec alias), else UTF-8, else cp1252 with replacement."""
+    label = (charset or "").strip().strip("\"'").lower()
+    if label:
+        try:
+            return data.decode(codecs.lookup(label).name)
+        except LookupError:
+            if defects is not None:
+                defects.add(f"unknown charset {label!r} in {where}")
+        except (UnicodeError, ValueError, TypeError):
+            if defects is not None and not quiet:
+                defects.add(f"{where} is not valid {label}")
+    elif data.isascii():
+        return data.decode("ascii")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        if defects is not None and not quiet:
+            defects.add(f"{where}: undecodable bytes, read as cp1252")
+        return data.decode("cp1252", "replace")
+
+
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_INVISIBLE = re.compile("[\u200b\u2060\ufeff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogates(text: str) -> bool:
+    return _SURROGATES.search(text) is not None
+
+
+def _clean_line(text: str, limit: int | None = None) -> str:
+    """One line of display text: no CR/LF/NUL/controls, NFC, spaces collapsed."""
+    text = _SURROGATES.sub("\ufffd", text)
+    text = _INVISIBLE.sub("", _LINE_BREAKS.sub(" ", text))
+    text = unicodedata.normalize("NFC", " ".join(text.split()))
+    return text[:limit] if limit is not None else text
+
+
+def _clean_text(text: str) -> str:
+    """Multi-line body text: LF line ends, no NUL or controls (tabs kept), NFC."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _SURROGATES.sub("\ufffd", _CONTROLS.sub("", text))
+    return unicodedata.normalize("NFC", text)
+
+
+# --------------------------------------------------------------------------------------------
+# Reports: DSN, MDN and ARF (RFC 6522), and bounces that are not RFC reports
+# --------------------------------------------------------------------------------------------
+
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def _guarded_report(part: Message, defects: _Defects) -> Report:
+    try:
+        return _report(part, defects)
+    except Exception as exc:
+        defects.add(f"the report could not be read ({type(exc).__name__})")
+        return Report(report_type=_clean_line(str(part.get_param("report-type") or "unknown")))
+
+
+def _report(part: Message, defects: _Defects) -> Report:
+    """A ``multipart/report`` read into a ``Report``."""
+    report_type = _clean_line(str(part.get_param("report-type") or ""), 64).lower()
+    recipients: list[ReportRecipient] = []
+    original_id: str | None = None
+    original_to: list[str] = []
+    for child in part.get_payload():
+        if not isinstance(child, Message):
+            continue
+        ctype = _safe(child.get_content_type, "")
+        if ctype in _MESSAGE_PARTS or ctype in ("text/rfc822-headers", "text/global-headers"):
+            msg_id, to = _returned_identity(child, defects)
+            original_id = original_id or msg_id
+            original_to.extend(to)
+            continue
+        if ctype not in _REPORT_PARTS:
+            continue
+        blocks = _field_blocks(child, defects)
+        kind, found, msg_id = _report_fields(ctype, blocks)
+        report_type = report_type or kind
+        recipients.extend(found)
+        original_id = original_id or msg_id
+    return Report(
+        report_type=report_type or "unknown",
+        recipients=tuple(recipients),
+        original_message_id=original_id,
+        original_envelope_to=tuple(dict.fromkeys(original_to)),
+    )
+
+
+def _report_fields(
+    ctype: str, blocks: list[dict[str, str]]
+) -> tuple[str, list[ReportRecipient], str | None]:
+    """(report type, recipients, original Message-ID) from the machine-readable part."""
+    recipients: list[ReportRecipient] = []
+    if "delivery-status" in ctype:
+        for block in blocks:
+            address = _report_address(
+                block.get("final-recipient") or block.get("original-recipient")
+            )
+            if address:
+                status = _STATUS.search(block.get("status", ""))
+                recipients.append(
+                    ReportRecipient(
+                        address=address,
+                        action=_clean_line(block.get("action", ""), 32).lower(),
+                        status=status.group(0) if status else "",
+                    )
+                )
+        return "delivery-status", recipients, None
+    fields = {k: v for block in blocks for k, v in block.items()}
+    if "disposition-notification" in ctype:
+        ids = _msg_ids(fields.get("original-message-id", ""))
+        address = _report_address(fields.get("final-recipient") or fields.get("original-recipient"))
+        disposition = fields.get("disposition", "").rpartition(";")[2]
+        if address:
+            recipients.append(ReportRecipient(address, _clean_line(disposition, 32).lower(), ""))
+        return "disposition-notification", recipients, ids[0] if ids else None
+    feedback = _clean_line(fields.get("feedback-type", ""), 32).lower()
+    for block in blocks:
+        for key, value in block.items():
+            address = _report_address(value) if key == "original-rcpt-to" else None
+            if address:
+                recipients.append(ReportRecipient(address, feedback, ""))
+    ids = _msg_ids(fields.get("original-message-id", ""))  # not standard, but sent by some
+    return "feedback-report", recipients, ids[0] if ids else None
+
+
+def _field_blocks(part: Message, defects: _Defects) -> list[dict[str, str]]:
+    """The field blocks of a report part as lower-case name -> value (first value wins)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        texts = [m.as_string() if isinstance(m, Message) else str(m) for m in payload]
+        text = "\n\n".join(t.lstrip("\r\n") for t in texts)
+    else:
+        text = _decode_bytes(_payload(part, defects), "utf-8", "report part", defects)
+    blocks: list[dict[str, str]] = []
+    for chunk in re.split(r"\n[ \t]*\n", _clean_text(text)):
+        block: dict[str, str] = {}
+        for name, value in re.findall(r"^([!-9;-~]+)[ \t]*:(.*(?:\n[ \t].*)*)", chunk, re.M):
+            block.setdefault(name.lower(), _clean_line(value))
+        if block:
+            blocks.append(block)
+    return blocks
+
+
+def _report_address(value: str | None) -> str | None:
+    """The address of ``rfc822; someone@example.net`` (any address type), bare lower-case."""
+    if not value:
+        return None
+    addr = value.rpartition(";")[2].strip().strip("<>").strip().lower()
+    return addr if "@" in addr and " " not in addr else None
+
+
+def _returned_identity(part: Message, defects: _Defects) -> tuple[str | None, list[str]]:
+    """Message-ID and To: of a returned message (whole, or its headers only)."""
+    payload = part.get_payload()
+    inner: Message | None = None
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        inner = payload[0]
+    else:
+        text = _decode_bytes(_payload(part, defects), "utf-8", "returned headers", defects)
+        try:
+            inner = HeaderParser(policy=email.policy.compat32).parsestr(text, headersonly=True)
+        except Exception:
+            inner = None
+    if inner is None:
+        return None, []
+    ids = _msg_ids(str(inner.get("message-id", "") or ""))
+    to = [
+        addr.lower()
+        for _, addr in email.utils.getaddresses([str(v) for v in inner.get_all("to", [])])
+        if "@" in addr
+    ]
+    return (ids[0] if ids else None), to
+
+
+_BOUNCE_SENDER = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)@", re.I)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (status|failure|has failed|notification|problem)|"
+    r"failure notice|returned mail|mail delivery failed|could not be delivered|"
+    r"unzustellbar|nicht zustellbar|non remis|no se puede entregar|no entregado",
+    re.I,
+)
+_COPY_MARKER = re.compile(
+    r"copy of the message|original message headers|original message follows|"
+    r"returned message|message follows|below this line|undelivered message",
+    re.I,
+)
+_BOUNCE_ADDRESS = re.compile(
+    r"^\s*<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
+    r"\s*(?:\([^)]*\))?\s*(:.*)?$"
+)
+
+
+def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
+    """A bounce without ``multipart/report`` (Exchange NDRs, qmail): what can be found."""
+    from_addr = identity.sender or email.utils.parseaddr(identity.from_raw)[1]
+    automatic = bool(_BOUNCE_SENDER.match(from_addr or "")) or identity.return_path == ""
+    if not automatic or not _BOUNCE_SUBJECT.search(identity.subject):
+        return None
+    text = "\n".join(body.plain) or _html_to_text("\n".join(body.html))
+    lines = _clean_text(text).split("\n")
+    marker = next((i for i, line in enumerate(lines) if _COPY_MARKER.search(line)), len(lines))
+    human, copy = lines[:marker], lines[marker:]
+    first_status = next((m.group(0) for m in map(_STATUS.search, human) if m), "")
+    recipients: dict[str, ReportRecipient] = {}
+    for index, line in enumerate(human):
+        match = _BOUNCE_ADDRESS.match(line)
+        if not match or _BOUNCE_SENDER.match(match.group(1)):
+            continue
+        address = match.group(1).lower()
+        nearby = "\n".join(human[index : index + 5])
+        status_match = _STATUS.search(nearby)
+        status = status_match.group(0) if status_match else first_status
+        action = "delayed" if status.startswith("4") else "failed"
+        recipients.setdefault(address, ReportRecipient(address, action, status))
+    original_id, original_to = _copied_identity(copy, body)
+    return Report(
+        report_type="heuristic",
+        recipients=tuple(recipients.values()),
+        original_message_id=original_id,
+        original_envelope_to=original_to,
+    )
+
+
+def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[str, ...]]:
+    """Message-ID and To: of the returned message: attached, else copied into the text."""
+    for inner in body.returned:
+        ids = _msg_ids(str(inner.get("message-id", "") or ""))
+        if ids:
+            pairs = email.utils.getaddresses([str(v) for v in inner.get_all("to", [])])
+            return ids[0], tuple(dict.fromkeys(a.lower() for _, a in pairs if "@" in a))
+    msg_id = None
+    to: list[str] = []
+    for line in copy:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "message-id" and msg_id is None:
+            found = _msg_ids(value)
+            msg_id = found[0] if found else None
+        elif name.strip().lower() == "to":
+            to.extend(a.lower() for _, a in email.utils.getaddresses([value]) if "@" in a)
+    return msg_id, tuple(dict.fromkeys(to))
+
+
+# --------------------------------------------------------------------------------------------
+# Readable text and the reply: HTML converted, quoted history stripped
+# --------------------------------------------------------------------------------------------
+
+
+def _texts(body: _Body, defects: _Defects) -> tuple[str, str | None, str]:
+    """(text, raw html, reply text) of the message body."""
+    html = "\n".join(body.html) if body.html else None
+    if body.plain:
+        text = _clean_text("\n\n".join(t.strip("\r\n") for t in body.plain))
+        return text, html, strip_quoted_history(text)
+    if html is None:
+        return "", None, ""
+    if len(html) > _MAX_HTML:
+        defects.add(f"HTML body over {_MAX_HTML} characters: only the start was converted")
+    text = _html_to_text(html)
+    pruned = _QuotePruner.prune(html)
+    reply_source = text if len(pruned) == len(html) else _html_to_text(pruned)
+    return text, html, strip_quoted_history(reply_source)
+
+
+_MD_ESCAPE = re.compile(r"^(\s*)\\([-+#>])|^(\s*\d+)\\(\.)", re.M)
+
+
+def _html_to_text(html: str) -> str:
+    """HTML as readable plain text (no links, no images, no remote resources)."""
+    if not html:
+        return ""
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_links = True
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.ignore_tables = True
+    converter.unicode_snob = True
+    try:
+        text = converter.handle(html[:_MAX_HTML])
+    except Exception:  # broken markup: fall back to the bare text between tags
+        text = re.sub(r"<[^>]*>", " ", html[:_MAX_HTML])
+    text = _MD_ESCAPE.sub(lambda m: (m.group(1) or m.group(3) or "") + (m.group(2) or "."), text)
+    text = _clean_text(text).replace("\xa0", " ")
+    lines = [line.rstrip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+
+
+class _QuotePruner(HTMLParser):
+    """Drops quoted history from HTML: blockquotes, Gmail quotes, Outlook's reply header on."""
+
+    _SKIP_CLASSES = frozenset({"gmail_quote", "gmail_quote_container", "yahoo_quoted"})
+    _CUT_IDS = frozenset(
+        {
+            "divrplyfwdmsg",
+            "x_divrplyfwdmsg",
+            "appendonsend",
+            "mail-editor-reference-message-container",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.out: list[str] = []
+        self.skip_tag = ""
+        self.skip_depth = 0
+        self.stopped = False
+
+    @classmethod
+    def prune(cls, html: str) -> str:
+        pruner = cls()
+        try:
+            pruner.feed(html[:_MAX_HTML])
+            pruner.close()
+        except Exception:
+            return html
+        return "".join(pruner.out)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.stopped:
+            return
+        if self.skip_tag:
+            self.skip_depth += tag == self.skip_tag
+            return
+        values = {name: (value or "").lower() for name, value in attrs}
+        if values.get("id", "") in self._CUT_IDS:
+            self.stopped = True
+            return
+        if tag == "blockquote" or self._SKIP_CLASSES & set(values.get("class", "").split()):
+            self.skip_tag, self.skip_depth = tag, 1
+            return
+        self.out.append(self.get_starttag_text() or "")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if not self.stopped and not self.skip_tag:
+            self.out.append(self.get_starttag_text() or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.stopped:
+            return
+        if self.skip_tag:
+            if tag == self.skip_tag:
+                self.skip_depth -= 1
+                if self.skip_depth == 0:
+                    self.skip_tag = ""
+            return
+        self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        if not self.stopped and not self.skip_tag:
+            self.out.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        self.handle_data(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.handle_data(f"&#{name};")
+
+
+_QUOTED = re.compile(r"^\s*>")
+_ATTRIBUTION_START = re.compile(r"^\s*(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+_ATTRIBUTION = re.compile(
+    r"^\s*(?:"
+    r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*:"
+    r"|(?:am|op)\s.{4,300}?\b(?:schrieb|schreef)\b[^:]{0,200}:"
+    r"|den\s.{4,300}?\bskrev\b[^:]{0,200}:"
+    r"|le\s.{4,300}?\ba\s+écrit\s*:"
+    r"|el\s.{4,300}?\bescribió\s*:"
+    r"|w dniu\s.{4,300}?\bpisze\s*:"
+    r")\s*$",
+    re.I | re.S,
+)
+_SEPARATOR = re.compile(
+    r"^\s*-{2,}\s*(original message|original-nachricht|ursprüngliche nachricht|originalnachricht"
+    r"|message d'origine|mensaje original|messaggio originale|oorspronkelijk bericht"
+    r"|ursprungligt meddelande|mensagem original)\s*-{2,}\s*$",
+    re.I,
+)
+_FORWARD = re.compile(
+    r"forwarded message|begin forwarded message|weitergeleitete nachricht|message transféré"
+    r"|mensaje reenviado|messaggio inoltrato",
+    re.I,
+)
+_FIELD = r"^\s*\**\s*(?:{names})\s*\**\s*:"
+_HEADER_FROM = re.compile(
+    _FIELD.format(names="from|von|de|da|van|från|fra|od") + r"\s*\**\s*\S", re.I
+)
+_HEADER_SENT = re.compile(
+    _FIELD.format(
+        names="sent|date|gesendet|datum|envoyé|enviado|fecha|inviato|data|verzonden|skickat|sendt"
+    ),
+    re.I,
+)
+_HEADER_OTHER = re.compile(
+    _FIELD.format(
+        names="to|an|à|a|para|aan|till|til|do|cc|subject|betreff|objet|asunto|oggetto"
+        "|onderwerp|ämne|emne|temat|assunto"
+    ),
+    re.I,
+)
+_MOBILE_SIGNATURE = re.compile(
+    r"^\s*(sent from my\s.{1,40}|sent from (outlook|mail|yahoo mail)\b.{0,40}"
+    r"|get outlook for (ios|android)|von meinem\s.{1,40}\sgesendet|gesendet von\s.{1,40}"
+    r"|envoyé de mon\s.{1,40}|enviado desde mi\s.{1,40}|inviato da\s.{1,40})$",
+    re.I,
+)
+_RULE = re.compile(r"^\s*(?:[-_*=]\s*){3,}$")
+
+
+def strip_quoted_history(text: str) -> str:
+    """What the author wrote: quoted history, attribution lines and signatures removed.
+
+    Knows how Gmail, Outlook (plain and HTML-converted), Apple Mail, Thunderbird, iOS, Android
+    and mutt write replies, in English, German, French and Spanish (and a few more).
+    """
+    lines = _clean_text(text).split("\n")
+    lines = lines[: _history_start(lines)]
+    kept: list[str] = []
+    index = 0
+    while index < len(lines):
+        span = _attribution_span(lines, index)
+        if span:
+            following = next((ln for ln in lines[index + span :] if ln.strip()), None)
+            if following is None or _QUOTED.match(following):
+                index += span
+                continue
+            if any(line.strip() for line in kept):  # unquoted history below: cut it
+                break
+        if not _QUOTED.match(lines[index]):
+            kept.append(lines[index].rstrip())
+        index += 1
+    kept = _drop_signature(kept)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+
+
+def _history_start(lines: list[str]) -> int:
+    """Index of the first line of unquoted history (a separator or a header block)."""
+    for index, line in enumerate(lines):
+        if _SEPARATOR.match(line):
+            return index
+        if _HEADER_FROM.match(line) and _header_block_at(lines, index):
+            previous = next((ln for ln in reversed(lines[:index]) if ln.strip()), "")
+            if not _FORWARD.search(previous):
+                return index
+    return len(lines)
+
+
+def _header_block_at(lines: list[str], index: int) -> bool:
+    following = lines[index + 1 : index + 6]
+    return any(_HEADER_SENT.match(ln) for ln in following) and any(
+        _HEADER_OTHER.match(ln) for ln in following
+    )
+
+
+def _attribution_span(lines: list[str], index: int) -> int:
+    """How many lines an attribution ("On ... wrote:") starting at ``index`` spans, or 0."""
+    if not _ATTRIBUTION_START.match(lines[index]):
+        return 0
+    for span in (1, 2, 3):
+        chunk = lines[index : index + span]
+        if len(chunk) < span or (span > 1 and not chunk[-1].strip()):
+            return 0
+        joined = " ".join(line.strip() for line in chunk)
+        if _ATTRIBUTION.match(joined) and re.search(r"\d|@", joined):
+            return span
+    return 0
+
+
+def _drop_signature(lines: list[str]) -> list[str]:
+    """Remove a trailing "-- " signature, a "Sent from my phone" line and trailing rules."""
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index] in ("--", "-- ") and len(lines) - index <= 12:
+            lines = lines[:index]
+            break
+    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
+        lines = lines[:-1]
+    if lines and _MOBILE_SIGNATURE.match(lines[-1]):
+        lines = lines[:-1]
+    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
+        lines = lines[:-1]
+    return lines
