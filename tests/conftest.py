@@ -1,0 +1,129 @@
+"""Fixtures: real servers on loopback (pymap, Dovecot, SMTP capture, PostgreSQL).
+
+IMAP servers are started once per session; each test gets a fresh user (and so an empty
+mailbox). ``imap_server`` runs a test against pymap and Dovecot alike. Dovecot tests skip when
+the binary is missing, unless ``MAILDESK_REQUIRE_DOVECOT=1`` (CI), where they fail instead; the
+same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import psycopg
+import pytest
+
+from maildesk.mailworld import ImapServer, SmtpServer
+from tests.servers import (
+    DOVECOT,
+    Certificate,
+    DovecotServer,
+    ImapAccount,
+    fresh_user,
+    make_certificate,
+)
+
+
+def _required(variable: str) -> bool:
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+def _unavailable(what: str, variable: str) -> NoReturn:
+    if _required(variable):
+        pytest.fail(f"{what} is not available but {variable}=1", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+# --------------------------------------------------------------------------- IMAP
+
+
+@pytest.fixture(scope="session")
+def pymap_server() -> Iterator[ImapServer]:
+    """pymap (in-memory) on 127.0.0.1, shared by the session; add users per test."""
+    with ImapServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[DovecotServer]:
+    """A throwaway Dovecot on 127.0.0.1 (plain text), shared by the session."""
+    if DOVECOT is None:
+        _unavailable("the dovecot binary", "MAILDESK_REQUIRE_DOVECOT")
+    with DovecotServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def certificate() -> Iterator[Certificate]:
+    """A self-signed certificate for 127.0.0.1 (``client_context()`` trusts it)."""
+    directory = Path(tempfile.mkdtemp(prefix="maildesk-cert-"))
+    directory.chmod(0o755)
+    try:
+        yield make_certificate(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_tls_server(certificate: Certificate) -> Iterator[DovecotServer]:
+    """Dovecot with the self-signed certificate: STARTTLS on ``port``, TLS on ``tls_port``."""
+    if DOVECOT is None:
+        _unavailable("the dovecot binary", "MAILDESK_REQUIRE_DOVECOT")
+    with DovecotServer(certificate=certificate) as server:
+        yield server
+
+
+@pytest.fixture(params=["pymap", "dovecot"])
+def imap_server(request: pytest.FixtureRequest) -> Iterator[ImapAccount]:
+    """A fresh user on pymap, then on Dovecot: the same test runs against both.
+
+    ``.config(**overrides)`` gives a ``MailboxConfig``; ``.append(raw)``, ``.uids(folder)``,
+    ``.messages(folder)`` work over IMAP; ``.stop()``/``.start()``/``.restart()`` make an
+    outage (the server comes back for the next test in any case).
+    """
+    kind: str = request.param
+    fixture = "pymap_server" if kind == "pymap" else "dovecot_server"
+    server = request.getfixturevalue(fixture)
+    username, password = fresh_user()
+    account = ImapAccount(kind, server, username, password)
+    try:
+        yield account
+    finally:
+        server.start()
+
+
+# --------------------------------------------------------------------------- SMTP
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """An SMTP capture on 127.0.0.1 (no AUTH); ``.messages``, ``.wait_for``, ``.script``."""
+    with SmtpServer() as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, as an SQLAlchemy URL; dropped after."""
+    name = f"maildesk_test_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError:
+        _unavailable("PostgreSQL at 127.0.0.1:5432", "MAILDESK_REQUIRE_POSTGRES")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
