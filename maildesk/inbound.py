@@ -133,8 +133,10 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_LIMITS = Limits()
 _MAX_HTML = 512 * 1024  # html2text is pure Python (about 1.4 s per MB here): bound its work
-_MAX_STRUCTURED = 64 * 1024
-_MAX_DISPLAY = 16 * 1024  # longer address headers are not parsed (quadratic, gh-136063)
+_MAX_STRUCTURED = 64 * 1024  # address headers longer than this are not read at all
+_STRICT_BYTES = 4096  # the strict address parser is quadratic (gh-136063): bound each header
+_STRICT_BUDGET = 16 * 1024  # ... and all of a message's address headers together
+_MAX_DISPLAY = 16 * 1024  # header values are cut here: decode_header is quadratic too
 _MAX_IDS = 500
 _MAX_DEFECTS = 100
 _NAME_BYTES = 255
@@ -193,14 +195,21 @@ def _parse(raw: bytes, limits: Limits, defects: _Defects) -> Inbound:
         if tree is not None:
             fatal = _walk(tree, limits, body, defects)
     if fatal is None and body.report is None:
-        body.report = _heuristic_report(identity, body)
+        try:
+            body.report = _heuristic_report(identity, body)
+        except Exception as exc:  # a guess that fails is no reason to lose the message
+            defects.add(f"bounce detection failed ({type(exc).__name__})")
     return _inbound(identity, body, raw, defects, fatal)
 
 
 def _inbound(
     identity: _Identity, body: _Body, raw: bytes, defects: _Defects, fatal: str | None
 ) -> Inbound:
-    text, html, reply = _texts(body, defects)
+    try:
+        text, html, reply = _texts(body, defects)
+    except Exception as exc:
+        defects.add(f"the body could not be converted to text ({type(exc).__name__})")
+        text, html, reply = "", None, ""
     return Inbound(
         message_id=identity.message_id,
         in_reply_to=identity.in_reply_to,
@@ -439,22 +448,15 @@ def _display_value(name: str, value: str, defects: _Defects) -> str:
     if len(value) > _MAX_DISPLAY:  # decode_header is quadratic in the number of words
         defects.add(f"{name} header over {_MAX_DISPLAY} characters: cut")
         value = value[:_MAX_DISPLAY]
-    if "=?" not in value:
-        return _clean_line(value)
-    if name not in _ADDRESS_HEADERS or len(value) > _MAX_STRUCTURED:
-        return _clean_line(_decoded(value, defects))
-    try:
-        return _clean_line(str(_POLICY.header_factory(name, value)))
-    except Exception as exc:
-        defects.add(f"{name} header could not be decoded ({type(exc).__name__})")
-        return _clean_line(_decoded(value, defects))
+    return _clean_line(_decoded(value, defects))
 
 
 def _from_values(
     values: dict[str, list[str]], headers: tuple[tuple[str, str], ...], defects: _Defects
 ) -> _Identity:
-    sender, sender_name, from_raw = _sender(values.get("from", []), defects)
-    claimed = sender or _claimed(values.get("from", []))
+    strict = _StrictAddresses(defects)
+    sender, sender_name, from_raw = _sender(values.get("from", []), strict)
+    claimed = sender or _claimed(values.get("from", []), strict)
     message_ids = [i for v in values.get("message-id", []) for i in _msg_ids(v)[:1]]
     if not message_ids:
         defects.add("no Message-ID")
@@ -475,10 +477,10 @@ def _from_values(
         sender=sender,
         sender_name=sender_name,
         from_raw=from_raw,
-        to=_address_list("to", values.get("to", []), defects),
-        cc=_address_list("cc", values.get("cc", []), defects),
+        to=_address_list("to", values.get("to", []), strict),
+        cc=_address_list("cc", values.get("cc", []), strict),
         delivered_to=_delivered_to(headers),
-        reply_to=_address_list("reply-to", values.get("reply-to", []), defects),
+        reply_to=_address_list("reply-to", values.get("reply-to", []), strict),
         return_path=_return_path(values.get("return-path", [])),
         date=_clean_line(dates[0]) if dates else None,
         headers=headers,
@@ -487,8 +489,9 @@ def _from_values(
     )
 
 
-def _sender(values: list[str], defects: _Defects) -> tuple[str | None, str, str]:
+def _sender(values: list[str], strict: _StrictAddresses) -> tuple[str | None, str, str]:
     """(addr-spec or None, display name, raw text) of From; None unless it is unambiguous."""
+    defects = strict.defects
     if not values:
         defects.add("no From header")
         return None, "", ""
@@ -496,7 +499,7 @@ def _sender(values: list[str], defects: _Defects) -> tuple[str | None, str, str]
     if len(values) > 1:
         defects.add("several From headers")
         return None, "", from_raw
-    parsed = _parse_addresses("from", values[0], defects)
+    parsed = strict.parse("from", values[0])
     if parsed is None:
         return None, "", from_raw
     mailboxes, header_defects = parsed
@@ -513,62 +516,76 @@ def _sender(values: list[str], defects: _Defects) -> tuple[str | None, str, str]
     return addr, name, from_raw
 
 
-def _claimed(values: list[str]) -> str | None:
+def _claimed(values: list[str], strict: _StrictAddresses) -> str | None:
     """The first address From names, however ambiguous (never for trust)."""
-    for value in values[:1]:
-        parsed = _parse_addresses("from", value, _Defects())
-        if parsed and parsed[0]:
-            return parsed[0][0][1]
-        for _, addr in email.utils.getaddresses([value[:_MAX_STRUCTURED]]):
-            addr = _clean_line(addr).lower()
-            if "@" in addr and " " not in addr:
-                return addr
-    return None
+    parsed = strict.parse("from", values[0]) if values else None
+    if parsed and parsed[0]:
+        return parsed[0][0][1]
+    found = _lenient_addresses(values[:1])
+    return found[0] if found else None
 
 
-def _parse_addresses(
-    name: str, value: str, defects: _Defects
-) -> tuple[list[tuple[str, str]], list[str]] | None:
-    """[(display name, bare lower-case addr-spec)] and the parse defects; None if unparseable."""
-    if len(value) > _MAX_STRUCTURED:
-        defects.add(f"{name} header too long to parse")
-        return None
-    try:
-        header = _POLICY.header_factory(name, value)
-        found: list[tuple[str, str]] = []
-        for address in header.addresses:
-            addr = _clean_line(address.addr_spec).lower()
-            if "@" in addr and " " not in addr and not addr.startswith("@"):
-                found.append((_clean_line(address.display_name, _NAME_BYTES), addr))
-        problems = [type(d).__name__ for d in header.defects]
-    except Exception as exc:
-        defects.add(f"{name} header could not be parsed ({type(exc).__name__})")
-        return None
-    return found, problems
+class _StrictAddresses:
+    """The strict (``email.policy.default``) address parser, within a per-message budget."""
+
+    def __init__(self, defects: _Defects) -> None:
+        self.defects = defects
+        self.left = _STRICT_BUDGET
+
+    def parse(self, name: str, value: str) -> tuple[list[tuple[str, str]], list[str]] | None:
+        """[(display name, bare lower-case addr-spec)] and parse defects; None if unread."""
+        if len(value) > min(_STRICT_BYTES, self.left):
+            self.defects.add(f"{name} header too long for the strict address parser")
+            return None
+        self.left -= len(value)
+        try:
+            header = _POLICY.header_factory(name, value)
+            found: list[tuple[str, str]] = []
+            for address in header.addresses:
+                addr = _clean_line(address.addr_spec).lower()
+                if "@" in addr and " " not in addr and not addr.startswith("@"):
+                    found.append((_clean_line(address.display_name, _NAME_BYTES), addr))
+            problems = [type(d).__name__ for d in header.defects]
+        except Exception as exc:  # RecursionError on nested comments, AttributeError, ...
+            self.defects.add(f"{name} header could not be parsed ({type(exc).__name__})")
+            return None
+        return found, problems
 
 
-def _address_list(name: str, values: list[str], defects: _Defects) -> tuple[str, ...]:
+def _address_list(name: str, values: list[str], strict: _StrictAddresses) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for value in values:
-        parsed = _parse_addresses(name, value, defects)
+        parsed = strict.parse(name, value)
         if parsed is None:
+            found.update(dict.fromkeys(_lenient_addresses([value])))
             continue
         mailboxes, problems = parsed
         if problems:
-            defects.add(f"{name} header: " + ", ".join(sorted(set(problems))))
-        for _, addr in mailboxes:
-            found[addr] = None
+            strict.defects.add(f"{name} header: " + ", ".join(sorted(set(problems))))
+        found.update(dict.fromkeys(addr for _, addr in mailboxes))
     return tuple(found)
+
+
+def _lenient_addresses(values: list[str]) -> list[str]:
+    """Bare lower-case addresses by the lenient parser, for what is not a matter of trust."""
+    found: list[str] = []
+    for value in values:
+        try:
+            pairs = email.utils.getaddresses([value[:_MAX_STRUCTURED]])
+        except Exception:  # it recurses on nested comments
+            continue
+        for _, addr in pairs:
+            addr = _clean_line(addr).lower()
+            if "@" in addr and " " not in addr and not addr.startswith("@"):
+                found.append(addr)
+    return found
 
 
 def _delivered_to(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for key, value in headers:
         if key in ("delivered-to", "x-original-to"):
-            for _, addr in email.utils.getaddresses([value]):
-                addr = addr.strip().lower()
-                if "@" in addr:
-                    found[addr] = None
+            found.update(dict.fromkeys(_lenient_addresses([value])))
     return tuple(found)
 
 
@@ -578,8 +595,8 @@ def _return_path(values: list[str]) -> str | None:
     value = _clean_line(values[0])
     if value.replace(" ", "") in ("", "<>"):
         return ""
-    addr = email.utils.parseaddr(value)[1].strip().lower()
-    return addr if "@" in addr else value.strip("<> ").lower()
+    found = _lenient_addresses([value])
+    return found[0] if found else value.strip("<> ").lower()
 
 
 def _msg_ids(value: str) -> list[str]:
@@ -1122,11 +1139,7 @@ def _returned_identity(part: Message, defects: _Defects) -> tuple[str | None, li
     if inner is None:
         return None, []
     ids = _msg_ids(str(inner.get("message-id", "") or ""))
-    to = [
-        addr.lower()
-        for _, addr in email.utils.getaddresses([str(v) for v in inner.get_all("to", [])])
-        if "@" in addr
-    ]
+    to = _lenient_addresses([str(v) for v in inner.get_all("to", [])])
     return (ids[0] if ids else None), to
 
 
@@ -1150,7 +1163,7 @@ _BOUNCE_ADDRESS = re.compile(
 
 def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
     """A bounce without ``multipart/report`` (Exchange NDRs, qmail): what can be found."""
-    from_addr = identity.sender or email.utils.parseaddr(identity.from_raw)[1]
+    from_addr = identity.claimed_sender or ""
     automatic = bool(_BOUNCE_SENDER.match(from_addr or "")) or identity.return_path == ""
     if not automatic or not _BOUNCE_SUBJECT.search(identity.subject):
         return None
@@ -1184,8 +1197,8 @@ def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[st
     for inner in body.returned:
         ids = _msg_ids(str(inner.get("message-id", "") or ""))
         if ids:
-            pairs = email.utils.getaddresses([str(v) for v in inner.get_all("to", [])])
-            return ids[0], tuple(dict.fromkeys(a.lower() for _, a in pairs if "@" in a))
+            returned_to = _lenient_addresses([str(v) for v in inner.get_all("to", [])])
+            return ids[0], tuple(dict.fromkeys(returned_to))
     msg_id = None
     to: list[str] = []
     for line in copy:
@@ -1194,7 +1207,7 @@ def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[st
             found = _msg_ids(value)
             msg_id = found[0] if found else None
         elif name.strip().lower() == "to":
-            to.extend(a.lower() for _, a in email.utils.getaddresses([value]) if "@" in a)
+            to.extend(_lenient_addresses([value]))
     return msg_id, tuple(dict.fromkeys(to))
 
 

@@ -574,6 +574,29 @@ def test_ten_thousand_encoded_words_in_a_subject() -> None:
     assert seconds < 5
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"To: " + b'"\\"' * 20_000 + b" <a@example.org>",  # quadratic in the strict parser
+        (b"Cc: " + b'"\\"' * 1300 + b" <a@example.org>\r\n") * 60,
+        b"From: " + b"(" * 3000 + b"a@example.org",  # recursion in both stdlib parsers
+        b"From: " + b"a." * 30_000 + b"@example.org",
+        b"To: " + b", ".join(b"user%d@example.org" % i for i in range(3000)),
+    ],
+)
+def test_pathological_address_headers_stay_fast(header: bytes) -> None:
+    m, seconds = timed(b"Message-ID: <a@example.org>\r\n" + header + b"\r\n\r\nhi\r\n")
+    assert m.message_id == "a@example.org" and m.text == "hi"
+    assert m.sender is None and m.defects
+    assert seconds < 3
+
+
+def test_a_long_recipient_list_is_still_read() -> None:
+    to = b", ".join(b"User %d <user%d@example.org>" % (i, i) for i in range(300))
+    m = parse(b"From: a@example.org\r\nTo: " + to + b"\r\n\r\nhi\r\n")
+    assert len(m.to) == 300 and m.to[-1] == "user299@example.org"
+
+
 def test_message_over_the_size_limit_is_refused() -> None:
     raw = HEAD + b"\r\n" + b"x" * 2000
     m = parse(raw, Limits(max_message_bytes=1000))
