@@ -541,6 +541,20 @@ def test_deep_message_rfc822_chain_is_refused() -> None:
     assert parse(nested_messages(3)).fatal is None
 
 
+def test_a_digest_of_many_forwarded_messages_is_not_mistaken_for_deep_nesting() -> None:
+    inner = (
+        b'Subject: note %d\r\nContent-Type: multipart/alternative; boundary="i%d"\r\n\r\n'
+        b"--i%d\r\nContent-Type: text/plain\r\n\r\nnote %d\r\n--i%d--\r\n"
+    )
+    parts = b"".join(
+        b"--d\r\nContent-Type: message/rfc822\r\n\r\n" + inner % (i, i, i, i, i) for i in range(30)
+    )
+    raw = HEAD + b'Content-Type: multipart/digest; boundary="d"\r\n\r\n' + parts + b"--d--\r\n"
+    m = parse(raw)
+    assert m.fatal is None
+    assert [a.filename for a in m.attachments] == [f"note {i}.eml" for i in range(30)]
+
+
 def test_too_many_parts_is_refused() -> None:
     parts = b"".join(b"--p\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(600))
     raw = HEAD + b'Content-Type: multipart/mixed; boundary="p"\r\n\r\n' + parts + b"--p--\r\n"
