@@ -2,9 +2,11 @@
 
 First stage of the flow: ``RawMail`` bytes come in from ``imap`` (or ``ingest`` on stdin), and a
 frozen ``Inbound`` value goes out to ``routing``. Identity headers come from a strict stdlib
-parse with ``email.policy.default``; bodies and attachments from mail-parser. ``parse`` never
-raises: every problem becomes a string in ``defects``; a message that breaks a hard limit is
-reported through ``fatal`` so the caller quarantines it.
+parse with ``email.policy.default`` of the header block; bodies and attachments from the MIME
+tree mail-parser builds, walked once and iteratively (TNEF unpacked, attached messages kept
+whole, delivery reports read). Structure limits are checked on the bytes before any recursive
+parser sees them. ``parse`` never raises: every problem becomes a string in ``defects``; a
+message that breaks a hard limit is reported through ``fatal`` so the caller quarantines it.
 """
 
 from __future__ import annotations
