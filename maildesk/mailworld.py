@@ -28,8 +28,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from proxyprotocol.sock import SocketInfo
 from pymap.backend.dict import Config as _DictConfig
 from pymap.backend.dict import DictBackend, Identity, Login
-from pymap.concurrent import Subsystem
+from pymap.backend.dict.mailbox import MailboxData
+from pymap.concurrent import Event, Subsystem
 from pymap.imap import IMAPServer
+from pymap.selected import SelectedMailbox
 from pymap.user import UserMetadata
 from pysasl import SASLAuth
 from pysasl.hashing import Cleartext
@@ -107,6 +109,25 @@ class _Listener:
 
 
 # --------------------------------------------------------------------------- IMAP (pymap)
+
+
+_pymap_update_selected = MailboxData.update_selected
+
+
+async def _update_selected_without_lost_wakeups(
+    self: MailboxData, selected: SelectedMailbox, *, wait_on: Event | None = None
+) -> SelectedMailbox:
+    # pymap's IDLE waits for the *next* change signal, even when a change already landed
+    # since the session last looked (while IDLE began, or while it re-armed after waking for
+    # another session's flag update): such mail was announced only at the following change.
+    # Report waiting changes at once instead.
+    known = selected.mod_sequence
+    if wait_on is not None and known is not None and self._mod_sequences.highest > known:
+        wait_on = None
+    return await _pymap_update_selected(self, selected, wait_on=wait_on)
+
+
+MailboxData.update_selected = _update_selected_without_lost_wakeups  # type: ignore[method-assign]
 
 
 class _PymapConfig(_DictConfig):
