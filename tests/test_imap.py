@@ -294,6 +294,24 @@ def test_server_restart_is_an_error_then_reconnect_finds_the_mail(
     assert [m.raw for m in mailbox.fetch(mailbox.pending())] == [mail(1)]
 
 
+def test_connection_lost_in_the_middle_of_a_fetch_is_an_error(imap_server: ImapAccount) -> None:
+    imap_server.append(mail(1))
+    imap_server.append(mail(2))
+    box = Mailbox(imap_server.config(), batch=1)
+    box.connect()
+    try:
+        fetching = box.fetch(box.pending())
+        assert next(fetching).raw == mail(1)
+        imap_server.stop()
+        with pytest.raises(MailboxError) as caught:
+            next(fetching)
+        assert_one_line(caught.value, f"127.0.0.1:{imap_server.port}", "FETCH")
+    finally:
+        box.close()
+    imap_server.start()
+    assert imap_server.messages() == [mail(1), mail(2)]
+
+
 def test_server_down_during_idle_is_an_error(imap_server: ImapAccount, mailbox: Mailbox) -> None:
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(mailbox.wait, 10.0)
