@@ -33,7 +33,9 @@ EX_TEMPFAIL = 75
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created)
+            .astimezone()
+            .isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -88,7 +90,9 @@ def ticket_summary(ticket: Ticket, ref_format: str) -> dict[str, Any]:
 def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
     data = ticket_summary(ticket, ref_format)
     data["satisfaction"] = (
-        {"rating": ticket.rating, "comment": ticket.rating_comment} if ticket.rating is not None else None
+        {"rating": ticket.rating, "comment": ticket.rating_comment}
+        if ticket.rating is not None
+        else None
     )
     data["messages"] = [
         {
@@ -113,7 +117,12 @@ def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
         for m in ticket.messages
     ]
     data["events"] = [
-        {"kind": e.kind, "actor": e.actor, "at": iso(e.at), "detail": json.loads(e.detail) if e.detail else {}}
+        {
+            "kind": e.kind,
+            "actor": e.actor,
+            "at": iso(e.at),
+            "detail": json.loads(e.detail) if e.detail else {},
+        }
         for e in ticket.events
     ]
     return data
@@ -192,10 +201,20 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
         print(json.dumps(tickets, indent=2, ensure_ascii=False))
     else:
         rows = [
-            (t["ref"], t["status"], t["priority"], t["team"], t["assignee"], t["requester"], t["subject"])
+            (
+                t["ref"],
+                t["status"],
+                t["priority"],
+                t["team"],
+                t["assignee"],
+                t["requester"],
+                t["subject"],
+            )
             for t in tickets
         ]
-        print(table(rows, ("REF", "STATUS", "PRIORITY", "TEAM", "ASSIGNEE", "REQUESTER", "SUBJECT")))
+        print(
+            table(rows, ("REF", "STATUS", "PRIORITY", "TEAM", "ASSIGNEE", "REQUESTER", "SUBJECT"))
+        )
     return 0
 
 
@@ -230,7 +249,9 @@ def render_ticket(data: dict[str, Any]) -> str:
         f"  requester {data['requester']}, opened {data['created_at']}",
     ]
     if data["satisfaction"]:
-        out.append(f"  satisfaction {data['satisfaction']['rating']}/5 {data['satisfaction']['comment'] or ''}")
+        out.append(
+            f"  satisfaction {data['satisfaction']['rating']}/5 {data['satisfaction']['comment'] or ''}"
+        )
     out.append("")
     for m in data["messages"]:
         label = "internal note" if m["internal"] else "message"
@@ -240,7 +261,9 @@ def render_ticket(data: dict[str, Any]) -> str:
         out.extend("  " + line for line in (m["text"] or "").splitlines())
         for a in m["attachments"]:
             dropped = " (dropped: too large)" if a.get("dropped") else ""
-            out.append(f"  [attachment] {a['filename']} {a['content_type']} {a['size']} bytes{dropped}")
+            out.append(
+                f"  [attachment] {a['filename']} {a['content_type']} {a['size']} bytes{dropped}"
+            )
     out.append("")
     out.append("Timeline:")
     for e in data["events"]:
@@ -276,7 +299,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"FAIL mailbox {box.name}: {exc}")
             failed += 1
     try:
-        print(f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(outbox.probe(settings.smtp))}")
+        print(
+            f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(outbox.probe(settings.smtp))}"
+        )
     except outbox.SmtpError as exc:
         print(f"FAIL smtp: {exc}")
         failed += 1
@@ -287,7 +312,9 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     db = open_db(settings)
     with db.transaction() as session:
-        rows = session.scalars(select(Ledger).where(Ledger.outcome == "quarantined").order_by(Ledger.id))
+        rows = session.scalars(
+            select(Ledger).where(Ledger.outcome == "quarantined").order_by(Ledger.id)
+        )
         items = [
             {
                 "id": r.id,
@@ -303,8 +330,12 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2, ensure_ascii=False))
     else:
-        print(table([(i["id"], i["mailbox"], i["uid"], i["at"], i["from"], i["error"]) for i in items],
-                    ("ID", "MAILBOX", "UID", "AT", "FROM", "ERROR")))
+        print(
+            table(
+                [(i["id"], i["mailbox"], i["uid"], i["at"], i["from"], i["error"]) for i in items],
+                ("ID", "MAILBOX", "UID", "AT", "FROM", "ERROR"),
+            )
+        )
     return 0
 
 
@@ -329,12 +360,18 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
         if raw_path is None:
-            print(f"{ledger_id}: raw message not kept (too large to download); raise [limits] "
-                  "max_message_bytes and move it back to the inbox folder")
+            print(
+                f"{ledger_id}: raw message not kept (too large to download); raise [limits] "
+                "max_message_bytes and move it back to the inbox folder"
+            )
             failed += 1
             continue
         outcome = ingest.process(
-            db, desk, ingest.Source(mailbox, uidvalidity, uid), desk.store.read(raw_path), replay=ledger_id
+            db,
+            desk,
+            ingest.Source(mailbox, uidvalidity, uid),
+            desk.store.read(raw_path),
+            replay=ledger_id,
         )
         ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
         print(f"{ledger_id}: {outcome.kind} {ref} {outcome.reason}".rstrip())
@@ -363,19 +400,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maildesk", description="An email-driven help desk.")
-    parser.add_argument("--config", help="config file (default: $MAILDESK_CONFIG, else ./maildesk.toml)")
-    parser.add_argument("--log-format", choices=("text", "json"), help="log line format (default from [log] format)")
+    parser.add_argument(
+        "--config", help="config file (default: $MAILDESK_CONFIG, else ./maildesk.toml)"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), help="log line format (default from [log] format)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the daemon: watch the mailboxes, send the outbox")
-    run.add_argument("--once", action="store_true", help="handle what is waiting, deliver what is due, exit")
+    run.add_argument(
+        "--once", action="store_true", help="handle what is waiting, deliver what is due, exit"
+    )
     run.set_defaults(func=cmd_run)
 
     ingest = sub.add_parser("ingest", help="handle one message from stdin (for an MTA pipe)")
-    ingest.add_argument("--mailbox", help="mailbox whose team gets new tickets (default: the first)")
+    ingest.add_argument(
+        "--mailbox", help="mailbox whose team gets new tickets (default: the first)"
+    )
     ingest.set_defaults(func=cmd_ingest)
 
-    tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(dest="sub", required=True)
+    tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(
+        dest="sub", required=True
+    )
     tlist = tickets.add_parser("list", help="list tickets")
     tlist.add_argument("--status", choices=[s.value for s in Status])
     tlist.add_argument("--limit", type=int)
@@ -389,9 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
 
-    sub.add_parser("check-config", help="validate the config and log in to every server").set_defaults(
-        func=cmd_check_config
-    )
+    sub.add_parser(
+        "check-config", help="validate the config and log in to every server"
+    ).set_defaults(func=cmd_check_config)
 
     quarantine = sub.add_parser("quarantine", help="mail that could not be handled").add_subparsers(
         dest="sub", required=True
@@ -404,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     qreplay.add_argument("--all", action="store_true")
     qreplay.set_defaults(func=cmd_quarantine_replay)
 
-    demo = sub.add_parser("demo", help="a throwaway mail world on loopback, with one ticket walked through")
+    demo = sub.add_parser(
+        "demo", help="a throwaway mail world on loopback, with one ticket walked through"
+    )
     demo.add_argument("--keep", action="store_true", help="keep it running and print the logins")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -111,7 +111,7 @@ def take_lease(db: Database, name: str, holder: str) -> bool:
             if lease is None:
                 session.add(Lease(name=name, holder=holder, expires_at=now + LEASE_TTL, fence=1))
                 return True
-            if lease.holder != holder and lease.expires_at > now:
+            if lease.holder != holder and lease.expires_at > now and holder_alive(lease.holder):
                 return False
             if lease.holder != holder:
                 log.info("taking over %s from %s (lease expired)", name, lease.holder)
@@ -121,6 +121,22 @@ def take_lease(db: Database, name: str, holder: str) -> bool:
             return True
     except IntegrityError:  # another daemon created it first
         return False
+
+
+def holder_alive(holder: str) -> bool:
+    """False when ``holder`` was a process on this host that no longer runs (killed or crashed):
+    its lease need not be waited out. Holders on other hosts count as alive until they expire."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def release_lease(db: Database, name: str, holder: str) -> None:
@@ -323,11 +339,10 @@ class Daemon:
                         self.desk.clock,
                         after_send=lambda: crash_point("after_send"),
                     )
-                    if any(r.outcome == "sent" for r in results):
+                    if any(r.reached for r in results):
                         await self._healthy(health, "SMTP")
-                    unreachable = [r for r in results if r.outcome == "retry"]
-                    if unreachable and not any(r.outcome == "sent" for r in results):
-                        await self._failed(health, "SMTP", unreachable[0].detail)
+                    else:
+                        await self._failed(health, "SMTP", results[0].detail)
                         if self.once:
                             return
                         await self.pause(backoff_seconds(health.failures))

@@ -89,8 +89,12 @@ class World:
         path = root / "maildesk.toml"
         path.write_text(
             CONFIG.format(
-                support=SUPPORT, password=PASSWORD, alice=ALICE, bob=BOB,
-                imap_port=self.imap.port, smtp_port=self.smtp.port,
+                support=SUPPORT,
+                password=PASSWORD,
+                alice=ALICE,
+                bob=BOB,
+                imap_port=self.imap.port,
+                smtp_port=self.smtp.port,
             )
         )
         path.chmod(0o600)
@@ -145,7 +149,9 @@ class World:
             return cli.ticket_detail(ticket, self.settings.desk.ref_format)
 
 
-def mail(sender: str, to: str, subject: str, body: str, *, reply_to: Captured | None = None) -> EmailMessage:
+def mail(
+    sender: str, to: str, subject: str, body: str, *, reply_to: Captured | None = None
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -164,7 +170,13 @@ def agent_reply(notice: Captured, sender: str, body: str, subject_extra: str = "
     reply_to = re.sub(r".*<|>.*", "", str(notice.message["Reply-To"]))
     quoted = "\n".join("> " + line for line in _text(notice).splitlines()[:6])
     subject = f"Re: {notice.message['Subject']}{subject_extra}"
-    return mail(sender, reply_to, subject, f"{body}\n\nOn Thursday, the desk wrote:\n{quoted}\n", reply_to=notice)
+    return mail(
+        sender,
+        reply_to,
+        subject,
+        f"{body}\n\nOn Thursday, the desk wrote:\n{quoted}\n",
+        reply_to=notice,
+    )
 
 
 def _text(captured: Captured) -> str:
@@ -190,11 +202,18 @@ def step(title: str) -> None:
 
 def walk(world: World) -> None:
     step("1. A customer writes in, with an attachment")
-    first = mail(CUSTOMER, SUPPORT, "Printer on floor 3 prints blank pages", (
-        "Hello,\n\nsince this morning the printer on floor 3 only prints blank pages.\n"
-        "A test page is attached.\n\nCarol"
-    ))
-    first.add_attachment(b"%PDF-1.4 demo test page\n", maintype="application", subtype="pdf", filename="testpage.pdf")
+    first = mail(
+        CUSTOMER,
+        SUPPORT,
+        "Printer on floor 3 prints blank pages",
+        (
+            "Hello,\n\nsince this morning the printer on floor 3 only prints blank pages.\n"
+            "A test page is attached.\n\nCarol"
+        ),
+    )
+    first.add_attachment(
+        b"%PDF-1.4 demo test page\n", maintype="application", subtype="pdf", filename="testpage.pdf"
+    )
     world.deliver(first)
     sent = world.wait_mail(2)
     show(sent)
@@ -203,37 +222,64 @@ def walk(world: World) -> None:
     number = int(re.search(r"\d+", str(ack.message["Subject"])).group())  # type: ignore[union-attr]
 
     step("2. Alice takes it and answers the customer (commands at the top of her reply)")
-    world.deliver(agent_reply(notice, ALICE, (
-        "#assign me\n#priority high\n#tag printer\n\n"
-        "Hi Carol, thanks for the test page. Could you tell me the printer's asset number?"
-    )))
+    world.deliver(
+        agent_reply(
+            notice,
+            ALICE,
+            (
+                "#assign me\n#priority high\n#tag printer\n\n"
+                "Hi Carol, thanks for the test page. Could you tell me the printer's asset number?"
+            ),
+        )
+    )
     sent = world.wait_mail(2)
     show(sent)
 
     step("3. The customer answers; Alice keeps an internal note")
     reply = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
-    world.deliver(mail(CUSTOMER, SUPPORT, f"Re: {reply.message['Subject']}",
-                       "It is asset 4711.\n\nOn Thursday, Alice wrote:\n> Could you tell me the asset number?",
-                       reply_to=reply))
+    world.deliver(
+        mail(
+            CUSTOMER,
+            SUPPORT,
+            f"Re: {reply.message['Subject']}",
+            "It is asset 4711.\n\nOn Thursday, Alice wrote:\n> Could you tell me the asset number?",
+            reply_to=reply,
+        )
+    )
     sent = world.wait_mail(1)
     show(sent)
     world.deliver(agent_reply(sent[0], ALICE, "#note\nFuser unit looks dead; needs engineering."))
     show(world.wait_mail(1))
 
     step("4. Alice escalates to engineering with a summary (the customer sees no internal text)")
-    world.deliver(agent_reply(sent[0], ALICE, "Printer 4711 fuser failure, needs a replacement part.",
-                              subject_extra=" #escalate engineering"))
+    world.deliver(
+        agent_reply(
+            sent[0],
+            ALICE,
+            "Printer 4711 fuser failure, needs a replacement part.",
+            subject_extra=" #escalate engineering",
+        )
+    )
     sent = world.wait_mail(3)
     show(sent)
 
     step("5. Bob in engineering closes it with the resolution; the customer rates it")
     bob_notice = next(m for m in sent if m.rcpt_tos[0] == BOB)
-    world.deliver(agent_reply(bob_notice, BOB, "#close\nWe replaced the fuser unit; the printer works again."))
+    world.deliver(
+        agent_reply(bob_notice, BOB, "#close\nWe replaced the fuser unit; the printer works again.")
+    )
     sent = world.wait_mail(2)
     show(sent)
     closing = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
-    world.deliver(mail(CUSTOMER, SUPPORT, f"Re: {closing.message['Subject']}", "5 Quick and friendly, thanks!",
-                       reply_to=closing))
+    world.deliver(
+        mail(
+            CUSTOMER,
+            SUPPORT,
+            f"Re: {closing.message['Subject']}",
+            "5 Quick and friendly, thanks!",
+            reply_to=closing,
+        )
+    )
     world.wait_handled(7)
 
     step("The ticket")

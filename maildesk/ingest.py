@@ -130,7 +130,7 @@ def log_outcome(desk: Desk, source: Source, outcome: Outcome) -> None:
 
 
 def already_handled(
-    session: Session, source: Source, inbound: Inbound, raw: bytes
+    session: Session, source: Source, inbound: Inbound, raw: bytes, now: datetime
 ) -> Outcome | None:
     """A message whose effect is already committed: by ledger key, then by Message-ID + content."""
     if source.uid is not None:

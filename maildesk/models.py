@@ -228,7 +228,9 @@ class Outbox(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True, index=True)
+    ticket_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tickets.id"), nullable=True, index=True
+    )
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
     recipient: Mapped[str] = mapped_column(String(320), index=True)

@@ -109,7 +109,9 @@ def _paragraphs(text: str) -> Any:
 
     blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
     return Markup("\n").join(
-        Markup("<p>") + Markup("<br>\n").join(escape(line) for line in b.splitlines()) + Markup("</p>")
+        Markup("<p>")
+        + Markup("<br>\n").join(escape(line) for line in b.splitlines())
+        + Markup("</p>")
         for b in blocks
     )
 
@@ -175,8 +177,10 @@ class Mailer:
             return None
         address = mail.to.lower()
         desk = self.settings.desk
-        if address == desk.address or address.split("@")[-1] == desk.domain and (
-            address.split("@")[0].startswith(desk.local_part + "+")
+        if (
+            address == desk.address
+            or address.split("@")[-1] == desk.domain
+            and (address.split("@")[0].startswith(desk.local_part + "+"))
         ):
             return "the desk's own address"
         if NO_AUTO_MAIL.match(address):
@@ -234,6 +238,7 @@ class Delivery:
 
     outcome: str
     detail: str = ""
+    reached: bool = True  # False: the server could not be reached at all (an outage)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -282,9 +287,13 @@ class Sender:
         except aiosmtplib.SMTPResponseException as exc:
             await self.close()
             return _classify(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
-            return Delivery("retry", f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}")
+            return Delivery(
+                "retry",
+                f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}",
+                reached=False,
+            )
         if recipient in errors:
             code, message = errors[recipient]
             return _classify(code, message)
@@ -340,7 +349,10 @@ def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
         elif result.outcome == "failed" or now - row.created_at > GIVE_UP_AFTER:
             values |= {"status": OutboxStatus.FAILED, "last_error": result.detail}
         else:
-            values |= {"next_attempt_at": now + backoff(row.attempts + 1), "last_error": result.detail}
+            values |= {
+                "next_attempt_at": now + backoff(row.attempts + 1),
+                "last_error": result.detail,
+            }
         session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
     if result.outcome == "sent":
         log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
@@ -400,7 +412,7 @@ async def probe(settings: SmtpSettings) -> str:
     sender = Sender(settings)
     try:
         client = await sender._connect()
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
     try:
         await client.quit()

@@ -143,9 +143,7 @@ def bounced_outbox_id(secret: bytes, desk_address: str, addresses: Sequence[str]
     )
     for address in addresses:
         match = pattern.match(address.lower())
-        if match and hmac.compare_digest(
-            match.group(2), _mac(secret, "verp", match.group(1), 10)
-        ):
+        if match and hmac.compare_digest(match.group(2), _mac(secret, "verp", match.group(1), 10)):
             return int(match.group(1))
     return None
 
@@ -180,8 +178,10 @@ def classify(inbound: Inbound, desk: Identity) -> Classification:
     if is_own_message_id(desk.secret, desk.address.rsplit("@", 1)[1], inbound.message_id):
         return Classification(Kind.OWN_LOOP, "our own Message-ID")
     sender = inbound.sender or ""
-    if sender == desk.address or sender.startswith(desk.address.split("@")[0] + "+") and (
-        sender.endswith("@" + desk.address.split("@")[1])
+    if (
+        sender == desk.address
+        or sender.startswith(desk.address.split("@")[0] + "+")
+        and (sender.endswith("@" + desk.address.split("@")[1]))
     ):
         return Classification(Kind.OWN_LOOP, "sent from the desk address")
 

@@ -111,7 +111,9 @@ class DeskWorld:
         self.clock = clock or Clock(datetime.now(UTC))
         text = config_text(account, smtp, root / "data", extra_config)
         if database_url:
-            text = text.replace("[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1)
+            text = text.replace(
+                "[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1
+            )
         self.config_path = root / "maildesk.toml"
         self.config_path.write_text(text)
         self.config_path.chmod(0o600)

@@ -36,7 +36,9 @@ def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> 
 
 
 def test_new_mail_becomes_a_ticket_with_one_threaded_acknowledgment(world: DeskWorld) -> None:
-    msg = customer_mail("Printer prints blank pages", "Hello,\nthe printer on floor 3 is broken.\nDana")
+    msg = customer_mail(
+        "Printer prints blank pages", "Hello,\nthe printer on floor 3 is broken.\nDana"
+    )
     world.deliver(msg)
 
     assert world.run_once() == 0
@@ -96,7 +98,10 @@ def test_attachments_are_kept_whole(world: DeskWorld) -> None:
         ("report.pdf", "application/pdf", len(pdf)),
         ("screen shot.png", "image/png", len(png)),
     ]
-    assert [a["sha256"] for a in atts] == [hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()]
+    assert [a["sha256"] for a in atts] == [
+        hashlib.sha256(pdf).hexdigest(),
+        hashlib.sha256(png).hexdigest(),
+    ]
     blobs = list((world.root / "data" / "blobs").rglob("*"))
     assert {p.name for p in blobs if p.is_file()} >= {a["sha256"] for a in atts}
 
@@ -107,7 +112,10 @@ def test_html_only_and_encoded_subjects_become_readable(world: DeskWorld) -> Non
     msg["To"] = world.address
     msg["Subject"] = "=?utf-8?b?RHJ1Y2tlciBkZWZla3Qg4oCTIGJpdHRlIGhlbGZlbg==?="
     msg["Message-ID"] = "<html-only-1@kunde.test>"
-    msg.set_content("<html><body><p>Der <b>Drucker</b> druckt nicht.</p><ul><li>Etage 3</li></ul></body></html>", subtype="html")
+    msg.set_content(
+        "<html><body><p>Der <b>Drucker</b> druckt nicht.</p><ul><li>Etage 3</li></ul></body></html>",
+        subtype="html",
+    )
     world.deliver(msg)
     world.run_once()
 
@@ -119,7 +127,9 @@ def test_html_only_and_encoded_subjects_become_readable(world: DeskWorld) -> Non
     assert "<b>" not in text and "<p>" not in text
 
 
-def test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_strangers(world: DeskWorld) -> None:
+def test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_strangers(
+    world: DeskWorld,
+) -> None:
     world.deliver(customer_mail("VPN drops", "The VPN drops every hour."))
     world.run_once()
     [ack] = world.mails_to(CUSTOMER)
@@ -130,7 +140,9 @@ def test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_str
     # by ref in the subject from the requester, with a foreign prefix
     world.deliver(customer_mail(f"AW: [EXTERNAL] {ref} VPN drops", "And again today."))
     # a stranger using the ref opens a new ticket
-    world.deliver(customer_mail(f"Re: {ref} VPN drops", "I can read your ticket?", sender="mallory@evil.test"))
+    world.deliver(
+        customer_mail(f"Re: {ref} VPN drops", "I can read your ticket?", sender="mallory@evil.test")
+    )
     world.run_once()
 
     tickets = world.tickets()
@@ -166,8 +178,12 @@ def test_automatic_mail_that_threads_is_kept_on_its_ticket(world: DeskWorld) -> 
     world.run_once()
     [ack] = world.mails_to(CUSTOMER)
     world.deliver(
-        customer_mail("Automatic reply: Help", "I am out of office.", reply_to=ack,
-                      headers=[("Auto-Submitted", "auto-replied")])
+        customer_mail(
+            "Automatic reply: Help",
+            "I am out of office.",
+            reply_to=ack,
+            headers=[("Auto-Submitted", "auto-replied")],
+        )
     )
     world.run_once()
     [ticket] = world.tickets()
@@ -177,7 +193,13 @@ def test_automatic_mail_that_threads_is_kept_on_its_ticket(world: DeskWorld) -> 
 
 
 def test_mailer_daemon_mail_gets_no_reply(world: DeskWorld) -> None:
-    world.deliver(customer_mail("Warning: could not send", "Your message is delayed.", sender="MAILER-DAEMON@mx.example.net"))
+    world.deliver(
+        customer_mail(
+            "Warning: could not send",
+            "Your message is delayed.",
+            sender="MAILER-DAEMON@mx.example.net",
+        )
+    )
     world.run_once()
     assert world.smtp.messages == []
 
@@ -194,19 +216,23 @@ def test_corpus_messages_become_tickets(world: DeskWorld) -> None:
     assert world.account.uids("INBOX") == []
 
 
-def test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx(world: DeskWorld) -> None:
-    world.smtp.script("rcpt", "451 4.3.0 try again later")
+def test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx(
+    world: DeskWorld,
+) -> None:
+    # the acknowledgment and the two agent notices are each refused once
+    world.smtp.script("rcpt", *["451 4.3.0 try again later"] * 3)
     world.deliver(customer_mail("Retry me", "Hello"))
     world.run_once()
-    assert world.mails_to(CUSTOMER) == []  # first attempt refused
+    assert world.smtp.messages == []  # first attempts refused
 
     # due again after the backoff: move the clock, run again
     world.clock.advance(hours=1)
     world.run_once()
     [ack] = world.mails_to(CUSTOMER)
 
-    from maildesk.models import Outbox
     from sqlalchemy import select
+
+    from maildesk.models import Outbox
 
     with world.db.transaction() as session:
         row = session.scalar(select(Outbox).where(Outbox.recipient == CUSTOMER))
@@ -215,7 +241,7 @@ def test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx(world
         assert row.attempts == 2
         assert f"<{row.message_id}>" == ack.message["Message-ID"]
 
-    world.smtp.script("rcpt", "550 5.1.1 no such user")
+    world.smtp.script("rcpt", *["550 5.1.1 no such user"] * 3)
     world.deliver(customer_mail("Bounce me", "Hello", sender="nobody@customer.test"))
     world.run_once()
     with world.db.transaction() as session:
@@ -239,14 +265,28 @@ def test_smtp_down_never_blocks_ingestion(world: DeskWorld) -> None:
 def test_crash_between_commit_and_move_neither_loses_nor_doubles(world: DeskWorld) -> None:
     """The daemon is killed (os._exit) right after the commit, before the move."""
     world.deliver(customer_mail("Crash test", "Hello"))
-    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path), "MAILDESK_CRASH_AT": "after_commit"}
-    killed = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    env = {
+        **os.environ,
+        "MAILDESK_CONFIG": str(world.config_path),
+        "MAILDESK_CRASH_AT": "after_commit",
+    }
+    killed = subprocess.run(
+        [sys.executable, "-m", "maildesk", "run", "--once"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert killed.returncode == 137
     assert len(world.tickets()) == 1
     assert len(world.account.uids("INBOX")) == 1  # committed, not yet moved
 
     env.pop("MAILDESK_CRASH_AT")
-    again = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "maildesk", "run", "--once"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stderr.decode()
     assert len(world.tickets()) == 1
     assert world.account.uids("INBOX") == []
@@ -270,10 +310,22 @@ def test_idle_answers_a_new_message_within_moments(world: DeskWorld) -> None:
 def test_ingest_from_stdin_for_an_mta_pipe(world: DeskWorld) -> None:
     raw = customer_mail("Piped in", "From the MTA").as_bytes()
     env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    done = subprocess.run([sys.executable, "-m", "maildesk", "ingest"], input=raw, env=env, capture_output=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "ingest"],
+        input=raw,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().startswith("new_ticket [#1]")
-    again = subprocess.run([sys.executable, "-m", "maildesk", "ingest"], input=raw, env=env, capture_output=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "maildesk", "ingest"],
+        input=raw,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert again.returncode == 0
     assert len(world.tickets()) == 1
 
@@ -281,7 +333,12 @@ def test_ingest_from_stdin_for_an_mta_pipe(world: DeskWorld) -> None:
 def test_run_once_with_an_unreachable_mailbox_says_so_in_one_line(world: DeskWorld) -> None:
     world.account.stop()
     env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    done = subprocess.run([sys.executable, "-m", "maildesk", "run", "--once"], env=env, capture_output=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "run", "--once"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr.decode()
     last = done.stderr.decode().strip().splitlines()[-1]
@@ -294,11 +351,49 @@ def test_ticket_json_contract(world: DeskWorld) -> None:
     env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
     import json
 
-    listed = json.loads(subprocess.run([sys.executable, "-m", "maildesk", "tickets", "list", "--json"], env=env, capture_output=True, check=True).stdout)
-    assert set(listed[0]) >= {"ref", "number", "subject", "status", "priority", "requester", "assignee", "team", "tags", "created_at", "updated_at"}
-    shown = json.loads(subprocess.run([sys.executable, "-m", "maildesk", "tickets", "show", "1", "--json"], env=env, capture_output=True, check=True).stdout)
-    assert set(shown["messages"][0]) >= {"from", "internal", "text", "message_id", "created_at", "attachments"}
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "maildesk", "tickets", "list", "--json"],
+            env=env,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert set(listed[0]) >= {
+        "ref",
+        "number",
+        "subject",
+        "status",
+        "priority",
+        "requester",
+        "assignee",
+        "team",
+        "tags",
+        "created_at",
+        "updated_at",
+    }
+    shown = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "maildesk", "tickets", "show", "1", "--json"],
+            env=env,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert set(shown["messages"][0]) >= {
+        "from",
+        "internal",
+        "text",
+        "message_id",
+        "created_at",
+        "attachments",
+    }
     assert set(shown["events"][0]) >= {"kind", "actor", "at", "detail"}
-    human = subprocess.run([sys.executable, "-m", "maildesk", "tickets", "list"], env=env, capture_output=True, check=True, text=True).stdout
+    human = subprocess.run(
+        [sys.executable, "-m", "maildesk", "tickets", "list"],
+        env=env,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
     assert "[#1]" in human and "Contract" in human
-

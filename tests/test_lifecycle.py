@@ -25,12 +25,19 @@ from tests.servers import ImapAccount
 
 @pytest.fixture
 def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n')
+    w = DeskWorld(
+        imap_server,
+        smtp_server,
+        tmp_path,
+        extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n',
+    )
     yield w
     w.close()
 
 
-def open_ticket(world: DeskWorld, subject: str = "Printer broken", body: str = "It prints blank pages.") -> tuple[Captured, Captured]:
+def open_ticket(
+    world: DeskWorld, subject: str = "Printer broken", body: str = "It prints blank pages."
+) -> tuple[Captured, Captured]:
     world.deliver(customer_mail(subject, body))
     world.run_once()
     return world.mails_to(CUSTOMER)[-1], world.mails_to(ALICE)[-1]
@@ -45,10 +52,21 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     assert "[#1]" in ack.message["Subject"]
 
     # 2. assign, set priority, tag, and answer the customer in one reply
-    world.deliver(agent_reply(notice, ALICE, "#assign me\n#priority high\n#tag printer hardware\n\nHi Dana, which floor is it on?"))
+    world.deliver(
+        agent_reply(
+            notice,
+            ALICE,
+            "#assign me\n#priority high\n#tag printer hardware\n\nHi Dana, which floor is it on?",
+        )
+    )
     world.run_once()
     t = world.ticket(1)
-    assert (t["assignee"], t["priority"], t["tags"], t["status"]) == (ALICE, "high", ["hardware", "printer"], "pending")
+    assert (t["assignee"], t["priority"], t["tags"], t["status"]) == (
+        ALICE,
+        "high",
+        ["hardware", "printer"],
+        "pending",
+    )
     [reply] = world.mails_to(CUSTOMER)[1:]
     assert text_of(reply).startswith("Hi Dana, which floor is it on?")
     assert "#" not in text_of(reply).split("--")[0]
@@ -58,7 +76,13 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     assert "assigned" in text_of(receipt).lower() and "high" in text_of(receipt)
 
     # 3. the customer answers: pending -> open, the assignee is told
-    world.deliver(customer_mail(f"Re: {reply.message['Subject']}", "Floor 3.\n\nOn Thu, Alice wrote:\n> which floor?", reply_to=reply))
+    world.deliver(
+        customer_mail(
+            f"Re: {reply.message['Subject']}",
+            "Floor 3.\n\nOn Thu, Alice wrote:\n> which floor?",
+            reply_to=reply,
+        )
+    )
     world.run_once()
     t = world.ticket(1)
     assert t["status"] == "open"
@@ -76,7 +100,14 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     assert len(world.mails_to(CUSTOMER)) == before
 
     # 4. escalate with a summary in the subject form
-    world.deliver(agent_reply(told, ALICE, "Needs a new fuser unit (internal summary).", subject_extra=" #escalate engineering"))
+    world.deliver(
+        agent_reply(
+            told,
+            ALICE,
+            "Needs a new fuser unit (internal summary).",
+            subject_extra=" #escalate engineering",
+        )
+    )
     world.run_once()
     t = world.ticket(1)
     assert (t["status"], t["team"]) == ("escalated", "engineering")
@@ -96,13 +127,21 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     assert "We replaced the fuser unit." in text_of(closing)
     assert "1" in text_of(closing) and "5" in text_of(closing)
 
-    world.deliver(customer_mail(f"Re: {closing.message['Subject']}", "5 - great service\n\n> We replaced the fuser unit.", reply_to=closing))
+    world.deliver(
+        customer_mail(
+            f"Re: {closing.message['Subject']}",
+            "5 - great service\n\n> We replaced the fuser unit.",
+            reply_to=closing,
+        )
+    )
     world.run_once()
     t = world.ticket(1)
     assert t["status"] == "closed"
     assert t["satisfaction"] == {"rating": 5, "comment": "great service"}
 
-    world.deliver(customer_mail(f"Re: {closing.message['Subject']}", "It is broken again!", reply_to=closing))
+    world.deliver(
+        customer_mail(f"Re: {closing.message['Subject']}", "It is broken again!", reply_to=closing)
+    )
     world.run_once()
     t = world.ticket(1)
     assert t["status"] == "open"
@@ -112,8 +151,22 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     # the customer never saw anything internal
     for mail in world.mails_to(CUSTOMER):
         body = text_of(mail)
-        assert "Fuser unit is dead" not in body and "internal summary" not in body and "#" not in mail.message["Subject"].replace("[#1]", "")
-    for expected in ("assigned", "priority", "tagged", "replied", "note", "escalated", "closed", "rating", "reopened"):
+        assert (
+            "Fuser unit is dead" not in body
+            and "internal summary" not in body
+            and "#" not in mail.message["Subject"].replace("[#1]", "")
+        )
+    for expected in (
+        "assigned",
+        "priority",
+        "tagged",
+        "replied",
+        "note",
+        "escalated",
+        "closed",
+        "rating",
+        "reopened",
+    ):
         assert expected in kinds(t), expected
 
 
@@ -123,7 +176,11 @@ def test_reply_after_reopen_window_opens_a_linked_ticket(world: DeskWorld) -> No
     world.run_once()
     closing = world.mails_to(CUSTOMER)[-1]
     world.clock.advance(days=31)
-    world.deliver(customer_mail(f"Re: {closing.message['Subject']}", "The same problem again.", reply_to=closing))
+    world.deliver(
+        customer_mail(
+            f"Re: {closing.message['Subject']}", "The same problem again.", reply_to=closing
+        )
+    )
     world.run_once()
     tickets = world.tickets()
     assert len(tickets) == 2
@@ -142,7 +199,13 @@ def test_reply_after_reopen_window_opens_a_linked_ticket(world: DeskWorld) -> No
         # another agent's token
         (BOB, "#close\nnot mine", "token", [], "another agent"),
         # untrusted authserv-id claiming dmarc=pass
-        (ALICE, "#close\nuntrusted", "support", [("Authentication-Results", "mx.evil.test; dmarc=pass header.from=example.com")], "no reply token"),
+        (
+            ALICE,
+            "#close\nuntrusted",
+            "support",
+            [("Authentication-Results", "mx.evil.test; dmarc=pass header.from=example.com")],
+            "no reply token",
+        ),
     ],
 )
 def test_forged_and_misused_commands_change_nothing(
@@ -171,8 +234,16 @@ def test_forged_and_misused_commands_change_nothing(
 def test_trusted_authentication_results_prove_an_agent(world: DeskWorld) -> None:
     _ack, notice = open_ticket(world)
     msg = agent_reply(
-        notice, ALICE, "#priority urgent", to=world.address,
-        headers=[("Authentication-Results", "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com")],
+        notice,
+        ALICE,
+        "#priority urgent",
+        to=world.address,
+        headers=[
+            (
+                "Authentication-Results",
+                "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com",
+            )
+        ],
     )
     # Authentication-Results must be the topmost header, as the receiving MTA adds it
     raw = msg.as_bytes()
@@ -217,7 +288,13 @@ def test_unknown_verb_is_refused(world: DeskWorld) -> None:
 
 def test_customer_hash_words_are_plain_text(world: DeskWorld) -> None:
     ack, _notice = open_ticket(world)
-    world.deliver(customer_mail(f"Re: {ack.message['Subject']} #close", "#close\n#assign alice\nPlease hurry", reply_to=ack))
+    world.deliver(
+        customer_mail(
+            f"Re: {ack.message['Subject']} #close",
+            "#close\n#assign alice\nPlease hurry",
+            reply_to=ack,
+        )
+    )
     world.run_once()
     t = world.ticket(1)
     assert t["status"] == "open" and t["assignee"] is None
