@@ -1435,8 +1435,11 @@ def _attribution_span(lines: list[str], index: int) -> int:
         if len(chunk) < span or (span > 1 and not chunk[-1].strip()):
             return 0
         joined = " ".join(line.strip() for line in chunk)
-        if _ATTRIBUTION.match(joined) and re.search(r"\d|@", joined):
-            return span
+        if _ATTRIBUTION.match(joined):
+            following = next((ln for ln in lines[index + span :] if ln.strip()), "")
+            # a date or an address, or quoted lines right after it, mark a real attribution
+            if re.search(r"\d|@", joined) or _QUOTED.match(following):
+                return span
     return 0
 
 

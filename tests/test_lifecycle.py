@@ -233,25 +233,30 @@ def test_forged_and_misused_commands_change_nothing(
 
 def test_trusted_authentication_results_prove_an_agent(world: DeskWorld) -> None:
     _ack, notice = open_ticket(world)
+    msg = agent_reply(notice, ALICE, "#priority urgent", to=world.address)
+    # the receiving MTA puts its verdict on top of the message
+    verdict = (
+        b"Authentication-Results: mx.example.com; dkim=pass header.d=example.com;\r\n"
+        b" dmarc=pass header.from=example.com\r\n"
+    )
+    world.deliver(verdict + msg.as_bytes())
+    world.run_once()
+    assert world.ticket(1)["priority"] == "urgent"
+
+
+def test_a_second_trusted_verdict_below_the_real_one_proves_nothing(world: DeskWorld) -> None:
+    _ack, notice = open_ticket(world)
     msg = agent_reply(
         notice,
         ALICE,
         "#priority urgent",
         to=world.address,
-        headers=[
-            (
-                "Authentication-Results",
-                "mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com",
-            )
-        ],
+        headers=[("Authentication-Results", "mx.example.com; dmarc=pass header.from=example.com")],
     )
-    # Authentication-Results must be the topmost header, as the receiving MTA adds it
-    raw = msg.as_bytes()
-    ar = b"Authentication-Results: mx.example.com; dkim=pass header.d=example.com; dmarc=pass header.from=example.com\r\n"
-    raw = ar + raw.replace(ar.replace(b"\r\n", b"\n"), b"")
-    world.deliver(raw)
+    verdict = b"Authentication-Results: mx.example.com; dmarc=fail header.from=example.com\r\n"
+    world.deliver(verdict + msg.as_bytes())
     world.run_once()
-    assert world.ticket(1)["priority"] == "urgent"
+    assert world.ticket(1)["priority"] == "medium"
 
 
 def test_expired_token_is_refused(world: DeskWorld) -> None:
