@@ -1,0 +1,167 @@
+"""A bad config stops the start with one line naming the key and the file, exit code 78."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maildesk import config
+
+GOOD = """
+[desk]
+name = "Support"
+address = "support@example.com"
+data_dir = "data"
+secret = "0123456789abcdef0123"
+
+[[mailboxes]]
+name = "support"
+host = "127.0.0.1"
+port = 1143
+security = "none"
+username = "support@example.com"
+password = "pw"
+team = "support"
+
+[smtp]
+host = "127.0.0.1"
+port = 1025
+security = "none"
+
+[[teams]]
+name = "support"
+
+[[agents]]
+email = "Alice@Example.com"
+name = "Alice"
+teams = ["support"]
+"""
+
+
+def run_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAILDESK_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD))
+    assert settings.desk.data_dir == tmp_path / "data"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'data' / 'maildesk.db'}"
+    assert settings.agents[0].email == "alice@example.com"
+    assert settings.mailboxes[0].processed_folder == "Processed"
+    assert settings.security.token_days == 180
+    assert settings.lifecycle.reopen_days == 30
+    assert settings.limits.auto_replies_per_address_per_hour == 10
+    assert settings.desk.ref(42) == "[#42]"
+
+
+def test_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('secret = "0123456789abcdef0123"\n', ""))
+    first = config.load(path).desk.secret
+    assert first == config.load(path).desk.secret
+    secret_file = tmp_path / "data" / "secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        (
+            lambda t: t.replace('host = "127.0.0.1"\nport = 1143', "port = 1143"),
+            "[[mailboxes]] #1 host: missing",
+        ),
+        (
+            lambda t: t.replace("poll_seconds", "x") + '\n[limits]\nmax_parts = "many"\n',
+            "[limits] max_parts: must be a int",
+        ),
+        (
+            lambda t: t.replace('name = "Support"', 'name = "Support"\ncolour = "blue"'),
+            "[desk] colour: unknown key",
+        ),
+        (
+            lambda t: t.replace('password = "pw"', 'password_file = "missing.txt"'),
+            "[[mailboxes]] #1 password_file: cannot read",
+        ),
+        (
+            lambda t: t.replace('team = "support"', 'team = "sales"'),
+            "[[mailboxes]] #1 team: team 'sales' does not exist",
+        ),
+        (
+            lambda t: t.replace('teams = ["support"]', 'teams = ["nope"]'),
+            "[[agents]] #1 teams: team 'nope' does not exist",
+        ),
+        (
+            lambda t: t.replace('security = "none"\nusername', 'security = "ssl"\nusername'),
+            "[[mailboxes]] #1 security: must be one of",
+        ),
+        (
+            lambda t: t + '\n[lifecycle]\nremind_pending_after = "soon"\n',
+            "[lifecycle] remind_pending_after",
+        ),
+        (lambda t: t.replace("[smtp]", "[smtpp]"), "[smtpp]: unknown table"),
+        (lambda t: t + "\n[[[", "not valid TOML"),
+    ],
+)
+def test_bad_config_fails_in_one_line_naming_the_key(tmp_path: Path, change, names: str) -> None:  # type: ignore[no-untyped-def]
+    path = write(tmp_path, change(GOOD))
+    done = run_cli(path, "tickets", "list")
+    assert done.returncode == 78
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert names in lines[0]
+    assert str(path) in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    done = run_cli(tmp_path / "nowhere.toml", "run", "--once")
+    assert done.returncode == 78
+    assert "nowhere.toml" in done.stderr and "cannot read" in done.stderr
+
+
+def test_world_readable_config_with_a_password_warns(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    path.chmod(0o644)
+    done = run_cli(path, "tickets", "list")
+    assert done.returncode == 0
+    assert "readable by others" in done.stderr
+    assert "pw" not in done.stderr.replace("password", "")
+
+
+def test_agent_auth_none_warns_loudly(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '\n[security]\nagent_auth = "none"\n')
+    done = run_cli(path, "tickets", "list")
+    assert "NOT authenticated" in done.stderr
+
+
+def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    text = example.replace('data_dir = "/var/lib/maildesk"', f'data_dir = "{tmp_path}"')
+    settings = config.load(write(tmp_path, text))
+    assert settings.desk.address == "support@example.com"
+    for key in (
+        "token_days",
+        "trusted_authserv_ids",
+        "reopen_days",
+        "max_message_bytes",
+        "admin_address",
+        "poll_seconds",
+    ):
+        assert key in example
