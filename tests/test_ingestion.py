@@ -397,3 +397,31 @@ def test_ticket_json_contract(world: DeskWorld) -> None:
         text=True,
     ).stdout
     assert "[#1]" in human and "Contract" in human
+
+
+def test_check_config_logs_in_to_every_server(world: DeskWorld) -> None:
+    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok"] * 4
+    assert any(line.startswith("ok   mailbox support") for line in lines)
+    assert any(line.startswith("ok   smtp") for line in lines)
+
+    world.smtp.stop()
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert any(line.startswith("FAIL smtp") for line in done.stdout.splitlines())
+    assert "Traceback" not in done.stderr
