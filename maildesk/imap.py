@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from imapclient import IMAPClient, SocketTimeout
@@ -48,6 +49,7 @@ class RawMail:
     raw: bytes  # b"" when too_large
     size: int  # RFC822.SIZE
     too_large: bool = False
+    arrived: float | None = None  # INTERNALDATE as unix time, when the server gave one
 
 
 class MailboxError(Exception):
@@ -323,7 +325,7 @@ class Mailbox:
         for start in range(0, len(uids), self.batch):
             chunk = list(uids[start : start + self.batch])
             with self._errors("FETCH RFC822.SIZE"):
-                sizes = self._imap.fetch(chunk, ["RFC822.SIZE"])
+                sizes = self._imap.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
             wanted = [uid for uid in chunk if uid in sizes]
             small = [u for u in wanted if int(sizes[u][b"RFC822.SIZE"]) <= self.max_message_bytes]
             bodies: dict[int, bytes] = {}
@@ -337,10 +339,15 @@ class Mailbox:
                 }
             for uid in wanted:
                 size = int(sizes[uid][b"RFC822.SIZE"])
+                arrived = _unix_time(sizes[uid].get(b"INTERNALDATE"))
                 if uid in bodies:
-                    yield RawMail(self.config.name, self._uidvalidity, uid, bodies[uid], size)
+                    yield RawMail(
+                        self.config.name, self._uidvalidity, uid, bodies[uid], size, False, arrived
+                    )
                 elif uid not in small:
-                    yield RawMail(self.config.name, self._uidvalidity, uid, b"", size, True)
+                    yield RawMail(
+                        self.config.name, self._uidvalidity, uid, b"", size, True, arrived
+                    )
 
     # ------------------------------------------------------------------ moving
 
@@ -496,6 +503,13 @@ def _readable(client: IMAPClient, timeout: float) -> bool:
             client._set_read_timeout()
     ready, _, _ = select.select([sock], [], [], timeout)
     return bool(ready)
+
+
+def _unix_time(value: object) -> float | None:
+    """INTERNALDATE as IMAPClient gives it (naive local time, or aware) to unix time."""
+    if not isinstance(value, datetime):
+        return None
+    return value.timestamp()  # a naive value is local time, which timestamp() assumes
 
 
 def _is_change(response: tuple[object, ...]) -> bool:
