@@ -366,6 +366,7 @@ def open_ticket(
             )
         )
         event(session, ticket, "acknowledged", "", now)
+    track_sla(desk, ticket)
     send(session, desk, mails, now)
     log.info("new ticket %s from %s <%s>", desk.ref(ticket), requester, inbound.message_id)
     return ticket
@@ -438,6 +439,7 @@ def customer_reply(
         add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
         set_status(ticket, Status.OPEN, now)
         event(session, ticket, "reopened", sender, now)
+        track_sla(desk, ticket)
         send(
             session,
             desk,
@@ -449,6 +451,7 @@ def customer_reply(
     if ticket.status == Status.PENDING:
         set_status(ticket, Status.OPEN, now)
         event(session, ticket, "customer_replied", sender, now, status="open")
+        track_sla(desk, ticket)
     send(
         session,
         desk,
@@ -458,6 +461,44 @@ def customer_reply(
         now,
     )
     return ticket
+
+
+def escalate(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    team: str,
+    *,
+    actor: str,
+    by: str,
+    summary: str,
+    now: datetime,
+    logged_summary: str | None = None,
+) -> list[Mail]:
+    """Hand the ticket to ``team``: status escalated, that team told, the customer told.
+
+    An assignee outside the new team is unassigned. ``summary`` is for the team only (the
+    customer's notice never shows it); ``logged_summary`` is what the event keeps (default:
+    the summary). Used by ``#escalate`` and by a missed SLA target with ``escalate_to``.
+    """
+    ticket.team = team
+    set_status(ticket, Status.ESCALATED, now)
+    owner = desk.settings.agent(ticket.assignee)
+    if ticket.assignee and (owner is None or team not in owner.teams):
+        ticket.assignee = None
+    logged = summary if logged_summary is None else logged_summary
+    event(session, ticket, "escalated", actor, now, team=team, summary=logged)
+    return [
+        *notify_team(desk, ticket, "notice", "agent_escalated", now, summary=summary, by=by),
+        customer_mail(desk, ticket, "escalated", "escalated"),
+    ]
+
+
+def track_sla(desk: Desk, ticket: Ticket) -> None:
+    """Keep the ticket's next SLA due time (``due_at``) current after a rule changed it."""
+    from maildesk import automation  # automation acts through these rules: import at call time
+
+    automation.refresh_due(ticket, desk.settings)
 
 
 # --------------------------------------------------------------------------- agents
@@ -653,28 +694,17 @@ def apply_actions(
             set_status(ticket, Status.OPEN, now)
             event(session, ticket, "reopened", actor, now)
         elif action.verb == "escalate":
-            ticket.team = action.value or ticket.team
-            set_status(ticket, Status.ESCALATED, now)
-            if (
-                ticket.assignee
-                and action.value not in (desk.settings.agent(ticket.assignee) or agent).teams
-            ):
-                ticket.assignee = None
-            event(
+            mails += escalate(
                 session,
+                desk,
                 ticket,
-                "escalated",
-                actor,
-                now,
-                team=action.value,
-                summary=text if "note" not in verbs else "",
+                action.value or ticket.team,
+                actor=actor,
+                by=agent.name,
+                summary=text,
+                logged_summary=text if "note" not in verbs else "",
+                now=now,
             )
-            mails.extend(
-                notify_team(
-                    desk, ticket, "notice", "agent_escalated", now, summary=text, by=agent.name
-                )
-            )
-            mails.append(customer_mail(desk, ticket, "escalated", "escalated"))
         applied.append(line)
 
     if "note" in verbs or ("escalate" in verbs and text):
@@ -707,6 +737,7 @@ def apply_actions(
         event(session, ticket, "replied", actor, now)
     if "close" in verbs and ("note" in verbs or "escalate" in verbs):
         _close(session, desk, ticket, None, None, actor, "", canned, now, mails)
+    track_sla(desk, ticket)
     return applied, mails
 
 
