@@ -1,0 +1,371 @@
+"""The timers: pending reminders, auto-close, SLA targets and breaches, business-hours clocks.
+
+Sits beside ``ingest``: where ingest acts on a message, this acts on the passing of time. The
+daemon runs ``run_pass`` right after start and then every minute (``run --once`` runs one pass
+after the mailboxes are drained). ``decide`` looks at one ticket and the time and returns what
+is due as values (``Remind``, ``AutoClose``, ``Breach``); ``carry_out`` applies them through the
+lifecycle rules of ``tickets`` inside the caller's transaction, one transaction per ticket, so
+the mail they cause is written to the outbox with the change. Each decision records itself on
+the ticket (``reminded_at``, the status, ``sla_breached``), so a pass repeated after a crash or by
+a second daemon finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from maildesk import tickets
+from maildesk.config import BusinessHours, Settings
+from maildesk.models import Database, Status, Ticket
+from maildesk.outbox import Mail
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("first_response", "resolution")
+LABELS = {"first_response": "first response", "resolution": "resolution"}
+# With validated hours (at least one working day) a window comes within a week plus holidays;
+# the bound only keeps a year of holidays from looping forever.
+MAX_DAYS = 3 * 366
+
+
+# --------------------------------------------------------------------------- working time
+
+
+def _windows(after: datetime, hours: BusinessHours) -> Iterator[tuple[datetime, datetime]]:
+    """Working periods (UTC start, UTC end) from ``after`` on, in order, clipped to ``after``.
+
+    Days, holidays and the opening hours are local to the configured zone; arithmetic happens
+    in UTC so a daylight-saving change makes that day's window an hour longer or shorter.
+    """
+    zone = ZoneInfo(hours.timezone)
+    opens_at, closes_at = time.fromisoformat(hours.start), time.fromisoformat(hours.end)
+    holidays = {date.fromisoformat(d) for d in hours.holidays}
+    day = after.astimezone(zone).date()
+    for _ in range(MAX_DAYS):
+        if day.weekday() in hours.days and day not in holidays:
+            opens = datetime.combine(day, opens_at, zone).astimezone(UTC)
+            closes = datetime.combine(day, closes_at, zone).astimezone(UTC)
+            if closes > after:
+                yield max(opens, after), closes
+        day += timedelta(days=1)
+
+
+def add_working_time(start: datetime, duration: timedelta, hours: BusinessHours | None) -> datetime:
+    """``start`` plus ``duration`` counted in working time only (calendar time without hours).
+
+    Friday 16:00 plus 4 h with 09:00-17:00 Monday to Friday is Monday 12:00: one hour on
+    Friday, three on Monday. A start outside working hours counts from the next opening.
+    """
+    if hours is None:
+        return start + duration
+    remaining = duration
+    for opens, closes in _windows(start, hours):
+        if remaining <= closes - opens:
+            return opens + remaining
+        remaining -= closes - opens
+    return start + duration  # no working day in three years: the config allows none
+
+
+def working_time_between(start: datetime, end: datetime, hours: BusinessHours | None) -> timedelta:
+    """How much working time lies between ``start`` and ``end`` (calendar time without hours)."""
+    if end <= start:
+        return timedelta(0)
+    if hours is None:
+        return end - start
+    total = timedelta(0)
+    for opens, closes in _windows(start, hours):
+        if opens >= end:
+            break
+        total += min(closes, end) - opens
+    return total
+
+
+# --------------------------------------------------------------------------- SLA targets
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One SLA clock of a ticket: when it is due and when (if) it stopped."""
+
+    name: str  # first_response | resolution
+    due: datetime
+    stopped_at: datetime | None  # the answer (or closing) that met or missed it
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
+
+    def missed(self, now: datetime) -> bool:
+        return (self.stopped_at or now) > self.due
+
+
+def targets(ticket: Ticket, settings: Settings) -> tuple[Target, ...]:
+    """The SLA clocks of ``ticket``'s priority, measured from its creation.
+
+    A first response is stopped by the first public answer, or by closing (the customer is
+    told in the closing notice); resolution by closing.
+    """
+    sla = settings.sla.get(ticket.priority)
+    if sla is None:
+        return ()
+    hours = settings.business_hours
+    out = []
+    if sla.first_response is not None:
+        due = add_working_time(ticket.created_at, sla.first_response, hours)
+        out.append(Target("first_response", due, ticket.first_response_at or ticket.closed_at))
+    if sla.resolution is not None:
+        due = add_working_time(ticket.created_at, sla.resolution, hours)
+        out.append(Target("resolution", due, ticket.closed_at))
+    return tuple(out)
+
+
+def breached(ticket: Ticket) -> list[str]:
+    return [name for name in ticket.sla_breached.split(",") if name]
+
+
+def next_due(ticket: Ticket, settings: Settings) -> datetime | None:
+    """The earliest target still running and not yet reported as missed; None when none is."""
+    if ticket.status == Status.CLOSED:
+        return None
+    done = breached(ticket)
+    running = [
+        t.due for t in targets(ticket, settings) if t.stopped_at is None and t.name not in done
+    ]
+    return min(running, default=None)
+
+
+def refresh_due(ticket: Ticket, settings: Settings) -> None:
+    """Keep ``Ticket.due_at`` (shown as ``due_at``, and what the timer pass looks for) current."""
+    ticket.due_at = next_due(ticket, settings)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Remind:
+    """The ticket has waited on the customer long enough for one reminder."""
+
+    waited: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class AutoClose:
+    """The ticket has waited on the customer long enough to close by itself."""
+
+    waited: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A target was missed: tell the owner, and escalate when the priority says where."""
+
+    target: Target
+    escalate_to: str | None
+
+
+Decision = Remind | AutoClose | Breach
+
+
+def decide(ticket: Ticket, settings: Settings, now: datetime) -> tuple[Decision, ...]:
+    """What is due on ``ticket`` at ``now``; empty when nothing is."""
+    if ticket.status == Status.CLOSED:
+        return ()
+    lifecycle = settings.lifecycle
+    if ticket.status == Status.PENDING:
+        waited = now - ticket.status_since
+        close_after, remind_after = lifecycle.close_pending_after, lifecycle.remind_pending_after
+        if close_after is not None and waited >= close_after:
+            return (AutoClose(waited),)  # closing stops every clock: nothing else applies
+        reminded = ticket.reminded_at is not None and ticket.reminded_at >= ticket.status_since
+        due: list[Decision] = []
+        if remind_after is not None and waited >= remind_after and not reminded:
+            due.append(Remind(waited))
+    else:
+        due = []
+    sla = settings.sla.get(ticket.priority)
+    done = breached(ticket)
+    for target in targets(ticket, settings):
+        if target.stopped_at is None and target.name not in done and now >= target.due:
+            due.append(Breach(target, sla.escalate_to if sla else None))
+    return tuple(due)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def human(delta: timedelta) -> str:
+    """``timedelta(days=3)`` to ``"3 days"``, ``timedelta(minutes=90)`` to ``"90 minutes"``."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0 or seconds >= 2 * size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def when(moment: datetime, settings: Settings) -> str:
+    """A moment as people read it, in the business-hours zone when there is one."""
+    zone = ZoneInfo(settings.business_hours.timezone) if settings.business_hours else UTC
+    return moment.astimezone(zone).strftime("%a %d %b %Y %H:%M %Z")
+
+
+def carry_out(
+    session: Session, desk: tickets.Desk, ticket: Ticket, decision: Decision, now: datetime
+) -> list[Mail]:
+    """Apply one decision to ``ticket``; returns the mail it causes (for ``tickets.send``)."""
+    settings = desk.settings
+    match decision:
+        case Remind(waited=waited):
+            ticket.reminded_at = now
+            tickets.event(session, ticket, "reminded", "", now, waited=human(waited))
+            close_after = settings.lifecycle.close_pending_after
+            closes_at = ticket.status_since + close_after if close_after is not None else None
+            return [
+                tickets.customer_mail(
+                    desk,
+                    ticket,
+                    "reminder",
+                    "reminder",
+                    waited=human(waited),
+                    closes_after=human(close_after) if close_after is not None else None,
+                    closes_at=when(closes_at, settings) if closes_at is not None else None,
+                )
+            ]
+        case AutoClose(waited=waited):
+            tickets.set_status(ticket, Status.CLOSED, now)
+            tickets.event(session, ticket, "auto_closed", "", now, waited=human(waited))
+            return [
+                tickets.customer_mail(
+                    desk, ticket, "auto_closed", "auto_closed", waited=human(waited)
+                )
+            ]
+        case Breach(target=target, escalate_to=team):
+            ticket.sla_breached = ",".join([*breached(ticket), target.name])
+            tickets.event(
+                session, ticket, "sla_breached", "", now, target=target.name, due=iso(target.due)
+            )
+            mails = tickets.notify_owner(
+                desk,
+                ticket,
+                "notice",
+                "agent_sla",
+                now,
+                target=target.label,
+                due=when(target.due, settings),
+                escalate_to=team if team != ticket.team else None,
+            )
+            if team is not None and team != ticket.team:
+                mails += tickets.escalate(
+                    session,
+                    desk,
+                    ticket,
+                    team,
+                    actor="",
+                    by=f"{settings.desk.name} (missed the {target.label} target)",
+                    summary=f"The {target.label} target ({when(target.due, settings)}) was missed.",
+                    now=now,
+                )
+            return mails
+    raise AssertionError(f"unhandled decision {decision!r}")
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one timer pass did, for the log and the tests."""
+
+    reminded: int = 0
+    closed: int = 0
+    breached: int = 0
+    failed: int = 0
+
+
+def candidates(session: Session, settings: Settings, now: datetime) -> list[int]:
+    """Tickets that may have something due: pending long enough, or past their ``due_at``."""
+    lifecycle = settings.lifecycle
+    waits = [w for w in (lifecycle.remind_pending_after, lifecycle.close_pending_after) if w]
+    conditions = [Ticket.due_at <= now]
+    if waits:
+        conditions.append(
+            (Ticket.status == Status.PENDING) & (Ticket.status_since <= now - min(waits))
+        )
+    query = select(Ticket.id).where(Ticket.status != Status.CLOSED, or_(*conditions))
+    return list(session.scalars(query.order_by(Ticket.id)))
+
+
+def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> PassResult:
+    """One pass of the timers over every ticket with something due, a transaction each.
+
+    ``refresh`` first recomputes ``due_at`` of every ticket not closed (at start: the SLA
+    settings may have changed since the tickets were last touched). A ticket whose action
+    fails is rolled back, logged and left for the next pass; the others carry on.
+    """
+    now = desk.clock()
+    if refresh:
+        _refresh_all(db, desk.settings)
+    with db.transaction() as session:
+        ids = candidates(session, desk.settings, now)
+    counts = {"reminded": 0, "closed": 0, "breached": 0, "failed": 0}
+    for ticket_id in ids:
+        try:
+            with db.transaction() as session:
+                done = _act_on(session, desk, ticket_id, now)
+        except Exception:  # noqa: BLE001 - one ticket's failure must not stop the others
+            log.exception(
+                "timers: ticket %s failed; retrying next pass", desk.settings.desk.ref(ticket_id)
+            )
+            counts["failed"] += 1
+            continue
+        for decision in done:
+            key = {Remind: "reminded", AutoClose: "closed", Breach: "breached"}[type(decision)]
+            counts[key] += 1
+    return PassResult(**counts)
+
+
+def _act_on(
+    session: Session, desk: tickets.Desk, ticket_id: int, now: datetime
+) -> tuple[Decision, ...]:
+    ticket = session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        return ()
+    decisions = decide(ticket, desk.settings, now)
+    mails: list[Mail] = []
+    for decision in decisions:
+        mails += carry_out(session, desk, ticket, decision, now)
+        log.info("%s: %s", desk.ref(ticket), describe(decision))
+    refresh_due(ticket, desk.settings)
+    tickets.send(session, desk, mails, now)
+    return decisions
+
+
+def describe(decision: Decision) -> str:
+    match decision:
+        case Remind(waited=waited):
+            return f"reminded the customer after {human(waited)} pending"
+        case AutoClose(waited=waited):
+            return f"closed after {human(waited)} pending"
+        case Breach(target=target, escalate_to=team):
+            return f"missed the {target.label} target" + (f", escalating to {team}" if team else "")
+    raise AssertionError(decision)
+
+
+def _refresh_all(db: Database, settings: Settings) -> None:
+    with db.transaction() as session:
+        for ticket in session.scalars(select(Ticket).where(Ticket.status != Status.CLOSED)):
+            due = next_due(ticket, settings)
+            if ticket.due_at != due:
+                ticket.due_at = due
