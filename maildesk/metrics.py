@@ -1,0 +1,288 @@
+"""Prometheus metrics and the health check, served over HTTP on ``[metrics] listen``.
+
+Beside the flow: the daemon reports what happened (each committed message with its outcome and
+arrival time, each delivery); everything else (tickets by status, the outbox, mailbox health)
+is read when Prometheus scrapes, so the numbers never drift from the database. ``/healthz``
+answers 200 while every mailbox was checked within 3 x its ``poll_seconds`` and the database
+answers, 503 with the reasons otherwise. The only module that imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from maildesk.models import Database, DatabaseError, Outbox, OutboxStatus, Status, Ticket
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_POLLS = 3
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600)
+
+# Why a message was ignored, in a bounded set of label values (the reason text is free-form).
+IGNORED_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("own_mail", re.compile(r"our own|sent from the desk address", re.I)),
+    ("unknown_bounce", re.compile(r"delivery report about mail we did not send", re.I)),
+    ("report", re.compile(r"\breport\b", re.I)),
+    ("bulk", re.compile(r"mailing list|precedence: (bulk|list|junk)", re.I)),
+    (
+        "auto_reply",
+        re.compile(r"auto|return-path|system sender|header|precedence", re.I),
+    ),
+)
+
+
+def ignored_reason(reason: str) -> str:
+    """The label value for an ignored message: own_mail, unknown_bounce, report, bulk,
+    auto_reply or other."""
+    for label, pattern in IGNORED_REASONS:
+        if pattern.search(reason):
+            return label
+    return "other"
+
+
+class Outcome(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class Health(Protocol):
+    @property
+    def failures(self) -> int: ...
+    @property
+    def last_ok(self) -> datetime | None: ...
+    @property
+    def last_error(self) -> str: ...
+
+
+class Watched(Protocol):
+    """What the metrics read of a mailbox's settings."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def poll_seconds(self) -> float: ...
+
+
+class Metrics:
+    """The daemon's counters and the collectors read at scrape time."""
+
+    def __init__(
+        self,
+        db: Database,
+        mailboxes: Sequence[Watched],
+        health: Mapping[str, Health],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.db = db
+        self.mailboxes = tuple(mailboxes)
+        self.health = health
+        self.clock = clock
+        self.started = clock()
+        self.registry = CollectorRegistry()
+        self.ingested = Counter(
+            "maildesk_messages_ingested",
+            "Messages taken from a mailbox, by what became of them.",
+            ("mailbox", "outcome", "reason"),
+            registry=self.registry,
+        )
+        self.sent = Counter(
+            "maildesk_mails_sent",
+            "Mails accepted by the SMTP server.",
+            registry=self.registry,
+        )
+        self.delivery_failures = Counter(
+            "maildesk_mail_delivery_failures",
+            "Delivery attempts that failed, by whether they will be retried.",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "maildesk_ingest_latency_seconds",
+            "From a message's arrival in the mailbox to its ticket being committed.",
+            ("mailbox",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        for box in self.mailboxes:  # so that rates exist before the first message
+            for outcome in ("new_ticket", "follow_up", "bounce", "duplicate", "quarantined"):
+                self.ingested.labels(box.name, outcome, "")
+            self.latency.labels(box.name)
+        self.registry.register(_ScrapeCollector(self))
+
+    # ------------------------------------------------------------------ what the daemon reports
+
+    def message(self, mailbox: str, outcome: Outcome, arrived: float | None) -> None:
+        """One message committed (or quarantined) at this moment; ``arrived`` is unix time."""
+        reason = ignored_reason(outcome.reason) if outcome.kind == "ignored" else ""
+        self.ingested.labels(mailbox, outcome.kind, reason).inc()
+        if arrived is not None and outcome.kind != "duplicate":
+            self.latency.labels(mailbox).observe(max(0.0, time.time() - arrived))
+
+    def deliveries(self, outcomes: Iterable[str]) -> None:
+        """Delivery attempts: ``sent``, ``retry`` or ``failed`` each."""
+        for outcome in outcomes:
+            if outcome == "sent":
+                self.sent.inc()
+            else:
+                self.delivery_failures.labels(outcome).inc()
+
+    # ------------------------------------------------------------------ health
+
+    def problems(self) -> list[str]:
+        """Why the service is unhealthy; empty when healthy."""
+        found = []
+        now = self.clock()
+        for box in self.mailboxes:
+            health = self.health.get(f"mailbox:{box.name}")
+            last = health.last_ok if health is not None else None
+            limit = STALE_AFTER_POLLS * box.poll_seconds
+            since = (now - (last or self.started)).total_seconds()
+            if since > limit:
+                when = f"{since:.0f} s ago" if last is not None else "never"
+                error = (
+                    f" ({health.last_error})" if health is not None and health.last_error else ""
+                )
+                found.append(f"mailbox {box.name}: last checked {when}{error}")
+        try:
+            self.db.ping()
+        except DatabaseError as exc:
+            found.append(f"database: {exc}")
+        return found
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, listen: str) -> MetricsServer:
+        host, _, port = listen.rpartition(":")
+        return MetricsServer(self, host.strip("[]") or "127.0.0.1", int(port))
+
+
+class _ScrapeCollector(Collector):
+    """Gauges computed at scrape time: from the database and from the daemon's health."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        up = GaugeMetricFamily(
+            "maildesk_mailbox_up",
+            "1 while the mailbox connection works, 0 while it fails.",
+            labels=("mailbox",),
+        )
+        checked = GaugeMetricFamily(
+            "maildesk_mailbox_last_check_timestamp_seconds",
+            "When the mailbox was last checked successfully (unix time).",
+            labels=("mailbox",),
+        )
+        for box in m.mailboxes:
+            health = m.health.get(f"mailbox:{box.name}")
+            ok = health is not None and health.last_ok is not None and health.failures == 0
+            up.add_metric([box.name], 1.0 if ok else 0.0)
+            if health is not None and health.last_ok is not None:
+                checked.add_metric([box.name], health.last_ok.timestamp())
+        yield up
+        yield checked
+        yield from self._database()
+
+    def _database(self) -> Iterable[Metric]:
+        try:
+            with self.metrics.db.transaction() as session:
+                by_status = dict(
+                    session.execute(select(Ticket.status, func.count()).group_by(Ticket.status))
+                    .tuples()
+                    .all()
+                )
+                outbox = dict(
+                    session.execute(
+                        select(Outbox.status, func.count())
+                        .where(Outbox.status.in_((OutboxStatus.PENDING, OutboxStatus.FAILED)))
+                        .group_by(Outbox.status)
+                    )
+                    .tuples()
+                    .all()
+                )
+        except DatabaseError as exc:
+            log.warning("metrics: database unavailable: %s", exc)
+            return
+        tickets = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=("status",))
+        for status in Status:
+            tickets.add_metric([status.value], float(by_status.get(status.value, 0)))
+        yield tickets
+        yield GaugeMetricFamily(
+            "maildesk_outbox_pending",
+            "Mails waiting to be sent (including those waiting to retry).",
+            value=float(outbox.get(OutboxStatus.PENDING.value, 0)),
+        )
+        yield GaugeMetricFamily(
+            "maildesk_outbox_failed",
+            "Mails given up on (permanent failure or retried too long).",
+            value=float(outbox.get(OutboxStatus.FAILED.value, 0)),
+        )
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on a small threaded HTTP server in a background thread."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.metrics = metrics
+        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics", daemon=True
+        )
+        self.thread.start()
+        log.info("serving /metrics and /healthz on %s:%d", host, self.port)
+
+    @property
+    def port(self) -> int:
+        port: int = self.server.server_address[1]
+        return port
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5.0)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics
+    server_version = "maildesk"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry))
+        elif path == "/healthz":
+            problems = self.metrics.problems()
+            body = "\n".join(problems) if problems else "ok"
+            self._answer(503 if problems else 200, "text/plain; charset=utf-8", body.encode())
+        else:
+            self._answer(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _answer(self, code: int, content_type: str, body: bytes) -> None:
+        if not body.endswith(b"\n"):
+            body += b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("metrics: " + format, *args)
