@@ -395,6 +395,115 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(keep=args.keep)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from maildesk import stats
+
+    settings = load_settings(args)
+    now = datetime.now(UTC)
+    try:
+        since = stats.parse_since(args.since, now)
+    except ValueError as exc:
+        print(f"maildesk: {exc}", file=sys.stderr)
+        return 2
+    db = open_db(settings)
+    with db.transaction() as session:
+        figures = stats.compute(session, since, now, [t.name for t in settings.teams])
+    if args.json:
+        print(json.dumps(figures.as_json(), indent=2, ensure_ascii=False))
+        return 0
+    print(render_stats(figures))
+    return 0
+
+
+def render_stats(figures: Any) -> str:
+    from maildesk.stats import duration_text as d
+
+    satisfaction = (
+        f"{figures.satisfaction_average:.1f}/5 from {figures.satisfaction_count} rating"
+        + ("s" if figures.satisfaction_count != 1 else "")
+        if figures.satisfaction_count
+        else "no ratings"
+    )
+    statuses = ", ".join(f"{n} {s}" for s, n in figures.by_status.items())
+    out = [
+        f"From {iso(figures.since)} to {iso(figures.until)}:",
+        f"  opened                 {figures.opened} ({statuses})",
+        f"  closed                 {figures.closed}",
+        f"  backlog now            {figures.backlog} not closed",
+        f"  first response median  {d(figures.median_first_response)}",
+        f"  time to close median   {d(figures.median_close)}",
+        f"  satisfaction           {satisfaction}",
+        "",
+    ]
+    rows = [
+        (
+            t.team,
+            t.opened,
+            *(t.by_status.get(s, 0) for s in figures.by_status),
+            t.backlog,
+            d(t.median_first_response),
+            d(t.median_close),
+        )
+        for t in figures.teams
+    ]
+    headers = ("TEAM", "OPENED", *(s.upper() for s in figures.by_status), "BACKLOG")
+    out.append(table(rows, (*headers, "FIRST RESPONSE", "TO CLOSE")))
+    return "\n".join(out)
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    from maildesk import stats
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        assigned = stats.assigned_counts(session)
+    agents: list[dict[str, Any]] = [
+        {
+            "email": a.email,
+            "name": a.name,
+            "teams": list(a.teams),
+            "open_assigned": assigned.get(a.email, 0),
+        }
+        for a in settings.agents
+    ]
+    if args.json:
+        print(json.dumps(agents, indent=2, ensure_ascii=False))
+    else:
+        rows = [(a["email"], a["name"], a["open_assigned"], ", ".join(a["teams"])) for a in agents]
+        print(table(rows, ("EMAIL", "NAME", "OPEN ASSIGNED", "TEAMS")))
+    return 0
+
+
+def cmd_teams_list(args: argparse.Namespace) -> int:
+    from maildesk import stats
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        counts = stats.open_counts(session)
+    teams: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "agents": [a.email for a in settings.team_agents(t.name)],
+            "mailboxes": [m.name for m in settings.mailboxes if m.team == t.name],
+            "open_tickets": counts.get(t.name, 0),
+        }
+        for t in settings.teams
+    ]
+    if args.json:
+        print(json.dumps(teams, indent=2, ensure_ascii=False))
+    else:
+        rows = [
+            (t["name"], t["open_tickets"], ", ".join(t["mailboxes"]) or "-", ", ".join(t["agents"]))
+            for t in teams
+        ]
+        print(table(rows, ("TEAM", "OPEN", "MAILBOXES", "AGENTS")))
+    return 0
+
+
 # --------------------------------------------------------------------------- argv
 
 
@@ -456,6 +565,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep it running and print the logins")
     demo.set_defaults(func=cmd_demo)
+
+    stats = sub.add_parser("stats", help="tickets, response times and satisfaction over a window")
+    stats.add_argument(
+        "--since", help='a duration back from now ("7d", "12h", "2w") or a date (default: 30d)'
+    )
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+
+    agents = sub.add_parser("agents", help="the agents in the config").add_subparsers(
+        dest="sub", required=True
+    )
+    alist = agents.add_parser("list", help="agents with their teams and open assigned tickets")
+    alist.add_argument("--json", action="store_true")
+    alist.set_defaults(func=cmd_agents_list)
+
+    teams = sub.add_parser("teams", help="the teams in the config").add_subparsers(
+        dest="sub", required=True
+    )
+    team_list = teams.add_parser("list", help="teams with their agents and open tickets")
+    team_list.add_argument("--json", action="store_true")
+    team_list.set_defaults(func=cmd_teams_list)
     return parser
 
 
