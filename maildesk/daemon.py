@@ -11,6 +11,7 @@ jitter, and alerted to the admin after five consecutive failures.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -18,20 +19,24 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk import automation, ingest, outbox
-from maildesk.config import MailboxSettings, Settings
-from maildesk.imap import Mailbox, MailboxError
+from maildesk import automation, config, ingest, oauth, outbox
+from maildesk.config import ConfigError, MailboxSettings, Settings
+from maildesk.imap import Mailbox, MailboxError, MailboxLoginError
 from maildesk.models import Database, DatabaseError, Lease
 from maildesk.outbox import Mail
 from maildesk.tickets import Desk
+
+if TYPE_CHECKING:
+    from maildesk.metrics import Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +176,21 @@ class Daemon:
         for box in self.settings.mailboxes:
             self.health[f"mailbox:{box.name}"] = Health(box.name)
         self.health["smtp"] = Health("smtp")
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.tokens: dict[str, oauth.TokenSource] = {}
+        self.boxes = tuple(self._with_token(box) for box in self.settings.mailboxes)
+        self.smtp_token = oauth.token_source(
+            "SMTP", self.settings.smtp, self.settings.smtp.auth, self._token_failed
+        )
+
+    def _with_token(self, box: MailboxSettings) -> MailboxSettings:
+        """The mailbox's settings with its XOAUTH2 token source wired in (when it has one)."""
+        source = oauth.token_source(f"mailbox {box.name}", box, box.auth, self._token_failed)
+        if source is None:
+            return box
+        self.tokens[box.name] = source
+        return dataclasses.replace(box, oauth_token=source)
 
     # ------------------------------------------------------------------ running
 
@@ -178,16 +198,36 @@ class Daemon:
         """Run until stopped (or, with ``once``, until everything waiting is handled)."""
         self.loop = asyncio.get_running_loop()
         self._install_signals()
-        boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.settings.mailboxes]
-        timers = asyncio.create_task(self.timer_loop(boxes))
-        sender = asyncio.create_task(self.outbox_loop([*boxes, timers]))
-        await asyncio.gather(*boxes, return_exceptions=False)
-        self.wake_outbox.set()
-        if not self.once:
-            self.request_stop()
-        await timers
-        await sender
+        self.start_metrics()
+        try:
+            boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.boxes]
+            timers = asyncio.create_task(self.timer_loop(boxes))
+            sender = asyncio.create_task(self.outbox_loop([*boxes, timers]))
+            await asyncio.gather(*boxes, return_exceptions=False)
+            self.wake_outbox.set()
+            if not self.once:
+                self.request_stop()
+            await timers
+            await sender
+        finally:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         return 1 if self.unreachable else 0
+
+    def start_metrics(self) -> None:
+        """Count outcomes always; serve ``/metrics`` and ``/healthz`` when ``[metrics] listen``."""
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return
+        from maildesk.metrics import Metrics  # prometheus_client only when asked for
+
+        self.metrics = Metrics(self.db, self.boxes, self.health, self.desk.clock)
+        try:
+            self.metrics_server = self.metrics.serve(listen)
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.settings.path}: [metrics] listen: cannot listen on {listen}: {exc.strerror}"
+            ) from None
 
     def _install_signals(self) -> None:
         assert self.loop is not None
@@ -196,6 +236,62 @@ class Daemon:
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
+        try:
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    def _on_hangup(self) -> None:
+        assert self.loop is not None
+        self.loop.create_task(asyncio.to_thread(self.reload))
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config again and swap in its templates, agents and teams.
+
+        Work in hand finishes with the old ones; the next message uses the new. A config that
+        does not load is refused with one log line and the running one is kept. Mailbox, SMTP,
+        database and metrics settings take effect at the next restart.
+        """
+        try:
+            settings = config.load(self.settings.path)
+            desk = Desk(settings, store=self.desk.store, clock=self.desk.clock)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - e.g. a template that does not compile
+            log.error(
+                "reload refused, keeping the running configuration: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        unchanged = [
+            key
+            for key, old, new in (
+                ("[[mailboxes]]", self.settings.mailboxes, settings.mailboxes),
+                ("[smtp]", self.settings.smtp, settings.smtp),
+                ("[database]", self.settings.database_url, settings.database_url),
+                ("[metrics]", self.settings.metrics, settings.metrics),
+            )
+            if old != new
+        ]
+        self.desk = desk
+        self.settings = dataclasses.replace(
+            settings,
+            mailboxes=self.settings.mailboxes,
+            smtp=self.settings.smtp,
+            database_url=self.settings.database_url,
+            metrics=self.settings.metrics,
+        )
+        log.info(
+            "configuration reloaded: %d teams, %d agents, templates from %s",
+            len(settings.teams),
+            len(settings.agents),
+            settings.desk.templates_dir or "the package",
+        )
+        if unchanged:
+            log.warning("changes to %s take effect at the next restart", ", ".join(unchanged))
+        return True
 
     def _on_signal(self, sig: int) -> None:
         if self.stop.is_set():
@@ -263,6 +359,8 @@ class Daemon:
                     return False
             return True
         except (MailboxError, DatabaseError) as exc:
+            if isinstance(exc, MailboxLoginError) and box.name in self.tokens:
+                self.tokens[box.name].invalidate()  # refused: fetch a fresh token next time
             await self._failed(health, f"mailbox {box.name}", str(exc))
             if self.once:
                 self.unreachable.append(f"mailbox {box.name}: {exc}")
@@ -295,6 +393,7 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 crash_point("after_fetch")
+                arrived = raw.arrived if raw.arrived is not None else time.time()
                 source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
                 if raw.too_large:
                     outcome = ingest.quarantine(
@@ -308,7 +407,7 @@ class Daemon:
                 else:
                     outcome = ingest.process(self.db, self.desk, source, raw.raw)
                 done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
-                self._committed(box.name, outcome)
+                self._committed(box.name, outcome, arrived)
                 crash_point("after_commit")
         finally:
             for folder, moved in done.items():
@@ -316,9 +415,13 @@ class Daemon:
                     mailbox.move(moved, folder)
                     crash_point("after_move")
 
-    def _committed(self, mailbox: str, outcome: ingest.Outcome) -> None:
+    def _committed(
+        self, mailbox: str, outcome: ingest.Outcome, arrived: float | None = None
+    ) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.wake_outbox.set)
+        if self.metrics is not None:
+            self.metrics.message(mailbox, outcome, arrived)
         if self.on_outcome is not None:
             self.on_outcome(mailbox, outcome)
 
@@ -364,7 +467,9 @@ class Daemon:
 
     async def outbox_loop(self, boxes: list[asyncio.Task[None]]) -> None:
         health = self.health["smtp"]
-        senders = [outbox.Sender(self.settings.smtp) for _ in range(OUTBOX_CONNECTIONS)]
+        senders = [
+            outbox.Sender(self.settings.smtp, self.smtp_token) for _ in range(OUTBOX_CONNECTIONS)
+        ]
         try:
             while True:
                 self.wake_outbox.clear()
@@ -380,6 +485,8 @@ class Daemon:
                         self.desk.clock,
                         after_send=lambda: crash_point("after_send"),
                     )
+                    if self.metrics is not None:
+                        self.metrics.deliveries(r.outcome for r in results)
                     if any(r.reached for r in results):
                         await self._healthy(health, "SMTP")
                     else:
@@ -426,6 +533,14 @@ class Daemon:
             log.info("%s is back", what)
         if recovery_alert and self.settings.desk.admin_address:
             await asyncio.to_thread(self._alert, f"{what} recovered", f"{what} is working again.")
+
+    def _token_failed(self, name: str, error: str) -> None:
+        """Called (from a worker thread) once when a run of token failures begins."""
+        self._alert(
+            f"{name}: OAuth2 token refresh failing",
+            f"maildesk cannot get an OAuth2 access token for {name}, so it cannot log in.\n"
+            f"Error: {error}\n\nRenew the grant (refresh token) or fix oauth_token_command.",
+        )
 
     def _alert(self, subject: str, text: str) -> None:
         admin = self.settings.desk.admin_address
