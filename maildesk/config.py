@@ -690,6 +690,8 @@ def _read_hours(t: _Table) -> BusinessHours:
         if day.lower()[:3] not in DAY_NAMES:
             raise t.fail("days", f"unknown day {day!r}; use mon, tue, wed, thu, fri, sat, sun")
         days.append(DAY_NAMES.index(day.lower()[:3]))
+    if not days:
+        raise t.fail("days", "name at least one working day")
     start, end = t.get("start", str, "09:00"), t.get("end", str, "17:00")
     for key, value in (("start", start), ("end", end)):
         if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
