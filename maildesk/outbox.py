@@ -271,10 +271,18 @@ class Sender:
             timeout=s.timeout,
         )
         await client.connect()
-        if s.auth == "xoauth2" and self.token is not None:
-            await client.auth_xoauth2(s.username or "", await asyncio.to_thread(self.token))
-        elif s.username:
-            await client.login(s.username, s.password or "")
+        try:
+            if s.auth == "xoauth2" and self.token is not None:
+                await client.auth_xoauth2(s.username or "", await asyncio.to_thread(self.token))
+            elif s.username:
+                await client.login(s.username, s.password or "")
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # a refused login is an outage to retry and alert on, never a reason to fail mail
+            client.close()
+            invalidate = getattr(self.token, "invalidate", None)
+            if invalidate is not None:
+                invalidate()  # an expired or revoked token: fetch a fresh one next time
+            raise aiosmtplib.SMTPException(f"login refused: {exc.code} {exc.message}") from None
         return client
 
     async def send(self, mail_from: str, recipient: str, body: bytes) -> Delivery:
