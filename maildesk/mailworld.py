@@ -9,8 +9,11 @@ put into and read out of the IMAP server through the real protocol, via ``mailde
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.policy
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -30,11 +33,15 @@ from pymap.backend.dict import Config as _DictConfig
 from pymap.backend.dict import DictBackend, Identity, Login
 from pymap.backend.dict.mailbox import MailboxData
 from pymap.concurrent import Event, Subsystem
+from pymap.exceptions import InvalidAuth
 from pymap.imap import IMAPServer
 from pymap.selected import SelectedMailbox
 from pymap.user import UserMetadata
 from pysasl import SASLAuth
+from pysasl.creds.external import ExternalCredentials, ExternalVerificationRequired
+from pysasl.creds.server import ServerCredentials
 from pysasl.hashing import Cleartext
+from pysasl.mechanism.oauth import OAuth2Mechanism
 
 from maildesk.imap import Mailbox, MailboxConfig
 
@@ -133,11 +140,15 @@ MailboxData.update_selected = _update_selected_without_lost_wakeups  # type: ign
 class _PymapConfig(_DictConfig):
     """pymap's in-memory backend config, with capabilities that tests can take away."""
 
-    def __init__(self, args: Namespace, *, without: frozenset[bytes], **kwargs: Any) -> None:
+    def __init__(
+        self, args: Namespace, *, without: frozenset[bytes], xoauth2: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(args, **kwargs)
         self._without = without
         # pysasl scans the installed entry points for mechanisms on every connection (~20 ms)
         self._sasl = SASLAuth.defaults()
+        if xoauth2:
+            self._sasl = SASLAuth([*self._sasl.server_mechanisms, OAuth2Mechanism()])
 
     @property
     def login_capability(self) -> Sequence[bytes]:
@@ -153,12 +164,39 @@ class _PymapConfig(_DictConfig):
         return b"maildesk test IMAP server ready"
 
 
+class _TokenLogin(Login):
+    """pymap's login, also accepting XOAUTH2 with a bearer token the test server expects."""
+
+    def __init__(self, config: _PymapConfig) -> None:
+        super().__init__(config)
+        self.bearer_tokens: dict[str, str] = {}
+        self.attempts: list[tuple[str, bool]] = []  # (user, accepted), XOAUTH2 only
+
+    async def authenticate(self, credentials: ServerCredentials) -> Identity:
+        if not isinstance(credentials, ExternalCredentials):
+            return await super().authenticate(credentials)
+        user = credentials.authzid
+        expected = self.bearer_tokens.get(user)
+        token: str | None = None
+        try:
+            credentials.verify(None)
+        except ExternalVerificationRequired as exc:  # how pysasl hands the bearer token over
+            token = exc.token
+        ok = expected is not None and token == expected
+        self.attempts.append((user, ok))
+        if not ok:
+            raise InvalidAuth()
+        return Identity(user, self, None, frozenset())
+
+
 class ImapServer:
     """pymap with its in-memory backend on 127.0.0.1: users and passwords given by the caller.
 
     Plain-text LOGIN is allowed from loopback. ``idle=False`` or ``move=False`` take the IDLE or
     MOVE capability away (to exercise polling and the COPY + UID EXPUNGE fallback).
     ``tls_context`` (a server-side context holding a certificate) turns STARTTLS on.
+    ``xoauth2=True`` offers AUTHENTICATE XOAUTH2, accepting the bearer token given to
+    ``set_oauth_token(user, token)`` (``oauth_attempts`` lists what was tried).
     The stored mail survives ``stop()``/``start()``, like a real server's restart.
     """
 
@@ -170,6 +208,7 @@ class ImapServer:
         idle: bool = True,
         move: bool = True,
         tls_context: ssl.SSLContext | None = None,
+        xoauth2: bool = False,
     ) -> None:
         self.host = LOOPBACK
         self.users: dict[str, str] = {}
@@ -180,6 +219,7 @@ class ImapServer:
         self._config = _PymapConfig(
             args,
             without=without,
+            xoauth2=xoauth2,
             host=LOOPBACK,
             port=port,
             demo_data=False,
@@ -193,7 +233,7 @@ class ImapServer:
             reject_dnsbl=False,
             bad_command_limit=None,
         )
-        self._login = Login(self._config)
+        self._login = _TokenLogin(self._config)
         self._backend = DictBackend(self._login, self._config)
         for username, password in (users or {}).items():
             self.add_user(username, password)
@@ -216,6 +256,15 @@ class ImapServer:
 
         self._loop.call(add())
         self.users[username] = password
+
+    def set_oauth_token(self, username: str, token: str) -> None:
+        """The bearer token XOAUTH2 accepts for ``username`` from now on."""
+        self._login.bearer_tokens[username] = token
+
+    @property
+    def oauth_attempts(self) -> list[tuple[str, bool]]:
+        """XOAUTH2 logins seen: (user, accepted)."""
+        return list(self._login.attempts)
 
     def start(self) -> None:
         """Listen (again) on the server's port."""
@@ -339,11 +388,35 @@ class AuthAttempt:
     tls: bool
 
 
+_XOAUTH2 = re.compile(rb"^user=(?P<user>[^\x01]*)\x01auth=Bearer (?P<token>[^\x01]*)\x01\x01$")
+
+
 class _Handler:
     """aiosmtpd hooks: record accepted mail, answer with scripted replies first."""
 
     def __init__(self, owner: SmtpServer) -> None:
         self._owner = owner
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        """AUTH XOAUTH2 with its initial response; offered only with ``oauth_token``."""
+        user, token = "", ""
+        if len(args) == 2:
+            try:
+                found = _XOAUTH2.match(base64.b64decode(args[1], validate=True))
+            except (binascii.Error, ValueError):
+                found = None
+            if found is not None:
+                user = found["user"].decode("utf-8", "replace")
+                token = found["token"].decode("utf-8", "replace")
+        owner = self._owner
+        ok = bool(token) and user == owner.username and token == owner._oauth_token
+        with owner._lock:
+            owner._auth_attempts.append(
+                AuthAttempt("XOAUTH2", user, ok, getattr(server.session, "ssl", None) is not None)
+            )
+        if not ok:
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
 
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -398,6 +471,8 @@ class SmtpServer:
     ``start()``. With ``username``/``password``, AUTH PLAIN and LOGIN are offered (without TLS
     unless ``tls_context`` is given, in which case only after STARTTLS) and required.
     ``implicit_tls`` serves SMTPS on the port with ``tls_context`` instead of STARTTLS.
+    With ``username`` and ``oauth_token``, AUTH XOAUTH2 is offered too and accepts exactly that
+    bearer token for that user (``set_oauth_token`` changes it).
     """
 
     def __init__(
@@ -409,10 +484,12 @@ class SmtpServer:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         require_starttls: bool = False,
+        oauth_token: str | None = None,
     ) -> None:
         self.host = LOOPBACK
         self.username = username
         self._password = password
+        self._oauth_token = oauth_token
         self._tls_context = tls_context
         self.implicit_tls = implicit_tls and tls_context is not None
         self._require_starttls = require_starttls
@@ -482,6 +559,11 @@ class SmtpServer:
         with self._lock:
             self._replies[stage].extend(replies)
 
+    def set_oauth_token(self, token: str) -> None:
+        """The bearer token AUTH XOAUTH2 accepts from now on."""
+        with self._lock:
+            self._oauth_token = token
+
     def _next_reply(self, stage: Stage) -> str | None:
         with self._lock:
             queue = self._replies[stage]
@@ -520,6 +602,7 @@ class SmtpServer:
             "auth_require_tls": self._tls_context is not None and not self.implicit_tls,
             "auth_required": False,  # enforced at MAIL, without aiosmtpd's warning
             "authenticator": self._authenticate if auth else None,
+            "auth_exclude_mechanism": [] if self._oauth_token is not None else ["XOAUTH2"],
             "timeout": 30,
         }
         if self._tls_context is not None and not self.implicit_tls:
