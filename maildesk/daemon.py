@@ -437,6 +437,7 @@ class Daemon:
             if boxes:
                 await asyncio.wait(boxes)
             await self.timer_pass(refresh=True)
+            self.wake_outbox.set()  # the outbox loop finishes once this task is done
             return
         refresh = True
         while not self.stop.is_set():
