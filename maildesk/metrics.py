@@ -203,18 +203,16 @@ class _ScrapeCollector(Collector):
         try:
             with self.metrics.db.transaction() as session:
                 by_status = dict(
-                    session.execute(select(Ticket.status, func.count()).group_by(Ticket.status))
-                    .tuples()
-                    .all()
+                    session.execute(
+                        select(Ticket.status, func.count()).group_by(Ticket.status)
+                    ).all()
                 )
                 outbox = dict(
                     session.execute(
                         select(Outbox.status, func.count())
                         .where(Outbox.status.in_((OutboxStatus.PENDING, OutboxStatus.FAILED)))
                         .group_by(Outbox.status)
-                    )
-                    .tuples()
-                    .all()
+                    ).all()
                 )
         except DatabaseError as exc:
             log.warning("metrics: database unavailable: %s", exc)

@@ -107,23 +107,21 @@ def compute(session: Session, since: datetime, now: datetime, teams: Sequence[st
             select(Ticket.team, Ticket.status, Ticket.created_at, Ticket.first_response_at).where(
                 Ticket.created_at >= since, Ticket.created_at <= now
             )
-        ).tuples()
+        )
     )
     closed = list(
         session.execute(
             select(Ticket.team, Ticket.created_at, Ticket.closed_at).where(
                 Ticket.closed_at.is_not(None), Ticket.closed_at >= since, Ticket.closed_at <= now
             )
-        ).tuples()
+        )
     )
     backlog = dict(
         session.execute(
             select(Ticket.team, func.count())
             .where(Ticket.status != Status.CLOSED)
             .group_by(Ticket.team)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     rated = select(Event.ticket_id).where(
         Event.kind == "rating", Event.at >= since, Event.at <= now
@@ -192,7 +190,7 @@ def open_counts(session: Session) -> dict[str, int]:
             select(Ticket.team, func.count())
             .where(Ticket.status != Status.CLOSED)
             .group_by(Ticket.team)
-        ).tuples()
+        )
     }
 
 
@@ -204,7 +202,7 @@ def assigned_counts(session: Session) -> dict[str, int]:
             select(Ticket.assignee, func.count())
             .where(Ticket.status != Status.CLOSED, Ticket.assignee.is_not(None))
             .group_by(Ticket.assignee)
-        ).tuples()
+        )
         if assignee is not None
     }
 
