@@ -42,6 +42,7 @@ NO_AUTO_MAIL = re.compile(
     r"^(mailer-daemon|postmaster|abuse|root|noreply|noreply.+|no-reply|no-reply.+|bounces?)@",
     re.IGNORECASE,
 )
+LOOP_PROTECTION = "loop protection"
 CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
@@ -166,6 +167,8 @@ class Mailer:
             row.status = OutboxStatus.SUPPRESSED
             row.last_error = why_not
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
+            if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
+                self._alert_throttled(session, mail, why_not, now)
         session.add(row)
         session.flush()  # the row id makes the VERP address
         row.mail_from = bounce_address(desk.secret, desk.address, row.id)
@@ -198,8 +201,39 @@ class Mailer:
             )
         )
         if recent is not None and recent >= limit:
-            return f"loop protection: {recent} automatic mails to this address in the last hour"
+            return f"{LOOP_PROTECTION}: {recent} automatic mails to this address in the last hour"
         return None
+
+    def _first_throttled(self, session: Any, mail: Mail, now: datetime) -> bool:
+        """Whether this is the first mail to ``mail.to`` held back by the hourly cap lately."""
+        earlier = session.scalar(
+            select(func.count(Outbox.id)).where(
+                Outbox.recipient == mail.to.lower(),
+                Outbox.status == OutboxStatus.SUPPRESSED,
+                Outbox.last_error.startswith(LOOP_PROTECTION),
+                Outbox.created_at > now - timedelta(hours=1),
+            )
+        )
+        return not earlier
+
+    def _alert_throttled(self, session: Any, mail: Mail, why: str, now: datetime) -> None:
+        """One alert to the admin when an address hits the cap (a loop, or a mail storm)."""
+        admin = self.settings.desk.admin_address
+        if not admin:
+            return
+        text = (
+            f"Automatic mail to {clean_header(mail.to, 320)} is held back: {why}.\n"
+            "This usually means an autoresponder is answering our acknowledgments. "
+            "Mail from that address is still recorded on its tickets; agents are not throttled."
+        )
+        alert = Mail(
+            kind="alert",
+            template="admin_alert",
+            to=admin,
+            context={"subject": f"loop protection for {clean_header(mail.to, 320)}", "text": text},
+            to_agent=True,
+        )
+        self.enqueue(session, alert, now)
 
     def _compose(
         self, mail: Mail, subject: str, text: str, html: str | None, message_id: str, now: datetime

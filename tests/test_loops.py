@@ -178,6 +178,10 @@ def test_a_broken_autoresponder_cannot_make_the_desk_loop(world: DeskWorld) -> N
     tickets = [t for t in world.tickets() if t["requester"] == "bot@robots.test"]
     assert len(tickets) == limit + 1
     assert len({m.message["Message-ID"] for m in world.mails_to(ALICE)}) == limit + 1
+    # the admin hears of it once, not once per held-back mail
+    [alert] = world.mails_to("admin@example.com")
+    assert "loop protection" in str(alert.message["Subject"])
+    assert "bot@robots.test" in text_of(alert)
 
     # an hour later the address is answered again
     world.clock.advance(hours=1, minutes=1)
