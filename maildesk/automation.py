@@ -202,11 +202,15 @@ def decide(ticket: Ticket, settings: Settings, now: datetime) -> tuple[Decision,
 
 
 def human(delta: timedelta) -> str:
-    """``timedelta(days=3)`` to ``"3 days"``, ``timedelta(minutes=90)`` to ``"90 minutes"``."""
+    """``timedelta(days=3)`` to ``"3 days"``, ``timedelta(minutes=90)`` to ``"90 minutes"``.
+
+    A timer fires a little after its time; the text rounds that away.
+    """
     seconds = int(delta.total_seconds())
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0 or seconds >= 2 * size:
-            count = round(seconds / size)
+        # whole units, or nearly so ("1 hour" for 61 minutes), or at least two of them
+        if seconds >= 2 * size or seconds >= size and seconds % size < size / 10:
+            count = seconds // size
             return f"{count} {unit}{'s' if count != 1 else ''}"
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 

@@ -504,6 +504,56 @@ def cmd_teams_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canned_list(args: argparse.Namespace) -> int:
+    from maildesk.outbox import Templates
+
+    settings = load_settings(args)
+    templates = Templates(settings.desk.templates_dir)
+    prefix, suffix = "canned/", ".txt.j2"
+    items = []
+    for name in templates.names(prefix):
+        if name.endswith(suffix):
+            source = templates.text.loader.get_source(templates.text, name)[0]  # type: ignore[union-attr]
+            lines = [line.strip() for line in source.splitlines() if line.strip()]
+            items.append(
+                {"name": name[len(prefix) : -len(suffix)], "first_line": lines[0] if lines else ""}
+            )
+    if args.json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+    else:
+        print(table([(i["name"], i["first_line"]) for i in items], ("NAME", "FIRST LINE")))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from maildesk import report, stats
+
+    settings = load_settings(args)
+    now = datetime.now(UTC)
+    try:
+        since = stats.parse_since(args.since, now)
+    except ValueError as exc:
+        print(f"maildesk: {exc}", file=sys.stderr)
+        return 2
+    db = open_db(settings)
+    with db.transaction() as session:
+        figures = report.build(session, settings, since, now)
+    if args.html:
+        try:
+            with open(args.html, "w", encoding="utf-8") as handle:
+                handle.write(report.render_html(figures))
+        except OSError as exc:
+            print(f"maildesk: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"report written to {args.html}")
+    if args.json or not args.html:
+        print(json.dumps(figures.as_json(), indent=2, ensure_ascii=False))
+    return 0
+
+
 # --------------------------------------------------------------------------- argv
 
 
@@ -586,6 +636,21 @@ def build_parser() -> argparse.ArgumentParser:
     team_list = teams.add_parser("list", help="teams with their agents and open tickets")
     team_list.add_argument("--json", action="store_true")
     team_list.set_defaults(func=cmd_teams_list)
+
+    canned = sub.add_parser("canned", help="canned replies (#reply <name>)").add_subparsers(
+        dest="sub", required=True
+    )
+    clist = canned.add_parser("list", help="the canned replies agents can send")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(func=cmd_canned_list)
+
+    rep = sub.add_parser("report", help="charts and numbers over a window: HTML page or JSON")
+    rep.add_argument("--html", metavar="PATH", help="write one self-contained HTML page here")
+    rep.add_argument(
+        "--since", help='a duration back from now ("14d", "2w") or a date (default: 30d)'
+    )
+    rep.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
