@@ -242,7 +242,10 @@ class MetricsServer:
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(
-            target=self.server.serve_forever, name="metrics", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="metrics",
+            daemon=True,
         )
         self.thread.start()
         log.info("serving /metrics and /healthz on %s:%d", host, self.port)
