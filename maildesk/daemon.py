@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ALERT_AFTER = 5
 MAX_BACKOFF = 300.0
+BACKOFF_BASE = 1.0  # seconds; the outage tests shrink it to see five failures quickly
 OUTBOX_BATCH = 200
 OUTBOX_CONNECTIONS = 4
 CLAIM_LEASE = timedelta(minutes=2)
@@ -96,8 +97,8 @@ def crash_point(name: str) -> None:
 
 
 def backoff_seconds(failures: int) -> float:
-    """1 s, 2 s, 4 s ... up to 5 min, with full jitter in the upper half."""
-    base = min(2.0 ** max(failures - 1, 0), MAX_BACKOFF)
+    """1 s, 2 s, 4 s ... up to 5 min (times ``BACKOFF_BASE``), with jitter in the upper half."""
+    base = min(BACKOFF_BASE * 2.0 ** max(failures - 1, 0), MAX_BACKOFF)
     return base * random.uniform(0.5, 1.0)
 
 
