@@ -368,7 +368,13 @@ def open_ticket(
         event(session, ticket, "acknowledged", "", now)
     track_sla(desk, ticket)
     send(session, desk, mails, now)
-    log.info("new ticket %s from %s <%s>", desk.ref(ticket), requester, inbound.message_id)
+    log.info(
+        "new ticket %s from %s <%s>",
+        desk.ref(ticket),
+        requester,
+        inbound.message_id,
+        extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
+    )
     return ticket
 
 
@@ -588,6 +594,7 @@ def agent_message(
             agent.email,
             proof.reason,
             inbound.message_id,
+            extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
         )
         return AgentOutcome((), (proof.reason,), False)
 
