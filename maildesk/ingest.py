@@ -110,6 +110,7 @@ def process(
             source.mailbox,
             reason,
             traceback.format_exc(),
+            extra={"message_id": inbound.message_id, "ticket": "-", "mailbox": source.mailbox},
         )
         return quarantine(db, desk, source, raw, inbound, reason, replay=replay)
     log_outcome(desk, source, outcome)
