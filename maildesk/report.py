@@ -223,9 +223,7 @@ def _days(since: datetime, until: datetime, zone: tzinfo) -> tuple[date, ...]:
 
 def _backlog(session: Session) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {status: {} for status in OPEN_STATUSES}
-    rows = session.execute(
-        select(Ticket.status, Ticket.team).where(Ticket.status != Status.CLOSED)
-    ).tuples()
+    rows = session.execute(select(Ticket.status, Ticket.team).where(Ticket.status != Status.CLOSED))
     for status, team in rows:
         teams = out.setdefault(status, {})
         teams[team] = teams.get(team, 0) + 1
@@ -297,8 +295,14 @@ def chart_per_day(report: Report) -> str:
              color=COLOURS["opened"])  # fmt: skip
     axes.bar([i + width / 2 for i in x], report.closed_per_day, width, label="closed",
              color=COLOURS["closed"])  # fmt: skip
-    step = max(1, len(x) // 12)
-    axes.set_xticks(x[::step], [d.strftime("%a\n%d %b") for d in report.days][::step])
+    for i, day in enumerate(report.days):
+        if day.weekday() >= 5:
+            axes.axvspan(i - 0.5, i + 0.5, color="#f0f2f5", zorder=0)
+    step = max(1, -(-len(x) // 16))
+    axes.set_xticks(x[::step], [d.strftime("%a\n%d") for d in report.days][::step])
+    axes.set_xlim(-0.6, len(x) - 0.4)
+    months = dict.fromkeys(d.strftime("%B %Y") for d in report.days)
+    axes.set_xlabel(" – ".join(months), color=MUTED, fontsize=8)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(axis="y", color=GRID, linewidth=0.8)
     axes.legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
@@ -307,7 +311,7 @@ def chart_per_day(report: Report) -> str:
 
 
 def chart_backlog(report: Report) -> str:
-    figure, axes = _figure(2.4)
+    figure, axes = _figure(2.8)
     statuses = [s for s in OPEN_STATUSES]
     teams = sorted({team for by_team in report.backlog.values() for team in by_team})
     if not teams:
@@ -325,7 +329,8 @@ def chart_backlog(report: Report) -> str:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(axis="x", color=GRID, linewidth=0.8)
     axes.set_xlim(0, max(left + [1]) * 1.15)
-    axes.legend(frameon=False, fontsize=8, title="team", title_fontsize=8, loc="lower right")
+    axes.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                ncols=min(len(teams), 4), title="team", title_fontsize=8)  # fmt: skip
     return _png(figure)
 
 
@@ -360,11 +365,14 @@ def chart_sla(report: Report) -> str:
             total = c.met + c.missed + c.running
             shares.append(100 * getattr(c, part) / total if total else 0)
         axes.barh(names, shares, left=left, color=COLOURS[part], label=part, height=0.55)
-        for y, (start, share) in enumerate(zip(left, shares, strict=True)):
-            if share >= 8:
-                axes.text(start + share / 2, y, f"{share:.0f}%", ha="center", va="center",
-                          color="white", fontsize=9, fontweight="bold")  # fmt: skip
+        for y, (start, share, c) in enumerate(zip(left, shares, report.sla, strict=True)):
+            if share >= 6:
+                axes.text(start + share / 2, y, str(getattr(c, part)), ha="center",
+                          va="center", color="white", fontsize=9, fontweight="bold")  # fmt: skip
         left = [a + b for a, b in zip(left, shares, strict=True)]
+    for y, c in enumerate(report.sla):
+        axes.text(101.5, y, f"{_percent(c.rate)} met", va="center", color=INK, fontsize=9,
+                  fontweight="bold")  # fmt: skip
     axes.set_xlim(0, 100)
     axes.invert_yaxis()
     axes.set_xlabel("% of tickets opened in the period", color=MUTED, fontsize=8)
@@ -404,14 +412,21 @@ def render_html(report: Report) -> str:
     """One HTML page, charts embedded as base64 PNG: no scripts, fonts or links to fetch."""
     s = report.summary
     rated = sum(report.ratings)
-    sla_line = ", ".join(f"{automation.LABELS[c.target]} {_percent(c.rate)}" for c in report.sla)
+    sla_tiles = [
+        (
+            f"{automation.LABELS[c.target]} SLA",
+            _percent(c.rate),
+            f"{c.met} of {c.met + c.missed} met in time",
+        )
+        for c in report.sla
+    ] or [("SLA", "-", "no targets configured")]
     tiles = [
         ("Opened", str(s.opened), "new tickets"),
         ("Closed", str(s.closed), "in the period"),
         ("Backlog", str(s.backlog), "not closed, now"),
         ("First response", _duration(report.first_response.median), "median"),
         ("Time to close", _duration(report.close.median), "median"),
-        ("SLA met", sla_line or "-", "of decided targets"),
+        *sla_tiles,
         (
             "Satisfaction",
             f"{s.satisfaction_average:.1f} / 5" if s.satisfaction_average is not None else "-",
@@ -483,7 +498,7 @@ def render_html(report: Report) -> str:
         period=esc(period),
         tiles=tile_html,
         charts=chart_html,
-        generated=esc(automation.iso(report.until)),
+        generated=esc(report.until.astimezone(ZoneInfo(report.zone)).strftime("%d %b %Y %H:%M %Z")),
     )
 
 
@@ -497,11 +512,11 @@ body {{ margin: 0; background: #f5f7fa; color: #1f2933;
 main {{ max-width: 1160px; margin: 0 auto; padding: 28px 24px 40px; }}
 h1 {{ font-size: 24px; margin: 0 0 4px; }}
 .period {{ color: #616e7c; margin: 0 0 22px; }}
-.tiles {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr));
+.tiles {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(120px, 1fr));
   gap: 12px; margin-bottom: 22px; }}
 .tile {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 12px 14px; }}
 .tile .k {{ color: #616e7c; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }}
-.tile .v {{ font-size: 22px; font-weight: 600; margin: 2px 0; }}
+.tile .v {{ font-size: 20px; font-weight: 600; margin: 2px 0; white-space: nowrap; }}
 .tile .n {{ color: #9aa5b1; font-size: 12px; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 16px; }}
 .card {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 14px 16px; }}
