@@ -8,6 +8,7 @@ message (a broken ``ack.txt.j2`` in ``[desk] templates_dir``). After the templat
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,19 @@ def world(
     w.close()
 
 
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """The CLI takes over the root logger (as a program should); give it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    named = {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in named.items():
+        logging.getLogger(name).setLevel(old)
+
+
 def maildesk(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     """Run the CLI as a user would (in-process) and return (exit status, stdout)."""
     capsys.readouterr()
@@ -75,7 +89,7 @@ def maildesk(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 
 def test_poison_mail_is_quarantined_and_the_batch_goes_on_then_replayed(
-    world: DeskWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    world: DeskWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_logging: None
 ) -> None:
     overrides = tmp_path / "templates"
     overrides.mkdir()
