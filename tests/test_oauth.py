@@ -238,7 +238,7 @@ def oauth_world(
     monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 1.0)
     imap = ImapServer(xoauth2=True)
     smtp = SmtpServer(username="desk@example.test", oauth_token="smtp-token-1")
-    endpoint = TokenEndpoint("refresh-0", expires_in=61)  # cached for about a second
+    endpoint = TokenEndpoint("refresh-0")
     account = ImapAccount("pymap", imap, *fresh_user())
     endpoint.on_issue = lambda token: imap.set_oauth_token(account.username, token)
     world = DeskWorld(account, smtp, tmp_path)
@@ -281,8 +281,10 @@ def test_an_xoauth2_mailbox_and_smtp_work_through_the_daemon_and_a_revoked_grant
     assert {(a.mechanism, a.success) for a in smtp.auth_attempts} == {("XOAUTH2", True)}
     assert smtp.messages[0].auth_user == "desk@example.test"
 
-    # The grant is revoked; the connection drops, and the next login needs a new token.
+    # The grant is revoked, and with it the access token; the connection drops. The next
+    # login is refused, so the cached token is dropped and a new one asked for, in vain.
     endpoint.revoked = True
+    imap.set_oauth_token(world.account.username, "no-longer-valid")
     imap.stop()
     imap.start()
     smtp.wait_for(lambda msgs: any(ADMIN in m.rcpt_tos for m in msgs), timeout=20)
