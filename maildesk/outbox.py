@@ -384,24 +384,38 @@ def claim_due(db: Database, now: datetime, limit: int, holder_lease: timedelta) 
 
 def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
     """Write the outcome of one attempt."""
+    record_many(db, [(row, result)], now)
+
+
+def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: datetime) -> None:
+    """Write the outcomes of several attempts in one transaction (one commit, one fsync)."""
     with db.transaction() as session:
-        values: dict[str, Any] = {"attempts": row.attempts + 1, "claimed_until": None}
+        for row, result in outcomes:
+            session.execute(
+                update(Outbox).where(Outbox.id == row.id).values(**_outcome(row, result, now))
+            )
+    for row, result in outcomes:
         if result.outcome == "sent":
-            values |= {"status": OutboxStatus.SENT, "sent_at": now, "last_error": None}
+            log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
         elif result.outcome == "failed" or now - row.created_at > GIVE_UP_AFTER:
-            values |= {"status": OutboxStatus.FAILED, "last_error": result.detail}
-        else:
-            values |= {
-                "next_attempt_at": now + backoff(row.attempts + 1),
-                "last_error": result.detail,
-            }
-        session.execute(update(Outbox).where(Outbox.id == row.id).values(**values))
+            log.warning(
+                "gave up on %s <%s> to %s: %s",
+                row.kind,
+                row.message_id,
+                row.recipient,
+                result.detail,
+            )
+
+
+def _outcome(row: Outbox, result: Delivery, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"attempts": row.attempts + 1, "claimed_until": None}
     if result.outcome == "sent":
-        log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
-    elif values.get("status") == OutboxStatus.FAILED:
-        log.warning(
-            "gave up on %s <%s> to %s: %s", row.kind, row.message_id, row.recipient, result.detail
-        )
+        values |= {"status": OutboxStatus.SENT, "sent_at": now, "last_error": None}
+    elif result.outcome == "failed" or now - row.created_at > GIVE_UP_AFTER:
+        values |= {"status": OutboxStatus.FAILED, "last_error": result.detail}
+    else:
+        values |= {"next_attempt_at": now + backoff(row.attempts + 1), "last_error": result.detail}
+    return values
 
 
 async def deliver_rows(
@@ -419,6 +433,17 @@ async def deliver_rows(
     for row in rows:
         queue.put_nowait(row)
     results: list[Delivery] = []
+    unrecorded: list[tuple[Outbox, Delivery]] = []
+    recording = asyncio.Lock()
+
+    async def record_waiting() -> None:
+        # Group commit: whoever holds the lock writes every outcome waiting so far in one
+        # transaction; a connection never sends its next mail before its last one is recorded.
+        async with recording:
+            batch = unrecorded[:]
+            unrecorded.clear()
+            if batch:
+                await asyncio.to_thread(record_many, db, batch, clock())
 
     async def worker(sender: Sender) -> None:
         while not queue.empty():
@@ -426,7 +451,8 @@ async def deliver_rows(
             result = await sender.send(row.mail_from, row.recipient, row.body)
             if after_send is not None:
                 after_send()
-            await asyncio.to_thread(record, db, row, result, clock())
+            unrecorded.append((row, result))
+            await record_waiting()
             results.append(result)
             if result.outcome == "retry" and sender.client is None:
                 return  # server unreachable: leave the rest for the next round
