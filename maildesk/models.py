@@ -9,8 +9,9 @@ transactions; domain functions take a ``Session``.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -325,12 +326,17 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a waiting writer sleeps in its busy handler
+        # (up to 100 ms a try): threads of one process queue here instead, in order.
+        self._turn: AbstractContextManager[Any] = (
+            threading.RLock() if self.is_sqlite else nullcontext()
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One transaction: commit on success, roll back on any exception."""
         try:
-            with self.sessions.begin() as session:
+            with self._turn, self.sessions.begin() as session:
                 yield session
         except OperationalError as exc:
             raise DatabaseError(_one_line(exc)) from exc
