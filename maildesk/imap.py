@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DELETED = b"\\Deleted"
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
 IDLE_SLICE_SECONDS = 0.25  # how often a wait checks for interrupt()
+FETCH_BYTES = 8 * 2**20  # bodies fetched per command: memory stays flat however large the backlog
 _BYTES_REPR = re.compile(r"""^b(['"])(.*)\1$""", re.DOTALL)
 _CHANGE = re.compile(rb"\* (\d+ (EXISTS|EXPUNGE|FETCH|RECENT)\b|VANISHED\b)", re.IGNORECASE)
 _APPENDUID = re.compile(rb"\[APPENDUID \d+ (\d+)\]", re.IGNORECASE)
@@ -327,27 +328,28 @@ class Mailbox:
             with self._errors("FETCH RFC822.SIZE"):
                 sizes = self._imap.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
             wanted = [uid for uid in chunk if uid in sizes]
-            small = [u for u in wanted if int(sizes[u][b"RFC822.SIZE"]) <= self.max_message_bytes]
-            bodies: dict[int, bytes] = {}
-            if small:
-                with self._errors("FETCH BODY.PEEK[]"):
-                    fetched = self._imap.fetch(small, ["BODY.PEEK[]"])
-                bodies = {
-                    uid: bytes(data[b"BODY[]"])
-                    for uid, data in fetched.items()
-                    if b"BODY[]" in data
-                }
-            for uid in wanted:
-                size = int(sizes[uid][b"RFC822.SIZE"])
-                arrived = _unix_time(sizes[uid].get(b"INTERNALDATE"))
-                if uid in bodies:
-                    yield RawMail(
-                        self.config.name, self._uidvalidity, uid, bodies[uid], size, False, arrived
-                    )
-                elif uid not in small:
-                    yield RawMail(
-                        self.config.name, self._uidvalidity, uid, b"", size, True, arrived
-                    )
+            for group in _by_bytes(wanted, sizes, FETCH_BYTES):
+                yield from self._fetch_bodies(group, sizes)
+
+    def _fetch_bodies(self, uids: list[int], sizes: dict[int, Any]) -> Iterator[RawMail]:
+        small = [u for u in uids if int(sizes[u][b"RFC822.SIZE"]) <= self.max_message_bytes]
+        bodies: dict[int, bytes] = {}
+        if small:
+            with self._errors("FETCH BODY.PEEK[]"):
+                fetched = self._imap.fetch(small, ["BODY.PEEK[]"])
+            bodies = {
+                uid: bytes(data[b"BODY[]"]) for uid, data in fetched.items() if b"BODY[]" in data
+            }
+            del fetched
+        for uid in uids:
+            size = int(sizes[uid][b"RFC822.SIZE"])
+            arrived = _unix_time(sizes[uid].get(b"INTERNALDATE"))
+            if uid in bodies:
+                # handed over, not kept: the caller holds one large message at a time
+                body = bodies.pop(uid)
+                yield RawMail(self.config.name, self._uidvalidity, uid, body, size, False, arrived)
+            elif uid not in small:
+                yield RawMail(self.config.name, self._uidvalidity, uid, b"", size, True, arrived)
 
     # ------------------------------------------------------------------ moving
 
@@ -532,3 +534,18 @@ def probe(config: MailboxSettings, *, timeout: float = 15.0) -> str:
     finally:
         box.close()
     return f"ok: {waiting} message{'s' if waiting != 1 else ''} waiting"
+
+
+def _by_bytes(uids: list[int], sizes: dict[int, Any], limit: int) -> Iterator[list[int]]:
+    """Consecutive groups of ``uids`` whose sizes add up to at most ``limit`` (one at least)."""
+    group: list[int] = []
+    total = 0
+    for uid in uids:
+        size = int(sizes[uid][b"RFC822.SIZE"])
+        if group and total + size > limit:
+            yield group
+            group, total = [], 0
+        group.append(uid)
+        total += size
+    if group:
+        yield group
