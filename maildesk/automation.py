@@ -299,13 +299,17 @@ class PassResult:
 
 
 def candidates(session: Session, settings: Settings, now: datetime) -> list[int]:
-    """Tickets that may have something due: pending long enough, or past their ``due_at``."""
+    """Tickets that may have something due: past their ``due_at``, or pending long enough to
+    close, or long enough for a reminder they have not had."""
     lifecycle = settings.lifecycle
-    waits = [w for w in (lifecycle.remind_pending_after, lifecycle.close_pending_after) if w]
+    pending = Ticket.status == Status.PENDING
     conditions = [Ticket.due_at <= now]
-    if waits:
+    if lifecycle.close_pending_after is not None:
+        conditions.append(pending & (Ticket.status_since <= now - lifecycle.close_pending_after))
+    if lifecycle.remind_pending_after is not None:
+        not_reminded = Ticket.reminded_at.is_(None) | (Ticket.reminded_at < Ticket.status_since)
         conditions.append(
-            (Ticket.status == Status.PENDING) & (Ticket.status_since <= now - min(waits))
+            pending & (Ticket.status_since <= now - lifecycle.remind_pending_after) & not_reminded
         )
     query = select(Ticket.id).where(Ticket.status != Status.CLOSED, or_(*conditions))
     return list(session.scalars(query.order_by(Ticket.id)))

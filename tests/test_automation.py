@@ -385,3 +385,30 @@ def test_canned_list_shows_the_replies(
 
     names = [c["name"] for c in json.loads(capsys.readouterr().out)]
     assert {"thanks", "password-reset", "more-info", "known-issue"} <= set(names)
+
+
+@pytest.mark.postgres
+def test_timers_on_postgresql(
+    account: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+) -> None:
+    world = DeskWorld(
+        account,
+        smtp_server,
+        tmp_path,
+        extra_config=LIFECYCLE + SLA,
+        database_url=postgres_url,
+        clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
+    )
+    try:
+        open_and_answer(world)
+        assert world.ticket(1)["due_at"] == "2026-11-27T09:00:00Z"  # resolution, 1 day
+        world.clock.advance(minutes=61)
+        world.run_once()
+        assert "waiting" in world.mails_to(CUSTOMER)[-1].message["Subject"]
+        world.clock.advance(hours=2)
+        world.run_once()
+        t = world.ticket(1)
+        assert (t["status"], kinds(t)[-2:]) == ("closed", ["reminded", "auto_closed"])
+        assert t["sla_breached"] == [] and t["due_at"] is None
+    finally:
+        world.close()
