@@ -84,18 +84,18 @@ def test_imap_outage_mid_run_is_one_line_one_alert_and_recovers(
     caplog.set_level(logging.INFO)
     world.start()
     world.deliver(customer_mail("Before the outage", "One", sender="one@x.test"))
-    world.wait_mails_to("one@x.test", 1)
+    world.wait_mails_to("one@x.test", 1, timeout=30)
 
     world.account.stop()
-    wait_until(lambda: bool(world.mails_to(ADMIN)))  # five failed reconnects: the admin hears
+    wait_until(lambda: bool(world.mails_to(ADMIN)), 30)  # five failed reconnects: the admin hears
     [alert] = world.mails_to(ADMIN)
     assert "mailbox support is failing" in str(alert.message["Subject"])
     assert "5 times in a row" in text_of(alert) and "Last error" in text_of(alert)
 
     world.account.start()
     world.deliver(customer_mail("After the outage", "Two", sender="two@x.test"))
-    world.wait_mails_to("two@x.test", 1)
-    [_, recovered] = world.wait_mails_to(ADMIN, 2)
+    world.wait_mails_to("two@x.test", 1, timeout=30)
+    [_, recovered] = world.wait_mails_to(ADMIN, 2, timeout=30)
     assert "recovered" in str(recovered.message["Subject"])
     world.stop()
 
