@@ -87,9 +87,9 @@ def test_run_once_logs_one_json_object_per_line_naming_message_and_ticket(
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert lines and all({"time", "level", "logger", "message"} <= set(x) for x in lines)
     about = [x for x in lines if x.get("message_id") == message["Message-ID"].strip("<>")]
-    assert about, lines
-    assert about[0]["ticket"] == "[#1]" and about[0]["mailbox"] == "support"
-    assert "new ticket" in about[0]["message"]
+    assert about and all(x["ticket"] == "[#1]" for x in about), lines
+    [outcome] = [x for x in about if x["logger"] == "maildesk.ingest"]
+    assert outcome["mailbox"] == "support" and "new ticket" in outcome["message"]
 
 
 class LogReader:
