@@ -354,7 +354,7 @@ def _act_on(
     mails: list[Mail] = []
     for decision in decisions:
         mails += carry_out(session, desk, ticket, decision, now)
-        log.info("%s: %s", desk.ref(ticket), describe(decision))
+        log.info("%s: %s", desk.ref(ticket), describe(decision), extra={"ticket": desk.ref(ticket)})
     refresh_due(ticket, desk.settings)
     tickets.send(session, desk, mails, now)
     return decisions
