@@ -202,7 +202,7 @@ class Mailbox:
             with self._errors("create folders"):
                 for folder in (config.processed_folder, config.quarantine_folder):
                     if folder and not client.folder_exists(folder):
-                        client.create_folder(folder)
+                        self._create(client, folder)
                 self._capabilities = frozenset(
                     c.decode("ascii", "replace").upper() for c in client.capabilities()
                 )
@@ -217,6 +217,16 @@ class Mailbox:
             self._uidvalidity,
             ", IDLE" if self.has_idle else ", polling",
         )
+
+    @staticmethod
+    def _create(client: IMAPClient, folder: str) -> None:
+        """CREATE, tolerating another connection (a second daemon, a mail client) having just
+        created the same folder between our check and our command."""
+        try:
+            client.create_folder(folder)
+        except IMAPClientError:
+            if not client.folder_exists(folder):
+                raise
 
     def _open(self) -> IMAPClient:
         security = self.config.security
