@@ -467,17 +467,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ outbox
 
+    def release_dead_claims(self) -> None:
+        """Rows a killed daemon on this host had claimed go back to the queue at once, instead
+        of waiting for the claim to expire."""
+        dead = [
+            h for h in outbox.claim_holders(self.db) if h != self.holder and not holder_alive(h)
+        ]
+        if dead:
+            log.info("taking back outbox rows claimed by %s (no longer running)", ", ".join(dead))
+            outbox.release_claims(self.db, dead)
+
     async def outbox_loop(self, boxes: list[asyncio.Task[None]]) -> None:
         health = self.health["smtp"]
         senders = [
             outbox.Sender(self.settings.smtp, self.smtp_token) for _ in range(OUTBOX_CONNECTIONS)
         ]
+        await asyncio.to_thread(self.release_dead_claims)
         try:
             while True:
                 self.wake_outbox.clear()
                 now = self.desk.clock()
                 rows = await asyncio.to_thread(
-                    outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE
+                    outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE, self.holder
                 )
                 if rows:
                     results = await outbox.deliver_rows(

@@ -357,7 +357,9 @@ def _classify(code: int, message: str) -> Delivery:
     return Delivery("retry", detail)
 
 
-def claim_due(db: Database, now: datetime, limit: int, holder_lease: timedelta) -> list[Outbox]:
+def claim_due(
+    db: Database, now: datetime, limit: int, holder_lease: timedelta, holder: str = ""
+) -> list[Outbox]:
     """Claim up to ``limit`` due rows for this process (several daemons never share a row)."""
     with db.transaction() as session:
         query = (
@@ -377,9 +379,30 @@ def claim_due(db: Database, now: datetime, limit: int, holder_lease: timedelta) 
             session.execute(
                 update(Outbox)
                 .where(Outbox.id.in_([r.id for r in rows]))
-                .values(claimed_until=now + holder_lease)
+                .values(claimed_until=now + holder_lease, claimed_by=holder)
             )
         return rows
+
+
+def claim_holders(db: Database) -> list[str]:
+    """Processes that hold claims on outbox rows right now."""
+    with db.transaction() as session:
+        query = select(Outbox.claimed_by).where(
+            Outbox.status == OutboxStatus.PENDING,
+            Outbox.claimed_until.is_not(None),
+            Outbox.claimed_by.is_not(None),
+        )
+        return sorted({h for h in session.scalars(query.distinct()) if h})
+
+
+def release_claims(db: Database, holders: Sequence[str]) -> None:
+    """Give the rows claimed by ``holders`` (processes that died) back to the queue."""
+    with db.transaction() as session:
+        session.execute(
+            update(Outbox)
+            .where(Outbox.claimed_by.in_(list(holders)), Outbox.status == OutboxStatus.PENDING)
+            .values(claimed_until=None, claimed_by=None)
+        )
 
 
 def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
