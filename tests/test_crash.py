@@ -86,8 +86,8 @@ def assert_nothing_lost_or_doubled(world: DeskWorld, senders: list[str], crashes
     by_id = Counter(m.message["Message-ID"] for m in mails)
     duplicates = sum(n - 1 for n in by_id.values())
     # a crash can only catch the mails in flight between the server's 250 and the row being
-    # marked sent: one per SMTP connection, each resent once, with its own Message-ID
-    assert max(by_id.values()) <= 2, by_id.most_common(3)
+    # marked sent: one per SMTP connection, each resent once per crash, with its own Message-ID
+    assert max(by_id.values()) <= 1 + crashes, by_id.most_common(3)
     assert duplicates <= crashes * OUTBOX_CONNECTIONS, by_id.most_common(3)
     # exactly one acknowledgment per customer (by Message-ID): a resend is a copy, not a new mail
     for sender in senders:
@@ -101,8 +101,9 @@ def assert_nothing_lost_or_doubled(world: DeskWorld, senders: list[str], crashes
 
 
 def finish_claims(world: DeskWorld) -> None:
-    """A killed daemon's claimed outbox rows wait out their claim (``CLAIM_LEASE``, so two live
-    daemons never send one row twice) before anyone else sends them: let that time pass."""
+    """Rows still waiting for a retry become due: let the retry time pass, deliver the rest.
+    (Rows a killed daemon had claimed are taken back at the next start, since its process is
+    gone; a live daemon's claims last ``CLAIM_LEASE``.)"""
     world.clock.now = datetime.now(UTC) + CLAIM_LEASE + timedelta(seconds=1)
     assert world.run_once() == 0
 
