@@ -244,7 +244,9 @@ def bounce(
 ) -> Outcome:
     """A delivery report about mail we sent: an event on its ticket, never a reply."""
     report = route.report
-    row = session.get(Outbox, route.outbox_id) if route.outbox_id is not None else None
+    row = None
+    if route.message_id is not None:
+        row = session.scalar(select(Outbox).where(Outbox.message_id == route.message_id))
     if row is None and report is not None and report.original_message_id:
         row = session.scalar(select(Outbox).where(Outbox.message_id == report.original_message_id))
     if row is None:

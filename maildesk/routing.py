@@ -66,7 +66,7 @@ class Ignore:
 @dataclass(frozen=True, slots=True)
 class Bounce:
     report: Report | None
-    outbox_id: int | None  # from the VERP address, when the bounce came back to one
+    message_id: str | None  # of our mail, from the VERP address the bounce came back to
     reason: str
 
 
@@ -129,22 +129,26 @@ def is_own_message_id(secret: bytes, domain: str, message_id: str | None) -> boo
     return hmac.compare_digest(match.group(2), _mac(secret, "mid", match.group(1), 12))
 
 
-def bounce_address(secret: bytes, desk_address: str, outbox_id: int) -> str:
-    """The VERP envelope sender of outbox row ``outbox_id``: ``support+bounce-42-<mac>@dom``."""
+def bounce_address(secret: bytes, desk_address: str, message_id: str) -> str:
+    """The VERP envelope sender of the mail whose Message-ID is ``message_id`` (one of ours):
+    ``support+bounce-<nonce>-<mac>@dom``. A bounce that comes back to it names that mail."""
+    match = OWN_ID.match(message_id)
+    nonce = match.group(1) if match else hashlib.sha256(message_id.encode()).hexdigest()[:20]
     local, domain = desk_address.rsplit("@", 1)
-    return f"{local}+bounce-{outbox_id}-{_mac(secret, 'verp', str(outbox_id), 10)}@{domain}"
+    return f"{local}+bounce-{nonce}-{_mac(secret, 'verp', nonce, 10)}@{domain}"
 
 
-def bounced_outbox_id(secret: bytes, desk_address: str, addresses: Sequence[str]) -> int | None:
-    """The outbox row a bounce was sent back to, from a valid VERP address among ``addresses``."""
+def bounced_message_id(secret: bytes, desk_address: str, addresses: Sequence[str]) -> str | None:
+    """The Message-ID of our mail a bounce was sent back about, from a valid VERP address."""
     local, domain = desk_address.lower().rsplit("@", 1)
     pattern = re.compile(
-        rf"^{re.escape(local)}\+bounce-(\d{{1,12}})-([0-9a-f]{{10}})@{re.escape(domain)}$"
+        rf"^{re.escape(local)}\+bounce-([0-9a-f]{{20}})-([0-9a-f]{{10}})@{re.escape(domain)}$"
     )
     for address in addresses:
         match = pattern.match(address.lower())
         if match and hmac.compare_digest(match.group(2), _mac(secret, "verp", match.group(1), 10)):
-            return int(match.group(1))
+            nonce = match.group(1)
+            return f"md.{nonce}.{_mac(secret, 'mid', nonce, 12)}@{desk_address.rsplit('@', 1)[1]}"
     return None
 
 
@@ -257,7 +261,7 @@ def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identi
             addresses.extend(inbound.report.original_envelope_to)
         return Bounce(
             report=inbound.report,
-            outbox_id=bounced_outbox_id(desk.secret, desk.address, addresses),
+            message_id=bounced_message_id(desk.secret, desk.address, addresses),
             reason=kind.reason,
         )
     found = thread(inbound, threads, desk)

@@ -335,6 +335,11 @@ def open_ticket(
         updated_at=now,
         status_since=now,
         linked_to=linked_to.id if linked_to is not None else None,
+        # a new ticket's collections are known to be empty: no lazy loads for them
+        tags=[],
+        participants=[],
+        messages=[],
+        events=[],
     )
     session.add(ticket)
     session.flush()
