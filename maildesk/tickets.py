@@ -532,77 +532,11 @@ def agent_message(
     now: datetime,
 ) -> AgentOutcome:
     """An agent's mail on a ticket: authenticate, then apply its commands and reply, or refuse."""
-    settings = desk.settings
     text = inbound.reply_text.strip()
-    if inbound.sender != agent.email:
-        proof = auth.Proof(
-            False,
-            "",
-            "The From: header is ambiguous (it shows more than one address), so it cannot prove who sent it.",
-        )
-    else:
-        proof = auth.authenticate(
-            secret=settings.desk.secret,
-            desk_address=settings.desk.address,
-            agent=agent.email,
-            ticket_number=ticket.id,
-            addresses=[*inbound.to, *inbound.cc, *inbound.delivered_to],
-            authentication_results=inbound.header("authentication-results"),
-            trusted_authserv_ids=settings.security.trusted_authserv_ids,
-            agent_auth=settings.security.agent_auth,
-            now=now,
-        )
-    parsed = commands.parse(inbound.subject, text, settings.desk.ref_pattern)
+    parsed = commands.parse(inbound.subject, text, desk.settings.desk.ref_pattern)
+    proof = prove(desk, ticket, inbound, agent, now)
     if not proof.ok:
-        add_message(
-            session,
-            desk,
-            ticket,
-            inbound,
-            stored,
-            sender=agent.email,
-            text=text,
-            at=now,
-            internal=True,
-            unverified=True,
-        )
-        event(
-            session,
-            ticket,
-            "command_refused",
-            agent.email,
-            now,
-            reason=proof.reason,
-            verified=False,
-        )
-        send(
-            session,
-            desk,
-            [
-                agent_mail(
-                    desk,
-                    ticket,
-                    agent,
-                    "receipt",
-                    "agent_unverified",
-                    now,
-                    reason=proof.reason,
-                    commands=[c.source for c in parsed.commands],
-                    text=text,
-                )
-            ],
-            now,
-        )
-        log.warning(
-            "unverified agent mail for %s claiming %s: %s <%s>",
-            desk.ref(ticket),
-            agent.email,
-            proof.reason,
-            inbound.message_id,
-            extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
-        )
-        return AgentOutcome((), (proof.reason,), False)
-
+        return refuse_unverified(session, desk, ticket, inbound, stored, agent, proof, parsed, now)
     validation = commands.validate(parsed, desk.directory, agent.email)
     if not validation.ok:
         add_message(
@@ -619,45 +553,114 @@ def agent_message(
         event(
             session, ticket, "command_refused", agent.email, now, refused=list(validation.refusals)
         )
-        send(
-            session,
-            desk,
-            [
-                agent_mail(
-                    desk,
-                    ticket,
-                    agent,
-                    "receipt",
-                    "agent_receipt",
-                    now,
-                    applied=[],
-                    refused=list(validation.refusals),
-                    kept_as_note=bool(parsed.text),
-                )
-            ],
-            now,
-        )
+        receipt = receipt_mail(desk, ticket, agent, now, [], validation.refusals, bool(parsed.text))
+        send(session, desk, [receipt], now)
         return AgentOutcome((), validation.refusals, True)
-
     applied, mails = apply_actions(
         session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now
     )
     if parsed.commands:
-        mails.append(
-            agent_mail(
-                desk,
-                ticket,
-                agent,
-                "receipt",
-                "agent_receipt",
-                now,
-                applied=list(applied),
-                refused=[],
-                kept_as_note=False,
-            )
-        )
+        mails.append(receipt_mail(desk, ticket, agent, now, applied, (), False))
     send(session, desk, mails, now)
     return AgentOutcome(tuple(applied), (), True)
+
+
+def prove(
+    desk: Desk, ticket: Ticket, inbound: Inbound, agent: AgentSettings, now: datetime
+) -> auth.Proof:
+    """Whether this mail provably comes from ``agent``: a reply token or a trusted verdict."""
+    if inbound.sender != agent.email:
+        return auth.Proof(
+            False,
+            "",
+            "The From: header is ambiguous (it shows more than one address), "
+            "so it cannot prove who sent it.",
+        )
+    settings = desk.settings
+    return auth.authenticate(
+        secret=settings.desk.secret,
+        desk_address=settings.desk.address,
+        agent=agent.email,
+        ticket_number=ticket.id,
+        addresses=[*inbound.to, *inbound.cc, *inbound.delivered_to],
+        authentication_results=inbound.header("authentication-results"),
+        trusted_authserv_ids=settings.security.trusted_authserv_ids,
+        agent_auth=settings.security.agent_auth,
+        now=now,
+    )
+
+
+def refuse_unverified(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    inbound: Inbound,
+    stored: StoredMail,
+    agent: AgentSettings,
+    proof: auth.Proof,
+    parsed: commands.Parsed,
+    now: datetime,
+) -> AgentOutcome:
+    """Nothing applies and nothing reaches the customer: the text becomes an unverified note
+    and the agent's registered address (never the inbound From) is told why."""
+    text = inbound.reply_text.strip()
+    add_message(
+        session,
+        desk,
+        ticket,
+        inbound,
+        stored,
+        sender=agent.email,
+        text=text,
+        at=now,
+        internal=True,
+        unverified=True,
+    )
+    event(session, ticket, "command_refused", agent.email, now, reason=proof.reason, verified=False)
+    notice = agent_mail(
+        desk,
+        ticket,
+        agent,
+        "receipt",
+        "agent_unverified",
+        now,
+        reason=proof.reason,
+        commands=[c.source for c in parsed.commands],
+        text=text,
+    )
+    send(session, desk, [notice], now)
+    log.warning(
+        "unverified agent mail for %s claiming %s: %s <%s>",
+        desk.ref(ticket),
+        agent.email,
+        proof.reason,
+        inbound.message_id,
+        extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
+    )
+    return AgentOutcome((), (proof.reason,), False)
+
+
+def receipt_mail(
+    desk: Desk,
+    ticket: Ticket,
+    agent: AgentSettings,
+    now: datetime,
+    applied: Sequence[str],
+    refused: Sequence[str],
+    kept_as_note: bool,
+) -> Mail:
+    """The one reply to an agent's commands: what was done, what was refused, and the help."""
+    return agent_mail(
+        desk,
+        ticket,
+        agent,
+        "receipt",
+        "agent_receipt",
+        now,
+        applied=list(applied),
+        refused=list(refused),
+        kept_as_note=kept_as_note,
+    )
 
 
 def apply_actions(
