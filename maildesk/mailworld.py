@@ -645,6 +645,9 @@ def _not_login_data_noise(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("mail.log").addFilter(_not_login_data_noise)
+# aiosmtpd logs every connection at INFO, also from its loop thread after a test's log capture
+# has closed; only its warnings and errors matter here.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 class _TrackedSMTP(SMTP):
