@@ -86,6 +86,8 @@ class Templates:
         self.text = ImmutableSandboxedEnvironment(autoescape=False, **common)  # noqa: S701
         self.html = ImmutableSandboxedEnvironment(autoescape=True, **common)
         self.html.filters["paragraphs"] = _paragraphs
+        for env in (self.text, self.html):
+            env.filters["filesize"] = filesize
 
     def render(self, name: str, context: dict[str, Any]) -> tuple[str, str, str | None]:
         """(subject, text, html or None) for template ``name``."""
@@ -104,6 +106,15 @@ class Templates:
         loader = self.text.loader
         assert loader is not None
         return sorted(n for n in loader.list_templates() if n.startswith(prefix))
+
+
+def filesize(size: int) -> str:
+    """Bytes as people read them: "812 bytes", "48 KB", "25.0 MB" (powers of 1000)."""
+    if size < 1000:
+        return f"{size} bytes"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} KB"
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def _paragraphs(text: str) -> Any:
