@@ -644,19 +644,87 @@ class _Body:
 
 
 def _mime_tree(raw: bytes, defects: _Defects) -> Message | None:
-    """The parsed tree from mail-parser; the stdlib parser (compat32) when mail-parser fails."""
+    """The parsed tree from mail-parser; the stdlib parser (compat32) when mail-parser fails.
+
+    Large base64 bodies are lifted out of the bytes first and decoded straight from them later
+    (see ``_lift_blobs``): the email package keeps every line of a body as its own string, which
+    costs several times the attachment's size in memory."""
+    skeleton, blobs = _lift_blobs(raw)
+    tree: Message | None = None
     try:
-        tree = mailparser.parse_from_bytes(raw).message
-        if isinstance(tree, Message):
-            return tree
-        defects.add("mail-parser returned no message")
+        parsed = mailparser.parse_from_bytes(skeleton).message
+        if isinstance(parsed, Message):
+            tree = parsed
+        else:
+            defects.add("mail-parser returned no message")
     except Exception as exc:
         defects.add(f"mail-parser failed ({type(exc).__name__}); parsed with the standard library")
-    try:
-        return email.message_from_bytes(raw, policy=email.policy.compat32)
-    except Exception as exc:
-        defects.add(f"MIME structure could not be parsed ({type(exc).__name__})")
-        return None
+    if tree is None:
+        try:
+            tree = email.message_from_bytes(skeleton, policy=email.policy.compat32)
+        except Exception as exc:
+            defects.add(f"MIME structure could not be parsed ({type(exc).__name__})")
+            return None
+    if blobs:
+        _attach_blobs(tree, blobs)
+    return tree
+
+
+_LIFT_MIN = 1 << 20  # bodies of at least 1 MiB of base64 are lifted out
+_B64_LINE = re.compile(rb"^[A-Za-z0-9+/=]{1,998}\r?\n", re.M)
+_BLOB = re.compile(r"^\s*MAILDESKBLOB(\d{1,6})\s*$")
+
+
+def _lift_blobs(raw: bytes) -> tuple[bytes, list[memoryview]]:
+    """``raw`` with each run of base64 lines of at least ``_LIFT_MIN`` bytes replaced by a one-line
+    marker, and the runs themselves (views into ``raw``, not copies)."""
+    if len(raw) < _LIFT_MIN:
+        return raw, []
+    runs: list[tuple[int, int]] = []
+    start = end = -1
+    for match in _B64_LINE.finditer(raw):
+        if match.start() != end:
+            if end - start >= _LIFT_MIN:
+                runs.append((start, end))
+            start = match.start()
+        end = match.end()
+    if end - start >= _LIFT_MIN:
+        runs.append((start, end))
+    if not runs:
+        return raw, []
+    view = memoryview(raw)
+    pieces: list[bytes] = []
+    blobs: list[memoryview] = []
+    last = 0
+    for index, (begin, finish) in enumerate(runs):
+        pieces.append(raw[last:begin])
+        pieces.append(b"MAILDESKBLOB%d\r\n" % index)
+        blobs.append(view[begin:finish])
+        last = finish
+    pieces.append(raw[last:])
+    return b"".join(pieces), blobs
+
+
+def _attach_blobs(tree: Message, blobs: list[memoryview]) -> None:
+    """Give each part whose body was lifted its bytes back: as a reference decoded on demand in a
+    base64 leaf, as the original text anywhere else (a message kept whole, another encoding)."""
+    stack: list[tuple[Message, bool]] = [(tree, False)]
+    while stack:
+        part, inside_message = stack.pop()
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            nested = inside_message or part.get_content_type() in _MESSAGE_PARTS
+            stack.extend((child, nested) for child in payload if isinstance(child, Message))
+            continue
+        match = _BLOB.match(payload) if isinstance(payload, str) else None
+        if match is None or int(match.group(1)) >= len(blobs):
+            continue
+        blob = blobs[int(match.group(1))]
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte == "base64" and not inside_message:
+            part._maildesk_blob = blob  # type: ignore[attr-defined]
+        else:
+            part.set_payload(bytes(blob).decode("ascii"))
 
 
 _REPORT_PARTS = frozenset(
@@ -833,6 +901,12 @@ _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 
 
 def _base64(part: Message, defects: _Defects) -> bytes:
+    blob = getattr(part, "_maildesk_blob", None)
+    if blob is not None:
+        try:  # a lifted body: decoded straight from the message's bytes (line breaks skipped)
+            return binascii.a2b_base64(blob)
+        except (binascii.Error, ValueError):
+            part.set_payload(bytes(blob).decode("ascii"))
     encoded = part.get_payload(decode=False)
     if not isinstance(encoded, str):
         return b""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import os
 import time
 import unicodedata
 from pathlib import Path
@@ -656,3 +657,34 @@ def test_claimed_sender_names_the_address_an_ambiguous_from_claims() -> None:
     assert load("ambiguous-from.eml").claimed_sender == "alice@example.com"
     assert load("two-from-mailboxes.eml").claimed_sender == "alice@example.com"
     assert load("plain-text.eml").claimed_sender == "jane.customer@example.org"
+
+
+def test_large_base64_bodies_decode_whole_including_inside_an_attached_message() -> None:
+    """Bodies of a MiB or more are decoded straight from the bytes (memory), with the same result."""
+    from email.message import EmailMessage
+
+    payload = os.urandom(3_000_000)
+    inner = EmailMessage()
+    inner["From"] = "x@example.org"
+    inner["Subject"] = "forwarded"
+    inner.set_content("see attached")
+    inner.add_attachment(payload, maintype="application", subtype="octet-stream", filename="in.bin")
+    outer = EmailMessage()
+    outer["From"] = "dana@customer.test"
+    outer["To"] = "support@example.com"
+    outer["Subject"] = "big"
+    outer["Message-ID"] = "<big@customer.test>"
+    outer.set_content("two large files")
+    outer.add_attachment(
+        payload, maintype="application", subtype="octet-stream", filename="out.bin"
+    )
+    outer.add_attachment(inner)
+    parsed = parse(outer.as_bytes())
+    by_name = {a.filename: a for a in parsed.attachments}
+    assert by_name["out.bin"].payload == payload
+    kept = [a for a in parsed.attachments if a.content_type == "message/rfc822"]
+    assert len(kept) == 1
+    reparsed = email.message_from_bytes(kept[0].payload)
+    files = [p.get_payload(decode=True) for p in reparsed.walk() if p.get_filename() == "in.bin"]
+    assert files == [payload]
+    assert parsed.text.strip() == "two large files"
