@@ -395,18 +395,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(keep=args.keep)
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """A command-line value that makes no sense: one line, exit code 2."""
+
+
+def window(since: str) -> tuple[datetime, datetime]:
+    """``--since`` ("7d", "2026-11-01") as (since, now)."""
     from datetime import UTC
 
     from maildesk import stats
 
-    settings = load_settings(args)
     now = datetime.now(UTC)
     try:
-        since = stats.parse_since(args.since, now)
+        return stats.parse_since(since, now), now
     except ValueError as exc:
-        print(f"maildesk: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from maildesk import stats
+
+    settings = load_settings(args)
+    since, now = window(args.since)
     db = open_db(settings)
     with db.transaction() as session:
         figures = stats.compute(session, since, now, [t.name for t in settings.teams])
@@ -526,17 +536,10 @@ def cmd_canned_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from datetime import UTC
-
-    from maildesk import report, stats
+    from maildesk import report
 
     settings = load_settings(args)
-    now = datetime.now(UTC)
-    try:
-        since = stats.parse_since(args.since, now)
-    except ValueError as exc:
-        print(f"maildesk: {exc}", file=sys.stderr)
-        return 2
+    since, now = window(args.since)
     db = open_db(settings)
     with db.transaction() as session:
         figures = report.build(session, settings, since, now)
@@ -661,6 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"maildesk: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except UsageError as exc:
+        print(f"maildesk: {exc}", file=sys.stderr)
+        return 2
     except DatabaseError as exc:
         print(f"maildesk: database unavailable: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
