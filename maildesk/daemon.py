@@ -44,7 +44,7 @@ ALERT_AFTER = 5
 MAX_BACKOFF = 300.0
 BACKOFF_BASE = 1.0  # seconds; the outage tests shrink it to see five failures quickly
 OUTBOX_BATCH = 200
-OUTBOX_CONNECTIONS = 4
+OUTBOX_CONNECTIONS = 8
 CLAIM_LEASE = timedelta(minutes=2)
 LEASE_TTL = timedelta(seconds=float(os.environ.get("MAILDESK_LEASE_SECONDS", "30")))
 MOVE_BATCH = 100

@@ -40,6 +40,7 @@ from maildesk.routing import LOOP_HEADER, bounce_address, own_message_id
 log = logging.getLogger(__name__)
 
 GIVE_UP_AFTER = timedelta(days=4)
+IN_FLIGHT = 2  # mails a connection may have sent but not yet recorded
 NO_AUTO_MAIL = re.compile(
     r"^(mailer-daemon|postmaster|abuse|root|noreply|noreply.+|no-reply|no-reply.+|bounces?)@",
     re.IGNORECASE,
@@ -478,6 +479,10 @@ def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: 
 
 
 def _outcome(row: Outbox, result: Delivery, now: datetime) -> dict[str, Any]:
+    if not result.reached and now - row.created_at <= GIVE_UP_AFTER:
+        # the server was not there at all: not this mail's failure. It stays due and goes out
+        # as soon as the daemon's outage backoff finds the server back.
+        return {"claimed_until": None, "last_error": result.detail}
     values: dict[str, Any] = {"attempts": row.attempts + 1, "claimed_until": None}
     if result.outcome == "sent":
         values |= {"status": OutboxStatus.SENT, "sent_at": now, "last_error": None}
@@ -516,16 +521,25 @@ async def deliver_rows(
                 await asyncio.to_thread(record_many, db, batch, clock())
 
     async def worker(sender: Sender) -> None:
-        while not queue.empty():
-            row = queue.get_nowait()
-            result = await sender.send(row.mail_from, row.recipient, row.body)
-            if after_send is not None:
-                after_send()
-            unrecorded.append((row, result))
-            await record_waiting()
-            results.append(result)
-            if result.outcome == "retry" and sender.client is None:
-                return  # server unreachable: leave the rest for the next round
+        # The outcome of one mail is written while the next one is sent (never more than
+        # IN_FLIGHT mails of a connection unrecorded: a crash resends at most those, once).
+        recording_previous: asyncio.Task[None] | None = None
+        try:
+            while not queue.empty():
+                row = queue.get_nowait()
+                result = await sender.send(row.mail_from, row.recipient, row.body)
+                if after_send is not None:
+                    after_send()
+                unrecorded.append((row, result))
+                if recording_previous is not None:
+                    await recording_previous
+                recording_previous = asyncio.create_task(record_waiting())
+                results.append(result)
+                if result.outcome == "retry" and sender.client is None:
+                    return  # server unreachable: leave the rest for the next round
+        finally:
+            if recording_previous is not None:
+                await recording_previous
 
     await asyncio.gather(*(worker(s) for s in senders))
     untried = []

@@ -46,7 +46,9 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def config_text(account: ImapAccount, smtp: SmtpServer, data_dir: Path, extra: str = "") -> str:
+def config_text(
+    account: ImapAccount, smtp: SmtpServer, data_dir: Path, extra: str = "", poll_seconds: float = 2
+) -> str:
     return f"""
 [desk]
 name = "{SUPPORT_NAME}"
@@ -61,7 +63,7 @@ port = {account.port}
 security = "none"
 username = "{account.username}"
 password = "{account.password}"
-poll_seconds = 2
+poll_seconds = {poll_seconds}
 team = "support"
 
 [smtp]
@@ -104,12 +106,13 @@ class DeskWorld:
         extra_config: str = "",
         database_url: str | None = None,
         clock: Clock | None = None,
+        poll_seconds: float = 2,
     ) -> None:
         self.account = account
         self.smtp = smtp
         self.root = root
         self.clock = clock or Clock(datetime.now(UTC))
-        text = config_text(account, smtp, root / "data", extra_config)
+        text = config_text(account, smtp, root / "data", extra_config, poll_seconds)
         if database_url:
             text = text.replace(
                 "[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1

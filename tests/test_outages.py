@@ -308,4 +308,5 @@ def sigterm_twice(world: DeskWorld) -> None:
 def attempted(world: DeskWorld, recipient: str) -> bool:
     with world.db.transaction() as session:
         row = session.scalar(select(Outbox).where(Outbox.recipient == recipient))
-        return row is not None and row.attempts >= 1
+        # tried and refused: the error is kept (an unreachable server costs the mail no attempt)
+        return row is not None and row.last_error is not None
