@@ -107,6 +107,8 @@ class World:
         self.condition = threading.Condition()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.daemon.run()), daemon=True)
         self.seen = 0
+        self.delivering = threading.Lock()
+        self.smtp.on_message = self.deliver_locally
 
     def start(self) -> None:
         self.thread.start()
@@ -130,6 +132,18 @@ class World:
         with self.condition:
             if not self.condition.wait_for(lambda: self.handled >= count, timeout=10):
                 raise TimeoutError(f"the daemon handled {self.handled} of {count} messages")
+
+    def deliver_locally(self, captured: Captured) -> None:
+        """What the SMTP server accepts lands in the recipients' IMAP mailboxes, as an MTA would
+        deliver it: the desk's plus-addresses in the desk's INBOX (with ``Delivered-To``), every
+        other address in a mailbox of its own (created on first use, password as the desk's)."""
+        with self.delivering:  # one at a time: a mailbox is created once
+            for rcpt in captured.rcpt_tos:
+                local, _, domain = rcpt.lower().partition("@")
+                owner = f"{local.split('+')[0]}@{domain}"
+                if owner not in self.imap.users:
+                    self.imap.add_user(owner, PASSWORD)
+                self.imap.append(owner, f"Delivered-To: {rcpt}\r\n".encode() + captured.raw)
 
     def deliver(self, message: EmailMessage) -> None:
         """Put a message into the support mailbox, as the MTA would."""
@@ -299,7 +313,10 @@ def main(*, keep: bool = False) -> int:
                 print(
                     "\nThe mail world keeps running (Ctrl-C to stop):\n"
                     f"  IMAP  127.0.0.1:{world.imap.port}  user {SUPPORT}  password {PASSWORD}  (no TLS)\n"
-                    f"  SMTP  127.0.0.1:{world.smtp.port}  (captures everything; no login)\n"
+                    f"  SMTP  127.0.0.1:{world.smtp.port}  (no login; delivers into the IMAP mailboxes)\n"
+                    f"  Every address has a mailbox: log in as {CUSTOMER}, {ALICE} or {BOB}\n"
+                    f"  with password {PASSWORD} to read what the desk sent them, and reply\n"
+                    f"  through the SMTP server: mail to {SUPPORT} reaches the desk.\n"
                     f"  config {world.config_path}\n"
                     f"  try:  MAILDESK_CONFIG={world.config_path} maildesk tickets list"
                 )

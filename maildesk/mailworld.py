@@ -498,6 +498,8 @@ class SmtpServer:
         self._auth_attempts: list[AuthAttempt] = []
         self._replies: dict[str, list[str]] = {"mail": [], "rcpt": [], "data": []}
         self._connections = 0
+        # called with each accepted message (e.g. to deliver it into IMAP mailboxes)
+        self.on_message: Callable[[Captured], None] | None = None
         self._handler = _Handler(self)
         self._loop = _LoopThread("aiosmtpd")
         self._listener = _Listener(self._loop, port)
@@ -573,6 +575,8 @@ class SmtpServer:
         with self._lock:
             self._captured.append(captured)
             self._lock.notify_all()
+        if self.on_message is not None:  # off the SMTP loop: it may talk to other servers
+            threading.Thread(target=self.on_message, args=(captured,), daemon=True).start()
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 
 def test_demo_walks_a_ticket_through_its_whole_life() -> None:
@@ -22,3 +24,30 @@ def test_demo_walks_a_ticket_through_its_whole_life() -> None:
         assert f" {kind} " in out
     assert "Demo finished in" in out
     assert "Traceback" not in done.stderr
+
+
+def test_demo_world_delivers_sent_mail_into_imap_mailboxes(tmp_path: Path) -> None:
+    """With ``--keep`` a person uses real clients: what the SMTP server accepts lands in the
+    recipients' IMAP mailboxes, and mail to the desk's address reaches the desk's INBOX."""
+    from maildesk import demo
+    from maildesk.mailworld import messages
+
+    world = demo.World(tmp_path)
+    world.start()
+    try:
+        world.deliver(demo.mail(demo.CUSTOMER, demo.SUPPORT, "Hello desk", "Is anyone there?"))
+        [ack] = [m for m in world.wait_mail(2) if demo.CUSTOMER in m.rcpt_tos]
+        deadline = time.monotonic() + 10
+
+        def delivered() -> list[bytes]:
+            if demo.CUSTOMER not in world.imap.users:
+                return []
+            return messages(world.imap.mailbox_config(demo.CUSTOMER))
+
+        while not delivered() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a mailbox for delivery, with a deadline
+        [delivered_mail] = delivered()
+        assert ack.message["Message-ID"].encode() in delivered_mail
+        assert delivered_mail.startswith(f"Delivered-To: {demo.CUSTOMER}".encode())
+    finally:
+        world.stop()
