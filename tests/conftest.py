@@ -8,6 +8,7 @@ same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1``.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -127,3 +128,19 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- the CLI in-process
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """The CLI takes over the root logger (as a program should); give it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    named = {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in named.items():
+        logging.getLogger(name).setLevel(old)

@@ -50,19 +50,6 @@ def world(
     w.close()
 
 
-@pytest.fixture
-def cli_logging() -> Iterator[None]:
-    """The CLI takes over the root logger (as a program should); give it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    named = {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in named.items():
-        logging.getLogger(name).setLevel(old)
-
-
 def wait_until(condition: Callable[[], bool], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

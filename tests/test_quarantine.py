@@ -8,7 +8,6 @@ message (a broken ``ack.txt.j2`` in ``[desk] templates_dir``). After the templat
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,19 +65,6 @@ def world(
     monkeypatch.setenv("MAILDESK_CONFIG", str(w.config_path))
     yield w
     w.close()
-
-
-@pytest.fixture
-def cli_logging() -> Iterator[None]:
-    """The CLI takes over the root logger (as a program should); give it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    named = {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in named.items():
-        logging.getLogger(name).setLevel(old)
 
 
 def maildesk(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
