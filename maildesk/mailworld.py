@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from proxyprotocol.sock import SocketInfo
@@ -189,7 +189,36 @@ class _TokenLogin(Login):
         return Identity(user, self, None, frozenset())
 
 
-class ImapServer:
+class _Served:
+    """What both servers share: a listener on a loopback port run by a loop thread of its own.
+    ``stop()`` drops every connection and refuses new ones (an outage) until ``start()``."""
+
+    _listener: _Listener
+    _loop: _LoopThread
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
+
+    @property
+    def running(self) -> bool:
+        return self._listener.running
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImapServer(_Served):
     """pymap with its in-memory backend on 127.0.0.1: users and passwords given by the caller.
 
     Plain-text LOGIN is allowed from loopback. ``idle=False`` or ``move=False`` take the IDLE or
@@ -239,14 +268,6 @@ class ImapServer:
             self.add_user(username, password)
         self.start()
 
-    @property
-    def port(self) -> int:
-        return self._listener.port
-
-    @property
-    def running(self) -> bool:
-        return self._listener.running
-
     def add_user(self, username: str, password: str) -> None:
         """Create (or replace) a user with an empty INBOX."""
 
@@ -280,20 +301,6 @@ class ImapServer:
             return await asyncio.start_server(on_connect, host=LOOPBACK, port=port)
 
         self._listener.start(create)
-
-    def stop(self) -> None:
-        """Stop listening and drop every open connection (an outage)."""
-        self._listener.stop()
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.close()
-
-    def __enter__(self) -> ImapServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def mailbox_config(self, username: str, **overrides: Any) -> MailboxConfig:
         """Settings for ``maildesk.imap.Mailbox`` logging in as ``username`` (plain text)."""
@@ -463,7 +470,7 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
-class SmtpServer:
+class SmtpServer(_Served):
     """An aiosmtpd capture server on 127.0.0.1 that records every accepted message.
 
     ``script("rcpt", "451 4.3.0 try later", ...)`` queues replies given instead of accepting
@@ -506,14 +513,6 @@ class SmtpServer:
         self.start()
 
     # -- what tests read
-
-    @property
-    def port(self) -> int:
-        return self._listener.port
-
-    @property
-    def running(self) -> bool:
-        return self._listener.running
 
     @property
     def messages(self) -> list[Captured]:
@@ -626,20 +625,6 @@ class SmtpServer:
             return await loop.create_server(self._factory, LOOPBACK, port, ssl=ssl_context)
 
         self._listener.start(create)
-
-    def stop(self) -> None:
-        """Refuse connections (and drop open ones) until ``start()``."""
-        self._listener.stop()
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.close()
-
-    def __enter__(self) -> SmtpServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _not_login_data_noise(record: logging.LogRecord) -> bool:
