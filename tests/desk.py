@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -153,6 +156,18 @@ class DeskWorld:
     def close(self) -> None:
         self.stop()
         self.db.dispose()
+
+    def cli(
+        self, *args: str, input: bytes | None = None, **env: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        """``maildesk ARGS`` as its own process on this world's config, as an admin runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "maildesk", *args],
+            input=input,
+            env={**os.environ, "MAILDESK_CONFIG": str(self.config_path), **env},
+            capture_output=True,
+            timeout=60,
+        )
 
     def deliver(self, message: EmailMessage | bytes) -> None:
         raw = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)

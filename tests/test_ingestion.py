@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -265,28 +264,12 @@ def test_smtp_down_never_blocks_ingestion(world: DeskWorld) -> None:
 def test_crash_between_commit_and_move_neither_loses_nor_doubles(world: DeskWorld) -> None:
     """The daemon is killed (os._exit) right after the commit, before the move."""
     world.deliver(customer_mail("Crash test", "Hello"))
-    env = {
-        **os.environ,
-        "MAILDESK_CONFIG": str(world.config_path),
-        "MAILDESK_CRASH_AT": "after_commit",
-    }
-    killed = subprocess.run(
-        [sys.executable, "-m", "maildesk", "run", "--once"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    killed = world.cli("run", "--once", MAILDESK_CRASH_AT="after_commit")
     assert killed.returncode == 137
     assert len(world.tickets()) == 1
     assert len(world.account.uids("INBOX")) == 1  # committed, not yet moved
 
-    env.pop("MAILDESK_CRASH_AT")
-    again = subprocess.run(
-        [sys.executable, "-m", "maildesk", "run", "--once"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    again = world.cli("run", "--once")
     assert again.returncode == 0, again.stderr.decode()
     assert len(world.tickets()) == 1
     assert world.account.uids("INBOX") == []
@@ -313,36 +296,17 @@ def test_idle_answers_a_new_message_within_moments(
 
 def test_ingest_from_stdin_for_an_mta_pipe(world: DeskWorld) -> None:
     raw = customer_mail("Piped in", "From the MTA").as_bytes()
-    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "ingest"],
-        input=raw,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    done = world.cli("ingest", input=raw)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().startswith("new_ticket [#1]")
-    again = subprocess.run(
-        [sys.executable, "-m", "maildesk", "ingest"],
-        input=raw,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    again = world.cli("ingest", input=raw)
     assert again.returncode == 0
     assert len(world.tickets()) == 1
 
 
 def test_run_once_with_an_unreachable_mailbox_says_so_in_one_line(world: DeskWorld) -> None:
     world.account.stop()
-    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "run", "--once"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    done = world.cli("run", "--once")
     assert done.returncode != 0
     assert "Traceback" not in done.stderr.decode()
     last = done.stderr.decode().strip().splitlines()[-1]
@@ -352,17 +316,7 @@ def test_run_once_with_an_unreachable_mailbox_says_so_in_one_line(world: DeskWor
 def test_ticket_json_contract(world: DeskWorld) -> None:
     world.deliver(customer_mail("Contract", "Hello"))
     world.run_once()
-    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    import json
-
-    listed = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "maildesk", "tickets", "list", "--json"],
-            env=env,
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    listed = json.loads(world.cli("tickets", "list", "--json").stdout)
     assert set(listed[0]) >= {
         "ref",
         "number",
@@ -376,14 +330,7 @@ def test_ticket_json_contract(world: DeskWorld) -> None:
         "created_at",
         "updated_at",
     }
-    shown = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "maildesk", "tickets", "show", "1", "--json"],
-            env=env,
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    shown = json.loads(world.cli("tickets", "show", "1", "--json").stdout)
     assert set(shown["messages"][0]) >= {
         "from",
         "internal",
@@ -393,39 +340,20 @@ def test_ticket_json_contract(world: DeskWorld) -> None:
         "attachments",
     }
     assert set(shown["events"][0]) >= {"kind", "actor", "at", "detail"}
-    human = subprocess.run(
-        [sys.executable, "-m", "maildesk", "tickets", "list"],
-        env=env,
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout
+    human = world.cli("tickets", "list").stdout.decode()
     assert "[#1]" in human and "Contract" in human
 
 
 def test_check_config_logs_in_to_every_server(world: DeskWorld) -> None:
-    env = {**os.environ, "MAILDESK_CONFIG": str(world.config_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "check-config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    done = world.cli("check-config")
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+    lines = done.stdout.decode().splitlines()
     assert [line.split()[0] for line in lines] == ["ok"] * 4
     assert any(line.startswith("ok   mailbox support") for line in lines)
     assert any(line.startswith("ok   smtp") for line in lines)
 
     world.smtp.stop()
-    done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "check-config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = world.cli("check-config")
     assert done.returncode == 1
-    assert any(line.startswith("FAIL smtp") for line in done.stdout.splitlines())
-    assert "Traceback" not in done.stderr
+    assert any(line.startswith("FAIL smtp") for line in done.stdout.decode().splitlines())
+    assert b"Traceback" not in done.stderr
