@@ -297,8 +297,6 @@ class Daemon:
     def _on_signal(self, sig: int) -> None:
         if self.stop.is_set():
             log.warning("second %s: exiting at once", signal.Signals(sig).name)
-            import os
-
             os._exit(1)
         log.info(
             "%s received: finishing the message in hand, then stopping", signal.Signals(sig).name

@@ -35,7 +35,7 @@ from sqlalchemy import func, or_, select, update
 
 from maildesk.config import Settings, SmtpSettings
 from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket
-from maildesk.routing import LOOP_HEADER, bounce_address, own_message_id
+from maildesk.routing import LOOP_HEADER, bounce_address, is_desk_address, own_message_id
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,7 @@ class Mailer:
     def _why_not(self, session: Any, mail: Mail, now: datetime) -> str | None:
         address = mail.to.lower()
         desk = self.settings.desk
-        if (
-            address == desk.address
-            or address.split("@")[-1] == desk.domain
-            and (address.split("@")[0].startswith(desk.local_part + "+"))
-        ):
+        if is_desk_address(address, desk.address):
             return "the desk's own address"
         if NO_AUTO_MAIL.match(address):
             return "system address (never auto-mailed)"

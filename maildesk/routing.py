@@ -113,6 +113,13 @@ def _mac(secret: bytes, purpose: str, value: str, length: int) -> str:
     return digest[:length]
 
 
+def is_desk_address(address: str, desk_address: str) -> bool:
+    """The desk's address or one of its plus-addresses (reply tokens, VERP)."""
+    local, _, domain = address.lower().rpartition("@")
+    desk_local, _, desk_domain = desk_address.lower().rpartition("@")
+    return domain == desk_domain and (local == desk_local or local.startswith(desk_local + "+"))
+
+
 def own_message_id(secret: bytes, domain: str) -> str:
     """A fresh Message-ID (no brackets) that only this desk can produce: ``md.<rand>.<mac>@dom``."""
     nonce = secrets.token_hex(10)
@@ -182,11 +189,7 @@ def classify(inbound: Inbound, desk: Identity) -> Classification:
     if is_own_message_id(desk.secret, desk.address.rsplit("@", 1)[1], inbound.message_id):
         return Classification(Kind.OWN_LOOP, "our own Message-ID")
     sender = inbound.sender or ""
-    if (
-        sender == desk.address
-        or sender.startswith(desk.address.split("@")[0] + "+")
-        and (sender.endswith("@" + desk.address.split("@")[1]))
-    ):
+    if is_desk_address(sender, desk.address):
         return Classification(Kind.OWN_LOOP, "sent from the desk address")
 
     report = inbound.report
