@@ -310,6 +310,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The newest migration in maildesk/migrations/versions (a test keeps the two in step).
+HEAD_REVISION = "0001"
+
+
 class Database:
     """The engine and session factory for one database URL."""
 
@@ -347,7 +351,12 @@ class Database:
             raise
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest revision (alembic)."""
+        """Bring the schema to the newest revision (alembic).
+
+        A database already at the newest revision is recognised with one query, without
+        loading alembic: that is a third of the daemon's start-up time."""
+        if self.revision() == HEAD_REVISION:
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -358,6 +367,15 @@ class Database:
             command.upgrade(config, "head")
         except OperationalError as exc:
             raise DatabaseError(_one_line(exc)) from exc
+
+    def revision(self) -> str | None:
+        """The schema revision recorded in the database (None: none, or several)."""
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        except DBAPIError:  # no such table yet: a new database
+            return None
+        return str(rows[0][0]) if len(rows) == 1 else None
 
     def ping(self) -> None:
         try:
