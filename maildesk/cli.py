@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -160,10 +161,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     db = open_db(settings)
-    daemon = Daemon(settings, db, Desk(settings), once=args.once)
+    daemon = Daemon(
+        settings, db, Desk(settings), once=args.once, courier_argv=courier_argv(args, settings)
+    )
     code = asyncio.run(daemon.run())
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
+    db.dispose()
+    return code
+
+
+def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...]:
+    """How ``run`` starts its delivery process: this maildesk, this config, this log format."""
+    argv = [sys.executable, "-m", "maildesk", "--config", str(settings.path)]
+    if args.log_format:
+        argv += ["--log-format", args.log_format]
+    argv += ["deliver", "--supervised-by", str(os.getpid())]
+    if args.once:
+        argv.append("--once")
+    return tuple(argv)
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from maildesk.daemon import Daemon
+    from maildesk.tickets import Desk
+
+    settings = load_settings(args)
+    db = open_db(settings, upgrade=args.supervised_by is None)
+    daemon = Daemon(settings, db, Desk(settings), once=args.once)
+    code = asyncio.run(daemon.deliver(supervised_by=args.supervised_by))
     db.dispose()
     return code
 
@@ -385,8 +411,7 @@ async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:
     from maildesk.daemon import Daemon
 
     daemon = Daemon(settings, db, desk, once=True)
-    daemon.loop = asyncio.get_running_loop()
-    await daemon.outbox_loop([])
+    await daemon.deliver()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -575,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="handle what is waiting, deliver what is due, exit"
     )
     run.set_defaults(func=cmd_run)
+
+    deliver = sub.add_parser(
+        "deliver", help="send the mail waiting in the outbox (run does this by itself)"
+    )
+    deliver.add_argument("--once", action="store_true", help="send what is due now, then exit")
+    # run's own delivery process: woken through stdin, reports on stdout, dies with run
+    deliver.add_argument("--supervised-by", type=int, metavar="PID", help=argparse.SUPPRESS)
+    deliver.set_defaults(func=cmd_deliver)
 
     ingest = sub.add_parser("ingest", help="handle one message from stdin (for an MTA pipe)")
     ingest.add_argument(

@@ -4,6 +4,12 @@ Blocking work (IMAP, parsing, the database) runs in worker threads; this module 
 it. Each mailbox loop fetches what is waiting, hands each message to ``ingest.process`` (one
 transaction each), then moves the batch on the server after the commits. A committed message
 wakes the outbox loop at once, so a customer's acknowledgment leaves within moments of arrival.
+
+``maildesk run`` runs the outbox loop in a delivery process of its own (``maildesk deliver
+--supervised``), woken through a pipe. Ingestion and SMTP then use two cores; in one process
+they take turns for the interpreter lock, and the event loop waits up to a switch interval
+(5 ms) for it on every SMTP reply, which halved the backlog drain. The delivery process dies
+with the daemon, is started again if it dies alone, and reports each delivery for the metrics.
 Outages are logged once when they start and once when they end, retried with backoff and
 jitter, and alerted to the admin after five consecutive failures.
 """
@@ -18,6 +24,7 @@ import random
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +103,26 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
+def _die_with_parent(daemon: int) -> None:
+    """Linux: the kernel kills this process when the daemon that started it dies, even by
+    SIGKILL, so a crashed daemon never leaves a delivery process behind. Elsewhere the end of
+    its standard input tells it the same, a moment later."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != daemon:  # it died while this process was starting: do as if killed
+        os._exit(128 + signal.SIGKILL)
+
+
+def _report_to_parent(outcomes: list[str]) -> None:
+    sys.stdout.write("".join(f"{outcome}\n" for outcome in outcomes))
+    sys.stdout.flush()
+
+
 def backoff_seconds(failures: int) -> float:
     """1 s, 2 s, 4 s ... up to 5 min (times ``BACKOFF_BASE``), with jitter in the upper half."""
     base = min(BACKOFF_BASE * 2.0 ** max(failures - 1, 0), MAX_BACKOFF)
@@ -166,11 +193,19 @@ class Daemon:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     health: dict[str, Health] = field(default_factory=dict)
     on_outcome: Callable[[str, ingest.Outcome], None] | None = None
+    # how to start the delivery process; empty: the outbox loop runs in this process (tests)
+    courier_argv: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.stopping = threading.Event()
         self.wake_outbox = asyncio.Event()
+        # set once nothing more will be enqueued (``--once`` after the mailboxes and timers,
+        # or the daemon gone, for a delivery process): the outbox loop ends when idle
+        self.intake_done = asyncio.Event()
+        self.courier: asyncio.subprocess.Process | None = None
+        self.exit_code = 0
+        self.report_deliveries: Callable[[list[str]], None] | None = None
         self.mailboxes: dict[str, Mailbox] = {}
         self.unreachable: list[str] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -203,17 +238,68 @@ class Daemon:
         try:
             boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.boxes]
             timers = asyncio.create_task(self.timer_loop(boxes))
-            sender = asyncio.create_task(self.outbox_loop([*boxes, timers]))
+            sender = asyncio.create_task(
+                self.courier_loop() if self.courier_argv else self.outbox_loop()
+            )
             await asyncio.gather(*boxes, return_exceptions=False)
-            self.wake_outbox.set()
             if not self.once:
                 self.request_stop()
             await timers
+            self.intake_done.set()
+            self._wake_now()
             await sender
         finally:
             if self.metrics_server is not None:
                 self.metrics_server.close()
+        if self.exit_code:
+            return self.exit_code
         return 1 if self.unreachable else 0
+
+    async def deliver(self, *, supervised_by: int | None = None) -> int:
+        """``maildesk deliver``: the outbox loop alone.
+
+        Supervised (started by ``run``, whose pid is given): a line on standard input means new mail, the end of
+        input means the daemon is finished or gone, and each delivery outcome is written to
+        standard output for the daemon's metrics."""
+        self.loop = asyncio.get_running_loop()
+        self._install_signals()
+        follow: asyncio.Task[None] | None = None
+        if supervised_by is not None:
+            _die_with_parent(supervised_by)
+            self.report_deliveries = _report_to_parent
+            follow = asyncio.create_task(self._follow_parent())
+        elif self.once:
+            self.intake_done.set()
+        await self.outbox_loop()
+        if follow is not None:
+            follow.cancel()
+        return 0
+
+    async def _follow_parent(self) -> None:
+        assert self.loop is not None
+        reader = asyncio.StreamReader()
+        await self.loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
+        )
+        while await reader.read(4096):
+            self.wake_outbox.set()
+        self.intake_done.set()
+        self.wake_outbox.set()
+
+    def wake(self) -> None:
+        """There is new mail in the outbox (callable from any thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self.wake_outbox.set()
+        courier = self.courier
+        if courier is None or courier.stdin is None or courier.stdin.is_closing():
+            return
+        if self.intake_done.is_set():
+            courier.stdin.close()  # the delivery process finishes what is due, then exits
+        else:
+            courier.stdin.write(b"\n")
 
     def start_metrics(self) -> None:
         """Count outcomes always; serve ``/metrics`` and ``/healthz`` when ``[metrics] listen``."""
@@ -307,6 +393,8 @@ class Daemon:
         self.stop.set()
         self.stopping.set()
         self.wake_outbox.set()
+        if self.courier is not None and self.courier.returncode is None:
+            self.courier.send_signal(signal.SIGTERM)  # it finishes the mails in hand
         for box in list(self.mailboxes.values()):
             interrupt = getattr(box, "interrupt", None)
             if interrupt is not None:
@@ -417,8 +505,7 @@ class Daemon:
     def _committed(
         self, mailbox: str, outcome: ingest.Outcome, arrived: float | None = None
     ) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.wake_outbox.set)
+        self.wake()
         if self.metrics is not None:
             self.metrics.message(mailbox, outcome, arrived)
         if self.on_outcome is not None:
@@ -436,7 +523,6 @@ class Daemon:
             if boxes:
                 await asyncio.wait(boxes)
             await self.timer_pass(refresh=True)
-            self.wake_outbox.set()  # the outbox loop finishes once this task is done
             return
         refresh = True
         while not self.stop.is_set():
@@ -461,7 +547,7 @@ class Daemon:
         finally:
             await asyncio.to_thread(release_lease, self.db, "timers", self.holder)
         if result.reminded or result.closed or result.breached:
-            self.wake_outbox.set()
+            self.wake()
 
     # ------------------------------------------------------------------ outbox
 
@@ -475,7 +561,49 @@ class Daemon:
             log.info("taking back outbox rows claimed by %s (no longer running)", ", ".join(dead))
             outbox.release_claims(self.db, dead)
 
-    async def outbox_loop(self, boxes: list[asyncio.Task[None]]) -> None:
+    async def courier_loop(self) -> None:
+        """Run the delivery process; start it again (with backoff) if it dies on its own."""
+        failures = 0
+        while True:
+            self.courier = courier = await asyncio.create_subprocess_exec(
+                *self.courier_argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            )
+            if self.intake_done.is_set() or self.stop.is_set():
+                self._wake_now()
+                if self.stop.is_set():
+                    courier.send_signal(signal.SIGTERM)
+            reports = asyncio.create_task(self._read_reports(courier))
+            code = await courier.wait()
+            await reports
+            self.courier = None
+            if code == 0 and (self.once or self.intake_done.is_set() or self.stop.is_set()):
+                return
+            if self.stop.is_set() and code == -signal.SIGTERM:
+                return
+            status = 128 - code if code < 0 else code
+            if self.once:
+                log.error("the delivery process exited with status %d", status)
+                self.exit_code = status or 1
+                return
+            failures += 1
+            log.error("the delivery process exited with status %d; starting it again", status)
+            await self.pause(backoff_seconds(failures))
+            if self.stop.is_set():
+                return
+
+    async def _read_reports(self, courier: asyncio.subprocess.Process) -> None:
+        assert courier.stdout is not None
+        async for line in courier.stdout:
+            if self.metrics is not None:
+                self.metrics.deliveries([line.decode("ascii", "replace").strip()])
+
+    def _delivered(self, outcomes: list[str]) -> None:
+        if self.metrics is not None:
+            self.metrics.deliveries(outcomes)
+        if self.report_deliveries is not None:
+            self.report_deliveries(outcomes)
+
+    async def outbox_loop(self) -> None:
         health = self.health["smtp"]
         senders = [
             outbox.Sender(self.settings.smtp, self.smtp_token) for _ in range(OUTBOX_CONNECTIONS)
@@ -484,6 +612,8 @@ class Daemon:
         try:
             while True:
                 self.wake_outbox.clear()
+                # read before claiming: mail committed before the end of intake is claimed now
+                finished = self.intake_done.is_set()
                 now = self.desk.clock()
                 rows = await asyncio.to_thread(
                     outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE, self.holder
@@ -496,8 +626,7 @@ class Daemon:
                         self.desk.clock,
                         after_send=lambda: crash_point("after_send"),
                     )
-                    if self.metrics is not None:
-                        self.metrics.deliveries(r.outcome for r in results)
+                    self._delivered([r.outcome for r in results])
                     if any(r.reached for r in results):
                         await self._healthy(health, "SMTP")
                     else:
@@ -509,7 +638,7 @@ class Daemon:
                         continue
                 if self.stop.is_set() and not self.once:
                     return
-                if self.once and all(b.done() for b in boxes):
+                if finished:
                     return
                 try:
                     await asyncio.wait_for(self.wake_outbox.wait(), 5.0)
@@ -569,5 +698,4 @@ class Daemon:
                 ),
                 self.desk.clock(),
             )
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.wake_outbox.set)
+        self.wake()

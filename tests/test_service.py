@@ -152,3 +152,90 @@ def test_sighup_reloads_the_config_and_refuses_a_bad_one(world: DeskWorld) -> No
     while not any("stopping" in x["message"] for x in logs.lines):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- delivery process
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)  # polling /proc and the SMTP capture with a deadline
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_the_delivery_process_is_started_again_and_dies_with_the_daemon(
+    world: DeskWorld,
+) -> None:
+    """``maildesk run`` sends from a process of its own: killed alone, it is started again and
+    mail keeps going out, with every sent mail counted in the daemon's metrics; when the daemon
+    is killed (SIGKILL, nothing to clean up), the delivery process goes with it."""
+    from maildesk.mailworld import free_port
+    from tests.test_metrics import get, sample
+
+    port = free_port()
+    with world.config_path.open("a") as config:
+        config.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    before = len(world.smtp.messages)
+
+    def all_counted(mails: int) -> bool:
+        sent = sample(get(f"http://127.0.0.1:{port}/metrics")[1], "maildesk_mails_sent_total")
+        return len(world.smtp.messages) - before == mails and sent == mails
+
+    daemon = maildesk(world, "run")
+    assert daemon.stderr is not None
+    logs = LogReader(daemon.stderr)
+    try:
+        [first] = wait_until(lambda: children(daemon.pid), 20, "the delivery process")
+        world.deliver(customer_mail("Printer jam", "Paper stuck."))
+        # the acknowledgment and a notice to each of the team's two agents
+        wait_until(lambda: all_counted(3), 20, "three mails sent and counted")
+
+        os.kill(first, signal.SIGKILL)
+        logs.wait_for("the delivery process exited with status 137; starting it again")
+        [second] = wait_until(
+            lambda: [c for c in children(daemon.pid) if c != first], 20, "a new delivery process"
+        )
+        world.deliver(customer_mail("Printer jam again", "Still stuck."))
+        wait_until(lambda: all_counted(6), 20, "three more mails sent and counted")
+        subjects = [str(a.message["Subject"]) for a in world.mails_to(CUSTOMER)]
+        assert len(subjects) == 2 and subjects[1].endswith("Printer jam again"), subjects
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+    wait_until(lambda: not running(second), 10, "the delivery process to die with the daemon")
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_deliver_once_sends_what_is_waiting(world: DeskWorld) -> None:
+    """``maildesk ingest`` (an MTA pipe) only queues the acknowledgment; ``maildesk deliver
+    --once`` sends it and exits."""
+    message = customer_mail("Lost parcel", "Where is it?")
+    queued = world.cli("ingest", input=message.as_bytes())
+    assert queued.returncode == 0 and queued.stdout.decode().startswith("new_ticket [#1]")
+    assert world.mails_to(CUSTOMER) == []
+    sent = world.cli("deliver", "--once")
+    assert sent.returncode == 0, sent.stderr.decode()
+    [ack] = world.mails_to(CUSTOMER)
+    assert "[#1]" in ack.message["Subject"] and "Lost parcel" in ack.message["Subject"]
+    assert world.cli("deliver", "--once").returncode == 0  # nothing waiting: nothing twice
+    assert len(world.mails_to(CUSTOMER)) == 1
