@@ -8,6 +8,7 @@ subprocess and learn its wall time and peak RSS.
 from __future__ import annotations
 
 import email.policy
+import json
 import os
 import secrets
 import shutil
@@ -207,41 +208,48 @@ level = "WARNING"
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """A finished subprocess: wall seconds, peak RSS in MB, exit code, what it printed."""
+    """A finished subprocess: wall seconds, peak memory in MB, exit code, what it printed.
+
+    ``peak_rss_mb`` is the largest high-water mark of the command and its children (``wait4``);
+    ``peak_tree_mb`` the largest sampled sum of their resident memory at one moment."""
 
     seconds: float
     peak_rss_mb: float
+    peak_tree_mb: float
     returncode: int
     output: str
 
 
 def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> Run:
-    """Run ``argv`` and measure its wall time and its own peak RSS (``wait4``)."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
+    """Run ``argv`` through ``benchmarks.launch``; its wall time and its own peak memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as scratch:
+        figures = Path(scratch) / "figures.json"
         process = subprocess.Popen(
-            list(argv),
+            [sys.executable, "-m", "benchmarks.launch", str(figures), *argv],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.005)  # polling a child's exit: wait4 with a deadline
-        seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"{argv[0]} did not finish within {timeout} s") from None
         out.seek(0)
         output = out.read().decode("utf-8", "replace")
-    return Run(seconds, usage.ru_maxrss / 1024, process.returncode, output)
+        if process.returncode != 0 or not figures.exists():
+            raise RuntimeError(f"the launcher failed:\n{output[-3000:]}")
+        measured = json.loads(figures.read_text())
+    return Run(
+        measured["seconds"],
+        measured["maxrss_kb"] / 1024,
+        measured["tree_peak_kb"] / 1024,
+        measured["returncode"],
+        output,
+    )
 
 
 def maildesk(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:

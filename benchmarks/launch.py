@@ -1,0 +1,64 @@
+"""Start one command and measure it from a small process: ``python -m benchmarks.launch OUT ARGV...``.
+
+A child started straight from the benchmark inherits the benchmark's own peak RSS: Linux records
+the memory of the process it was forked or vforked from as the child's high-water mark at exec,
+and the benchmark holds whole corpora (hundreds of MB of 25 MB attachments) in memory. Started
+from this launcher, whose own memory is small, the command's ``ru_maxrss`` is its own (the
+larger of it and its children). The launcher also samples the resident memory of the whole
+process tree (maildesk's daemon and its delivery process together) every few milliseconds, and
+times the command from its start to its exit, so its own start-up is not counted. It writes one
+JSON object to OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SAMPLE_SECONDS = 0.005
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants, in kB (0 for what has exited)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending.extend(int(c) for c in children)
+    return total
+
+
+def main(out: str, argv: list[str]) -> int:
+    started = time.monotonic()
+    pid = os.posix_spawnp(argv[0], argv, dict(os.environ))
+    peak_tree = 0
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        peak_tree = max(peak_tree, tree_rss_kb(pid))
+        time.sleep(SAMPLE_SECONDS)  # sampling a running child's memory until it exits
+    seconds = time.monotonic() - started
+    result = {
+        "seconds": seconds,
+        "returncode": os.waitstatus_to_exitcode(status),
+        "maxrss_kb": usage.ru_maxrss,
+        "tree_peak_kb": peak_tree,
+    }
+    Path(out).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
