@@ -496,6 +496,9 @@ class Daemon:
                 done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
                 self._committed(box.name, outcome, arrived)
                 crash_point("after_commit")
+                # let go of this message's bytes before the generator fetches the next one, or
+                # two large messages are held at once
+                del raw
         finally:
             for folder, moved in done.items():
                 if moved:
