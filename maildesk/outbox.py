@@ -10,19 +10,18 @@ and only if the change that caused it committed. ``deliver_due`` sends due rows 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import random
 import re
+import secrets
 import ssl
+import string
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.charset import QP, Charset
-from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.policy import compat32
+from email import quoprimime
 from email.utils import format_datetime, formataddr
 from importlib import resources
 from pathlib import Path
@@ -252,21 +251,14 @@ class Mailer:
         self, mail: Mail, subject: str, text: str, html: str | None, message_id: str, now: datetime
     ) -> bytes:
         """The message as bytes. Every header value is a cleaned single-line ``str`` (nothing a
-        sender wrote can add a header), encoded as RFC 2047 words where it is not ASCII. Built
-        with the email package's MIME classes, which cost a fraction of ``EmailMessage``'s
-        header registry on this hot path."""
+        sender wrote can add a header), encoded as RFC 2047 words where it is not plain ASCII.
+        Written directly rather than through the email package's generator: its header folding
+        cost more than the rest of enqueueing, and the structure here is fixed and small."""
         desk = self.settings.desk
-        body: MIMEText | MIMEMultipart
-        if html is None:
-            body = _text_part(text, "plain")
-        else:
-            body = MIMEMultipart("alternative")
-            body.attach(_text_part(text, "plain"))
-            body.attach(_text_part(html, "html"))
         headers = [
             ("From", _address(clean_header(desk.name, 200), desk.address)),
             ("To", _address("", mail.to)),
-            ("Subject", _encoded(clean_header(subject, 900) or desk.name)),
+            ("Subject", _encoded(clean_header(subject, 900) or clean_header(desk.name, 200))),
             ("Date", format_datetime(now)),
             ("Message-ID", f"<{message_id}>"),
         ]
@@ -282,29 +274,127 @@ class Mailer:
             headers.append(("X-Auto-Response-Suppress", "All"))
             headers.append(("Precedence", "bulk" if mail.to_agent else "auto_reply"))
         headers.append((LOOP_HEADER, desk.loop_id))
-        for name, value in headers:
-            body[name] = value
-        return body.as_bytes(policy=_WIRE)
+        head = "".join(_header(name, value) for name, value in headers) + "MIME-Version: 1.0\r\n"
+        if html is None:
+            return head.encode("ascii") + _text_part(text, "plain")
+        # "=_" never occurs in quoted-printable text (every "=" there starts a hex pair or a soft
+        # line break), so this boundary cannot collide with either part.
+        boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
+        return b"".join(
+            (
+                head.encode("ascii"),
+                b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n' % boundary,
+                b"--%s\r\n" % boundary,
+                _text_part(text, "plain"),
+                b"\r\n--%s\r\n" % boundary,
+                _text_part(html, "html"),
+                b"\r\n--%s--\r\n" % boundary,
+            )
+        )
 
 
-_WIRE = compat32.clone(linesep="\r\n", max_line_length=78)
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
+_FOLD_AT = 78  # header line length to fold to where a space allows it (RFC 5322 says 78)
+_PLAIN = re.compile(r"[ -~]*")  # printable ASCII: written as it is
+_UNSAFE_IN_ADDRESS = re.compile(r"[\s<>,;\"]")
+_LONG_LINE = re.compile(rb"[^\n]{77}")
+# RFC 2047 "Q" encoding with only the characters allowed in an encoded word inside a phrase, so
+# the same words serve a Subject and a display name
+_Q = {i: f"={i:02X}" for i in range(256)}
+_Q.update({ord(c): c for c in string.ascii_letters + string.digits + "!*+-/"})
+_Q[ord(" ")] = "_"
+_TRAILING = frozenset(("=8", "=9", "=A", "=B"))  # a UTF-8 continuation byte, Q-encoded
+_WORD_CHARS = 52  # encoded text per word: a word is 64 characters, fits a line after "Subject: "
 
 
-def _text_part(text: str, subtype: str) -> MIMEText:
-    """A text part; quoted-printable so long lines are folded safely and plain text stays legible."""
-    return MIMEText(text, subtype, _UTF8_QP)  # type: ignore[arg-type]  # a Charset is accepted
+def _text_part(text: str, subtype: str) -> bytes:
+    """A text part, headers and body; quoted-printable so long lines are folded safely and plain
+    text stays legible. CRLF, CR and LF all end a line, and end it as CRLF on the wire."""
+    data = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    body = binascii.b2a_qp(data, istext=True)
+    if _LONG_LINE.search(body):
+        # b2a_qp lets a line reach 78 characters when it ends in whitespace it had to encode;
+        # the email package's (slower) encoder keeps every line within RFC 2045's 76
+        body = quoprimime.body_encode(data.decode("latin-1")).encode("ascii")
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+    head += "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    return head.encode("ascii") + body.replace(b"\n", b"\r\n")
+
+
+def _header(name: str, value: str) -> str:
+    """One header field with its CRLF, folded at spaces. Anything not printable ASCII by now is
+    made so (controls become spaces, the rest encoded words): no CR or LF reaches the wire."""
+    if not _PLAIN.fullmatch(value):
+        value = CONTROL.sub(" ", value)
+        if not value.isascii():
+            value = _words(value)
+    line = f"{name}: {value}"
+    if len(line) <= _FOLD_AT:
+        return line + "\r\n"
+    # fold before a space (unfolding gives back exactly the value), never before the first
+    # word; a word longer than a line stays whole, the values above keep within RFC 5322's 998
+    words = value.split(" ")
+    lines = []
+    current = f"{name}: {words[0]}"
+    for word in words[1:]:
+        if word and len(current) + 1 + len(word) > _FOLD_AT:
+            lines.append(current)
+            current = " " + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return "\r\n".join(lines) + "\r\n"
 
 
 def _encoded(value: str) -> str:
-    return value if value.isascii() else Header(value, "utf-8", maxlinelen=76).encode()
+    """Free text for a header: as it is when plain ASCII, else encoded words. Text that only
+    looks like an encoded word ("=?...?=") is encoded too, so the reader sees what was written."""
+    if _PLAIN.fullmatch(value) and "=?" not in value:
+        return value
+    return _words(value)
+
+
+def _words(value: str, whole: bool = False) -> str:
+    """``value`` as RFC 2047 encoded words in UTF-8, "Q" or "B" whichever is shorter; each word
+    holds whole characters and fits a line of its own. ``whole``: a single word, however long."""
+    data = value.encode("utf-8")
+    q = data.decode("latin-1").translate(_Q)
+    size = len(q) if whole else _WORD_CHARS
+    words = []
+    if len(q) <= len(data) * 4 // 3 + 4:
+        start = 0
+        while start < len(q):
+            end = start + size
+            if end < len(q):
+                # back off out of an "=XX" and off a UTF-8 continuation byte (=80 to =BF)
+                while q[end - 1] == "=" or q[end - 2] == "=" or q[end : end + 2] in _TRAILING:
+                    end -= 1
+            words.append(f"=?utf-8?q?{q[start:end]}?=")
+            start = end
+    else:
+        size = len(data) if whole else _WORD_CHARS // 4 * 3
+        start = 0
+        while start < len(data):
+            end = start + size
+            while end < len(data) and data[end] & 0xC0 == 0x80:
+                end -= 1
+            chunk = binascii.b2a_base64(data[start:end], newline=False).decode("ascii")
+            words.append(f"=?utf-8?b?{chunk}?=")
+            start = end
+    return " ".join(words)
 
 
 def _address(name: str, address: str) -> str:
-    if not CONTROL.search(address) and "@" in address and not re.search(r"[\s<>,;\"]", address):
-        return formataddr((name, address), charset="utf-8") if name else address
-    raise ValueError(f"refusing to put an unsafe address in a header: {address!r}")
+    if CONTROL.search(address) or "@" not in address or _UNSAFE_IN_ADDRESS.search(address):
+        raise ValueError(f"refusing to put an unsafe address in a header: {address!r}")
+    if not name:
+        return address
+    if _PLAIN.fullmatch(name) and "=?" not in name:
+        return formataddr((name, address))  # quotes and escapes the name where it must
+    if not address.isascii():
+        raise ValueError(f"refusing to put an unsafe address in a header: {address!r}")
+    # one word: decoders differ on the space between words in a name (CPython keeps it, where
+    # RFC 2047 drops it), and a desk's name rarely makes that word longer than a line
+    return f"{_words(name, whole=True)} <{address}>"
 
 
 # --------------------------------------------------------------------------- delivery
