@@ -77,8 +77,10 @@ def process(
     db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None
 ) -> Outcome:
     """Handle one message from ``source``; returns once its effect is committed."""
+    kept = desk.store.put_raw_soon(raw)  # on disk before the transaction refers to it
     inbound = parse(raw, limits_of(desk))
     if inbound.fatal:
+        kept.result()
         return quarantine(db, desk, source, raw, inbound, inbound.fatal, replay=replay)
     try:
         with db.transaction() as session:
@@ -86,7 +88,7 @@ def process(
                 seen = already_handled(session, source, inbound, raw, desk.clock())
                 if seen is not None:
                     return seen
-            raw_path, digest = desk.store.put_raw(raw)
+            raw_path, digest = kept.result()
             stored = StoredMail(raw_path, digest)
             now = desk.clock()
             kind = routing.classify(inbound, desk.identity)

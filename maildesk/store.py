@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 FILE_MODE = 0o640
@@ -21,11 +23,18 @@ class Store:
     def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
         self.root = data_dir
         self.durable = durable
+        self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
 
     def put_raw(self, raw: bytes) -> tuple[str, str]:
         """Keep a whole message verbatim; return (relative path, sha256)."""
         digest = hashlib.sha256(raw).hexdigest()
         return self._put("raw", digest, ".eml", raw), digest
+
+    def put_raw_soon(self, raw: bytes) -> Future[tuple[str, str]]:
+        """``put_raw`` in the background: the caller parses and routes the message while the
+        disk flushes it (an fsync costs milliseconds, more while other processes write), and
+        takes the result before its transaction refers to the file."""
+        return self._writers.submit(self.put_raw, raw)
 
     def put_blob(self, payload: bytes, digest: str | None = None) -> str:
         """Keep an attachment's bytes; return the relative path."""
@@ -47,7 +56,8 @@ class Store:
         if target.exists() and target.stat().st_size == len(data):
             return relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{digest}.{os.getpid()}.tmp")
+        # a name of its own: two writers of the same content never share a temporary file
+        temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             view = memoryview(data)
