@@ -187,7 +187,9 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from maildesk.tickets import Desk
 
     settings = load_settings(args)
-    db = open_db(settings, upgrade=args.supervised_by is None)
+    db = Database(settings.database_url, flush_each_commit=False)
+    if args.supervised_by is None:
+        db.upgrade()
     daemon = Daemon(settings, db, Desk(settings), once=args.once)
     code = asyncio.run(daemon.deliver(supervised_by=args.supervised_by))
     db.dispose()

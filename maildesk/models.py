@@ -300,11 +300,11 @@ class Lease(Base):
 # --------------------------------------------------------------------------- engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "FULL") -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a committed message survives power loss (WAL + NORMAL may roll it back).
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
@@ -317,7 +317,11 @@ HEAD_REVISION = "0001"
 class Database:
     """The engine and session factory for one database URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, flush_each_commit: bool = True) -> None:
+        """``flush_each_commit=False`` (SQLite): commits are not flushed to disk one by one
+        but with the next flushed commit of any process, or the next checkpoint. For the
+        delivery process: a delivery outcome lost to a power cut only sends that mail again
+        (as a crash does), and ingestion's commits, flushed each, carry its writes to disk."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -327,7 +331,12 @@ class Database:
             self.engine: Engine = create_engine(
                 url, connect_args={"timeout": 10, "check_same_thread": False}
             )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            synchronous = "FULL" if flush_each_commit else "NORMAL"
+            event.listen(
+                self.engine,
+                "connect",
+                lambda conn, record: _sqlite_pragmas(conn, record, synchronous=synchronous),
+            )
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
