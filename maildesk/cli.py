@@ -156,19 +156,43 @@ def open_db(settings: Settings, *, upgrade: bool = True) -> Database:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from maildesk.daemon import Daemon
+    from maildesk.daemon import Courier, Daemon
     from maildesk.tickets import Desk
 
     settings = load_settings(args)
     db = open_db(settings)
+    daemon_pid = os.getpid()
+    # forked now, while this process has no other thread: it starts without importing again
+    courier = Courier.fork(lambda: _courier_main(settings, db, daemon_pid, once=args.once))
     daemon = Daemon(
-        settings, db, Desk(settings), once=args.once, courier_argv=courier_argv(args, settings)
+        settings,
+        db,
+        Desk(settings),
+        once=args.once,
+        courier_argv=courier_argv(args, settings),
+        courier=courier,
     )
     code = asyncio.run(daemon.run())
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
     db.dispose()
     return code
+
+
+def _courier_main(settings: Settings, inherited: Database, daemon_pid: int, *, once: bool) -> int:
+    """The forked delivery process: its own database connections, the outbox loop."""
+    from maildesk.daemon import Daemon
+    from maildesk.tickets import Desk
+
+    inherited.engine.dispose(close=False)  # the daemon's connections stay the daemon's
+    db = delivery_db(settings)
+    daemon = Daemon(settings, db, Desk(settings), once=once)
+    return asyncio.run(daemon.deliver(supervised_by=daemon_pid))
+
+
+def delivery_db(settings: Settings) -> Database:
+    # a lost delivery outcome only sends that mail again: no flush to disk per commit
+    return Database(settings.database_url, flush_each_commit=False)
 
 
 def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...]:
@@ -187,7 +211,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from maildesk.tickets import Desk
 
     settings = load_settings(args)
-    db = Database(settings.database_url, flush_each_commit=False)
+    db = delivery_db(settings)
     if args.supervised_by is None:
         db.upgrade()
     daemon = Daemon(settings, db, Desk(settings), once=args.once)

@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -56,6 +56,102 @@ CLAIM_LEASE = timedelta(minutes=2)
 LEASE_TTL = timedelta(seconds=float(os.environ.get("MAILDESK_LEASE_SECONDS", "30")))
 MOVE_BATCH = 100
 TIMER_SECONDS = 60.0  # reminders, auto-close and SLA checks
+
+
+class Courier:
+    """The daemon's handle on its delivery process: wake it, tell it intake is over, stop it.
+
+    Forked at start-up, before any thread exists, it has nothing to import again: a fresh
+    interpreter took about a second to get going, which a short ``run --once`` waited for.
+    When it has to be started again later (it died), it is spawned as ``maildesk deliver``."""
+
+    def __init__(self, pid: int, wake_fd: int, report_fd: int) -> None:
+        self.pid = pid
+        self._wake_fd: int | None = wake_fd
+        self._report_fd = report_fd
+        self._lock = threading.Lock()
+        self._exited = False
+        os.set_blocking(wake_fd, False)
+
+    @classmethod
+    def fork(cls, child: Callable[[], int]) -> Courier:
+        """Fork and run ``child()`` in the new process, which exits with what it returns.
+        Only while the caller has no other thread (a fork copies only the calling one)."""
+        wake_r, wake_w = os.pipe()
+        report_r, report_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the delivery process
+            code = 70
+            try:
+                os.close(wake_w)
+                os.close(report_r)
+                os.dup2(wake_r, 0)
+                os.dup2(report_w, 1)
+                os.close(wake_r)
+                os.close(report_w)
+                code = child()
+            except BaseException:  # noqa: BLE001 - whatever happens, never return to the daemon's code
+                log.exception("the delivery process failed")
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(wake_r)
+        os.close(report_w)
+        return cls(pid, wake_w, report_r)
+
+    @classmethod
+    def spawn(cls, argv: Sequence[str]) -> Courier:
+        """Start ``maildesk deliver --supervised-by PID`` (its stdin and stdout our pipes)."""
+        wake_r, wake_w = os.pipe()
+        report_r, report_w = os.pipe()
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                list(argv),
+                dict(os.environ),
+                file_actions=[(os.POSIX_SPAWN_DUP2, wake_r, 0), (os.POSIX_SPAWN_DUP2, report_w, 1)],
+            )
+        finally:
+            os.close(wake_r)
+            os.close(report_w)
+        return cls(pid, wake_w, report_r)
+
+    def wake(self, *, last: bool = False) -> None:
+        """New mail in the outbox; ``last``: and no more will come (it exits when done)."""
+        with self._lock:
+            if self._wake_fd is None:
+                return
+            try:
+                os.write(self._wake_fd, b"\n")
+            except (BlockingIOError, BrokenPipeError):
+                pass  # a full pipe holds wake-ups enough; a dead process is seen by wait()
+            if last:
+                os.close(self._wake_fd)
+                self._wake_fd = None
+
+    def terminate(self) -> None:
+        with self._lock:
+            if not self._exited:
+                os.kill(self.pid, signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Block until it exits; its exit code (negative: the signal that killed it)."""
+        _, status = os.waitpid(self.pid, 0)
+        with self._lock:
+            self._exited = True
+            if self._wake_fd is not None:
+                os.close(self._wake_fd)
+                self._wake_fd = None
+        return os.waitstatus_to_exitcode(status)
+
+    def read_reports(self, delivered: Callable[[list[str]], None]) -> None:
+        """Pass on each delivery outcome it reports, until it exits (run in a thread)."""
+        with os.fdopen(self._report_fd, "rb") as reports:
+            for line in reports:
+                delivered([line.decode("ascii", "replace").strip()])
 
 
 @dataclass
@@ -195,6 +291,7 @@ class Daemon:
     on_outcome: Callable[[str, ingest.Outcome], None] | None = None
     # how to start the delivery process; empty: the outbox loop runs in this process (tests)
     courier_argv: tuple[str, ...] = ()
+    courier: Courier | None = None  # the delivery process, when already started
 
     def __post_init__(self) -> None:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -203,7 +300,6 @@ class Daemon:
         # set once nothing more will be enqueued (``--once`` after the mailboxes and timers,
         # or the daemon gone, for a delivery process): the outbox loop ends when idle
         self.intake_done = asyncio.Event()
-        self.courier: asyncio.subprocess.Process | None = None
         self.exit_code = 0
         self.report_deliveries: Callable[[list[str]], None] | None = None
         self.mailboxes: dict[str, Mailbox] = {}
@@ -293,13 +389,8 @@ class Daemon:
 
     def _wake_now(self) -> None:
         self.wake_outbox.set()
-        courier = self.courier
-        if courier is None or courier.stdin is None or courier.stdin.is_closing():
-            return
-        if self.intake_done.is_set():
-            courier.stdin.close()  # the delivery process finishes what is due, then exits
-        else:
-            courier.stdin.write(b"\n")
+        if self.courier is not None:
+            self.courier.wake(last=self.intake_done.is_set())
 
     def start_metrics(self) -> None:
         """Count outcomes always; serve ``/metrics`` and ``/healthz`` when ``[metrics] listen``."""
@@ -393,8 +484,8 @@ class Daemon:
         self.stop.set()
         self.stopping.set()
         self.wake_outbox.set()
-        if self.courier is not None and self.courier.returncode is None:
-            self.courier.send_signal(signal.SIGTERM)  # it finishes the mails in hand
+        if self.courier is not None:
+            self.courier.terminate()  # it finishes the mails in hand
         for box in list(self.mailboxes.values()):
             interrupt = getattr(box, "interrupt", None)
             if interrupt is not None:
@@ -567,18 +658,22 @@ class Daemon:
     async def courier_loop(self) -> None:
         """Run the delivery process; start it again (with backoff) if it dies on its own."""
         failures = 0
+        courier = self.courier
         while True:
-            self.courier = courier = await asyncio.create_subprocess_exec(
-                *self.courier_argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            if courier is None:
+                courier = Courier.spawn(self.courier_argv)
+            self.courier = courier
+            reports = threading.Thread(
+                target=courier.read_reports, args=(self._delivered,), daemon=True
             )
+            reports.start()
             if self.intake_done.is_set() or self.stop.is_set():
                 self._wake_now()
                 if self.stop.is_set():
-                    courier.send_signal(signal.SIGTERM)
-            reports = asyncio.create_task(self._read_reports(courier))
-            code = await courier.wait()
-            await reports
-            self.courier = None
+                    courier.terminate()
+            code = await asyncio.to_thread(courier.wait)
+            await asyncio.to_thread(reports.join)
+            self.courier = courier = None
             if code == 0 and (self.once or self.intake_done.is_set() or self.stop.is_set()):
                 return
             if self.stop.is_set() and code == -signal.SIGTERM:
@@ -593,12 +688,6 @@ class Daemon:
             await self.pause(backoff_seconds(failures))
             if self.stop.is_set():
                 return
-
-    async def _read_reports(self, courier: asyncio.subprocess.Process) -> None:
-        assert courier.stdout is not None
-        async for line in courier.stdout:
-            if self.metrics is not None:
-                self.metrics.deliveries([line.decode("ascii", "replace").strip()])
 
     def _delivered(self, outcomes: list[str]) -> None:
         if self.metrics is not None:
