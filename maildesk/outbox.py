@@ -30,7 +30,7 @@ from typing import Any
 import aiosmtplib
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from maildesk.config import Settings, SmtpSettings
 from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket
@@ -150,6 +150,18 @@ class Mail:
     to_agent: bool = False
 
 
+# Built once, with bound parameters: composing a statement costs more than running it.
+_SUPPRESSION = select(Suppression.until, Suppression.reason).where(
+    Suppression.address == bindparam("address")
+)
+_RECENT_AUTOMATIC = select(func.count(Outbox.id)).where(
+    Outbox.recipient == bindparam("address"),
+    Outbox.automatic.is_(True),
+    Outbox.status != OutboxStatus.SUPPRESSED,
+    Outbox.created_at > bindparam("since"),
+)
+
+
 class Mailer:
     """Turns ``Mail`` values into outbox rows (inside the caller's transaction)."""
 
@@ -200,17 +212,12 @@ class Mailer:
             return "the desk's own address"
         if NO_AUTO_MAIL.match(address):
             return "system address (never auto-mailed)"
-        suppression = session.get(Suppression, address)
+        suppression = session.execute(_SUPPRESSION, {"address": address}).first()
         if suppression is not None and suppression.until > now:
             return f"address bounced permanently ({suppression.reason})"
         limit = self.settings.limits.auto_replies_per_address_per_hour
         recent = session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.recipient == address,
-                Outbox.automatic.is_(True),
-                Outbox.status != OutboxStatus.SUPPRESSED,
-                Outbox.created_at > now - timedelta(hours=1),
-            )
+            _RECENT_AUTOMATIC, {"address": address, "since": now - timedelta(hours=1)}
         )
         if recent is not None and recent >= limit:
             return f"{LOOP_PROTECTION}: {recent} automatic mails to this address in the last hour"
@@ -547,10 +554,11 @@ def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
 def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: datetime) -> None:
     """Write the outcomes of several attempts in one transaction (one commit, one fsync)."""
     with db.transaction() as session:
-        for row, result in outcomes:
-            session.execute(
-                update(Outbox).where(Outbox.id == row.id).values(**_outcome(row, result, now))
-            )
+        # one bulk UPDATE by primary key (executemany per set of columns), not one per row
+        session.execute(
+            update(Outbox),
+            [{"id": row.id, **_outcome(row, result, now)} for row, result in outcomes],
+        )
     for row, result in outcomes:
         if result.outcome == "sent":
             log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
