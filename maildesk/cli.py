@@ -162,8 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     db = open_db(settings)
     daemon_pid = os.getpid()
+    # no database connection is shared across the fork: the pool reopens them when needed
+    db.dispose()
     # forked now, while this process has no other thread: it starts without importing again
-    courier = Courier.fork(lambda: _courier_main(settings, db, daemon_pid, once=args.once))
+    courier = Courier.fork(lambda: _courier_main(settings, daemon_pid, once=args.once))
     daemon = Daemon(
         settings,
         db,
@@ -179,12 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _courier_main(settings: Settings, inherited: Database, daemon_pid: int, *, once: bool) -> int:
+def _courier_main(settings: Settings, daemon_pid: int, *, once: bool) -> int:
     """The forked delivery process: its own database connections, the outbox loop."""
     from maildesk.daemon import Daemon
     from maildesk.tickets import Desk
 
-    inherited.engine.dispose(close=False)  # the daemon's connections stay the daemon's
     db = delivery_db(settings)
     daemon = Daemon(settings, db, Desk(settings), once=once)
     return asyncio.run(daemon.deliver(supervised_by=daemon_pid))
