@@ -215,8 +215,7 @@ def _die_with_parent(daemon: int) -> None:
 
 
 def _report_to_parent(outcomes: list[str]) -> None:
-    sys.stdout.write("".join(f"{outcome}\n" for outcome in outcomes))
-    sys.stdout.flush()
+    os.write(1, "".join(f"{outcome}\n" for outcome in outcomes).encode("ascii"))
 
 
 def backoff_seconds(failures: int) -> float:
@@ -266,7 +265,12 @@ def holder_alive(holder: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # killed but not yet reaped by its parent (or init): a zombie holds nothing
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[:1]
+    except OSError:  # no /proc here
+        return True
+    return state not in ([b"Z"], [b"X"])
 
 
 def release_lease(db: Database, name: str, holder: str) -> None:
@@ -374,9 +378,10 @@ class Daemon:
     async def _follow_parent(self) -> None:
         assert self.loop is not None
         reader = asyncio.StreamReader()
-        await self.loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
-        )
+        # fd 0 itself, not sys.stdin: the daemon's pipe was put there after the interpreter
+        # set sys.stdin up (and the daemon may have been started with no stdin at all)
+        wakes = open(0, "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the loop
+        await self.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), wakes)
         while await reader.read(4096):
             self.wake_outbox.set()
         self.intake_done.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from maildesk.daemon import CLAIM_LEASE, OUTBOX_CONNECTIONS
+from maildesk.daemon import CLAIM_LEASE, OUTBOX_CONNECTIONS, holder_alive
 from maildesk.mailworld import ImapServer, SmtpServer
 from maildesk.models import Ledger
 from maildesk.outbox import IN_FLIGHT
@@ -176,3 +177,21 @@ def test_repeated_sigkill_during_a_backlog(pymap_world: DeskWorld) -> None:
         f"{len(world.smtp.messages)} mails sent, {duplicates} duplicates "
         f"(same Message-ID), {len(world.tickets())} tickets"
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_holder_not_yet_reaped_holds_nothing() -> None:
+    """A daemon (or delivery process) killed with SIGKILL may linger as a zombie until its
+    parent reaps it: its leases and outbox claims are taken over at once all the same."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = f"{socket.gethostname()}:{child.pid}:test"
+    try:
+        assert holder_alive(holder)
+        child.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped
+        assert not holder_alive(holder)
+    finally:
+        child.kill()
+        child.wait()
+    assert not holder_alive(holder)
+    assert holder_alive(f"elsewhere.example:{child.pid}:test")  # other hosts: wait for the TTL
