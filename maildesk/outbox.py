@@ -25,12 +25,12 @@ from email import quoprimime
 from email.utils import format_datetime, formataddr
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 
 from maildesk.config import Settings, SmtpSettings
 from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket
@@ -151,6 +151,7 @@ class Mail:
 
 
 # Built once, with bound parameters: composing a statement costs more than running it.
+_INSERT = insert(cast(Table, Outbox.__table__))
 _SUPPRESSION = select(Suppression.until, Suppression.reason).where(
     Suppression.address == bindparam("address")
 )
@@ -169,34 +170,39 @@ class Mailer:
         self.settings = settings
         self.templates = templates or Templates(settings.desk.templates_dir)
 
-    def enqueue(self, session: Any, mail: Mail, now: datetime) -> Outbox:
+    def enqueue(self, session: Any, mail: Mail, now: datetime) -> str:
+        """Render ``mail`` and write its outbox row; returns its Message-ID.
+
+        A plain insert, not an ORM object: nothing reads the row back in this transaction, and
+        the unit of work cost more than rendering the mail."""
         desk = self.settings.desk
         context = {"desk": {"name": desk.name, "address": desk.address}, **mail.context}
         subject, text, html = self.templates.render(mail.template, context)
         message_id = own_message_id(desk.secret, desk.domain)
-        row = Outbox(
-            ticket_id=mail.ticket.id if mail.ticket is not None else None,
-            message_id=message_id,
-            kind=mail.kind,
-            recipient=mail.to,
-            mail_from=bounce_address(desk.secret, desk.address, message_id),
-            automatic=mail.automatic,
-            body=b"",
-            status=OutboxStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        why_not = self._suppressed(session, mail, now)
+        status, why_not = OutboxStatus.PENDING, self._suppressed(session, mail, now)
         if why_not:
-            row.status = OutboxStatus.SUPPRESSED
-            row.last_error = why_not
+            status = OutboxStatus.SUPPRESSED
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
             if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
                 self._alert_throttled(session, mail, why_not, now)
-        session.add(row)
-        row.body = self._compose(mail, subject, text, html, message_id, now)
-        return row
+        session.execute(
+            _INSERT,
+            {
+                "ticket_id": mail.ticket.id if mail.ticket is not None else None,
+                "message_id": message_id,
+                "kind": mail.kind,
+                "recipient": mail.to,
+                "mail_from": bounce_address(desk.secret, desk.address, message_id),
+                "automatic": mail.automatic,
+                "body": self._compose(mail, subject, text, html, message_id, now),
+                "status": status,
+                "last_error": why_not,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            },
+        )
+        return message_id
 
     def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
         if not mail.automatic or mail.to_agent:

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from maildesk import auth, commands
@@ -133,15 +133,22 @@ class Threads:
 def event(
     session: Session, ticket: Ticket, kind: str, actor: str, at: datetime, **detail: Any
 ) -> None:
-    session.add(
-        Event(
-            ticket=ticket,
-            kind=kind,
-            actor=actor,
-            at=at,
-            detail=json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else "",
-        )
+    if ticket.id is None:
+        session.flush()  # the ticket's number first
+    # a plain insert: events are only ever read back in later transactions
+    session.execute(
+        _INSERT_EVENT,
+        {
+            "ticket_id": ticket.id,
+            "kind": kind,
+            "actor": actor,
+            "at": at,
+            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else "",
+        },
     )
+
+
+_INSERT_EVENT = insert(cast(Table, Event.__table__))
 
 
 def add_message(
