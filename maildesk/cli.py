@@ -419,12 +419,10 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
             )
             failed += 1
             continue
+        with db.transaction() as session:
+            raw = ingest.read_raw(session, desk, raw_path)
         outcome = ingest.process(
-            db,
-            desk,
-            ingest.Source(mailbox, uidvalidity, uid),
-            desk.store.read(raw_path),
-            replay=ledger_id,
+            db, desk, ingest.Source(mailbox, uidvalidity, uid), raw, replay=ledger_id
         )
         ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
         print(f"{ledger_id}: {outcome.kind} {ref} {outcome.reason}".rstrip())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,8 +29,10 @@ from maildesk.models import (
     Ledger,
     Outbox,
     OutboxStatus,
+    RawMail,
     Suppression,
     Ticket,
+    insert_once,
 )
 from maildesk.tickets import Desk, StoredMail
 
@@ -77,10 +80,12 @@ def process(
     db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None
 ) -> Outcome:
     """Handle one message from ``source``; returns once its effect is committed."""
-    kept = desk.store.put_raw_soon(raw)  # on disk before the transaction refers to it
+    # a large message goes to disk while it is parsed; a smaller one into the transaction
+    kept = desk.store.put_raw_soon(raw) if len(raw) > RAW_IN_DATABASE else None
     inbound = parse(raw, limits_of(desk))
     if inbound.fatal:
-        kept.result()
+        if kept is not None:
+            kept.result()
         return quarantine(db, desk, source, raw, inbound, inbound.fatal, replay=replay)
     try:
         with db.transaction() as session:
@@ -88,8 +93,7 @@ def process(
                 seen = already_handled(session, source, inbound, raw, desk.clock())
                 if seen is not None:
                     return seen
-            raw_path, digest = kept.result()
-            stored = StoredMail(raw_path, digest)
+            stored = keep_raw(session, desk, raw, kept)
             now = desk.clock()
             kind = routing.classify(inbound, desk.identity)
             route = routing.route(inbound, kind, tickets.Threads(session), desk.identity)
@@ -117,6 +121,33 @@ def process(
         return quarantine(db, desk, source, raw, inbound, reason, replay=replay)
     log_outcome(desk, source, outcome)
     return outcome
+
+
+# Messages up to this size keep their raw bytes in the database ("db:<sha256>"), in their own
+# transaction; larger ones in the blob store on disk, flushed before the commit.
+RAW_IN_DATABASE = 1 << 20
+
+
+def keep_raw(
+    session: Session, desk: Desk, raw: bytes, kept: Future[tuple[str, str]] | None = None
+) -> StoredMail:
+    """Keep the message's verbatim bytes; where they are goes into the ledger and message rows."""
+    if len(raw) > RAW_IN_DATABASE:
+        path, digest = kept.result() if kept is not None else desk.store.put_raw(raw)
+        return StoredMail(path, digest)
+    digest = hashlib.sha256(raw).hexdigest()
+    insert_once(session, RawMail, {"sha256": digest, "data": raw})
+    return StoredMail(f"db:{digest}", digest)
+
+
+def read_raw(session: Session, desk: Desk, raw_path: str) -> bytes:
+    """The bytes ``keep_raw`` kept at ``raw_path``."""
+    if raw_path.startswith("db:"):
+        row = session.get(RawMail, raw_path[3:])
+        if row is None:
+            raise FileNotFoundError(f"raw mail {raw_path} is not in the database")
+        return row.data
+    return desk.store.read(raw_path)
 
 
 def log_outcome(desk: Desk, source: Source, outcome: Outcome) -> None:
@@ -353,11 +384,10 @@ def quarantine(
 ) -> Outcome:
     """Record a message that could not be handled; the caller moves it to the quarantine folder."""
     stored = StoredMail(None, None)
-    if raw:
-        path, digest = desk.store.put_raw(raw)
-        stored = StoredMail(path, digest)
     mid = inbound.message_id if inbound else None
     with db.transaction() as session:
+        if raw:
+            stored = keep_raw(session, desk, raw)
         values: dict[str, Any] = {
             "message_id": mid,
             "sha256": stored.sha256 or "",

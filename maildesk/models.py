@@ -32,6 +32,8 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import (
@@ -276,6 +278,18 @@ class Ledger(Base):
     __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid", name="uq_ledger_key"),)
 
 
+class RawMail(Base):
+    """The verbatim bytes of an ordinary-sized message, by SHA-256 (``raw_path`` "db:<sha256>").
+
+    Kept in the message's own transaction: no file to create and flush on its own, which cost
+    more than the rest of the commit; large messages still go to the blob store on disk."""
+
+    __tablename__ = "raw_mail"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Suppression(Base):
     """Addresses that bounced permanently: no automatic mail to them until ``until``."""
 
@@ -297,6 +311,17 @@ class Lease(Base):
     fence: Mapped[int] = mapped_column(Integer, default=0)
 
 
+def insert_once(session: Session, table: type[Base], values: dict[str, Any]) -> None:
+    """Insert a row unless one with its primary key exists (identical content-addressed bytes
+    from two daemons at once, on PostgreSQL): INSERT ... ON CONFLICT DO NOTHING."""
+    if session.get_bind().dialect.name == "postgresql":
+        statement: Any = postgresql_insert(table).on_conflict_do_nothing()
+    else:
+        statement = sqlite_insert(table).on_conflict_do_nothing()
+    # on the connection: a session.execute would flush every pending object first
+    session.connection().execute(statement, values)
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -311,7 +336,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 class Database:

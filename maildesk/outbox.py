@@ -185,7 +185,8 @@ class Mailer:
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
             if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
                 self._alert_throttled(session, mail, why_not, now)
-        session.execute(
+        # on the connection: a session.execute would flush every pending object first
+        session.connection().execute(
             _INSERT,
             {
                 "ticket_id": mail.ticket.id if mail.ticket is not None else None,

@@ -136,7 +136,8 @@ def event(
     if ticket.id is None:
         session.flush()  # the ticket's number first
     # a plain insert: events are only ever read back in later transactions
-    session.execute(
+    # on the connection: a session.execute would flush every pending object first
+    session.connection().execute(
         _INSERT_EVENT,
         {
             "ticket_id": ticket.id,

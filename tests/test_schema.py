@@ -63,3 +63,18 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
             db.upgrade()  # not taken for current: alembic is asked, and names what it cannot find
     finally:
         db.dispose()
+
+
+def test_a_database_at_the_first_revision_gains_the_raw_mail_table(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP TABLE raw_mail"))
+            conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        assert "raw_mail" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        assert "raw_mail" in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
