@@ -366,6 +366,10 @@ class Daemon:
         follow: asyncio.Task[None] | None = None
         if supervised_by is not None:
             _die_with_parent(supervised_by)
+            # Ctrl-C reaches the whole process group: the daemon stops this process itself,
+            # after its own work, instead of seeing it quit early and starting it again
+            self.loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             self.report_deliveries = _report_to_parent
             follow = asyncio.create_task(self._follow_parent())
         elif self.once:

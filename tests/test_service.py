@@ -239,3 +239,26 @@ def test_deliver_once_sends_what_is_waiting(world: DeskWorld) -> None:
     assert "[#1]" in ack.message["Subject"] and "Lost parcel" in ack.message["Subject"]
     assert world.cli("deliver", "--once").returncode == 0  # nothing waiting: nothing twice
     assert len(world.mails_to(CUSTOMER)) == 1
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_ctrl_c_stops_the_daemon_and_its_delivery_process_cleanly(world: DeskWorld) -> None:
+    """Ctrl-C in a terminal reaches the whole process group: both processes stop, the daemon
+    exits 0, and the delivery process is not taken for crashed and started again."""
+    daemon = maildesk(world, "run", start_new_session=True)
+    assert daemon.stderr is not None
+    logs = LogReader(daemon.stderr)
+    try:
+        [courier] = wait_until(lambda: children(daemon.pid), 20, "the delivery process")
+        world.deliver(customer_mail("Ctrl-C", "Stop me."))
+        world.wait_mails_to(CUSTOMER, 1, timeout=20)
+        os.killpg(daemon.pid, signal.SIGINT)
+        assert daemon.wait(20) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    wait_until(lambda: not running(courier), 10, "the delivery process to stop")
+    logs._thread.join(10)
+    assert not [x for x in logs.lines if "delivery process exited" in x["message"]], logs.lines
+    assert any("SIGINT received" in x["message"] for x in logs.lines)
