@@ -160,6 +160,7 @@ class Mailbox:
         self._uidvalidity = 0
         self._capabilities: frozenset[str] = frozenset()
         self._wake = threading.Event()
+        self._seen_uid = 0  # the highest UID ``pending`` has returned since the last SELECT
         self._idling = threading.Event()
         self._warned_no_expunge = False
 
@@ -272,6 +273,7 @@ class Mailbox:
             info = self._imap.select_folder(self.config.folder)
         value = info.get(b"UIDVALIDITY")
         self._uidvalidity = int(value) if value is not None else 0
+        self._seen_uid = 0
 
     @property
     def connected(self) -> bool:
@@ -325,7 +327,10 @@ class Mailbox:
             # NOOP first: some servers (pymap) only take in new mail at a NOOP-like command.
             self._imap.noop()
             found = self._imap.search(["NOT", "DELETED"])
-        return sorted(int(uid) for uid in found)
+        uids = sorted(int(uid) for uid in found)
+        if uids:
+            self._seen_uid = max(self._seen_uid, uids[-1])
+        return uids
 
     def fetch(self, uids: Sequence[int]) -> Iterator[RawMail]:
         """Yield the messages with these UIDs, in the order given, skipping vanished ones.
@@ -423,6 +428,13 @@ class Mailbox:
             # change comes; asking first closes that gap.
             _, responses = self._imap.noop()
         if any(_is_change(r) for r in responses):
+            return True
+        with self._errors("UID SEARCH"):
+            # Mail that arrived during the last SEARCH may have been announced only in that
+            # command's responses, which imapclient drops, and IDLE never tells of it again:
+            # look once more before idling (one SEARCH per wait, not per message).
+            found = self._imap.search(["NOT", "DELETED"])
+        if any(int(uid) > self._seen_uid for uid in found):
             return True
         if not self.has_idle:
             interrupted = self._wake.wait(min(timeout, float(self.config.poll_seconds)))
