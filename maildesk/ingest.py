@@ -32,7 +32,7 @@ from maildesk.models import (
     RawMail,
     Suppression,
     Ticket,
-    insert_once,
+    insert_row,
 )
 from maildesk.tickets import Desk, StoredMail
 
@@ -136,7 +136,7 @@ def keep_raw(
         path, digest = kept.result() if kept is not None else desk.store.put_raw(raw)
         return StoredMail(path, digest)
     digest = hashlib.sha256(raw).hexdigest()
-    insert_once(session, RawMail, {"sha256": digest, "data": raw})
+    insert_row(session, RawMail, {"sha256": digest, "data": raw}, once=True)
     return StoredMail(f"db:{digest}", digest)
 
 

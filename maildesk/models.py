@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -25,10 +25,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    insert,
     select,
     text,
 )
@@ -311,15 +313,27 @@ class Lease(Base):
     fence: Mapped[int] = mapped_column(Integer, default=0)
 
 
-def insert_once(session: Session, table: type[Base], values: dict[str, Any]) -> None:
-    """Insert a row unless one with its primary key exists (identical content-addressed bytes
-    from two daemons at once, on PostgreSQL): INSERT ... ON CONFLICT DO NOTHING."""
-    if session.get_bind().dialect.name == "postgresql":
-        statement: Any = postgresql_insert(table).on_conflict_do_nothing()
-    else:
-        statement = sqlite_insert(table).on_conflict_do_nothing()
-    # on the connection: a session.execute would flush every pending object first
+def insert_row(
+    session: Session, table: type[Base], values: dict[str, Any], *, once: bool = False
+) -> None:
+    """A plain INSERT in the session's transaction, for a row nothing reads back in it (an
+    outbox row, an event, raw mail): the ORM's unit of work costs more than writing it. Run on
+    the session's connection, so pending ORM objects are not flushed first. ``once``: skip a
+    row whose primary key exists (identical content-addressed bytes from two daemons at once)."""
+    dialect = session.get_bind().dialect.name
+    statement = _INSERTS.get((table, once, dialect))
+    if statement is None:
+        if not once:
+            statement = insert(cast(Table, table.__table__))
+        elif dialect == "postgresql":
+            statement = postgresql_insert(table).on_conflict_do_nothing()
+        else:
+            statement = sqlite_insert(table).on_conflict_do_nothing()
+        _INSERTS[(table, once, dialect)] = statement  # building one costs more than running it
     session.connection().execute(statement, values)
+
+
+_INSERTS: dict[tuple[type[Base], bool, str], Any] = {}
 
 
 # --------------------------------------------------------------------------- engine

@@ -25,15 +25,15 @@ from email import quoprimime
 from email.utils import format_datetime, formataddr
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiosmtplib
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from maildesk.config import Settings, SmtpSettings
-from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket
+from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket, insert_row
 from maildesk.routing import LOOP_HEADER, bounce_address, is_desk_address, own_message_id
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,6 @@ class Mail:
 
 
 # Built once, with bound parameters: composing a statement costs more than running it.
-_INSERT = insert(cast(Table, Outbox.__table__))
 _SUPPRESSION = select(Suppression.until, Suppression.reason).where(
     Suppression.address == bindparam("address")
 )
@@ -185,9 +184,9 @@ class Mailer:
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
             if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
                 self._alert_throttled(session, mail, why_not, now)
-        # on the connection: a session.execute would flush every pending object first
-        session.connection().execute(
-            _INSERT,
+        insert_row(
+            session,
+            Outbox,
             {
                 "ticket_id": mail.ticket.id if mail.ticket is not None else None,
                 "message_id": message_id,

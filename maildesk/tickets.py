@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk import auth, commands
@@ -30,6 +30,7 @@ from maildesk.models import (
     Status,
     Tag,
     Ticket,
+    insert_row,
 )
 from maildesk.outbox import Mail, Mailer
 from maildesk.routing import Identity, TicketView
@@ -135,10 +136,9 @@ def event(
 ) -> None:
     if ticket.id is None:
         session.flush()  # the ticket's number first
-    # a plain insert: events are only ever read back in later transactions
-    # on the connection: a session.execute would flush every pending object first
-    session.connection().execute(
-        _INSERT_EVENT,
+    insert_row(
+        session,
+        Event,
         {
             "ticket_id": ticket.id,
             "kind": kind,
@@ -147,9 +147,6 @@ def event(
             "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else "",
         },
     )
-
-
-_INSERT_EVENT = insert(cast(Table, Event.__table__))
 
 
 def add_message(
