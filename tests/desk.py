@@ -15,12 +15,13 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from maildesk import cli, config
 from maildesk.daemon import Daemon
@@ -262,3 +263,19 @@ def ref_number(captured: Captured) -> int:
     match = re.search(r"\[#(\d+)\]", str(captured.message["Subject"]))
     assert match, captured.message["Subject"]
     return int(match.group(1))
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``condition`` (a query of a server, the database or /proc) until it returns something
+    true, and return that; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)  # polling interval of a condition with a deadline

@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from maildesk.imap import Mailbox, MailboxError
 from maildesk.mailworld import ImapServer, SmtpServer
 from maildesk.models import Outbox
 from maildesk.outbox import Sender
-from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of
+from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
 from tests.servers import Certificate, ImapAccount, fresh_user
 
 ADMIN = "admin@example.com"
@@ -50,13 +50,6 @@ def world(
     w.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)  # polling a condition with a deadline, not a fixed wait
-
-
 def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if text in r.getMessage()]
 
@@ -74,7 +67,9 @@ def test_imap_outage_mid_run_is_one_line_one_alert_and_recovers(
     world.wait_mails_to("one@x.test", 1, timeout=30)
 
     world.account.stop()
-    wait_until(lambda: bool(world.mails_to(ADMIN)), 30)  # five failed reconnects: the admin hears
+    wait_until(
+        lambda: world.mails_to(ADMIN), 30, "an alert to the admin"
+    )  # five failed reconnects: the admin hears
     [alert] = world.mails_to(ADMIN)
     assert "mailbox support is failing" in str(alert.message["Subject"])
     assert "5 times in a row" in text_of(alert) and "Last error" in text_of(alert)
@@ -102,7 +97,7 @@ def test_smtp_outage_is_one_line_one_alert_and_everything_goes_out_after(
     for sender in senders:
         world.deliver(customer_mail("While SMTP is down", "Hello", sender=sender))
     world.start()
-    wait_until(lambda: daemon_health(world).alerted)
+    wait_until(lambda: daemon_health(world).alerted, 15, "the outage alerted")
     world.smtp.start()
     world.clock.advance(hours=1)  # the retries fall due
     world.deliver(customer_mail("Wake up", "Hello", sender="last@x.test"))
@@ -283,7 +278,7 @@ def sigterm_twice(world: DeskWorld) -> None:
     running = start()
     try:
         world.deliver(customer_mail("Retry", "Hello", sender="retry@x.test"))
-        wait_until(lambda: attempted(world, "retry@x.test"), 20)
+        wait_until(lambda: attempted(world, "retry@x.test"), 20, "a delivery attempt")
     finally:
         retry_stop = stop(running)
     assert retry_stop < 5, retry_stop

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ from maildesk.daemon import OUTBOX_CONNECTIONS
 from maildesk.mailworld import SmtpServer
 from maildesk.models import Lease, Outbox, Ticket
 from maildesk.outbox import Mail
-from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail
+from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 
 TRUSTED = '[security]\ntrusted_authserv_ids = ["mx.example.com"]\n'
@@ -122,15 +121,6 @@ def daemons(dovecot_world: DeskWorld) -> Iterator[Callable[..., Daemons]]:
     yield make
     for group in made:
         group.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` (a database or mailbox query) until it holds, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)  # polling interval of a condition with a deadline
 
 
 def lease_holder(world: DeskWorld) -> str | None:

@@ -19,7 +19,7 @@ from typing import IO, Any
 import pytest
 
 from maildesk.mailworld import SmtpServer
-from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of
+from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
 from tests.servers import ImapAccount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +107,10 @@ class LogReader:
                 self.lines.append(json.loads(line))
                 self._changed.notify_all()
 
+    def finish(self, timeout: float = 10) -> None:
+        """Wait until the process has closed its end (it exited) and every line is read."""
+        self._thread.join(timeout)
+
     def wait_for(self, text: str, timeout: float = 20) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             return next((x for x in self.lines if text in x["message"]), None)
@@ -169,16 +173,6 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)  # polling /proc and the SMTP capture with a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
@@ -259,6 +253,6 @@ def test_ctrl_c_stops_the_daemon_and_its_delivery_process_cleanly(world: DeskWor
             daemon.kill()
             daemon.wait(10)
     wait_until(lambda: not running(courier), 10, "the delivery process to stop")
-    logs._thread.join(10)
+    logs.finish()
     assert not [x for x in logs.lines if "delivery process exited" in x["message"]], logs.lines
     assert any("SIGINT received" in x["message"] for x in logs.lines)
