@@ -53,9 +53,6 @@ def drain_maildesk(
     done = maildesk(config, "run", "--once")
     if done.returncode != 0:
         raise RuntimeError(f"maildesk run --once failed:\n{done.output[-3000:]}")
-    new = world.smtp.messages[before:]
-    acks = sum(any(r.endswith("@" + domain) for r in m.rcpt_tos) for m in new)
-    notices = sum(AGENT in m.rcpt_tos for m in new)
     if database_url is None:
         tickets = _sqlite_tickets(str(work / "data" / "maildesk.db"))
     else:
@@ -64,19 +61,29 @@ def drain_maildesk(
         with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as pg:
             row = pg.execute("SELECT count(*) FROM tickets").fetchone()
             tickets = int(row[0]) if row else 0
-    processed = account.count("Processed")
-    complete = tickets == acks == notices == processed == len(messages)
+    figures = _drained(world, before, domain, len(messages), done.seconds, tickets)
+    figures["moved"] = account.count("Processed")
+    figures["complete"] = figures["complete"] and figures["moved"] == len(messages)
+    figures["peak_rss_mb"] = round(done.peak_rss_mb, 1)
+    figures["peak_total_mb"] = round(max(done.peak_tree_mb, done.peak_rss_mb), 1)
+    return figures
+
+
+def _drained(
+    world: World, before: int, domain: str, messages: int, seconds: float, tickets: int
+) -> Figures:
+    """A drain's rate, and whether every message made a ticket, an ack and an agent notice."""
+    new = world.smtp.messages[before:]
+    acks = sum(any(r.endswith("@" + domain) for r in m.rcpt_tos) for m in new)
+    notices = sum(AGENT in m.rcpt_tos for m in new)
     return {
-        "messages": len(messages),
-        "seconds": round(done.seconds, 3),
-        "rate": round(len(messages) / done.seconds, 1),
+        "messages": messages,
+        "seconds": round(seconds, 3),
+        "rate": round(messages / seconds, 1),
         "tickets": tickets,
         "acks": acks,
         "notices": notices,
-        "moved": processed,
-        "complete": complete,
-        "peak_rss_mb": round(done.peak_rss_mb, 1),
-        "peak_total_mb": round(max(done.peak_tree_mb, done.peak_rss_mb), 1),
+        "complete": tickets == acks == notices == messages,
     }
 
 
@@ -100,19 +107,8 @@ def drain_bare(world: World, messages: list[bytes], domain: str) -> Figures:
     done = run([sys.executable, "-m", "benchmarks.bare", str(work / "spec.json")])
     if done.returncode != 0:
         raise RuntimeError(f"bare pipeline failed:\n{done.output[-3000:]}")
-    new = world.smtp.messages[before:]
-    acks = sum(any(r.endswith("@" + domain) for r in m.rcpt_tos) for m in new)
-    notices = sum(AGENT in m.rcpt_tos for m in new)
     tickets = _sqlite_tickets(str(work / "bare.db"))
-    return {
-        "messages": len(messages),
-        "seconds": round(done.seconds, 3),
-        "rate": round(len(messages) / done.seconds, 1),
-        "tickets": tickets,
-        "acks": acks,
-        "notices": notices,
-        "complete": tickets == acks == notices == len(messages),
-    }
+    return _drained(world, before, domain, len(messages), done.seconds, tickets)
 
 
 # --------------------------------------------------------------------------- (b) latency
