@@ -1,5 +1,8 @@
 """Raw mail and attachment blobs on disk, under generated names.
 
+Whole messages come here only when they are over ``ingest.RAW_IN_DATABASE`` (1 MiB); smaller
+ones are kept in the database, in the transaction of the message itself.
+
 Files are content-addressed (named by their SHA-256), so handling a message twice after a crash
 writes nothing new, and no name a sender chose ever reaches the file system. Each file is written
 to a temporary name, flushed to disk and renamed, before the transaction that refers to it
@@ -18,7 +21,8 @@ FILE_MODE = 0o640
 
 
 class Store:
-    """The blob store under ``data_dir``: ``raw/`` for whole messages, ``blobs/`` for attachments."""
+    """The blob store under ``data_dir``: ``raw/`` for large whole messages, ``blobs/`` for
+    attachments."""
 
     def __init__(self, data_dir: Path, *, durable: bool = True) -> None:
         self.root = data_dir
