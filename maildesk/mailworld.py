@@ -20,8 +20,9 @@ import threading
 import uuid
 import warnings
 from argparse import Namespace
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -338,34 +339,33 @@ def mailbox_config(
     return MailboxConfig(**values)
 
 
-def append(config: MailboxConfig, raw: bytes, folder: str = "INBOX") -> int | None:
-    """Log in, APPEND ``raw`` to ``folder``, log out; returns the new UID when the server says."""
+@contextmanager
+def _logged_in(config: MailboxConfig) -> Iterator[Mailbox]:
+    """A connected ``Mailbox``, logged out afterwards."""
     box = Mailbox(config)
     try:
         box.connect()
-        return box.append(folder, raw)
+        yield box
     finally:
         box.close()
+
+
+def append(config: MailboxConfig, raw: bytes, folder: str = "INBOX") -> int | None:
+    """Log in, APPEND ``raw`` to ``folder``, log out; returns the new UID when the server says."""
+    with _logged_in(config) as box:
+        return box.append(folder, raw)
 
 
 def messages(config: MailboxConfig, folder: str = "INBOX") -> list[bytes]:
     """Log in and read every message of ``folder`` (not deleted), in UID order."""
-    box = Mailbox(config)
-    try:
-        box.connect()
+    with _logged_in(config) as box:
         return box.folder_messages(folder)
-    finally:
-        box.close()
 
 
 def uids(config: MailboxConfig, folder: str = "INBOX") -> list[int]:
     """Log in and list the UIDs of ``folder`` (not deleted), ascending."""
-    box = Mailbox(config)
-    try:
-        box.connect()
+    with _logged_in(config) as box:
         return box.folder_uids(folder)
-    finally:
-        box.close()
 
 
 # --------------------------------------------------------------------------- SMTP (aiosmtpd)
