@@ -131,6 +131,10 @@ class LimitsSettings:
     max_parts: int = 500
     max_headers: int = 1000
     auto_replies_per_address_per_hour: int = 10
+    parse_seconds: float = 10.0
+    parse_memory_mb: int = 512
+    max_text_chars: int = 200_000
+    new_sender_acks_per_hour: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +272,12 @@ class _Table:
 
     def positive(self, key: str, default: int) -> int:
         value = self.get(key, int, default)
+        if value <= 0:
+            raise self.fail(key, f"must be positive, got {value}")
+        return value
+
+    def positive_float(self, key: str, default: float) -> float:
+        value = self.get(key, float, default)
         if value <= 0:
             raise self.fail(key, f"must be positive, got {value}")
         return value
@@ -651,6 +661,10 @@ def _read_limits(t: _Table) -> LimitsSettings:
         auto_replies_per_address_per_hour=t.positive(
             "auto_replies_per_address_per_hour", d.auto_replies_per_address_per_hour
         ),
+        parse_seconds=t.positive_float("parse_seconds", d.parse_seconds),
+        parse_memory_mb=t.positive("parse_memory_mb", d.parse_memory_mb),
+        max_text_chars=t.positive("max_text_chars", d.max_text_chars),
+        new_sender_acks_per_hour=t.positive("new_sender_acks_per_hour", d.new_sender_acks_per_hour),
     )
     t.finish()
     return settings
