@@ -120,6 +120,10 @@ class Inbound:
     # From's first addr-spec even when ambiguous: for display and for telling the registered
     # owner of that address about the message; never a proof of who sent it (that is ``sender``)
     claimed_sender: str | None = None
+    # who a new ticket answers: the first usable mailbox of From, else Sender, else Reply-To
+    requester: str | None = None
+    # Authentication-Results values exactly as they arrived (unfolded, never decoded), top first
+    authentication_results: tuple[str, ...] = ()
 
     def header(self, name: str) -> tuple[str, ...]:
         """All values of header ``name`` (case-insensitive), top first."""
@@ -237,6 +241,8 @@ def _inbound(
         fatal=fatal,
         content_type=body.content_type or identity.content_type,
         claimed_sender=identity.claimed_sender,
+        requester=identity.requester,
+        authentication_results=identity.authentication_results,
     )
 
 
@@ -419,6 +425,8 @@ class _Identity:
     headers: tuple[tuple[str, str], ...] = ()
     content_type: str = "text/plain"
     claimed_sender: str | None = None
+    requester: str | None = None
+    authentication_results: tuple[str, ...] = ()
 
 
 _ADDRESS_HEADERS = frozenset(
@@ -502,6 +510,7 @@ def _from_values(
         headers=headers,
         content_type=_content_type_of(values.get("content-type", [])),
         claimed_sender=claimed,
+        requester=sender,
     )
 
 
