@@ -618,7 +618,7 @@ def _read_smtp(t: _Table, base: Path) -> SmtpSettings:
     if password is not None and username is None:
         raise t.fail("username", "required when a password is given")
     timeout = t.get("timeout", float, 30.0)
-    return SmtpSettings(
+    settings = SmtpSettings(
         host=t.get("host", str, required=True),
         port=_port(t, {"tls": 465, "starttls": 587, "none": 25}[security]),
         security=security,
@@ -628,6 +628,8 @@ def _read_smtp(t: _Table, base: Path) -> SmtpSettings:
         auth=auth,
         **_oauth(t, base, auth),
     )
+    t.finish()
+    return settings
 
 
 def _read_security(t: _Table) -> SecuritySettings:

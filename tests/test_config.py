@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +168,42 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
         "poll_seconds",
     ):
         assert key in example
+
+
+def _example_data(tmp_path: Path) -> dict[str, Any]:
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    text = example.replace('data_dir = "/var/lib/maildesk"', f'data_dir = "{tmp_path}"')
+    return tomllib.loads(text)
+
+
+def _example_tables() -> list[str]:
+    """Every table the example names, commented out or not: "desk", "mailboxes", "sla.high"."""
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    return re.findall(r"^(?:#\s*)?\[\[?([\w.]+)\]\]?", example, re.M)
+
+
+def test_every_table_of_the_example_refuses_an_unknown_key(tmp_path: Path) -> None:
+    tables = _example_tables()
+    assert {"desk", "mailboxes", "smtp", "sla.high", "business_hours"} <= set(tables)
+    for name in dict.fromkeys(tables):
+        data = _example_data(tmp_path)
+        *parents, last = name.split(".")
+        holder = data
+        for parent in parents:
+            holder = holder.setdefault(parent, {})
+        table = holder.setdefault(last, {})
+        (table[0] if isinstance(table, list) else table)["hots"] = "smtp.example.com"
+        with pytest.raises(config.ConfigError) as raised:
+            config.build(data, tmp_path / "maildesk.toml")
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "hots: unknown key" in message, (name, message)
+        assert name.split(".")[0] in message, (name, message)
+
+
+def test_a_typo_under_smtp_stops_the_cli_with_exit_78(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("[smtp]\n", '[smtp]\nhots = "smtp.example.com"\n', 1))
+    done = run_cli(path, "tickets", "list")
+    assert done.returncode == 78
+    assert done.stderr.strip().count("\n") == 0
+    assert "[smtp] hots: unknown key" in done.stderr
