@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from maildesk import config as config_module
+from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError, Settings
 from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket
 
@@ -716,6 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # first: nothing this process or its delivery process writes is readable by others
+    private.set_umask()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -19,6 +19,8 @@ from email.headerregistry import Address
 from pathlib import Path
 from typing import Any, TypeVar
 
+from maildesk import private
+
 EX_CONFIG = 78
 
 T = TypeVar("T")
@@ -509,9 +511,8 @@ def _desk_secret(t: _Table, base: Path, data_dir: Path) -> bytes:
     try:
         if path.exists():
             return path.read_text().strip().encode()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
+        private.make_dirs(data_dir)
+        with os.fdopen(private.open_new(path, os.O_EXCL), "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
         return path.read_text().strip().encode()
     except OSError as exc:
