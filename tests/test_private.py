@@ -1,5 +1,7 @@
 """Private files: whatever umask maildesk is started with, what it keeps (database, raw mail,
-attachments, the secret) only its own user can read."""
+attachments, the secret) only its own user can read; its own files found wider are tightened
+and said so; what the admin owns is left alone and named in a warning, by every command as it
+starts and by check-config before it connects anywhere."""
 
 from __future__ import annotations
 
@@ -110,3 +112,78 @@ def test_the_database_wal_and_shm_are_private_whatever_the_umask(
         world.close()
     assert {"maildesk.db-wal", "maildesk.db-shm"} <= set(files)
     assert_kept(files)
+
+
+def test_an_older_installation_keeps_working_its_own_files_tightened_the_admins_named(
+    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    account = ImapAccount("pymap", pymap_server, *fresh_user())
+    data = tmp_path / "data"
+    path = write_config(tmp_path / "maildesk.toml", config_text(account, smtp_server, data))
+    deliver_attachments(account)
+    assert maildesk(path, "run", "--once").returncode == 0
+    # as an older version under umask 022 left them, in a data directory the admin made 755
+    for name, mode in (("maildesk.db", 0o644), ("secret", 0o644), ("raw", 0o755), (".", 0o755)):
+        (data / name).chmod(mode)
+
+    done = maildesk(path, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    for name, was, now in (("maildesk.db", 644, 600), ("secret", 644, 600), ("raw", 755, 700)):
+        assert f"{data / name} could be read by others (mode {was}); made it {now}" in done.stderr
+    assert (
+        f"[desk] data_dir {data} can be read by others (mode 755), and tickets, mail and the "
+        f"secret are kept there; run chmod 700 {data}" in done.stderr
+    )
+    directories, files = modes(data)
+    assert directories["."] == "755"  # the admin's: named, not changed
+    assert (directories["raw"], files["maildesk.db"], files["secret"]) == ("700", "600", "600")
+
+    data.chmod(0o700)
+    done = maildesk(path, "tickets", "list")
+    assert done.returncode == 0
+    assert "by others" not in done.stderr
+    assert_private(data)
+
+
+def test_check_config_names_what_others_could_read_before_it_connects(
+    pymap_server: ImapServer, smtp_server: SmtpServer, postgres_url: str, tmp_path: Path
+) -> None:
+    account = ImapAccount("pymap", pymap_server, *fresh_user())
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)  # made by the admin, under umask 022
+    data.chmod(0o755)
+    password_file = tmp_path / "imap-password"
+    password_file.write_text(account.password + "\n")
+    password_file.chmod(0o644)
+    # trust authentication on the test server: the password in the url is never asked for
+    url = postgres_url.replace("postgres@", "postgres:hunter2-db@")
+    text = config_text(account, smtp_server, data)
+    text = text.replace(f'password = "{account.password}"', f'password_file = "{password_file}"')
+    # 0.0.0.0 is not a loopback address, so the password would go unencrypted to "another
+    # machine" as far as the config says; Linux connects to 0.0.0.0 on this machine, over
+    # loopback, so the check that follows reaches the test server and nothing else.
+    text = text.replace(f'host = "{account.host}"', 'host = "0.0.0.0"', 1)
+    text = text.replace("[[mailboxes]]", f'[database]\nurl = "{url}"\n\n[[mailboxes]]', 1)
+    path = write_config(tmp_path / "maildesk.toml", text)
+
+    done = maildesk(path, "check-config")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lines[0] == f"ok   config {path}"
+    assert [line.split()[0] for line in lines[1:]] == ["warn"] * 4 + ["ok"] * 3
+    warned = "\n".join(lines[1:5])
+    assert f"[desk] data_dir {data} can be read by others (mode 755)" in warned
+    assert f"run chmod 700 {data}" in warned
+    assert (
+        f"[[mailboxes]] #1 password_file: {password_file} can be read by others (mode 644); "
+        f"run chmod 600 {password_file}" in warned
+    )
+    assert "[database] url holds a password" in warned and ".pgpass" in warned
+    assert (
+        '[[mailboxes]] #1 (support) security = "none" sends the password unencrypted to 0.0.0.0'
+        in warned
+    )
+    assert lines[5].startswith("ok   database") and lines[6].startswith("ok   mailbox support")
+    for secret in ("hunter2-db", account.password):
+        assert secret not in done.stdout + done.stderr
+    assert "warn" not in done.stderr and "by others" not in done.stderr  # printed once, not logged
