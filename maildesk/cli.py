@@ -2,7 +2,8 @@
 
 Opens the transactions the commands need (with ``ingest`` for mail), turns known failures into
 one line and an exit code: 78 for a bad config, 75 for a transient failure an MTA should retry,
-1 for an unreachable mailbox in ``run --once``.
+1 for an unreachable mailbox in ``run --once``. Every command starts with umask 077 and logs
+the config's warnings (``check-config`` prints them as ``warn`` lines instead).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from maildesk import config as config_module
+from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError, Settings
 from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket
 
@@ -140,10 +142,10 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
+def load_settings(args: argparse.Namespace, *, log_warnings: bool = True) -> Settings:
     settings = config_module.load(config_module.find_config(args.config))
     setup_logging(args.log_format or settings.log.format, settings.log.level)
-    for warning in settings.warnings:
+    for warning in settings.warnings if log_warnings else ():
         log.warning("%s", warning)
     return settings
 
@@ -336,8 +338,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from maildesk import outbox
     from maildesk.imap import MailboxError, probe
 
-    settings = load_settings(args)
+    settings = load_settings(args, log_warnings=False)
     print(f"ok   config {settings.path}")
+    # before any connection: a check that hangs or fails must not hide them
+    for warning in settings.warnings:
+        print(f"warn {warning}")
+    sys.stdout.flush()
     failed = 0
     try:
         Database(settings.database_url).ping()
@@ -716,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # first: nothing this process or its delivery process writes is readable by others
+    private.set_umask()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

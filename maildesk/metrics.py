@@ -4,7 +4,9 @@ Beside the flow: the daemon reports what happened (each committed message with i
 arrival time, each delivery); everything else (tickets by status, the outbox, mailbox health)
 is read when Prometheus scrapes, so the numbers never drift from the database. ``/healthz``
 answers 200 while every mailbox was checked within 3 x its ``poll_seconds`` and the database
-answers, 503 with the reasons otherwise. The only module that imports prometheus_client.
+answers, 503 with each mailbox's state and the database's otherwise: names and states only,
+never a host, a port or an error text (whoever reaches the port reads them; the log has the
+details). The only module that imports prometheus_client.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -66,7 +68,7 @@ class Health(Protocol):
     @property
     def last_ok(self) -> datetime | None: ...
     @property
-    def last_error(self) -> str: ...
+    def down_since(self) -> datetime | None: ...
 
 
 class Watched(Protocol):
@@ -93,6 +95,7 @@ class Metrics:
         self.health = health
         self.clock = clock
         self.started = clock()
+        self._database_down = False
         self.registry = CollectorRegistry()
         self.ingested = Counter(
             "maildesk_messages_ingested",
@@ -143,26 +146,37 @@ class Metrics:
 
     # ------------------------------------------------------------------ health
 
-    def problems(self) -> list[str]:
-        """Why the service is unhealthy; empty when healthy."""
-        found = []
+    def states(self) -> tuple[bool, list[str]]:
+        """Healthy or not, and one line per mailbox and for the database with its state."""
         now = self.clock()
-        for box in self.mailboxes:
-            health = self.health.get(f"mailbox:{box.name}")
-            last = health.last_ok if health is not None else None
-            limit = STALE_AFTER_POLLS * box.poll_seconds
-            since = (now - (last or self.started)).total_seconds()
-            if since > limit:
-                when = f"{since:.0f} s ago" if last is not None else "never"
-                error = (
-                    f" ({health.last_error})" if health is not None and health.last_error else ""
-                )
-                found.append(f"mailbox {box.name}: last checked {when}{error}")
+        states = [(f"mailbox {box.name}", self._mailbox_state(box, now)) for box in self.mailboxes]
+        states.append(("database", "ok" if self._database_answers() else "down"))
+        healthy = all(state == "ok" for _, state in states)
+        return healthy, [f"{name}: {state}" for name, state in states]
+
+    def _mailbox_state(self, box: Watched, now: datetime) -> str:
+        """ok, down since (failing), or not checked since (stuck, or never checked)."""
+        health = self.health.get(f"mailbox:{box.name}")
+        last = health.last_ok if health is not None else None
+        if (now - (last or self.started)).total_seconds() <= STALE_AFTER_POLLS * box.poll_seconds:
+            return "ok"
+        if health is not None and health.failures and health.down_since is not None:
+            return f"down since {stamp(health.down_since)}"
+        return f"not checked since {stamp(last or self.started)}"
+
+    def _database_answers(self) -> bool:
+        """Ping; the error is logged once per outage, never served."""
         try:
             self.db.ping()
         except DatabaseError as exc:
-            found.append(f"database: {exc}")
-        return found
+            if not self._database_down:
+                log.warning("health check: the database does not answer: %s", exc)
+            self._database_down = True
+            return False
+        if self._database_down:
+            log.info("health check: the database answers again")
+        self._database_down = False
+        return True
 
     # ------------------------------------------------------------------ serving
 
@@ -270,9 +284,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._answer(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry))
         elif path == "/healthz":
-            problems = self.metrics.problems()
-            body = "\n".join(problems) if problems else "ok"
-            self._answer(503 if problems else 200, "text/plain; charset=utf-8", body.encode())
+            healthy, lines = self.metrics.states()
+            body = "ok" if healthy else "\n".join(lines)
+            self._answer(200 if healthy else 503, "text/plain; charset=utf-8", body.encode())
         else:
             self._answer(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 
@@ -286,4 +300,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("metrics: " + format, *args)
+        # the request line is whatever a client sent: no escape sequence or line break of
+        # theirs reaches a terminal or a log file raw
+        log.debug("metrics: %s", escape_controls(format % args))
+
+
+CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def escape_controls(text: str) -> str:
+    """C0, DEL and C1 control characters as ``\\xNN`` (http.server reads the request line
+    as Latin-1, so every byte is one character)."""
+    return text.translate(CONTROLS)
+
+
+def stamp(moment: datetime) -> str:
+    """A moment as ISO 8601 UTC to the second: ``2026-11-26T09:00:00Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

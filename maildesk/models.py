@@ -9,6 +9,7 @@ transactions; domain functions take a ``Session``.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -48,6 +49,8 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from maildesk import private
+
 __all__ = [
     "Attachment",
     "Base",
@@ -67,6 +70,9 @@ __all__ = [
     "Ticket",
     "select",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseError(Exception):
@@ -353,6 +359,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 HEAD_REVISION = "0002"
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The database file made 0600 before SQLite opens it (its ``-wal``, ``-shm`` and journal
+    take that mode), in a 0700 directory; files of an older start found wider are tightened."""
+    private.make_dirs(path.parent)
+    private.create_empty(path)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        tightened = private.tighten(path.with_name(path.name + suffix))
+        if tightened:
+            log.warning("%s", tightened)
+
+
 class Database:
     """The engine and session factory for one database URL."""
 
@@ -364,9 +381,9 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            path = url.split(":///", 1)[1] if ":///" in url else ""
+            path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_files(Path(path))
             self.engine: Engine = create_engine(
                 url, connect_args={"timeout": 10, "check_same_thread": False}
             )

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from maildesk import private
+
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 30.0
@@ -166,8 +168,8 @@ def keep_refresh_token(path: Path, value: str) -> None:
     """Providers may rotate the refresh token; the old one stops working, so keep the new."""
     temporary = path.with_name(path.name + ".new")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
+        # 0600 whatever the umask, and even if an earlier attempt left a wider ``.new``
+        with os.fdopen(private.open_new(temporary, os.O_TRUNC), "w") as handle:
             handle.write(value + "\n")
         os.replace(temporary, path)
     except OSError as exc:

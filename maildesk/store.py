@@ -6,18 +6,24 @@ ones are kept in the database, in the transaction of the message itself.
 Files are content-addressed (named by their SHA-256), so handling a message twice after a crash
 writes nothing new, and no name a sender chose ever reaches the file system. Each file is written
 to a temporary name, flushed to disk and renamed, before the transaction that refers to it
-commits: a committed row never points at a missing or partial file.
+commits: a committed row never points at a missing or partial file. Files are 0600 and
+directories 0700 whatever the umask; ``raw/`` and ``blobs/`` found wider are tightened.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-FILE_MODE = 0o640
+from maildesk import private
+
+log = logging.getLogger(__name__)
+
+KINDS = ("raw", "blobs")
 
 
 class Store:
@@ -28,6 +34,12 @@ class Store:
         self.root = data_dir
         self.durable = durable
         self._writers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
+        for kind in KINDS:
+            # closed at the top, what lies below (written by an older version, or under
+            # another umask) is out of others' reach without walking every file
+            tightened = private.tighten(data_dir / kind)
+            if tightened:
+                log.warning("%s", tightened)
 
     def put_raw(self, raw: bytes) -> tuple[str, str]:
         """Keep a whole message verbatim; return (relative path, sha256)."""
@@ -59,10 +71,10 @@ class Store:
         target = self.root / relative
         if target.exists() and target.stat().st_size == len(data):
             return relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(target.parent)
         # a name of its own: two writers of the same content never share a temporary file
         temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = private.open_new(temp, os.O_EXCL)
         try:
             view = memoryview(data)
             while view:

@@ -133,6 +133,16 @@ def postgres_url() -> Iterator[str]:
 # --------------------------------------------------------------------------- the CLI in-process
 
 
+@pytest.fixture(autouse=True)
+def process_umask() -> Iterator[None]:
+    """``cli.main`` sets the process umask to 077 (as maildesk should); tests that call it
+    in-process give the test process its own back, for the servers that run as other users."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
+
+
 @pytest.fixture
 def cli_logging() -> Iterator[None]:
     """The CLI takes over the root logger (as a program should); give it back afterwards."""

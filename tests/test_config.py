@@ -207,3 +207,68 @@ def test_a_typo_under_smtp_stops_the_cli_with_exit_78(tmp_path: Path) -> None:
     assert done.returncode == 78
     assert done.stderr.strip().count("\n") == 0
     assert "[smtp] hots: unknown key" in done.stderr
+
+
+def test_a_password_sent_unencrypted_to_another_machine_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from the config alone: nothing here connects anywhere."""
+    text = GOOD.replace('host = "127.0.0.1"\nport = 1143', 'host = "imap.example.com"\nport = 143')
+    text = text.replace(
+        'host = "127.0.0.1"\nport = 1025\nsecurity = "none"',
+        'host = "smtp.example.com"\nport = 25\nsecurity = "none"\n'
+        'username = "support@example.com"\npassword_env = "SMTP_PASSWORD"',
+    )
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-pw")
+    warnings = config.load(write(tmp_path, text)).warnings
+    assert warnings == (
+        '[[mailboxes]] #1 (support) security = "none" sends the password unencrypted to '
+        'imap.example.com, which is not this machine; use security = "tls" or "starttls"',
+        '[smtp] security = "none" sends the password unencrypted to smtp.example.com, which '
+        'is not this machine; use security = "tls" or "starttls"',
+    )
+    token = text.replace(
+        'password_env = "SMTP_PASSWORD"', 'auth = "xoauth2"\noauth_token_command = "true"'
+    )
+    assert (
+        "sends the OAuth2 access token unencrypted to smtp.example.com"
+        in (config.load(write(tmp_path, token)).warnings[1])
+    )
+    encrypted = text.replace('port = 143\nsecurity = "none"', 'port = 143\nsecurity = "starttls"')
+    encrypted = encrypted.replace('password_env = "SMTP_PASSWORD"', "")
+    assert config.load(write(tmp_path, encrypted)).warnings == ()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "LOCALHOST.", "127.0.0.1", "127.3.2.1", "::1", "[::1]", "::ffff:127.0.0.1"],
+)
+def test_a_password_over_loopback_is_not_warned_about(tmp_path: Path, host: str) -> None:
+    text = GOOD.replace('host = "127.0.0.1"\nport = 1143', f'host = "{host}"\nport = 1143')
+    assert f'host = "{host}"' in text
+    assert config.load(write(tmp_path, text)).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "holds"),
+    [
+        ("postgresql+psycopg://maildesk:pw@db.example.com/maildesk", True),
+        ("postgresql+psycopg://maildesk@db.example.com/maildesk?password=pw", True),
+        ("postgresql+psycopg://maildesk@db.example.com/maildesk?sslmode=require", False),
+        ("postgresql+psycopg://maildesk@db.example.com:5432/maildesk", False),
+    ],
+)
+def test_a_password_in_the_database_url_is_warned_about(
+    tmp_path: Path, url: str, holds: bool
+) -> None:
+    path = write(tmp_path, GOOD + f'\n[database]\nurl = "{url}"\n')
+    warnings = config.load(path).warnings
+    assert [w for w in warnings if w.startswith("[database] url")] == (
+        [
+            "[database] url holds a password: leave it out of the url and put it in a .pgpass "
+            "file of mode 600 (~/.pgpass of maildesk's user, or the file PGPASSFILE names)"
+        ]
+        if holds
+        else []
+    )
+    assert all("pw" not in w.replace("password", "") for w in warnings)

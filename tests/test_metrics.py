@@ -3,7 +3,9 @@ balancer would; an IMAP outage turns the health check red, alerts the admin once
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -146,7 +148,8 @@ def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
     took = time.monotonic() - down
     assert took < 10  # 3 x poll_seconds (1 s), plus the time to notice
     status, body = get(url + "/healthz")
-    assert "mailbox support: last checked" in body and "connection refused" in body
+    assert body.splitlines()[0].startswith("mailbox support: down since ")
+    assert body.splitlines()[1:] == ["database: ok"]
     text = get(url + "/metrics")[1]
     assert sample(text, "maildesk_mailbox_up", mailbox="support") == 0.0
 
@@ -161,3 +164,68 @@ def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
     alerts = [m for m in world.mails_to(ADMIN) if "is failing" in str(m.message["Subject"])]
     assert len(alerts) == 1, [m.message["Subject"] for m in alerts]
     assert "mailbox support" in str(alerts[0].message["Subject"])
+
+
+def test_healthz_names_the_mailbox_down_but_neither_its_server_nor_the_error(
+    imap_server: ImapAccount,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever reaches the port reads /healthz: the states are for them, the details for the log."""
+    port = free_port()
+    world = DeskWorld(
+        imap_server,
+        smtp_server,
+        tmp_path,
+        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        clock=lambda: datetime.now(UTC),  # type: ignore[arg-type]
+        poll_seconds=1,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        world.start()
+        wait_until(
+            lambda: sample(get(url + "/metrics")[1], "maildesk_mailbox_up", mailbox="support"),
+            10,
+            "the mailbox checked",
+        )
+        assert get(url + "/healthz") == (200, "ok\n")
+        imap_server.stop()
+        status, body = wait_until(
+            lambda: (got := get(url + "/healthz"))[0] == 503 and got, 30, "503"
+        )
+    finally:
+        world.close()
+    lines = body.splitlines()
+    assert re.fullmatch(r"mailbox support: down since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0])
+    assert lines[1:] == ["database: ok"]
+    said = [
+        r.getMessage() for r in caplog.records if "mailbox support unreachable" in r.getMessage()
+    ]
+    assert said and f"{imap_server.host}:{imap_server.port}" in said[0]
+    error = said[0].split("unreachable: ", 1)[1].removesuffix(" (retrying with backoff)")
+    assert error not in body
+    assert imap_server.host not in body and str(imap_server.port) not in body
+
+
+def test_request_lines_are_logged_with_control_characters_escaped(
+    world: DeskWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="maildesk.metrics")
+    url: str = world.url  # type: ignore[attr-defined]
+    world.start()
+    wait_until(lambda: get(url + "/healthz")[0] == 200, 10, "healthy at start")
+    port = int(url.rsplit(":", 1)[1])
+    for request, status in (
+        (b"GET /\x1b[31mred HTTP/1.0\r\n\r\n", b"404"),
+        (b"GET /\x1b[31mred\r127.0.0.1 - forged line HTTP/1.0\r\n\r\n", b"400"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(request)
+            answer = conn.makefile("rb").read()  # HTTP/1.0: the server closes when done
+        assert answer.split(b"\r\n", 1)[0].split()[1] == status
+    lines = [r.getMessage() for r in caplog.records if r.name == "maildesk.metrics"]
+    assert any('"GET /\\x1b[31mred HTTP/1.0" 404' in line for line in lines), lines
+    assert any("/\\x1b[31mred\\x0d127.0.0.1 - forged line" in line for line in lines), lines
+    assert not [line for line in lines if {"\x1b", "\r", "\n"} & set(line)]

@@ -5,6 +5,8 @@ daemon. A revoked grant is alerted to the admin once."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 import urllib.parse
@@ -133,6 +135,10 @@ def test_refresh_flow_caches_the_token_and_refreshes_it_before_expiry(
     endpoint: TokenEndpoint, tmp_path: Path
 ) -> None:
     secret, refresh = grant_files(tmp_path, "refresh-0")
+    os.umask(0o022)  # a process that did not start as maildesk (whose umask is 077)
+    leftover = refresh.with_name(refresh.name + ".new")  # an earlier write cut short, left wide
+    leftover.write_text("half")
+    leftover.chmod(0o644)
     clock = Clock()
     source = TokenSource(
         "mailbox support",
@@ -140,6 +146,8 @@ def test_refresh_flow_caches_the_token_and_refreshes_it_before_expiry(
         clock=clock,
     )
     assert source() == "access-1"
+    assert refresh.read_text().strip() == "refresh-1"  # rotated, written back private
+    assert stat.S_IMODE(refresh.stat().st_mode) == 0o600
     assert source() == "access-1"  # cached: one request so far
     assert len(endpoint.requests) == 1
     assert endpoint.requests[0] == {
@@ -154,7 +162,7 @@ def test_refresh_flow_caches_the_token_and_refreshes_it_before_expiry(
     assert source() == "access-2"
     # the provider rotated the refresh token; the new one is kept, private
     assert refresh.read_text().strip() == "refresh-2"
-    assert refresh.stat().st_mode & 0o077 == 0
+    assert stat.S_IMODE(refresh.stat().st_mode) == 0o600
     assert endpoint.requests[1]["refresh_token"] == "refresh-1"
 
 
