@@ -12,10 +12,14 @@ a second daemon finds nothing left to do.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
@@ -23,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from maildesk import tickets
 from maildesk.config import BusinessHours, Settings
-from maildesk.models import Database, Status, Ticket
+from maildesk.models import Database, DatabaseError, Event, Status, Ticket
 from maildesk.outbox import Mail
 
 log = logging.getLogger(__name__)
@@ -320,7 +324,8 @@ def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> Pass
 
     ``refresh`` first recomputes ``due_at`` of every ticket not closed (at start: the SLA
     settings may have changed since the tickets were last touched). A ticket whose action
-    fails is rolled back, logged and left for the next pass; the others carry on.
+    fails is rolled back and left for the next pass, and the others carry on; its failure is
+    reported once (``report_failure``). A database outage ends the pass for the caller.
     """
     now = desk.clock()
     if refresh:
@@ -332,16 +337,90 @@ def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> Pass
         try:
             with db.transaction() as session:
                 done = _act_on(session, desk, ticket_id, now)
-        except Exception:  # noqa: BLE001 - one ticket's failure must not stop the others
-            log.exception(
-                "timers: ticket %s failed; retrying next pass", desk.settings.desk.ref(ticket_id)
-            )
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one ticket's failure must not stop the others
             counts["failed"] += 1
+            report_failure(db, desk, ticket_id, exc, now)
             continue
         for decision in done:
             key = {Remind: "reminded", AutoClose: "closed", Breach: "breached"}[type(decision)]
             counts[key] += 1
     return PassResult(**counts)
+
+
+def report_failure(
+    db: Database, desk: tickets.Desk, ticket_id: int, exc: Exception, now: datetime
+) -> None:
+    """A ticket's timers failed (rolled back, tried again every pass). The first time with
+    this error: one log line, a ``timer_failed`` event on the ticket and one alert to the
+    admin. After that each pass only notes it at debug level, so a ticket that always fails
+    fills neither the log nor the admin's inbox."""
+    ref = desk.settings.desk.ref(ticket_id)
+    error = failure_text(exc)
+    try:
+        reported = _report_once(db, desk, ticket_id, error, now)
+    except DatabaseError:
+        raise
+    except Exception as report_exc:  # noqa: BLE001 - the other tickets' timers come first
+        log.error("timers: %s failed: %s; reporting it failed too: %s", ref, error, report_exc)
+        return
+    if not reported:
+        log.debug("timers: %s still fails: %s", ref, error, extra={"ticket": ref})
+        return
+    log.error(
+        "timers: %s failed: %s; tried again every pass, the admin is told once",
+        ref,
+        error,
+        extra={"ticket": ref},
+    )
+    log.debug("timers: %s failed", ref, exc_info=exc, extra={"ticket": ref})
+
+
+def _report_once(
+    db: Database, desk: tickets.Desk, ticket_id: int, error: str, now: datetime
+) -> bool:
+    """The event and the admin's alert, unless this error on this ticket had them already."""
+    ref = desk.settings.desk.ref(ticket_id)
+    with db.transaction() as session:
+        ticket = session.get(Ticket, ticket_id)
+        if ticket is None or _reported(session, ticket_id, error):
+            return False
+        tickets.event(session, ticket, "timer_failed", "", now, error=error)
+        alert = tickets.admin_alert(
+            desk,
+            f"timers fail on {ref}",
+            f"The reminders, auto-close and SLA clocks of ticket {ref} fail:\n\n  {error}\n\n"
+            "Nothing of that pass was applied to the ticket; it is tried again every pass, and "
+            "the other tickets' timers carry on. This alert comes once for this ticket and "
+            "this error (event timer_failed on the ticket).",
+        )
+        if alert is not None:
+            desk.mailer.enqueue(session, alert, now)
+    return True
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def failure_text(exc: Exception) -> str:
+    """One line: the error and where it happened (the innermost frame)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    # the same failure must read the same on every pass: no object addresses in it
+    message = _ADDRESS.sub("0x…", " ".join(str(exc).split()))[:400]
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+def _reported(session: Session, ticket_id: int, error: str) -> bool:
+    """Whether this error on this ticket was reported already."""
+    last = session.scalar(
+        select(Event.detail)
+        .where(Event.ticket_id == ticket_id, Event.kind == "timer_failed")
+        .order_by(Event.id.desc())
+        .limit(1)
+    )
+    return last is not None and json.loads(last).get("error") == error
 
 
 def _act_on(

@@ -649,8 +649,8 @@ class Daemon:
             return
         finally:
             await asyncio.to_thread(release_lease, self.db, "timers", self.holder)
-        if result.reminded or result.closed or result.breached:
-            self.wake()
+        if result.reminded or result.closed or result.breached or result.failed:
+            self.wake()  # their mail (a failure's alert to the admin) is in the outbox
 
     # ------------------------------------------------------------------ outbox
 

@@ -90,7 +90,8 @@ class Report:
 class Inbound:
     """Everything later stages need to know about one message, decided once.
 
-    Addresses are bare lower-case addr-specs. Message-IDs are stored without angle brackets.
+    Addresses are bare addr-specs in lower case (a UTF-8 local part is kept as written, RFC
+    6532). Message-IDs are stored without angle brackets.
     Strings are cleaned: no CR/LF/NUL/controls in single-line values, NFC normalised.
     """
 
@@ -429,6 +430,8 @@ class _Identity:
     authentication_results: tuple[str, ...] = ()
 
 
+# a strict parse of one address header: [(display name, bare addr-spec)] and its defects
+_Parsed = tuple[list[tuple[str, str]], list[str]]
 _ADDRESS_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc"}
 )
@@ -479,8 +482,13 @@ def _from_values(
     values: dict[str, list[str]], headers: tuple[tuple[str, str], ...], defects: _Defects
 ) -> _Identity:
     strict = _StrictAddresses(defects)
-    sender, sender_name, from_raw = _sender(values.get("from", []), strict)
-    claimed = sender or _claimed(values.get("from", []), strict)
+    froms = values.get("from", [])
+    parsed_from = strict.parse("from", froms[0]) if froms else None
+    sender, sender_name, from_raw = _sender(froms, parsed_from, defects)
+    claimed = sender or _claimed(froms, parsed_from)
+    requester = _requester(froms[0] if froms else "", parsed_from) or _fallback_requester(
+        values, strict
+    )
     message_ids = [i for v in values.get("message-id", []) for i in _msg_ids(v)[:1]]
     if not message_ids:
         defects.add("no Message-ID")
@@ -510,13 +518,16 @@ def _from_values(
         headers=headers,
         content_type=_content_type_of(values.get("content-type", [])),
         claimed_sender=claimed,
-        requester=sender,
+        requester=requester,
     )
 
 
-def _sender(values: list[str], strict: _StrictAddresses) -> tuple[str | None, str, str]:
-    """(addr-spec or None, display name, raw text) of From; None unless it is unambiguous."""
-    defects = strict.defects
+def _sender(
+    values: list[str], parsed: _Parsed | None, defects: _Defects
+) -> tuple[str | None, str, str]:
+    """(addr-spec or None, display name, raw text) of From; None unless it is unambiguous.
+
+    ``parsed`` is the strict parse of the first From header (None: it could not be read)."""
     if not values:
         defects.add("no From header")
         return None, "", ""
@@ -524,7 +535,6 @@ def _sender(values: list[str], strict: _StrictAddresses) -> tuple[str | None, st
     if len(values) > 1:
         defects.add("several From headers")
         return None, "", from_raw
-    parsed = strict.parse("from", values[0])
     if parsed is None:
         return None, "", from_raw
     mailboxes, header_defects = parsed
@@ -541,13 +551,66 @@ def _sender(values: list[str], strict: _StrictAddresses) -> tuple[str | None, st
     return addr, name, from_raw
 
 
-def _claimed(values: list[str], strict: _StrictAddresses) -> str | None:
+def _claimed(values: list[str], parsed: _Parsed | None) -> str | None:
     """The first address From names, however ambiguous (never for trust)."""
-    parsed = strict.parse("from", values[0]) if values else None
     if parsed and parsed[0]:
         return parsed[0][0][1]
     found = _lenient_addresses(values[:1])
     return found[0] if found else None
+
+
+# An address the desk can write to: a local part without quotes, spaces or specials (UTF-8
+# allowed, RFC 6532), "@", and a domain of letters, digits and hyphens (U-labels allowed).
+_USABLE = re.compile(r"[^\s\x00-\x1f\x7f()<>\[\]:;@\\,\"]{1,64}@[^\W_](?:[\w.-]{0,253}[^\W_])?")
+_ANGLE_ADDR = re.compile(r"<\s*([^<>\s]{1,320})\s*>")
+# the strict parser's note that a local part is UTF-8: allowed in RFC 6532 mail, not a flaw
+_UTF8_LOCAL_PART = "NonASCIILocalPartDefect"
+
+
+def _requester(value: str, parsed: _Parsed | None) -> str | None:
+    """The first usable mailbox of one address header, for answering (never for trust).
+
+    A cleanly parsed header gives its first usable addr-spec: a display name holding another
+    address changes nothing, the addr-spec is the one in angle brackets. A header the strict
+    parser could not read cleanly gives its first usable angle-bracketed address, else the
+    first usable address the lenient parser finds."""
+    if parsed is not None and not set(parsed[1]) - {_UTF8_LOCAL_PART}:
+        return next((addr for _, addr in parsed[0] if _usable(addr)), None)
+    candidates = [_normal_address(a) for a in _ANGLE_ADDR.findall(value[:_MAX_STRUCTURED])]
+    candidates += _lenient_addresses([value])
+    return next((addr for addr in candidates if _usable(addr)), None)
+
+
+def _fallback_requester(values: dict[str, list[str]], strict: _StrictAddresses) -> str | None:
+    """Sender:, else Reply-To:, when From names nobody the desk could answer."""
+    for name in ("sender", "reply-to"):
+        found = values.get(name, [])
+        requester = _requester(found[0], strict.parse(name, found[0])) if found else None
+        if requester:
+            return requester
+    return None
+
+
+def _usable(addr: str) -> bool:
+    local, _, domain = addr.rpartition("@")
+    return (
+        _USABLE.fullmatch(addr) is not None
+        and len(local.encode()) <= 64
+        and len(domain.encode()) <= 255
+        and ".." not in domain
+        and not local.startswith(".")
+        and not local.endswith(".")
+    )
+
+
+def _normal_address(addr: str) -> str:
+    """A bare addr-spec as the desk keeps it: NFC, the domain in lower case, and the local part
+    too when it is ASCII. A UTF-8 local part stays as written: only its owner's server knows
+    which of its case forms are the same mailbox."""
+    local, at, domain = _clean_line(addr).rpartition("@")
+    if not at:
+        return domain.lower() if domain.isascii() else domain
+    return f"{local.lower() if local.isascii() else local}@{domain.lower()}"
 
 
 class _StrictAddresses:
@@ -557,8 +620,8 @@ class _StrictAddresses:
         self.defects = defects
         self.left = _STRICT_BUDGET
 
-    def parse(self, name: str, value: str) -> tuple[list[tuple[str, str]], list[str]] | None:
-        """[(display name, bare lower-case addr-spec)] and parse defects; None if unread."""
+    def parse(self, name: str, value: str) -> _Parsed | None:
+        """[(display name, bare addr-spec)] and parse defects; None if unread."""
         if len(value) > min(_STRICT_BYTES, self.left):
             self.defects.add(f"{name} header too long for the strict address parser")
             return None
@@ -567,7 +630,7 @@ class _StrictAddresses:
             header = _POLICY.header_factory(name, value)
             found: list[tuple[str, str]] = []
             for address in header.addresses:
-                addr = _clean_line(address.addr_spec).lower()
+                addr = _normal_address(address.addr_spec)
                 if "@" in addr and " " not in addr and not addr.startswith("@"):
                     found.append((_clean_line(address.display_name, _NAME_BYTES), addr))
             problems = [type(d).__name__ for d in header.defects]
@@ -592,7 +655,7 @@ def _address_list(name: str, values: list[str], strict: _StrictAddresses) -> tup
 
 
 def _lenient_addresses(values: list[str]) -> list[str]:
-    """Bare lower-case addresses by the lenient parser, for what is not a matter of trust."""
+    """Bare addresses by the lenient parser, for what is not a matter of trust."""
     found: list[str] = []
     for value in values:
         try:
@@ -600,7 +663,7 @@ def _lenient_addresses(values: list[str]) -> list[str]:
         except Exception:  # it recurses on nested comments
             continue
         for _, addr in pairs:
-            addr = _clean_line(addr).lower()
+            addr = _normal_address(addr)
             if "@" in addr and " " not in addr and not addr.startswith("@"):
                 found.append(addr)
     return found

@@ -479,7 +479,8 @@ class SmtpServer(_Served):
     unless ``tls_context`` is given, in which case only after STARTTLS) and required.
     ``implicit_tls`` serves SMTPS on the port with ``tls_context`` instead of STARTTLS.
     With ``username`` and ``oauth_token``, AUTH XOAUTH2 is offered too and accepts exactly that
-    bearer token for that user (``set_oauth_token`` changes it).
+    bearer token for that user (``set_oauth_token`` changes it). ``smtputf8=False`` stops
+    announcing SMTPUTF8, as a server without RFC 6531 support does.
     """
 
     def __init__(
@@ -492,8 +493,10 @@ class SmtpServer(_Served):
         implicit_tls: bool = False,
         require_starttls: bool = False,
         oauth_token: str | None = None,
+        smtputf8: bool = True,
     ) -> None:
         self.host = LOOPBACK
+        self.smtputf8 = smtputf8
         self.username = username
         self._password = password
         self._oauth_token = oauth_token
@@ -601,7 +604,7 @@ class SmtpServer(_Served):
         kwargs: dict[str, Any] = {
             "hostname": "maildesk-test-smtp",
             "decode_data": False,
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": self.smtputf8,
             "auth_require_tls": self._tls_context is not None and not self.implicit_tls,
             "auth_required": False,  # enforced at MAIL, without aiosmtpd's warning
             "authenticator": self._authenticate if auth else None,

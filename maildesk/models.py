@@ -64,6 +64,7 @@ __all__ = [
     "OutboxStatus",
     "Participant",
     "Session",
+    "SmtpCapabilities",
     "Status",
     "Suppression",
     "Tag",
@@ -201,7 +202,11 @@ class Message(Base):
         back_populates="message", cascade="all, delete-orphan", order_by="Attachment.id"
     )
 
-    __table_args__ = (Index("ix_messages_message_id", "message_id"),)
+    __table_args__ = (
+        Index("ix_messages_message_id", "message_id"),
+        # whether the desk has heard from an address before (the cap on first-contact acks)
+        Index("ix_messages_sender", "sender"),
+    )
 
 
 class Attachment(Base):
@@ -231,6 +236,9 @@ class Event(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     ticket: Mapped[Ticket] = relationship(back_populates="events")
+
+    # counting one kind of event in the last hour reads that hour's rows, not every one ever
+    __table_args__ = (Index("ix_events_kind_at", "kind", "at"),)
 
 
 class Outbox(Base):
@@ -308,6 +316,20 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
+class SmtpCapabilities(Base):
+    """What an SMTP server announced when the delivery process last connected to it.
+
+    Keyed by ``host:port``, so another ``[smtp]`` server starts out unknown. Read when mail to a
+    non-ASCII address is enqueued: a server known not to announce SMTPUTF8 cannot take it, and
+    the agent is told at once instead of after a delivery attempt."""
+
+    __tablename__ = "smtp_capabilities"
+
+    server: Mapped[str] = mapped_column(String(300), primary_key=True)
+    smtputf8: Mapped[bool] = mapped_column(Boolean)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Lease(Base):
     """One consumer per mailbox: the holder renews its lease; a dead holder's lease expires."""
 
@@ -356,7 +378,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def _private_sqlite_files(path: Path) -> None:

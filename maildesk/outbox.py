@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import json
 import logging
 import random
 import re
@@ -31,9 +32,19 @@ import aiosmtplib
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from maildesk.config import Settings, SmtpSettings
-from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket, insert_row
+from maildesk.models import (
+    Database,
+    Event,
+    Outbox,
+    OutboxStatus,
+    SmtpCapabilities,
+    Suppression,
+    Ticket,
+    insert_row,
+)
 from maildesk.routing import LOOP_HEADER, bounce_address, is_desk_address, own_message_id
 
 log = logging.getLogger(__name__)
@@ -179,7 +190,11 @@ class Mailer:
         subject, text, html = self.templates.render(mail.template, context)
         message_id = own_message_id(desk.secret, desk.domain)
         status, why_not = OutboxStatus.PENDING, self._suppressed(session, mail, now)
-        if why_not:
+        undeliverable = self.undeliverable(session, mail.to)
+        if undeliverable:
+            status, why_not = OutboxStatus.FAILED, undeliverable
+            log.warning("cannot send %s to %s: %s", mail.kind, mail.to, undeliverable)
+        elif why_not:
             status = OutboxStatus.SUPPRESSED
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
             if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
@@ -203,6 +218,20 @@ class Mailer:
             },
         )
         return message_id
+
+    def undeliverable(self, session: Any, address: str) -> str | None:
+        """Why mail to ``address`` cannot go out through our SMTP server, when that is known
+        before trying: a non-ASCII address (RFC 6531) and a server that did not announce
+        SMTPUTF8 the last time the delivery process connected. Unknown yet: None (the delivery
+        process finds out, and fails the mail then with the same reason)."""
+        if address.isascii():
+            return None
+        smtp = self.settings.smtp
+        with session.no_autoflush:
+            known = session.get(SmtpCapabilities, server_name(smtp))
+        if known is None or known.smtputf8:
+            return None
+        return no_smtputf8(smtp, address)
 
     def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
         if not mail.automatic or mail.to_agent:
@@ -270,7 +299,7 @@ class Mailer:
         desk = self.settings.desk
         headers = [
             ("From", _address(clean_header(desk.name, 200), desk.address)),
-            ("To", _address("", mail.to)),
+            ("To", _address("", mail.to)),  # a non-ASCII address is written as UTF-8 (RFC 6532)
             ("Subject", _encoded(clean_header(subject, 900) or clean_header(desk.name, 200))),
             ("Date", format_datetime(now)),
             ("Message-ID", f"<{message_id}>"),
@@ -287,15 +316,20 @@ class Mailer:
             headers.append(("X-Auto-Response-Suppress", "All"))
             headers.append(("Precedence", "bulk" if mail.to_agent else "auto_reply"))
         headers.append((LOOP_HEADER, desk.loop_id))
-        head = "".join(_header(name, value) for name, value in headers) + "MIME-Version: 1.0\r\n"
+        head = "".join(
+            _header(name, value) if value.isascii() or name != "To" else f"To: {value}\r\n"
+            for name, value in headers
+        )
+        # UTF-8 only in the To of mail to a non-ASCII address, which goes out with SMTPUTF8
+        head_bytes = (head + "MIME-Version: 1.0\r\n").encode("utf-8")
         if html is None:
-            return head.encode("ascii") + _text_part(text, "plain")
+            return head_bytes + _text_part(text, "plain")
         # "=_" never occurs in quoted-printable text (every "=" there starts a hex pair or a soft
         # line break), so this boundary cannot collide with either part.
         boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
         return b"".join(
             (
-                head.encode("ascii"),
+                head_bytes,
                 b'Content-Type: multipart/alternative;\r\n boundary="%s"\r\n\r\n' % boundary,
                 b"--%s\r\n" % boundary,
                 _text_part(text, "plain"),
@@ -432,13 +466,31 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     return settings.ssl_context if settings.ssl_context is not None else None
 
 
+def server_name(settings: SmtpSettings) -> str:
+    """How the desk names its SMTP server in what it remembers about it."""
+    return f"{settings.host}:{settings.port}"
+
+
+def no_smtputf8(settings: SmtpSettings, address: str) -> str:
+    """The reason mail to a non-ASCII ``address`` cannot go out through this server."""
+    return (
+        f"the address {address} is not ASCII, and the SMTP server {server_name(settings)} does "
+        "not announce SMTPUTF8 (RFC 6531), which mail to it needs"
+    )
+
+
 class Sender:
-    """One reusable SMTP connection (reconnects when the server drops it)."""
+    """One reusable SMTP connection (reconnects when the server drops it).
+
+    ``smtputf8``: whether the server announced SMTPUTF8 at the last connection (None: not
+    connected yet); ``deliver_rows`` keeps that in the database for ``Mailer.undeliverable``."""
 
     def __init__(self, settings: SmtpSettings, token: Any = None) -> None:
         self.settings = settings
         self.token = token
         self.client: aiosmtplib.SMTP | None = None
+        self.smtputf8: bool | None = None
+        self.noted_smtputf8: bool | None = None  # what ``record_smtputf8`` last wrote
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -464,13 +516,26 @@ class Sender:
             if invalidate is not None:
                 invalidate()  # an expired or revoked token: fetch a fresh one next time
             raise aiosmtplib.SMTPException(f"login refused: {exc.code} {exc.message}") from None
+        if client.is_ehlo_or_helo_needed:  # what the server announces, before the first mail
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()  # a server without ESMTP announces nothing
+        self.smtputf8 = client.supports_extension("smtputf8")
         return client
 
     async def send(self, mail_from: str, recipient: str, body: bytes) -> Delivery:
         try:
             if self.client is None or not self.client.is_connected:
                 self.client = await self._connect()
-            errors, response = await self.client.sendmail(mail_from, [recipient], body)
+            options = []
+            if not recipient.isascii():
+                if not self.smtputf8:  # permanent for this mail: no retry would change it
+                    return Delivery("failed", no_smtputf8(self.settings, recipient))
+                options.append("SMTPUTF8")
+            errors, response = await self.client.sendmail(
+                mail_from, [recipient], body, mail_options=options
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return _classify(exc.recipients[0].code, exc.recipients[0].message)
         except aiosmtplib.SMTPResponseException as exc:
@@ -559,12 +624,13 @@ def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
 
 def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: datetime) -> None:
     """Write the outcomes of several attempts in one transaction (one commit, one fsync)."""
+    changes = [(row, result, _outcome(row, result, now)) for row, result in outcomes]
     with db.transaction() as session:
         # one bulk UPDATE by primary key (executemany per set of columns), not one per row
-        session.execute(
-            update(Outbox),
-            [{"id": row.id, **_outcome(row, result, now)} for row, result in outcomes],
-        )
+        session.execute(update(Outbox), [{"id": row.id, **values} for row, _, values in changes])
+        for row, result, values in changes:
+            if values.get("status") == OutboxStatus.FAILED and row.ticket_id is not None:
+                _failed_on_ticket(session, row, result.detail, now)
     for row, result in outcomes:
         if result.outcome == "sent":
             log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
@@ -576,6 +642,44 @@ def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: 
                 row.recipient,
                 result.detail,
             )
+
+
+def _failed_on_ticket(session: Any, row: Outbox, error: str, now: datetime) -> None:
+    """A mail given up on shows on its ticket's timeline, with the reason."""
+    detail = {"mail": row.kind, "recipient": row.recipient, "error": error}
+    insert_row(
+        session,
+        Event,
+        {
+            "ticket_id": row.ticket_id,
+            "kind": "mail_failed",
+            "actor": "",
+            "at": now,
+            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+        },
+    )
+
+
+def record_smtputf8(db: Database, senders: Sequence[Sender], now: datetime) -> None:
+    """Keep what the server announced (SMTPUTF8) when it changed or was not known yet."""
+    if not senders:
+        return
+    learnt = [s.smtputf8 for s in senders if s.smtputf8 is not None]
+    if not learnt or all(s.noted_smtputf8 == learnt[-1] for s in senders):
+        return
+    server = server_name(senders[0].settings)
+    try:
+        with db.transaction() as session:
+            known = session.get(SmtpCapabilities, server)
+            if known is None:
+                session.add(SmtpCapabilities(server=server, smtputf8=learnt[-1], checked_at=now))
+            else:
+                known.smtputf8, known.checked_at = learnt[-1], now
+    except IntegrityError:  # another daemon wrote it at the same moment: the same fact
+        pass
+    for sender in senders:
+        sender.noted_smtputf8 = learnt[-1]
+    log.info("SMTP server %s %s SMTPUTF8", server, "announces" if learnt[-1] else "lacks")
 
 
 def _outcome(row: Outbox, result: Delivery, now: datetime) -> dict[str, Any]:
@@ -647,6 +751,7 @@ async def deliver_rows(
         untried.append(queue.get_nowait().id)
     if untried:  # the server went away: let the next round (or another daemon) have them
         await asyncio.to_thread(release, db, untried)
+    await asyncio.to_thread(record_smtputf8, db, senders, clock())
     return results
 
 
@@ -670,4 +775,9 @@ async def probe(settings: SmtpSettings) -> str:
         await client.quit()
     except aiosmtplib.SMTPException:
         client.close()
-    return "connected" + (" and logged in" if settings.username else "")
+    utf8 = (
+        "SMTPUTF8 announced"
+        if sender.smtputf8
+        else "no SMTPUTF8: mail to non-ASCII addresses cannot be sent"
+    )
+    return "connected" + (" and logged in" if settings.username else "") + f" ({utf8})"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from maildesk import auth, commands
@@ -33,7 +33,7 @@ from maildesk.models import (
     insert_row,
 )
 from maildesk.outbox import Mail, Mailer
-from maildesk.routing import Identity, TicketView
+from maildesk.routing import Identity, TicketView, is_desk_address
 from maildesk.store import Store
 
 log = logging.getLogger(__name__)
@@ -284,9 +284,53 @@ def agent_mail(
     )
 
 
+NO_ADDRESS = (
+    "this ticket has no usable customer address (its first mail had none in From:, Sender: "
+    "or Reply-To:)"
+)
+
+
 def send(session: Session, desk: Desk, mails: Iterable[Mail], now: datetime) -> None:
+    """Enqueue ``mails``. Mail to the customer of a ticket without a usable address is not
+    written at all, and mail the SMTP server is known not to take is written as failed; the
+    ticket's timeline records either, with the reason."""
     for mail in mails:
-        desk.mailer.enqueue(session, mail, now)
+        ticket = mail.ticket
+        if mail.to_agent or ticket is None:
+            desk.mailer.enqueue(session, mail, now)
+        elif not mail.to:
+            event(session, ticket, "not_mailed", "", now, mail=mail.kind, reason=NO_ADDRESS)
+        else:
+            undeliverable = desk.mailer.undeliverable(session, mail.to)
+            desk.mailer.enqueue(session, mail, now)
+            if undeliverable:
+                detail = {"mail": mail.kind, "recipient": mail.to, "error": undeliverable}
+                event(session, ticket, "mail_failed", "", now, **detail)
+
+
+def not_mailed(session: Session, desk: Desk, ticket: Ticket, mails: Sequence[Mail]) -> str | None:
+    """Why the customer was not mailed by the mail an agent's message causes (None: they were,
+    or nothing was for them): the ticket has no usable address, or the SMTP server is known
+    not to take mail to it. Said in the agent's receipt."""
+    if not ticket.requester:
+        return NO_ADDRESS
+    if any(not mail.to_agent for mail in mails):
+        return desk.mailer.undeliverable(session, ticket.requester)
+    return None
+
+
+def admin_alert(desk: Desk, subject: str, text: str) -> Mail | None:
+    """A mail to ``[desk] admin_address``; None when there is none."""
+    admin = desk.settings.desk.admin_address
+    if not admin:
+        return None
+    return Mail(
+        kind="alert",
+        template="admin_alert",
+        to=admin,
+        context={"subject": subject, "text": text},
+        to_agent=True,
+    )
 
 
 def notify_team(
@@ -328,7 +372,9 @@ def open_ticket(
     linked_to: Ticket | None = None,
 ) -> Ticket:
     """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
-    requester = inbound.sender or ""
+    requester = inbound.requester or ""
+    if is_desk_address(requester, desk.settings.desk.address):
+        requester = ""  # the desk is never its own customer
     ticket = Ticket(
         subject=inbound.subject or "(no subject)",
         requester=requester,
@@ -359,23 +405,15 @@ def open_ticket(
     if linked_to is not None:
         detail["linked_to"] = desk.ref(linked_to)
     if not requester:
-        detail["warning"] = "the From: address is missing or ambiguous; no acknowledgment sent"
+        detail["warning"] = (
+            "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
+        )
     event(session, ticket, "created", requester, now, **detail)
     mails = notify_team(
         desk, ticket, "notice", "agent_new", now, text=inbound.text.strip(), sender=requester
     )
     if acknowledge and requester:
-        mails.append(
-            customer_mail(
-                desk,
-                ticket,
-                "ack",
-                "ack",
-                dropped=attachment_notes(inbound),
-                max_attachment_bytes=desk.settings.limits.max_attachment_bytes,
-            )
-        )
-        event(session, ticket, "acknowledged", "", now)
+        mails += acknowledgment(session, desk, ticket, inbound, now)
     track_sla(desk, ticket)
     send(session, desk, mails, now)
     log.info(
@@ -386,6 +424,107 @@ def open_ticket(
         extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
     )
     return ticket
+
+
+HOUR = timedelta(hours=1)
+# the detail of an "acknowledged" event for an address the desk had never heard from
+FIRST_CONTACT = json.dumps({"first_contact": True}, ensure_ascii=False, sort_keys=True)
+
+
+def acknowledgment(
+    session: Session, desk: Desk, ticket: Ticket, inbound: Inbound, now: datetime
+) -> list[Mail]:
+    """The acknowledgment of a new ticket, unless its requester is a first contact and the
+    desk has acknowledged ``[limits] new_sender_acks_per_hour`` first contacts in the last
+    hour (forged senders must not turn the desk into a mailer of their subject lines)."""
+    first = first_contact(session, ticket)
+    if first:
+        limit = desk.settings.limits.new_sender_acks_per_hour
+        recent = recent_events(session, "acknowledged", now, limit, FIRST_CONTACT)
+        if recent >= limit:
+            skip_acknowledgment(session, desk, ticket, recent, now)
+            return []
+    event(session, ticket, "acknowledged", "", now, **({"first_contact": True} if first else {}))
+    ack = customer_mail(
+        desk,
+        ticket,
+        "ack",
+        "ack",
+        dropped=attachment_notes(inbound),
+        max_attachment_bytes=desk.settings.limits.max_attachment_bytes,
+    )
+    return [ack]
+
+
+def first_contact(session: Session, ticket: Ticket) -> bool:
+    """Whether the desk had never heard from the ticket's requester: no message from that
+    address on any other ticket."""
+    # on the session's connection: what this transaction has not flushed yet is this
+    # ticket's own, which the question leaves out anyway (and a flush costs more than asking)
+    params = {"sender": ticket.requester, "ticket": ticket.id}
+    return session.connection().execute(_EARLIER, params).first() is None
+
+
+def recent_events(session: Session, kind: str, now: datetime, up_to: int, detail: str = "") -> int:
+    """How many ``kind`` events (with exactly ``detail``) the last hour holds on any ticket,
+    counted up to ``up_to``: the answer needed, read from that many index entries at most,
+    however busy the hour was."""
+    params = {"kind": kind, "since": now - HOUR, "detail": detail, "up_to": up_to}
+    statement = _RECENT_WITH_DETAIL if detail else _RECENT
+    return session.connection().execute(statement, params).scalar() or 0
+
+
+# Built once, with bound parameters: composing a statement costs more than running it.
+_EARLIER = (
+    select(Message.id)
+    .where(Message.sender == bindparam("sender"), Message.ticket_id != bindparam("ticket"))
+    .limit(1)
+)
+
+
+def _recent(*conditions: Any) -> Any:
+    rows = select(Event.id).where(
+        Event.kind == bindparam("kind"), Event.at > bindparam("since"), *conditions
+    )
+    return select(func.count()).select_from(rows.limit(bindparam("up_to")).subquery())
+
+
+_RECENT = _recent()
+_RECENT_WITH_DETAIL = _recent(Event.detail == bindparam("detail"))
+
+
+def skip_acknowledgment(
+    session: Session, desk: Desk, ticket: Ticket, recent: int, now: datetime
+) -> None:
+    """Record the acknowledgment held back; the first of an hour alerts the admin."""
+    limit = desk.settings.limits.new_sender_acks_per_hour
+    reason = (
+        f"{recent} acknowledgments to first-contact senders in the last hour "
+        f"([limits] new_sender_acks_per_hour = {limit})"
+    )  # ``recent`` is the limit itself: counting stops there
+    first_this_hour = recent_events(session, "acknowledgment_skipped", now, 1) == 0
+    event(session, ticket, "acknowledgment_skipped", "", now, reason=reason)
+    log.warning(
+        "%s: no acknowledgment to %s: %s",
+        desk.ref(ticket),
+        ticket.requester,
+        reason,
+        extra={"ticket": desk.ref(ticket)},
+    )
+    if not first_this_hour:
+        return
+    alert = admin_alert(
+        desk,
+        "acknowledgments to new senders held back",
+        f"{reason}.\n\nNew tickets are still made, and their agents told, but tickets from "
+        "addresses never heard from before get no acknowledgment until fewer than "
+        f"{limit} went out in the last hour. Each one held back is recorded on its ticket "
+        f"(event acknowledgment_skipped), starting with {desk.ref(ticket)}.\n\nMany new "
+        "senders at once often means forged senders: someone using the desk to mail others. "
+        "This alert comes at most once an hour.",
+    )
+    if alert is not None:
+        desk.mailer.enqueue(session, alert, now)
 
 
 def automatic_followup(
@@ -404,7 +543,7 @@ def automatic_followup(
         ticket,
         inbound,
         stored,
-        sender=inbound.sender or "",
+        sender=inbound.sender or inbound.requester or "",
         text=inbound.reply_text.strip(),
         at=now,
         automatic=reason,
@@ -422,11 +561,11 @@ def customer_reply(
     now: datetime,
 ) -> Ticket:
     """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
-    sender = inbound.sender or ""
+    sender = inbound.sender or inbound.requester or ""  # who wrote, as far as the mail says
     text = inbound.reply_text.strip()
     if ticket.status == Status.CLOSED:
         rating = RATING.match(text)
-        if rating and sender == ticket.requester:
+        if rating and sender and sender == ticket.requester:
             add_message(session, desk, ticket, inbound, stored, sender=sender, text=text, at=now)
             ticket.rating = int(rating.group(1))
             ticket.rating_comment = rating.group(2).strip() or None
@@ -558,14 +697,16 @@ def agent_message(
         event(
             session, ticket, "command_refused", agent.email, now, refused=list(validation.refusals)
         )
-        receipt = receipt_mail(desk, ticket, agent, now, [], validation.refusals, bool(parsed.text))
-        send(session, desk, [receipt], now)
+        refused = Receipt(refused=validation.refusals, kept_as_note=bool(parsed.text))
+        send(session, desk, [receipt_mail(desk, ticket, agent, now, refused)], now)
         return AgentOutcome((), validation.refusals, True)
     applied, mails = apply_actions(
         session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now
     )
-    if parsed.commands:
-        mails.append(receipt_mail(desk, ticket, agent, now, applied, (), False))
+    unmailed = not_mailed(session, desk, ticket, mails)
+    if parsed.commands or unmailed:
+        receipt = Receipt(applied=tuple(applied), not_mailed=unmailed)
+        mails.append(receipt_mail(desk, ticket, agent, now, receipt))
     send(session, desk, mails, now)
     return AgentOutcome(tuple(applied), (), True)
 
@@ -645,14 +786,18 @@ def refuse_unverified(
     return AgentOutcome((), (proof.reason,), False)
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What an agent's receipt reports."""
+
+    applied: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    kept_as_note: bool = False  # the text was kept as an internal note (commands refused)
+    not_mailed: str | None = None  # why nobody outside was mailed, when someone should have been
+
+
 def receipt_mail(
-    desk: Desk,
-    ticket: Ticket,
-    agent: AgentSettings,
-    now: datetime,
-    applied: Sequence[str],
-    refused: Sequence[str],
-    kept_as_note: bool,
+    desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime, receipt: Receipt
 ) -> Mail:
     """The one reply to an agent's commands: what was done, what was refused, and the help."""
     return agent_mail(
@@ -662,9 +807,10 @@ def receipt_mail(
         "receipt",
         "agent_receipt",
         now,
-        applied=list(applied),
-        refused=list(refused),
-        kept_as_note=kept_as_note,
+        applied=list(receipt.applied),
+        refused=list(receipt.refused),
+        kept_as_note=receipt.kept_as_note,
+        not_mailed=receipt.not_mailed,
     )
 
 

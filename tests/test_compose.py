@@ -257,3 +257,21 @@ def test_unsafe_addresses_are_refused(desk: Settings, address: str) -> None:
     reply = Mail(kind="notice", template="agent_new", to=CUSTOMER, reply_to=address)
     with pytest.raises(ValueError, match="unsafe address"):
         compose(desk, reply, "Hi", "Hello\n")
+
+
+@pytest.mark.parametrize("address", ["José.Núñez@exämple.test", "ünal@example.com", "jo@bücher.de"])
+def test_a_non_ascii_address_is_written_as_utf8_not_as_an_encoded_word(
+    desk: Settings, address: str
+) -> None:
+    raw = compose(desk, Mail(kind="ack", template="ack", to=address), "Grüße", "Hallo\n")
+    assert_wire_form(raw)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert f"\r\nTo: {address}\r\n".encode() in head  # RFC 6532: UTF-8 in the header itself
+    assert b"=?" not in head.split(b"\r\nSubject:")[0]
+    msg = read(raw)
+    assert str(msg["To"]) == address  # (CPython reads the header whole, not yet its parts)
+    assert msg["Subject"] == "Grüße"
+    # only the address is 8-bit: every other header reads the same in a plain ASCII reader
+    assert [line for line in head.split(b"\r\n") if not line.isascii()] == [
+        f"To: {address}".encode()
+    ]

@@ -688,3 +688,52 @@ def test_large_base64_bodies_decode_whole_including_inside_an_attached_message()
     files = [p.get_payload(decode=True) for p in reparsed.walk() if p.get_filename() == "in.bin"]
     assert files == [payload]
     assert parsed.text.strip() == "two large files"
+
+
+def headers_only(fields: str) -> Inbound:
+    return parse(f"{fields}\r\nMessage-ID: <r@customer.test>\r\nSubject: hi\r\n\r\nhi\r\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("fields", "requester"),
+    [
+        ("From: a@x.test, b@y.test", "a@x.test"),
+        ('From: "bob@evil.test" <carol@customer.test>', "carol@customer.test"),
+        ("From: =?utf-8?q?bob=40evil.test?= <carol@customer.test>", "carol@customer.test"),
+        # unquoted, so the strict parse is broken: the addr-spec is the one in angle brackets
+        ("From: bob@evil.test <carol@customer.test>", "carol@customer.test"),
+        ("From: Carol Customer\r\nSender: Desk <Sec@Customer.test>", "sec@customer.test"),
+        ("From: Carol\r\nReply-To: Carol <c@customer.test>, d@customer.test", "c@customer.test"),
+        ("From: a@x.test\r\nSender: s@x.test\r\nReply-To: r@x.test", "a@x.test"),
+        ("From: undisclosed-recipients:;\r\nReply-To: r@x.test", "r@x.test"),
+        ("From: bob@\r\nSender: <s@x.test>", "s@x.test"),
+        ('From: "john doe"@x.test\r\nReply-To: r@x.test', "r@x.test"),
+        ("From: a@x.test\r\nFrom: b@y.test", "a@x.test"),
+        ("From: José <José@Exämple.Test>", "José@exämple.test"),
+        ("From: Carol", None),
+        ("From: Carol <carol>\r\nReply-To: nobody", None),
+        ("From: a@b..c", None),
+        ("To: support@example.com", None),
+    ],
+)
+def test_the_requester_is_the_first_usable_mailbox_of_from_then_sender_then_reply_to(
+    fields: str, requester: str | None
+) -> None:
+    m = headers_only(fields)
+    assert m.requester == requester
+
+
+def test_a_requester_that_is_not_a_sender_proves_nothing() -> None:
+    # who a ticket answers is not who sent it: ``sender`` stays None wherever From is ambiguous
+    for fields in ("From: a@x.test, b@y.test", 'From: "bob@evil.test" <carol@customer.test>'):
+        m = headers_only(fields)
+        assert m.sender is None and m.requester is not None
+
+
+def test_a_utf8_address_is_kept_as_written_in_nfc_with_its_domain_in_lower_case() -> None:
+    decomposed = unicodedata.normalize("NFD", "JOSÉ@EXÄMPLE.test")
+    raw = f"From: {decomposed}\r\nCc: Ünal <ÜNAL@Exämple.TEST>, Bob@Example.ORG\r\n".encode()
+    m = headers_only(raw.decode())
+    assert m.requester == "JOSÉ@exämple.test"
+    assert unicodedata.is_normalized("NFC", m.requester)
+    assert m.cc == ("ÜNAL@exämple.test", "bob@example.org")

@@ -9,6 +9,7 @@ report about one of our mails lands as a ``bounce`` event on its ticket.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from maildesk.mailworld import Captured, SmtpServer
-from tests.desk import ALICE, CAROL_AGENT, CUSTOMER, DeskWorld, customer_mail, text_of
+from tests.desk import ALICE, CAROL_AGENT, CUSTOMER, Clock, DeskWorld, customer_mail, text_of
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
@@ -270,3 +271,61 @@ def test_a_delayed_delivery_report_is_only_recorded(world: DeskWorld) -> None:
     world.deliver(customer_mail("Second question", "Hello", sender="slow@customer.test"))
     world.run_once()
     assert len(world.mails_to("slow@customer.test")) == 2
+
+
+def test_forged_new_senders_get_at_most_the_hourly_acknowledgments(
+    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    world = DeskWorld(
+        imap_server,
+        smtp_server,
+        tmp_path,
+        extra_config="[limits]\nnew_sender_acks_per_hour = 10\n",
+        clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
+    )
+    try:
+        world.deliver(customer_mail("Invoice question", "Hello", sender="known@customer.test"))
+        world.run_once()
+        assert len(world.mails_to("known@customer.test")) == 1
+        world.clock.advance(hours=2)
+
+        # 30 forged senders, each a first contact, each handed the attacker's subject
+        spam = "Claim your prize at prize.evil.test"
+        forged = [f"victim{i}@victims.test" for i in range(30)]
+        for address in forged:
+            world.deliver(customer_mail(spam, "You won!", sender=address))
+        world.deliver(customer_mail("Invoice again", "Hello again", sender="known@customer.test"))
+        assert world.run_once() == 0
+
+        tickets = [t for t in world.tickets() if t["requester"] in forged]
+        assert len(tickets) == 30  # every ticket is made
+        acked = [a for a in forged if world.mails_to(a)]
+        assert len(acked) == 10
+        skipped = [
+            t for t in tickets if "acknowledgment_skipped" in [e["kind"] for e in t["events"]]
+        ]
+        assert len(skipped) == 20
+        [reason] = {
+            e["detail"]["reason"]
+            for t in skipped
+            for e in t["events"]
+            if e["kind"] == "acknowledgment_skipped"
+        }
+        assert "new_sender_acks_per_hour = 10" in reason
+        # a sender the desk knows is acknowledged over the cap; the agents hear of everything
+        assert len(world.mails_to("known@customer.test")) == 2
+        assert len({m.message["Message-ID"] for m in world.mails_to(ALICE)}) == 32
+        [alert] = world.mails_to("admin@example.com")  # once, not once per ticket
+        assert "held back" in str(alert.message["Subject"])
+        assert spam not in text_of(alert) and "prize" not in str(alert.message["Subject"])
+
+        # the next hour starts a new count, and may alert once more
+        world.clock.advance(hours=1, minutes=1)
+        later = [f"later{i}@victims.test" for i in range(11)]
+        for address in later:
+            world.deliver(customer_mail(spam, "You won!", sender=address))
+        world.run_once()
+        assert sum(1 for a in later if world.mails_to(a)) == 10
+        assert len(world.mails_to("admin@example.com")) == 2
+    finally:
+        world.close()

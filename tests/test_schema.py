@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 
 import maildesk.models
 from maildesk.models import HEAD_REVISION, Database
@@ -65,16 +65,42 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0003(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE smtp_capabilities"))
+    conn.execute(text("DROP INDEX ix_messages_sender"))
+    conn.execute(text("DROP INDEX ix_events_kind_at"))
+
+
 def test_a_database_at_the_first_revision_gains_the_raw_mail_table(database_url: str) -> None:
     db = Database(database_url)
     try:
         db.upgrade()
         with db.engine.begin() as conn:
+            _undo_0003(conn)
             conn.execute(text("DROP TABLE raw_mail"))
             conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
         assert "raw_mail" not in inspect(db.engine).get_table_names()
         db.upgrade()
         assert db.revision() == HEAD_REVISION
         assert "raw_mail" in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_second_revision_gains_smtp_capabilities_and_indexes(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0003(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        schema = inspect(db.engine)
+        assert "smtp_capabilities" in schema.get_table_names()
+        assert "ix_messages_sender" in {i["name"] for i in schema.get_indexes("messages")}
+        assert "ix_events_kind_at" in {i["name"] for i in schema.get_indexes("events")}
     finally:
         db.dispose()
