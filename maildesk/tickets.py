@@ -588,7 +588,7 @@ def prove(
         agent=agent.email,
         ticket_number=ticket.id,
         addresses=[*inbound.to, *inbound.cc, *inbound.delivered_to],
-        authentication_results=inbound.header("authentication-results"),
+        authentication_results=inbound.authentication_results,
         trusted_authserv_ids=settings.security.trusted_authserv_ids,
         agent_auth=settings.security.agent_auth,
         now=now,
