@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import random
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 
 import pytest
 
@@ -256,6 +258,47 @@ def test_garbage_authentication_results_never_raise() -> None:
         value = "".join(rng.choices(pieces, k=rng.randint(0, 30)))
         passed, reason = check_authentication_results([value], TRUSTED, "example.com")
         assert isinstance(passed, bool) and reason
+
+
+def lines_run(function: Callable[[], object]) -> int:
+    """How many lines of maildesk/auth.py run while ``function`` does: its work, not its time."""
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal count
+        if frame.f_code.co_filename.endswith("auth.py"):
+            count += event == "line"
+            return trace
+        return None
+
+    sys.settrace(trace)
+    try:
+        function()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        "(" * 200 + "x" + ")" * 200,
+        "a=b " * 100,
+        "; dmarc=pass" * 100,
+        'k="' + '\\"' * 100 + '"',
+        "spf=pass smtp.mailfrom=" + "a=" * 200 + "b@evil.test",
+        "mx.desk.example" * 100 + "=?",
+    ],
+    ids=["nested-comments", "pairs", "results", "quoted-pairs", "equals-in-a-value", "unread"],
+)
+def test_the_work_of_reading_a_verdict_grows_with_its_length_only(poison: str) -> None:
+    def read(copies: int) -> int:
+        value = "mx.desk.example; " + poison * copies
+        return lines_run(lambda: check_authentication_results([value], TRUSTED, "example.com"))
+
+    once, twice = read(4), read(8)
+    assert once > 0
+    assert twice <= 2.2 * once
 
 
 # --- authenticate ------------------------------------------------------------------------------
