@@ -4,7 +4,8 @@ Sits between ``routing`` and ``tickets``: once a follow-up is known to come from
 lifecycle asks ``authenticate`` whether the message proves it. ``From:`` alone never does. Proof
 is either a reply token (an HMAC with the desk secret, carried in the plus-address of the
 ``Reply-To`` of every notification) or a verdict from a trusted ``Authentication-Results`` header
-(RFC 8601) showing DMARC pass or DKIM pass aligned with the From domain.
+(RFC 8601), read from the value as it arrived, showing DMARC pass for the From domain or DKIM
+pass aligned with it.
 
 Everything here is pure: no database, no network, no clock (``now`` is passed in). Checking
 never raises; only ``make_token`` refuses impossible input.
@@ -160,6 +161,21 @@ def tokens_in(addresses: Iterable[str], desk_address: str) -> tuple[str, ...]:
 
 
 # --- Authentication-Results (RFC 8601) -------------------------------------------------------
+#
+# A verdict is read from the header value exactly as it arrived (only unfolded). A receiving MTA
+# copies what the sender chose (the envelope sender, the HELO name) into its own header, so any
+# decoding or cleaning would let the sender write results: a value holding an RFC 2047 encoded
+# word, a non-ASCII character, or a control or invisible character is not read at all. Property
+# values (``smtp.mailfrom=...``) are single tokens, never scanned again for results.
+
+# "=?" starts an encoded word; anything outside printable ASCII but folding whitespace is either
+# non-ASCII (SMTPUTF8 addresses, U+200B...) or a control character.
+_UNREADABLE = re.compile(r"=\?|[^\x20-\x7e\t\r\n]")
+# The authserv-id of a value that is not read: its leading word, when that is plain and ends
+# where a word ends. A value whose leading word is not plain might be anyone's.
+_LEADING_ID = re.compile(r"[ \t\r\n]*([!#-'*-:<>-~]+)(?=[ \t\r\n;(]|\Z)")
+_UNKNOWN_ID = "\x00unknown"  # never equal to a configured authserv-id
+_SPACE = " \t\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,63 +193,97 @@ class _ResInfo:
 
 @dataclass(frozen=True, slots=True)
 class _Results:
-    authserv_id: str  # lower-case; "" when the header has none
+    authserv_id: str  # lower-case; "" when the header has none; _UNKNOWN_ID when unreadable
     resinfo: tuple[_ResInfo, ...]
+    readable: bool = True  # False: the value needed decoding or cleaning; it proves nothing
+
+
+def _comment_end(value: str, i: int) -> tuple[int, bool]:
+    """The index after the comment opening at ``i`` (nested, with quoted-pairs), and whether
+    it was closed; an unterminated comment runs to the end of the value."""
+    depth, n = 0, len(value)
+    while i < n:
+        if value[i] == "\\":
+            i += 2
+            continue
+        depth += {"(": 1, ")": -1}.get(value[i], 0)
+        i += 1
+        if depth == 0:
+            return i, True
+    return n, False
+
+
+def _quoted_end(value: str, i: int) -> tuple[str, int, bool]:
+    """The content of the quoted string opening at ``i``, the index after it, and whether it
+    was closed; an unterminated one runs to the end of the value."""
+    chars: list[str] = []
+    i, n = i + 1, len(value)
+    while i < n and value[i] != '"':
+        if value[i] == "\\" and i + 1 < n:
+            i += 1
+        chars.append(value[i])
+        i += 1
+    return "".join(chars), i + 1, i < n
+
+
+def _pvalue_end(value: str, i: int) -> tuple[str, int, bool]:
+    """One value after "=": a run up to white space, ";" or a comment, quoted strings in it
+    kept whole (``"a b"@example.com``). It is one token whatever it holds."""
+    chars: list[str] = []
+    well_formed, n = True, len(value)
+    while i < n and value[i] not in _SPACE and value[i] not in ";()":
+        if value[i] == '"':
+            content, i, closed = _quoted_end(value, i)
+            chars.append(content)
+            well_formed = well_formed and closed
+        else:
+            chars.append(value[i])
+            i += 1
+    return "".join(chars), i, well_formed
 
 
 def _lex(value: str) -> tuple[list[tuple[str, str]], bool]:
-    """Tokens of an AR value: ("word", w), ("quoted", s), ("=", "="), (";", ";"), and whether
-    the value was well formed.
+    """Tokens of an AR value: ("word", w), ("quoted", s), ("=", "="), ("value", v), (";", ";"),
+    and whether the value was well formed.
 
-    Comments (nested, with quoted-pairs) are dropped; an unterminated comment or quoted string
-    runs to the end of the value and marks it malformed.
+    What follows "=" is a single "value" token. Comments (nested, with quoted-pairs) are
+    dropped; an unterminated comment or quoted string marks the value malformed.
     """
     tokens: list[tuple[str, str]] = []
     well_formed = True
     i, n = 0, len(value)
     while i < n:
         char = value[i]
-        if char.isspace() or char == ")":  # a stray ")" closes nothing
+        closed = True
+        if char in _SPACE or char == ")":  # a stray ")" closes nothing
             i += 1
         elif char == "(":
-            depth = 0
-            while i < n:
-                if value[i] == "\\":
-                    i += 2
-                    continue
-                depth += {"(": 1, ")": -1}.get(value[i], 0)
-                i += 1
-                if depth == 0:
-                    break
-            well_formed = well_formed and depth == 0
+            i, closed = _comment_end(value, i)
+        elif tokens and tokens[-1][0] == "=" and char != ";":
+            text, i, closed = _pvalue_end(value, i)
+            tokens.append(("value", text))
         elif char == '"':
-            i += 1
-            chars: list[str] = []
-            while i < n and value[i] != '"':
-                if value[i] == "\\" and i + 1 < n:
-                    i += 1
-                chars.append(value[i])
-                i += 1
-            well_formed = well_formed and i < n
-            i += 1
-            tokens.append(("quoted", "".join(chars)))
+            text, i, closed = _quoted_end(value, i)
+            tokens.append(("quoted", text))
         elif char in "=;":
             tokens.append((char, char))
             i += 1
         else:
             start = i
-            while i < n and not value[i].isspace() and value[i] not in '()";=':
+            while i < n and value[i] not in _SPACE and value[i] not in '()";=':
                 i += 1
             tokens.append(("word", value[start:i]))
+        well_formed = well_formed and closed
     return tokens, well_formed
 
 
 def _parse_resinfo(tokens: list[tuple[str, str]]) -> _ResInfo | None:
+    """``method=result`` then ``ptype.property=value`` pairs; anything else is skipped."""
     pairs: list[tuple[str, str]] = []
     i = 0
     while i + 2 < len(tokens):
         (kind, key), (eq, _), (vkind, val) = tokens[i], tokens[i + 1], tokens[i + 2]
-        if kind == "word" and eq == "=" and vkind in ("word", "quoted"):
+        if kind == "word" and eq == "=" and vkind == "value":
             pairs.append((key.lower(), val))
             i += 3
         else:
@@ -248,10 +298,19 @@ def _parse_resinfo(tokens: list[tuple[str, str]]) -> _ResInfo | None:
     )
 
 
+def _unread(value: str) -> _Results:
+    """A value that needs decoding or cleaning: only where it stands is kept, never a result."""
+    match = _LEADING_ID.match(value)
+    return _Results(match.group(1).lower() if match else _UNKNOWN_ID, (), readable=False)
+
+
 def parse_authentication_results(value: str) -> _Results:
-    """One AR header value to its authserv-id and results; never raises."""
+    """One AR header value, as it arrived, to its authserv-id and results; never raises."""
+    value = value if isinstance(value, str) else ""
+    if _UNREADABLE.search(value):
+        return _unread(value)
     segments: list[list[tuple[str, str]]] = [[]]
-    tokens, well_formed = _lex(value if isinstance(value, str) else "")
+    tokens, well_formed = _lex(value)
     for token in tokens:
         if token[0] == ";":
             segments.append([])
@@ -287,11 +346,14 @@ def _aligned(signer: str, from_domain: str) -> bool:
 
 
 def _verdict(results: _Results, from_domain: str) -> tuple[str, str]:
-    """("dmarc" | "dkim" | "", reason) for the one trusted header."""
+    """("dmarc" | "dkim" | "", reason) for the one trusted header.
+
+    ``dmarc=pass`` counts only with ``header.from`` naming the From domain: a result that does
+    not say which domain passed proves nothing about this one.
+    """
     for info in results.resinfo:
         if info.method == "dmarc" and info.result == "pass":
-            header_from = info.prop("header.from")
-            if header_from is None or _domain(header_from) == from_domain:
+            if from_domain and _domain(info.prop("header.from")) == from_domain:
                 return "dmarc", f"dmarc=pass for {from_domain} from {results.authserv_id}"
     for info in results.resinfo:
         if info.method == "dkim" and info.result == "pass":
@@ -301,31 +363,51 @@ def _verdict(results: _Results, from_domain: str) -> tuple[str, str]:
     return "", f"{results.authserv_id} shows no dmarc=pass or aligned dkim=pass for {from_domain}"
 
 
+def _in_trusted_place(results: _Results, trusted: Collection[str]) -> bool:
+    """Whether a header counts as one from a trusted server for the topmost-and-only rule.
+
+    A header that is not read still stands where it stands: one naming a trusted authserv-id,
+    or whose authserv-id is not plain, is taken to be a trusted server's. So a forged header
+    below it can never become "the topmost trusted one" by the unreadable one being skipped.
+    """
+    if results.authserv_id in trusted:
+        return True
+    return not results.readable and results.authserv_id == _UNKNOWN_ID
+
+
 def _ar_check(
     values: Sequence[str], trusted_authserv_ids: Collection[str], from_domain: str
 ) -> tuple[str, str]:
     trusted = {item.strip().lower() for item in trusted_authserv_ids if item and item.strip()}
     domain = _domain(from_domain)
     parsed = [parse_authentication_results(value) for value in values]
-    positions = [i for i, results in enumerate(parsed) if results.authserv_id in trusted]
+    positions = [i for i, results in enumerate(parsed) if _in_trusted_place(results, trusted)]
     if not positions:
         return "", "no Authentication-Results from a trusted server"
     if len(positions) > 1:
         return "", "Authentication-Results ambiguous: more than one from a trusted server"
     if positions[0] != 0:
         return "", "the trusted Authentication-Results is not the topmost one"
+    if not parsed[0].readable:
+        return "", (
+            "the topmost Authentication-Results holds an encoded word, a non-ASCII or an "
+            "invisible character, so it proves nothing"
+        )
     return _verdict(parsed[0], domain)
 
 
 def check_authentication_results(
     values: Sequence[str], trusted_authserv_ids: Collection[str], from_domain: str
 ) -> tuple[bool, str]:
-    """(passed, reason) for the Authentication-Results values, topmost first (header order).
+    """(passed, reason) for the Authentication-Results values as they arrived (unfolded, never
+    decoded), topmost first (header order).
 
     Only headers whose authserv-id is trusted count, and only if there is exactly one such header
     and it is the topmost one (RFC 8601 sections 5 and 7.1): anything below it may have been
-    written by the sender. It must show ``dmarc=pass`` for the From domain, or ``dkim=pass``
-    whose signing domain is aligned with it.
+    written by the sender. A value holding an encoded word, a non-ASCII or an invisible
+    character is never read, but still takes its place (see ``_in_trusted_place``). The one
+    header must show ``dmarc=pass`` with ``header.from`` the From domain, or ``dkim=pass`` whose
+    signing domain is aligned with it.
     """
     method, reason = _ar_check(values, trusted_authserv_ids, from_domain)
     return bool(method), reason
@@ -370,7 +452,7 @@ def authenticate(
     """Whether this message proves it comes from ``agent`` (the registered address) for the ticket.
 
     ``addresses`` are the To, Cc, Delivered-To and X-Original-To values; ``authentication_results``
-    the AR header values topmost first. A valid token wins; else a trusted AR verdict; else
+    the AR header values as they arrived (``Inbound.authentication_results``), topmost first. A valid token wins; else a trusted AR verdict; else
     ``agent_auth == "none"`` lets it through; else the proof fails with a sentence for the agent.
     """
     token_reason = "missing"

@@ -519,6 +519,8 @@ def _from_values(
         content_type=_content_type_of(values.get("content-type", [])),
         claimed_sender=claimed,
         requester=requester,
+        # as they arrived: a verdict is read from these, never from the decoded display values
+        authentication_results=tuple(values.get("authentication-results", [])),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk import routing, tickets
-from maildesk.inbound import Inbound, Limits, parse
+from maildesk.inbound import Inbound, Limits, ReportRecipient, parse
 from maildesk.models import (
     Database,
     DatabaseError,
@@ -290,44 +291,119 @@ def _known(desk: Desk, source: Source) -> bool:
 def bounce(
     session: Session, desk: Desk, route: routing.Bounce, inbound: Inbound, now: datetime
 ) -> Outcome:
-    """A delivery report about mail we sent: an event on its ticket, never a reply."""
+    """A delivery report about mail we sent: events on its ticket, never a reply.
+
+    It acts only on what it proves. Arriving at the VERP address of one of our mails proves
+    which outbox row it is about, so it may mark that row failed and suppress that row's
+    recipient, and nothing else. Any other address it lists, and any report that did not arrive
+    at a VERP address (one at the plain desk address can name a Message-ID that anyone who ever
+    got a mail from us knows), is recorded as a ``bounce_unproven`` event and acted on not at all.
+    """
     report = route.report
+    listed = report.recipients if report is not None else ()
     row = None
     if route.message_id is not None:
         row = session.scalar(select(Outbox).where(Outbox.message_id == route.message_id))
-    if row is None and report is not None and report.original_message_id:
-        row = session.scalar(select(Outbox).where(Outbox.message_id == report.original_message_id))
+    if row is None:
+        return unproven_report(session, inbound, listed, now)
+    ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
+    recipient = row.recipient.lower()
+    proven = [r for r in listed if r.address.lower() == recipient]
+    others = [r for r in listed if r.address.lower() != recipient]
+    if not listed:  # nothing readable in it: arriving at the VERP address says it failed
+        proven = [ReportRecipient(recipient, "failed", "5.0.0")]
+    for entry in proven:
+        act_on_bounce(session, ticket, row, entry, now)
+    reason = f"about <{row.message_id}>"
+    if others:
+        reason += f"; {len(others)} other address(es) recorded only: not the recipient of that mail"
+        if ticket is not None:
+            why = f"not the recipient of <{row.message_id}>"
+            record_unproven(session, ticket, inbound, others, row.message_id, why, now)
+    return Outcome("bounce", ticket.id if ticket else None, reason, inbound.message_id)
+
+
+def act_on_bounce(
+    session: Session, ticket: Ticket | None, row: Outbox, entry: ReportRecipient, now: datetime
+) -> None:
+    """A proven report about ``row``'s recipient: an event; a permanent failure also fails the
+    row and suppresses automatic mail to the address. A delay is only recorded."""
+    permanent = entry.action == "failed" or entry.status.startswith("5")
+    if ticket is not None:
+        tickets.event(
+            session,
+            ticket,
+            "bounce",
+            entry.address,
+            now,
+            recipient=entry.address,
+            status=entry.status,
+            action=entry.action or ("failed" if permanent else "delayed"),
+            message_id=row.message_id,
+        )
+    if permanent:
+        row.status = OutboxStatus.FAILED
+        row.last_error = f"bounced: {entry.status} ({entry.action or 'failed'}) for {entry.address}"
+        suppress(session, entry.address, now, f"{entry.status} bounce")
+
+
+def unproven_report(
+    session: Session, inbound: Inbound, listed: Sequence[ReportRecipient], now: datetime
+) -> Outcome:
+    """A report that did not arrive at a VERP address: recorded on the ticket of the mail it
+    names (if that is one of ours), nothing else."""
+    report = inbound.report
+    named = report.original_message_id if report is not None else None
+    row = session.scalar(select(Outbox).where(Outbox.message_id == named)) if named else None
     if row is None:
         return Outcome(
             "ignored", None, "delivery report about mail we did not send", inbound.message_id
         )
-    recipients = report.recipients if report is not None else ()
-    entries: list[tuple[str, str, str]] = [
-        (r.address or row.recipient, r.action, r.status) for r in recipients
-    ]
-    if not entries:
-        entries = [(row.recipient, "failed", "5.0.0")]
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
-    for address, action, status in entries:
-        permanent = action == "failed" or status.startswith("5")
-        if ticket is not None:
-            tickets.event(
-                session,
-                ticket,
-                "bounce",
-                address,
-                now,
-                recipient=address,
-                status=status,
-                action=action or ("failed" if permanent else "delayed"),
-                message_id=row.message_id,
-            )
-        if permanent:
-            row.status = OutboxStatus.FAILED
-            row.last_error = f"bounced: {status} ({action or 'failed'}) for {address}"
-            suppress(session, address, now, f"{status} bounce")
+    if ticket is None:
+        return Outcome(
+            "ignored",
+            None,
+            f"unproven delivery report about <{row.message_id}>: no ticket to record it on",
+            inbound.message_id,
+        )
+    why = "did not arrive at the VERP address of the mail it names"
+    record_unproven(session, ticket, inbound, listed, row.message_id, why, now)
     return Outcome(
-        "bounce", ticket.id if ticket else None, f"about <{row.message_id}>", inbound.message_id
+        "bounce",
+        ticket.id,
+        f"unproven: names <{row.message_id}> but {why}; recorded only, nothing suppressed",
+        inbound.message_id,
+    )
+
+
+UNPROVEN_LISTED = 20  # recipients named in one bounce_unproven event; the rest are only counted
+
+
+def record_unproven(
+    session: Session,
+    ticket: Ticket,
+    inbound: Inbound,
+    listed: Sequence[ReportRecipient],
+    message_id: str,
+    why: str,
+    now: datetime,
+) -> None:
+    """One ``bounce_unproven`` event for what a report says but does not prove."""
+    tickets.event(
+        session,
+        ticket,
+        "bounce_unproven",
+        inbound.sender or inbound.claimed_sender or "",
+        now,
+        message_id=message_id,
+        why=why,
+        report=inbound.message_id,
+        recipients=[
+            {"address": r.address, "action": r.action, "status": r.status}
+            for r in listed[:UNPROVEN_LISTED]
+        ],
+        count=len(listed),
     )
 
 

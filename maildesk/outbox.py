@@ -159,6 +159,8 @@ class Mail:
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     to_agent: bool = False
+    # why the desk keeps this mail's row but does not send it (a notice over its hourly cap)
+    held_back: str | None = None
 
 
 # Built once, with bound parameters: composing a statement costs more than running it.
@@ -189,7 +191,8 @@ class Mailer:
         context = {"desk": {"name": desk.name, "address": desk.address}, **mail.context}
         subject, text, html = self.templates.render(mail.template, context)
         message_id = own_message_id(desk.secret, desk.domain)
-        status, why_not = OutboxStatus.PENDING, self._suppressed(session, mail, now)
+        status = OutboxStatus.PENDING
+        why_not = mail.held_back or self._suppressed(session, mail, now)
         undeliverable = self.undeliverable(session, mail.to)
         if undeliverable:
             status, why_not = OutboxStatus.FAILED, undeliverable

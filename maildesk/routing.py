@@ -66,7 +66,7 @@ class Ignore:
 @dataclass(frozen=True, slots=True)
 class Bounce:
     report: Report | None
-    message_id: str | None  # of our mail, from the VERP address the bounce came back to
+    message_id: str | None  # of our mail, from the VERP address the report arrived at (proven)
     reason: str
 
 
@@ -254,17 +254,29 @@ def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketVi
     return None
 
 
+def arrived_at(inbound: Inbound) -> tuple[str, ...]:
+    """The addresses a delivery report was sent to: where a VERP address can show it is about
+    one of our mails.
+
+    ``Delivered-To`` and ``X-Original-To`` are written by the MTA that delivered it to us; ``To:``
+    is where an MTA addresses a report to the envelope sender, and all a mailbox provider that
+    writes no ``Delivered-To`` leaves. A sender can write any of these headers, so none of them is
+    the proof: the VERP address is. Its MAC is the desk's, and only the recipient of that one mail
+    (and the servers on its way) saw it, as that mail's Return-Path; so a report at it may speak
+    for that recipient and no one else. ``Cc:`` and the copy of the returned message inside the
+    report are not where it arrived, and are not looked at.
+    """
+    return (*inbound.delivered_to, *inbound.to)
+
+
 def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identity) -> Route:
     """Decide what to do with one message; no side effects."""
     if kind.kind is Kind.OWN_LOOP:
         return Ignore(kind.reason)
     if kind.kind is Kind.BOUNCE:
-        addresses = [*inbound.delivered_to, *inbound.to, *inbound.cc]
-        if inbound.report is not None:
-            addresses.extend(inbound.report.original_envelope_to)
         return Bounce(
             report=inbound.report,
-            message_id=bounced_message_id(desk.secret, desk.address, addresses),
+            message_id=bounced_message_id(desk.secret, desk.address, arrived_at(inbound)),
             reason=kind.reason,
         )
     found = thread(inbound, threads, desk)

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from maildesk.models import (
     Event,
     Message,
     Outbox,
+    OutboxStatus,
     Participant,
     Status,
     Tag,
@@ -729,7 +730,7 @@ def prove(
         agent=agent.email,
         ticket_number=ticket.id,
         addresses=[*inbound.to, *inbound.cc, *inbound.delivered_to],
-        authentication_results=inbound.header("authentication-results"),
+        authentication_results=inbound.authentication_results,
         trusted_authserv_ids=settings.security.trusted_authserv_ids,
         agent_auth=settings.security.agent_auth,
         now=now,
@@ -748,7 +749,8 @@ def refuse_unverified(
     now: datetime,
 ) -> AgentOutcome:
     """Nothing applies and nothing reaches the customer: the text becomes an unverified note
-    and the agent's registered address (never the inbound From) is told why."""
+    and the agent's registered address (never the inbound From) is told why, at most once an
+    hour (``unverified_notice``)."""
     text = inbound.reply_text.strip()
     add_message(
         session,
@@ -762,17 +764,17 @@ def refuse_unverified(
         internal=True,
         unverified=True,
     )
-    event(session, ticket, "command_refused", agent.email, now, reason=proof.reason, verified=False)
-    notice = agent_mail(
-        desk,
+    notice = unverified_notice(session, desk, ticket, agent, proof, parsed, text, now)
+    detail = {"notice": "held back"} if notice.held_back else {}
+    event(
+        session,
         ticket,
-        agent,
-        "receipt",
-        "agent_unverified",
+        "command_refused",
+        agent.email,
         now,
         reason=proof.reason,
-        commands=[c.source for c in parsed.commands],
-        text=text,
+        verified=False,
+        **detail,
     )
     send(session, desk, [notice], now)
     log.warning(
@@ -784,6 +786,70 @@ def refuse_unverified(
         extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
     )
     return AgentOutcome((), (proof.reason,), False)
+
+
+UNVERIFIED_NOTICE = "unverified"  # the outbox kind of the notice about unverified mail
+UNVERIFIED_NOTICE_EVERY = timedelta(hours=1)
+HELD_BACK = "held back: one notice about unverified mail an hour"
+
+
+def unverified_notice(
+    session: Session,
+    desk: Desk,
+    ticket: Ticket,
+    agent: AgentSettings,
+    proof: auth.Proof,
+    parsed: commands.Parsed,
+    text: str,
+    now: datetime,
+) -> Mail:
+    """The notice to ``agent`` about an unverified mail in their name.
+
+    Forged mail costs its sender nothing, so the agent hears of it at most once an hour: a
+    notice within the hour after the last one sent is written to the outbox held back (counted
+    in the database, so the cap holds across daemons), and the next one sent says how many
+    came since the last notice and on which tickets."""
+    last_sent = session.scalar(_LAST_NOTICE_SENT, {"agent": agent.email})
+    since = {"agent": agent.email, "since": last_sent}
+    held = session.scalar(_HELD_NOTICES, since) or 0
+    numbers = {ticket.id, *session.scalars(_HELD_TICKETS, since)}
+    recent = last_sent is not None and last_sent > now - UNVERIFIED_NOTICE_EVERY
+    mail = agent_mail(
+        desk,
+        ticket,
+        agent,
+        UNVERIFIED_NOTICE,
+        "agent_unverified",
+        now,
+        reason=proof.reason,
+        commands=[c.source for c in parsed.commands],
+        text=text,
+        count=held + 1,
+        tickets=[desk.settings.desk.ref(number) for number in sorted(numbers)],
+    )
+    return replace(mail, held_back=HELD_BACK) if recent else mail
+
+
+# Built once: the outbox rows of the notice to one agent (index on recipient and created_at).
+_LAST_NOTICE_SENT = select(func.max(Outbox.created_at)).where(
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == UNVERIFIED_NOTICE,
+    Outbox.status != OutboxStatus.SUPPRESSED,
+)
+_HELD_SINCE = (
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == UNVERIFIED_NOTICE,
+    Outbox.status == OutboxStatus.SUPPRESSED,
+    Outbox.created_at >= bindparam("since"),
+)
+_HELD_NOTICES = select(func.count(Outbox.id)).where(*_HELD_SINCE)
+_HELD_TICKETS = (
+    select(Outbox.ticket_id)
+    .where(*_HELD_SINCE, Outbox.ticket_id.is_not(None))
+    .distinct()
+    .order_by(Outbox.ticket_id)
+    .limit(20)
+)
 
 
 @dataclass(frozen=True, slots=True)

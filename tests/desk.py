@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -222,6 +222,58 @@ def customer_mail(
         msg[name] = value
     msg.set_content(body)
     return msg
+
+
+def delivery_report(
+    about: Captured,
+    action: str,
+    status: str,
+    *,
+    to: str | None = None,
+    recipients: Sequence[str] = (),
+    sender: str = "MAILER-DAEMON@mx.customer.test (Mail Delivery System)",
+) -> bytes:
+    """A Postfix-style DSN about the mail ``about``: by default sent back to its envelope sender
+    (our VERP address) by the recipient's MTA, for its recipient. ``to`` sends it elsewhere (the
+    plain desk address), ``recipients`` lists other Final-Recipients, ``sender`` forges it."""
+    to = to or about.mail_from
+    listed = list(recipients) or [about.rcpt_tos[0]]
+    original = about.raw.split(b"\r\n\r\n", 1)[0].decode()
+    boundary = "dsn-boundary-4711"
+    blocks = "\n".join(
+        f"Final-Recipient: rfc822; {address}\nAction: {action}\nStatus: {status}\n"
+        for address in listed
+    )
+    text = f"""Return-Path: <>
+Delivered-To: {to}
+From: {sender}
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+Date: Thu, 26 Nov 2026 10:05:00 +0000
+Message-ID: <{make_msgid(domain="mx.customer.test")[1:-1]}>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain; charset=us-ascii
+
+<{listed[0]}>: host mx.customer.test said: {status} problem
+
+--{boundary}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.customer.test
+
+{blocks}
+--{boundary}
+Content-Type: text/rfc822-headers
+
+{original}
+
+--{boundary}--
+"""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
 
 
 def text_of(captured: Captured) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import random
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 
 import pytest
 
@@ -148,7 +150,8 @@ def test_tokens_in(addresses: list[str], expected: tuple[str, ...]) -> None:
         (["mx.desk.example; dmarc=pass header.from=example.com"], True, "dmarc=pass"),
         (["MX.Desk.Example 1; dmarc=pass (p=reject dis=none) header.from=Example.COM"], True,
          "dmarc=pass"),
-        (["mx.desk.example; dmarc=pass"], True, "dmarc=pass"),
+        # a dmarc=pass that does not say for which domain proves nothing about this one
+        (["mx.desk.example; dmarc=pass"], False, "no dmarc=pass"),
         (['mx.desk.example; dmarc=pass header.from="example.com"'], True, "dmarc=pass"),
         (["mx.desk.example;\r\n dkim=pass header.d=example.com header.s=sel;\r\n"
           " spf=fail smtp.mailfrom=evil.test;\r\n dmarc=fail header.from=example.com"], True,
@@ -186,12 +189,66 @@ def test_tokens_in(addresses: list[str], expected: tuple[str, ...]) -> None:
         (['mx.desk.example; dmarc="pass'], False, "no dmarc=pass"),
         (["", ";;;", "((((", '"', "=", ")", "\\"], False, "no Authentication-Results"),
         (["mx.desk.example;=;==;dmarc=;=pass"], False, "no dmarc=pass"),
+        # property values are one token each: what a sender chose is never read as results
+        (['mx.desk.example; spf=pass smtp.mailfrom="x; dmarc=pass header.from=example.com"'
+          "@evil.test"], False, "no dmarc=pass"),
+        (["mx.desk.example; spf=pass smtp.mailfrom=a=header.from=example.com@evil.test;"
+          " dmarc=pass header.from=evil.test"], False, "no dmarc=pass"),
+        (["mx.desk.example; dmarc = pass header.from = example.com"], True, "dmarc=pass"),
     ],
 )  # fmt: skip
 def test_check_authentication_results(values: list[str], passed: bool, reason_part: str) -> None:
     result = check_authentication_results(values, TRUSTED, "example.com")
     assert result[0] is passed
     assert reason_part in result[1]
+
+
+# What a receiving MTA writes when it repeats a sender's choice: an encoded word, raw UTF-8 or an
+# invisible character in the value. Decoded and cleaned, each would read "dmarc=pass".
+UNREADABLE = [
+    "mx.desk.example; spf=pass smtp.mailfrom==?us-ascii?q?x=3B_dmarc=3Dpass_?=@evil.test",
+    "mx.desk.example; spf=pass (mx.desk.example: domain of =?us-ascii?q?x=29=3B_dmarc=3Dpass_"
+    "header.from=3Dexample.com_=28?=@evil.test designates 192.0.2.1 as permitted sender)",
+    "mx.desk.example; spf=none smtp.helo==?us-ascii?q?x=3B_dmarc=3Dpass_header.from=3Dexample.com?=",
+    "mx.desk.example; dmarc=pass header.from=example.com; spf=pass smtp.mailfrom=ü@evil.test",
+    "mx.desk.example; dmarc=pass header.from=example.com\u200b",
+    "mx.desk.example; dmarc=pass header.from=example.com\x00",
+    "mx.desk.example; dmarc=pass header.from=example.com\x7f",
+]
+
+
+@pytest.mark.parametrize("value", UNREADABLE)
+def test_a_value_that_needs_decoding_or_cleaning_proves_nothing(value: str) -> None:
+    passed, reason = check_authentication_results([value], TRUSTED, "example.com")
+    assert not passed
+    assert "proves nothing" in reason
+
+
+@pytest.mark.parametrize(
+    ("values", "reason_part"),
+    [
+        # an unreadable header from the trusted server still stands on top: a forged readable one
+        # below it never becomes "the topmost trusted one"
+        ([UNREADABLE[0], "mx.desk.example; dmarc=pass header.from=example.com"], "ambiguous"),
+        # an authserv-id that is not plain might be the trusted one: it counts as such
+        (["mx.desk.example\u200b; dmarc=pass header.from=example.com"], "proves nothing"),
+        (["mx.desk.example\u200b; dmarc=fail",
+          "mx.desk.example; dmarc=pass header.from=example.com"], "ambiguous"),
+        (["=?utf-8?q?mx.desk.example?=; dmarc=pass header.from=example.com"], "proves nothing"),
+    ],
+)  # fmt: skip
+def test_an_unreadable_header_keeps_its_place(values: list[str], reason_part: str) -> None:
+    passed, reason = check_authentication_results(values, TRUSTED, "example.com")
+    assert not passed
+    assert reason_part in reason
+
+
+def test_an_unreadable_header_of_another_server_below_the_trusted_one_is_harmless() -> None:
+    values = [
+        "mx.desk.example; dmarc=pass header.from=example.com",
+        "relay.example.net; spf=pass smtp.mailfrom==?utf-8?q?=C3=BC?=@example.com",
+    ]
+    assert check_authentication_results(values, TRUSTED, "example.com")[0]
 
 
 def test_garbage_authentication_results_never_raise() -> None:
@@ -201,6 +258,47 @@ def test_garbage_authentication_results_never_raise() -> None:
         value = "".join(rng.choices(pieces, k=rng.randint(0, 30)))
         passed, reason = check_authentication_results([value], TRUSTED, "example.com")
         assert isinstance(passed, bool) and reason
+
+
+def lines_run(function: Callable[[], object]) -> int:
+    """How many lines of maildesk/auth.py run while ``function`` does: its work, not its time."""
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal count
+        if frame.f_code.co_filename.endswith("auth.py"):
+            count += event == "line"
+            return trace
+        return None
+
+    sys.settrace(trace)
+    try:
+        function()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        "(" * 200 + "x" + ")" * 200,
+        "a=b " * 100,
+        "; dmarc=pass" * 100,
+        'k="' + '\\"' * 100 + '"',
+        "spf=pass smtp.mailfrom=" + "a=" * 200 + "b@evil.test",
+        "mx.desk.example" * 100 + "=?",
+    ],
+    ids=["nested-comments", "pairs", "results", "quoted-pairs", "equals-in-a-value", "unread"],
+)
+def test_the_work_of_reading_a_verdict_grows_with_its_length_only(poison: str) -> None:
+    def read(copies: int) -> int:
+        value = "mx.desk.example; " + poison * copies
+        return lines_run(lambda: check_authentication_results([value], TRUSTED, "example.com"))
+
+    once, twice = read(4), read(8)
+    assert once > 0
+    assert twice <= 2.2 * once
 
 
 # --- authenticate ------------------------------------------------------------------------------

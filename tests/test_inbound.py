@@ -91,6 +91,23 @@ def test_headers_are_kept_in_order_top_first() -> None:
     ]
 
 
+def test_authentication_results_are_kept_as_they_arrived() -> None:
+    raw = (
+        b"Authentication-Results: mx.example.com;\r\n"
+        b"\tspf=pass smtp.mailfrom==?us-ascii?q?x=3B_dmarc=3Dpass_?=@evil.test\r\n"
+        b"Authentication-Results: mx.example.com\xe2\x80\x8b; dmarc=pass header.from=example.com\r\n"
+        b"From: a@example.com\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n"
+    )
+    m = parse(raw)
+    # unfolded only: never decoded, never cleaned of the invisible character
+    assert m.authentication_results == (
+        "mx.example.com;\tspf=pass smtp.mailfrom==?us-ascii?q?x=3B_dmarc=3Dpass_?=@evil.test",
+        "mx.example.com\u200b; dmarc=pass header.from=example.com",
+    )
+    # what a person reads is the decoded, cleaned display value: never a verdict
+    assert m.header("authentication-results")[0].endswith("x; dmarc=pass @evil.test")
+
+
 def test_multi_attachment_mail_keeps_every_file_whole() -> None:
     m = load("multi-attachment.eml")
     assert m.cc == ("bob.accounts@example.org",)

@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from maildesk.mailworld import Captured, SmtpServer
-from tests.desk import ALICE, CAROL_AGENT, CUSTOMER, Clock, DeskWorld, customer_mail, text_of
+from tests.desk import (
+    ALICE,
+    CAROL_AGENT,
+    CUSTOMER,
+    Clock,
+    DeskWorld,
+    customer_mail,
+    delivery_report,
+    text_of,
+)
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
@@ -189,46 +198,6 @@ def test_a_broken_autoresponder_cannot_make_the_desk_loop(world: DeskWorld) -> N
     world.deliver(autoresponder_answer(acks[-1], 999))
     world.run_once()
     assert len(world.mails_to("bot@robots.test")) == limit + 1
-
-
-def delivery_report(ack: Captured, action: str, status: str) -> bytes:
-    """A Postfix-style DSN about ``ack``, sent back to its envelope sender (our VERP address)."""
-    recipient = ack.rcpt_tos[0]
-    original = ack.raw.split(b"\r\n\r\n", 1)[0].decode()
-    boundary = "dsn-boundary-4711"
-    text = f"""Return-Path: <>
-Delivered-To: {ack.mail_from}
-From: MAILER-DAEMON@mx.customer.test (Mail Delivery System)
-To: {ack.mail_from}
-Subject: Undelivered Mail Returned to Sender
-Date: Thu, 26 Nov 2026 10:05:00 +0000
-Message-ID: <{make_msgid(domain="mx.customer.test")[1:-1]}>
-Auto-Submitted: auto-replied
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
-
---{boundary}
-Content-Type: text/plain; charset=us-ascii
-
-<{recipient}>: host mx.customer.test said: {status} problem
-
---{boundary}
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.customer.test
-
-Final-Recipient: rfc822; {recipient}
-Action: {action}
-Status: {status}
-
---{boundary}
-Content-Type: text/rfc822-headers
-
-{original}
-
---{boundary}--
-"""
-    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
 
 
 def test_a_bounce_lands_on_its_ticket_and_suppresses_automatic_mail(world: DeskWorld) -> None:
