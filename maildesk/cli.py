@@ -335,7 +335,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from maildesk import outbox
+    from maildesk import outbox, roundtrip
     from maildesk.imap import MailboxError, probe
 
     settings = load_settings(args, log_warnings=False)
@@ -364,7 +364,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except outbox.SmtpError as exc:
         print(f"FAIL smtp: {exc}")
         failed += 1
-    return 1 if failed else 0
+    sys.stdout.flush()
+    if args.no_probe:
+        return 1 if failed else 0
+    if failed:
+        print("warn probe not sent: it needs the database, every mailbox and the SMTP server")
+        return 1
+    result = roundtrip.run(settings, wait=args.probe_wait)
+    print(f"ok   probe {result.line}" if result.ok else f"FAIL probe: {result.line}")
+    return 0 if result.ok else 1
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
@@ -662,9 +670,23 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
 
-    sub.add_parser(
-        "check-config", help="validate the config and log in to every server"
-    ).set_defaults(func=cmd_check_config)
+    check = sub.add_parser(
+        "check-config",
+        help="validate the config, log in to every server, send a probe through the desk",
+    )
+    check.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the probe mail to support+probe-...@ (logins only)",
+    )
+    check.add_argument(
+        "--probe-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the probe to arrive (default: 60)",
+    )
+    check.set_defaults(func=cmd_check_config)
 
     quarantine = sub.add_parser("quarantine", help="mail that could not be handled").add_subparsers(
         dest="sub", required=True

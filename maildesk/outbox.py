@@ -34,7 +34,13 @@ from sqlalchemy import bindparam, func, or_, select, update
 
 from maildesk.config import Settings, SmtpSettings
 from maildesk.models import Database, Outbox, OutboxStatus, Suppression, Ticket, insert_row
-from maildesk.routing import LOOP_HEADER, bounce_address, is_desk_address, own_message_id
+from maildesk.routing import (
+    LOOP_HEADER,
+    bounce_address,
+    is_desk_address,
+    own_message_id,
+    probe_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -671,3 +677,67 @@ async def probe(settings: SmtpSettings) -> str:
     except aiosmtplib.SMTPException:
         client.close()
     return "connected" + (" and logged in" if settings.username else "")
+
+
+# --------------------------------------------------------------------------- check-config's probe
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeMail:
+    """check-config's probe: one of our own mails, to the desk's plus address made from its
+    Message-ID, with the VERP envelope sender every mail of the desk has."""
+
+    message_id: str
+    mail_from: str
+    to: str
+    body: bytes
+
+
+def probe_mail(settings: Settings, now: datetime) -> ProbeMail:
+    desk = settings.desk
+    message_id = own_message_id(desk.secret, desk.domain)
+    to = probe_address(desk.address, message_id)
+    mail = Mail(kind="probe", template="", to=to, to_agent=True)
+    text = (
+        f"maildesk check-config sent this message to prove that mail to {to} reaches the\n"
+        "desk's mailbox, as agents' replies and bounces must. It deletes it once found; if\n"
+        "you see it, check-config stopped early, and the desk ignores it.\n"
+    )
+    body = Mailer(settings)._compose(
+        mail, "maildesk check-config probe", text, None, message_id, now
+    )
+    return ProbeMail(message_id, bounce_address(desk.secret, desk.address, message_id), to, body)
+
+
+class SmtpRefused(SmtpError):
+    """The SMTP server answered the probe with an error at one stage: ``sender`` (MAIL FROM),
+    ``recipient`` (RCPT TO) or ``data``; ``code`` and ``reply`` are its words."""
+
+    def __init__(self, stage: str, code: int, reply: str) -> None:
+        super().__init__(f"{code} {reply}".strip())
+        self.stage = stage
+        self.code = code
+        self.reply = " ".join(reply.split())
+
+
+async def send_probe(settings: SmtpSettings, probe: ProbeMail) -> None:
+    """Send the probe as the outbox sends mail; ``SmtpRefused`` names the stage refused."""
+    sender = Sender(settings)
+    try:
+        client = await sender._connect()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
+    try:
+        await client.sendmail(probe.mail_from, [probe.to], probe.body)
+    except aiosmtplib.SMTPSenderRefused as exc:
+        raise SmtpRefused("sender", exc.code, exc.message) from None
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients[0]
+        raise SmtpRefused("recipient", refused.code, refused.message) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        raise SmtpRefused("data", exc.code, exc.message) from None
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
+    finally:
+        sender.client = client
+        await sender.close()
