@@ -351,7 +351,8 @@ def test_check_config_logs_in_to_every_server(world: DeskWorld) -> None:
     done = world.cli("check-config", "--no-probe")
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
     lines = done.stdout.decode().splitlines()
-    assert [line.split()[0] for line in lines] == ["ok"] * 4
+    assert [line.split()[0] for line in lines] == ["ok"] * 5
+    assert any(line.startswith("ok   templates: 19 mails rendered") for line in lines)
     assert any(line.startswith("ok   mailbox support") for line in lines)
     assert any(line.startswith("ok   smtp") for line in lines)
 

@@ -82,7 +82,7 @@ def test_without_plus_addressing_the_fail_line_says_so(world: DeskWorld) -> None
         r"rejected: User unknown in local recipient table",
         lines(done)[-1],
     ), lines(done)
-    assert [line.split()[0] for line in lines(done)[:-1]] == ["ok"] * 4
+    assert [line.split()[0] for line in lines(done)[:-1]] == ["ok"] * 5
     assert world.smtp.messages == [] and world.account.uids("INBOX") == []
 
 
@@ -112,7 +112,7 @@ def test_a_probe_accepted_but_never_delivered_fails_after_the_wait(world: DeskWo
 def test_no_probe_skips_it(world: DeskWorld) -> None:
     done = world.cli("check-config", "--no-probe")
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
-    assert [line.split()[0] for line in lines(done)] == ["ok"] * 4
+    assert [line.split()[0] for line in lines(done)] == ["ok"] * 5
     assert not any(line.split()[1].startswith("probe") for line in lines(done))
     assert world.smtp.messages == []
 
