@@ -136,33 +136,42 @@ def sample_ticket(
     )
 
 
+class _Maker:
+    """The sample tickets, and contexts made as the lifecycle rules make theirs."""
+
+    def __init__(self, desk: tickets.Desk) -> None:
+        self.desk = desk
+        settings = desk.settings
+        teams = [t.name for t in settings.teams]
+        self.agent = (
+            settings.agents[0]
+            if settings.agents
+            else AgentSettings("alice@example.com", "Alice", (teams[0],))
+        )
+        self.other_team = teams[1] if len(teams) > 1 else teams[0]
+        email = self.agent.email
+        self.new = sample_ticket(desk)
+        self.worked = sample_ticket(desk, assignee=email, tags=("hardware", "printer"))
+        self.pending = sample_ticket(desk, Status.PENDING, assignee=email, tags=("printer",))
+        self.closed = sample_ticket(desk, Status.CLOSED, assignee=email, tags=("printer",))
+        self.escalated = sample_ticket(
+            desk, Status.ESCALATED, tags=("printer",), team=self.other_team
+        )
+
+    def customer(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
+        mail = tickets.customer_mail(self.desk, ticket, template, template, **extra)
+        return self.desk.mailer.context(mail)
+
+    def notice(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
+        now = self.desk.clock()
+        mail = tickets.agent_mail(self.desk, ticket, self.agent, "notice", template, now, **extra)
+        return self.desk.mailer.context(mail)
+
+
 def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
     """Every mail's sample contexts, by template name (``canned`` for every canned reply)."""
+    make = _Maker(desk)
     settings = desk.settings
-    teams = [t.name for t in settings.teams]
-    agent = (
-        settings.agents[0]
-        if settings.agents
-        else AgentSettings("alice@example.com", "Alice", (teams[0],))
-    )
-    other = teams[1] if len(teams) > 1 else teams[0]
-    now = desk.clock()
-    new = sample_ticket(desk)
-    worked = sample_ticket(desk, assignee=agent.email, tags=("hardware", "printer"))
-    pending = sample_ticket(desk, Status.PENDING, assignee=agent.email, tags=("printer",))
-    closed = sample_ticket(desk, Status.CLOSED, assignee=agent.email, tags=("printer",))
-    escalated = sample_ticket(desk, Status.ESCALATED, tags=("printer",), team=other)
-
-    def customer(ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
-        return desk.mailer.context(tickets.customer_mail(desk, ticket, template, template, **extra))
-
-    def notice(ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
-        mail = tickets.agent_mail(desk, ticket, agent, "notice", template, now, **extra)
-        return desk.mailer.context(mail)
-
-    limit = settings.limits.max_attachment_bytes
-    dropped = [{"filename": "error-on-display.jpg", "size": limit + 4_200_000}]
-    due = "Thu 26 Nov 2026 13:00 UTC"
     alert = Mail(
         kind="alert",
         template="admin_alert",
@@ -174,49 +183,73 @@ def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
         to_agent=True,
     )
     return {
+        **_to_customers(make, settings.limits.max_attachment_bytes),
+        **_to_agents(make),
+        "admin_alert": [desk.mailer.context(alert)],
+        "canned": [tickets.canned_context(desk, make.worked)],
+    }
+
+
+def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
+    dropped = [{"filename": "error-on-display.jpg", "size": limit + 4_200_000}]
+    closes_at = "Thu 03 Dec 2026 09:00 UTC"
+    return {
         "ack": [
-            customer(new, "ack", dropped=[], max_attachment_bytes=limit),
-            customer(new, "ack", dropped=dropped, max_attachment_bytes=limit),
+            make.customer(make.new, "ack", dropped=[], max_attachment_bytes=limit),
+            make.customer(make.new, "ack", dropped=dropped, max_attachment_bytes=limit),
         ],
-        "reply": [customer(worked, "reply", text=AGENT_TEXT, agent={"name": agent.name})],
+        "reply": [
+            make.customer(make.worked, "reply", text=AGENT_TEXT, agent={"name": make.agent.name})
+        ],
         "closed": [
-            customer(closed, "closed", resolution="We replaced the fuser unit."),
-            customer(closed, "closed", resolution=""),
+            make.customer(make.closed, "closed", resolution="We replaced the fuser unit."),
+            make.customer(make.closed, "closed", resolution=""),
         ],
-        "escalated": [customer(escalated, "escalated")],
+        "escalated": [make.customer(make.escalated, "escalated")],
         "reminder": [
-            customer(
-                pending,
+            make.customer(
+                make.pending,
                 "reminder",
                 waited="3 days",
                 closes_after="4 days",
-                closes_at="Thu 03 Dec 2026 09:00 UTC",
+                closes_at=closes_at,
             ),
-            customer(pending, "reminder", waited="3 days", closes_after=None, closes_at=None),
+            make.customer(
+                make.pending, "reminder", waited="3 days", closes_after=None, closes_at=None
+            ),
         ],
-        "auto_closed": [customer(closed, "auto_closed", waited="7 days")],
+        "auto_closed": [make.customer(make.closed, "auto_closed", waited="7 days")],
+    }
+
+
+def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
+    agent, new, worked, escalated = make.agent, make.new, make.worked, make.escalated
+    due, expired = (
+        "Thu 26 Nov 2026 13:00 UTC",
+        "The reply token has expired; reply to a newer notification.",
+    )
+    replied = {"text": CUSTOMER_TEXT, "sender": REQUESTER}
+    return {
         "agent_new": [
-            notice(new, "agent_new", text=CUSTOMER_TEXT, sender=REQUESTER),
-            notice(new, "agent_new", text=CUSTOMER_TEXT, sender=""),
+            make.notice(new, "agent_new", **replied),
+            make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender=""),
         ],
-        "agent_customer_replied": [
-            notice(worked, "agent_customer_replied", text=CUSTOMER_TEXT, sender=REQUESTER)
-        ],
-        "agent_reopened": [notice(worked, "agent_reopened", text=CUSTOMER_TEXT, sender=REQUESTER)],
-        "agent_assigned": [notice(worked, "agent_assigned", by="Bob Jones")],
+        "agent_customer_replied": [make.notice(worked, "agent_customer_replied", **replied)],
+        "agent_reopened": [make.notice(worked, "agent_reopened", **replied)],
+        "agent_assigned": [make.notice(worked, "agent_assigned", by="Bob Jones")],
         "agent_escalated": [
-            notice(escalated, "agent_escalated", summary="Needs a new fuser.", by=agent.name),
-            notice(escalated, "agent_escalated", summary="", by=agent.name),
+            make.notice(escalated, "agent_escalated", summary="Needs a new fuser.", by=agent.name),
+            make.notice(escalated, "agent_escalated", summary="", by=agent.name),
         ],
         "agent_receipt": [
-            notice(
+            make.notice(
                 worked,
                 "agent_receipt",
                 applied=[f"assigned to {agent.name} <{agent.email}>", "tagged printer"],
                 refused=[],
                 kept_as_note=False,
             ),
-            notice(
+            make.notice(
                 new,
                 "agent_receipt",
                 applied=[],
@@ -225,27 +258,21 @@ def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
             ),
         ],
         "agent_unverified": [
-            notice(
+            make.notice(
                 worked,
                 "agent_unverified",
-                reason="The reply token has expired; reply to a newer notification.",
+                reason=expired,
                 commands=["#close"],
                 text="Fixed, closing.",
             ),
-            notice(
-                worked,
-                "agent_unverified",
-                reason="The reply token has expired; reply to a newer notification.",
-                commands=[],
-                text="Fixed.",
-            ),
+            make.notice(worked, "agent_unverified", reason=expired, commands=[], text="Fixed."),
         ],
         "agent_sla": [
-            notice(worked, "agent_sla", target="first response", due=due, escalate_to=other),
-            notice(worked, "agent_sla", target="resolution", due=due, escalate_to=None),
+            make.notice(
+                worked, "agent_sla", target="first response", due=due, escalate_to=make.other_team
+            ),
+            make.notice(worked, "agent_sla", target="resolution", due=due, escalate_to=None),
         ],
-        "admin_alert": [desk.mailer.context(alert)],
-        "canned": [tickets.canned_context(desk, worked)],
     }
 
 
