@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -24,6 +24,9 @@ from maildesk import config as config_module
 from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError, Settings
 from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket
+
+if TYPE_CHECKING:
+    from maildesk.tickets import Desk
 
 log = logging.getLogger("maildesk")
 
@@ -157,11 +160,22 @@ def open_db(settings: Settings, *, upgrade: bool = True) -> Database:
     return db
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from maildesk.daemon import Courier, Daemon
+def checked_desk(settings: Settings) -> Desk:
+    """The desk, its templates rendered with sample data first: a template that fails stops
+    the command with one line naming the file and line (``ConfigError``, exit 78)."""
+    from maildesk import samples
     from maildesk.tickets import Desk
 
+    desk = Desk(settings)
+    samples.require(desk)
+    return desk
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from maildesk.daemon import Courier, Daemon
+
     settings = load_settings(args)
+    desk = checked_desk(settings)
     db = open_db(settings)
     daemon_pid = os.getpid()
     # no database connection is shared across the fork: the pool reopens them when needed
@@ -171,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(
         settings,
         db,
-        Desk(settings),
+        desk,
         once=args.once,
         courier_argv=courier_argv(args, settings),
         courier=courier,
@@ -225,15 +239,15 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from maildesk import ingest
-    from maildesk.tickets import Desk
 
     settings = load_settings(args)
     mailbox = args.mailbox or settings.mailboxes[0].name
     settings.mailbox(mailbox)
+    desk = checked_desk(settings)
     raw = sys.stdin.buffer.read()
     try:
         db = open_db(settings)
-        outcome = ingest.process(db, Desk(settings), ingest.Source(mailbox), raw)
+        outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
     except (DatabaseError, OSError) as exc:
         print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -335,7 +349,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from maildesk import outbox
+    from maildesk import outbox, roundtrip
     from maildesk.imap import MailboxError, probe
 
     settings = load_settings(args, log_warnings=False)
@@ -343,6 +357,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # before any connection: a check that hangs or fails must not hide them
     for warning in settings.warnings:
         print(f"warn {warning}")
+    broken = check_templates(settings)
     sys.stdout.flush()
     failed = 0
     try:
@@ -364,7 +379,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except outbox.SmtpError as exc:
         print(f"FAIL smtp: {exc}")
         failed += 1
-    return 1 if failed else 0
+    sys.stdout.flush()
+    if args.no_probe:
+        return 1 if failed or broken else 0
+    if failed:
+        print("warn probe not sent: it needs the database, every mailbox and the SMTP server")
+        return 1
+    result = roundtrip.run(settings, wait=args.probe_wait)
+    print(f"ok   probe {result.line}" if result.ok else f"FAIL probe: {result.line}")
+    return 0 if result.ok and not broken else 1
+
+
+def check_templates(settings: Settings) -> int:
+    """check-config's lines for the templates; returns how many failed."""
+    from maildesk import samples
+    from maildesk.tickets import Desk
+
+    checked = samples.check(Desk(settings))
+    templates_dir = settings.desk.templates_dir
+    where = f", {checked.overridden} from {templates_dir}" if templates_dir else ""
+    if not checked.problems:
+        print(f"ok   templates: {checked.mails} mails rendered with sample data{where}")
+    for note in checked.notes:
+        print(f"warn template {note}")
+    for problem in checked.problems:
+        print(f"FAIL template {problem}")
+    return len(checked.problems)
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
@@ -400,11 +440,10 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     from maildesk import ingest
-    from maildesk.tickets import Desk
 
     settings = load_settings(args)
+    desk = checked_desk(settings)
     db = open_db(settings)
-    desk = Desk(settings)
     with db.transaction() as session:
         query = select(Ledger).where(Ledger.outcome == "quarantined")
         if not args.all:
@@ -571,7 +610,7 @@ def cmd_teams_list(args: argparse.Namespace) -> int:
 
 
 def cmd_canned_list(args: argparse.Namespace) -> int:
-    from maildesk.outbox import Templates
+    from maildesk.rendering import Templates
 
     settings = load_settings(args)
     templates = Templates(settings.desk.templates_dir)
@@ -662,9 +701,23 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
 
-    sub.add_parser(
-        "check-config", help="validate the config and log in to every server"
-    ).set_defaults(func=cmd_check_config)
+    check = sub.add_parser(
+        "check-config",
+        help="validate the config, log in to every server, send a probe through the desk",
+    )
+    check.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the probe mail to support+probe-...@ (logins only)",
+    )
+    check.add_argument(
+        "--probe-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the probe to arrive (default: 60)",
+    )
+    check.set_defaults(func=cmd_check_config)
 
     quarantine = sub.add_parser("quarantine", help="mail that could not be handled").add_subparsers(
         dest="sub", required=True

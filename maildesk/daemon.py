@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk import automation, config, ingest, oauth, outbox
+from maildesk import automation, config, ingest, oauth, outbox, samples
 from maildesk.config import ConfigError, MailboxSettings, Settings
 from maildesk.imap import Mailbox, MailboxError, MailboxLoginError
 from maildesk.models import Database, DatabaseError, Lease
@@ -436,12 +436,15 @@ class Daemon:
         """SIGHUP: read the config again and swap in its templates, agents and teams.
 
         Work in hand finishes with the old ones; the next message uses the new. A config that
-        does not load is refused with one log line and the running one is kept. Mailbox, SMTP,
-        database and metrics settings take effect at the next restart.
+        does not load, or a template that fails with sample data, is refused with one log line
+        and the running one is kept (its templates as they were read when they were checked).
+        Mailbox, SMTP, database and metrics settings take effect at the next restart.
         """
         try:
             settings = config.load(self.settings.path)
             desk = Desk(settings, store=self.desk.store, clock=self.desk.clock)
+            # every template rendered with sample data before the first mail needs one
+            samples.require(desk)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False

@@ -504,6 +504,32 @@ class Mailbox:
         self._select()
         return [bytes(data[uid][b"BODY[]"]) for uid in found if uid in data]
 
+    # ------------------------------------------------------------------ check-config's probe
+
+    def find_message(self, folder: str, message_id: str) -> list[int]:
+        """UIDs in ``folder`` (not ``\\Deleted``) whose Message-ID holds ``message_id``."""
+        with self._errors(f"searching {folder!r}"):
+            self._imap.select_folder(folder, readonly=True)
+            found = self._imap.search(["HEADER", "Message-ID", message_id, "NOT", "DELETED"])
+        self._select()
+        return sorted(int(uid) for uid in found)
+
+    def delete_probe(self, folder: str, uids: Sequence[int]) -> bool:
+        """Remove exactly these UIDs of ``folder``: ``\\Deleted``, then UID EXPUNGE (UIDPLUS).
+
+        Only for ``check-config``'s probe, the one message maildesk ever deletes, found by its
+        own unguessable Message-ID. False where the server lacks UIDPLUS: the probe then stays
+        flagged ``\\Deleted`` (skipped by ``pending``), as a plain EXPUNGE could remove others'
+        mail. A UID gone meanwhile (a running daemon moved it) is no error."""
+        with self._errors(f"deleting the probe from {folder!r}"):
+            self._imap.select_folder(folder)
+            self._imap.add_flags(list(uids), [DELETED], silent=True)
+            expunged = "UIDPLUS" in self._capabilities
+            if expunged:
+                self._imap.uid_expunge(list(uids))
+        self._select()
+        return expunged
+
 
 def _readable(client: IMAPClient, timeout: float) -> bool:
     """Whether a response line can be read now, waiting at most ``timeout`` seconds.

@@ -1,16 +1,19 @@
-"""Render templates, enqueue outbound mail, deliver it over SMTP with retry.
+"""Enqueue outbound mail, deliver it over SMTP with retry.
 
-Last stage of the flow. ``Mailer.enqueue`` turns a template and its context into a complete
-message and writes it to the outbox table inside the caller's transaction, so mail exists if
-and only if the change that caused it committed. ``deliver_due`` sends due rows with aiosmtplib:
-2xx marks them sent, 4xx and connection trouble retry with backoff (same Message-ID every time),
-5xx marks them failed with the error kept. Customer text only ever enters a template as data.
+Last stage of the flow. ``Mailer.enqueue`` turns a template (``rendering``) and its context
+into a complete message and writes it to the outbox table inside the caller's transaction, so
+mail exists if and only if the change that caused it committed; an override that fails for one
+mail gives way to the shipped template, with an alert to the admin. ``deliver_due`` sends due
+rows with aiosmtplib: 2xx marks them sent, 4xx and connection trouble retry with backoff (same
+Message-ID every time), 5xx marks them failed with the error kept. Also here: check-config's
+probe, sent as every mail is. Customer text only ever enters a template as data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import email.policy
 import json
 import logging
 import random
@@ -23,14 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import quoprimime
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -45,7 +45,14 @@ from maildesk.models import (
     Ticket,
     insert_row,
 )
-from maildesk.routing import LOOP_HEADER, bounce_address, is_desk_address, own_message_id
+from maildesk.rendering import Rendered, TemplateError, TemplateProblem, Templates
+from maildesk.routing import (
+    LOOP_HEADER,
+    bounce_address,
+    is_desk_address,
+    own_message_id,
+    probe_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ NO_AUTO_MAIL = re.compile(
     re.IGNORECASE,
 )
 LOOP_PROTECTION = "loop protection"
+TEMPLATE_ALERT = "template-alert"  # the outbox kind of an alert about a failing template
 CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
 
@@ -64,81 +72,6 @@ def clean_header(value: str, limit: int = 900) -> str:
     value = CONTROL.sub(" ", unicodedata.normalize("NFC", value))
     value = re.sub(r"\s+", " ", value).strip()
     return value[:limit]
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def shipped_templates() -> Path:
-    """The templates directory shipped with maildesk (a source checkout or the installed copy)."""
-    source = Path(__file__).resolve().parent.parent / "templates"
-    if (source / "ack.txt.j2").is_file():
-        return source
-    return Path(str(resources.files("maildesk") / "templates"))
-
-
-class Templates:
-    """Jinja2 mail templates: operator files only, sandboxed, StrictUndefined.
-
-    Each mail is ``<name>.txt.j2`` (required; it sets ``subject`` with ``{% set %}``) and
-    optionally ``<name>.html.j2`` (autoescaped). Overrides in ``[desk] templates_dir`` win.
-    """
-
-    def __init__(self, override: Path | None = None) -> None:
-        dirs = [str(p) for p in (override, shipped_templates()) if p is not None]
-        loader = jinja2.FileSystemLoader(dirs)
-        common: dict[str, Any] = {
-            "loader": loader,
-            "undefined": jinja2.StrictUndefined,
-            "keep_trailing_newline": True,
-            "trim_blocks": True,
-            "lstrip_blocks": True,
-        }
-        self.text = ImmutableSandboxedEnvironment(autoescape=False, **common)  # noqa: S701
-        self.html = ImmutableSandboxedEnvironment(autoescape=True, **common)
-        self.html.filters["paragraphs"] = _paragraphs
-        for env in (self.text, self.html):
-            env.filters["filesize"] = filesize
-
-    def render(self, name: str, context: dict[str, Any]) -> tuple[str, str, str | None]:
-        """(subject, text, html or None) for template ``name``."""
-        template = self.text.get_template(f"{name}.txt.j2")
-        module = template.make_module(context)
-        body = str(module)
-        subject = str(getattr(module, "subject", "")).strip()
-        html = None
-        try:
-            html = self.html.get_template(f"{name}.html.j2").render(context)
-        except jinja2.TemplateNotFound:
-            pass
-        return subject, body, html
-
-    def names(self, prefix: str = "") -> list[str]:
-        loader = self.text.loader
-        assert loader is not None
-        return sorted(n for n in loader.list_templates() if n.startswith(prefix))
-
-
-def filesize(size: int) -> str:
-    """Bytes as people read them: "812 bytes", "48 KB", "25.0 MB" (powers of 1000)."""
-    if size < 1000:
-        return f"{size} bytes"
-    if size < 1_000_000:
-        return f"{size / 1000:.0f} KB"
-    return f"{size / 1_000_000:.1f} MB"
-
-
-def _paragraphs(text: str) -> Any:
-    """Plain text to escaped HTML paragraphs (customer text is never HTML)."""
-    from markupsafe import Markup, escape
-
-    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
-    return Markup("\n").join(
-        Markup("<p>")
-        + Markup("<br>\n").join(escape(line) for line in b.splitlines())
-        + Markup("</p>")
-        for b in blocks
-    )
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -187,9 +120,35 @@ class Mailer:
 
         A plain insert, not an ORM object: nothing reads the row back in this transaction, and
         the unit of work cost more than rendering the mail."""
+        what = f"{mail.kind} to {mail.to}"
+        rendered = self.render(session, mail.template, self.context(mail), now, what)
+        return self._write(session, mail, rendered, now)
+
+    def context(self, mail: Mail) -> dict[str, Any]:
+        """What the templates of ``mail`` see: its context, and the desk."""
         desk = self.settings.desk
-        context = {"desk": {"name": desk.name, "address": desk.address}, **mail.context}
-        subject, text, html = self.templates.render(mail.template, context)
+        return {"desk": {"name": desk.name, "address": desk.address}, **mail.context}
+
+    def render(
+        self, session: Any, name: str, context: dict[str, Any], now: datetime, what: str
+    ) -> Rendered:
+        """Mail ``name`` (``what`` says which, for the log). An override in ``templates_dir``
+        that fails for this mail's data gives way to the shipped template, and the admin is
+        alerted (once an hour per template): the mail goes out, and whatever caused it is
+        never quarantined for it. Only a template without a shipped one to fall back on (a
+        canned reply of the desk's own) raises ``TemplateError``."""
+        try:
+            return self.templates.render(name, context)
+        except TemplateError as exc:
+            if not (self.templates.overridden(name) and self.templates.shipped_has(name)):
+                raise
+            rendered = self.templates.render_shipped(name, context)
+            log.error("template %s; %s made from the shipped template instead", exc, what)
+            self._alert_template(session, exc.problem, what, now)
+            return rendered
+
+    def _write(self, session: Any, mail: Mail, rendered: Rendered, now: datetime) -> str:
+        desk = self.settings.desk
         message_id = own_message_id(desk.secret, desk.domain)
         status = OutboxStatus.PENDING
         why_not = mail.held_back or self._suppressed(session, mail, now)
@@ -202,6 +161,7 @@ class Mailer:
             log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
             if why_not.startswith(LOOP_PROTECTION) and self._first_throttled(session, mail, now):
                 self._alert_throttled(session, mail, why_not, now)
+        body = self._compose(mail, rendered.subject, rendered.text, rendered.html, message_id, now)
         insert_row(
             session,
             Outbox,
@@ -212,7 +172,7 @@ class Mailer:
                 "recipient": mail.to,
                 "mail_from": bounce_address(desk.secret, desk.address, message_id),
                 "automatic": mail.automatic,
-                "body": self._compose(mail, subject, text, html, message_id, now),
+                "body": body,
                 "status": status,
                 "last_error": why_not,
                 "attempts": 0,
@@ -235,6 +195,55 @@ class Mailer:
         if known is None or known.smtputf8:
             return None
         return no_smtputf8(smtp, address)
+
+    def _alert_template(
+        self, session: Any, problem: TemplateProblem, what: str, now: datetime
+    ) -> None:
+        """Tell the admin an override failed, at most once an hour for each template file.
+
+        Rendered from the shipped ``admin_alert`` (the override of that may be what failed).
+        The outbox is the memory: every process (a daemon, ``maildesk ingest`` per message)
+        sees the alerts already written."""
+        admin = self.settings.desk.admin_address
+        if not admin:
+            return
+        shown = self.templates.shown(problem.path)
+        alert = Mail(
+            kind=TEMPLATE_ALERT,
+            template="admin_alert",
+            to=admin,
+            context={
+                "subject": f"template {shown} failed; the shipped one is used instead",
+                "text": (
+                    f"The template {shown} failed for a mail ({what}):\n\n  {problem}\n\n"
+                    "That mail was made from the shipped template instead, and so is every "
+                    "mail this template fails for. Nothing was quarantined.\n\n"
+                    "Fix the template, check it with `maildesk check-config` and reload "
+                    "maildesk (systemctl reload maildesk). This alert is sent at most once "
+                    "an hour for each template."
+                ),
+            },
+            to_agent=True,
+        )
+        rendered = self.templates.render_shipped(alert.template, self.context(alert))
+        if self._alerted_lately(session, admin, rendered.subject, now):
+            return
+        self._write(session, alert, rendered, now)
+
+    def _alerted_lately(self, session: Any, admin: str, subject: str, now: datetime) -> bool:
+        """Whether an alert with this subject went to ``admin`` within the hour (a few rows
+        at most: one per failing template)."""
+        with session.no_autoflush:
+            rows = session.scalars(
+                select(Outbox.body).where(
+                    Outbox.kind == TEMPLATE_ALERT,
+                    Outbox.recipient == admin,
+                    Outbox.created_at > now - timedelta(hours=1),
+                )
+            ).all()
+        wanted = clean_header(subject, 900)
+        parser = BytesHeaderParser(policy=email.policy.default)
+        return any(str(parser.parsebytes(body)["subject"]) == wanted for body in rows)
 
     def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
         if not mail.automatic or mail.to_agent:
@@ -293,7 +302,13 @@ class Mailer:
         self.enqueue(session, alert, now)
 
     def _compose(
-        self, mail: Mail, subject: str, text: str, html: str | None, message_id: str, now: datetime
+        self,
+        mail: Mail,
+        subject: str,
+        text: str | None,
+        html: str | None,
+        message_id: str,
+        now: datetime,
     ) -> bytes:
         """The message as bytes. Every header value is a cleaned single-line ``str`` (nothing a
         sender wrote can add a header), encoded as RFC 2047 words where it is not plain ASCII.
@@ -325,8 +340,9 @@ class Mailer:
         )
         # UTF-8 only in the To of mail to a non-ASCII address, which goes out with SMTPUTF8
         head_bytes = (head + "MIME-Version: 1.0\r\n").encode("utf-8")
-        if html is None:
-            return head_bytes + _text_part(text, "plain")
+        if html is None or text is None:  # one half alone: an override of that half only
+            part = _text_part(text, "plain") if text is not None else _text_part(html or "", "html")
+            return head_bytes + part
         # "=_" never occurs in quoted-printable text (every "=" there starts a hex pair or a soft
         # line break), so this boundary cannot collide with either part.
         boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
@@ -784,3 +800,67 @@ async def probe(settings: SmtpSettings) -> str:
         else "no SMTPUTF8: mail to non-ASCII addresses cannot be sent"
     )
     return "connected" + (" and logged in" if settings.username else "") + f" ({utf8})"
+
+
+# --------------------------------------------------------------------------- check-config's probe
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeMail:
+    """check-config's probe: one of our own mails, to the desk's plus address made from its
+    Message-ID, with the VERP envelope sender every mail of the desk has."""
+
+    message_id: str
+    mail_from: str
+    to: str
+    body: bytes
+
+
+def probe_mail(settings: Settings, now: datetime) -> ProbeMail:
+    desk = settings.desk
+    message_id = own_message_id(desk.secret, desk.domain)
+    to = probe_address(desk.address, message_id)
+    mail = Mail(kind="probe", template="", to=to, to_agent=True)
+    text = (
+        f"maildesk check-config sent this message to prove that mail to {to} reaches the\n"
+        "desk's mailbox, as agents' replies and bounces must. It deletes it once found; if\n"
+        "you see it, check-config stopped early, and the desk ignores it.\n"
+    )
+    body = Mailer(settings)._compose(
+        mail, "maildesk check-config probe", text, None, message_id, now
+    )
+    return ProbeMail(message_id, bounce_address(desk.secret, desk.address, message_id), to, body)
+
+
+class SmtpRefused(SmtpError):
+    """The SMTP server answered the probe with an error at one stage: ``sender`` (MAIL FROM),
+    ``recipient`` (RCPT TO) or ``data``; ``code`` and ``reply`` are its words."""
+
+    def __init__(self, stage: str, code: int, reply: str) -> None:
+        super().__init__(f"{code} {reply}".strip())
+        self.stage = stage
+        self.code = code
+        self.reply = " ".join(reply.split())
+
+
+async def send_probe(settings: SmtpSettings, probe: ProbeMail) -> None:
+    """Send the probe as the outbox sends mail; ``SmtpRefused`` names the stage refused."""
+    sender = Sender(settings)
+    try:
+        client = await sender._connect()
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
+    try:
+        await client.sendmail(probe.mail_from, [probe.to], probe.body)
+    except aiosmtplib.SMTPSenderRefused as exc:
+        raise SmtpRefused("sender", exc.code, exc.message) from None
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients[0]
+        raise SmtpRefused("recipient", refused.code, refused.message) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        raise SmtpRefused("data", exc.code, exc.message) from None
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        raise SmtpError(f"{settings.host}:{settings.port}: {exc or type(exc).__name__}") from None
+    finally:
+        sender.client = client
+        await sender.close()

@@ -145,6 +145,27 @@ def bounce_address(secret: bytes, desk_address: str, message_id: str) -> str:
     return f"{local}+bounce-{nonce}-{_mac(secret, 'verp', nonce, 10)}@{domain}"
 
 
+def probe_address(desk_address: str, message_id: str) -> str:
+    """Where ``check-config`` sends its probe with Message-ID ``message_id`` (one of ours):
+    ``support+probe-<nonce>@dom``, the nonce being the Message-ID's. It arrives only where
+    plus addressing reaches the desk's mailbox, as agents' replies and bounces must."""
+    match = OWN_ID.match(message_id)
+    nonce = match.group(1) if match else hashlib.sha256(message_id.encode()).hexdigest()[:20]
+    local, domain = desk_address.rsplit("@", 1)
+    return f"{local}+probe-{nonce}@{domain}"
+
+
+def is_probe(inbound: Inbound, desk: Identity) -> bool:
+    """``check-config``'s probe: our own signed Message-ID, sent to the probe address made from
+    it. Nobody without the desk's secret can make a message look like one."""
+    domain = desk.address.rsplit("@", 1)[1]
+    message_id = inbound.message_id
+    if message_id is None or not is_own_message_id(desk.secret, domain, message_id):
+        return False
+    address = probe_address(desk.address, message_id).lower()
+    return any(a.lower() == address for a in (*inbound.to, *inbound.delivered_to))
+
+
 def bounced_message_id(secret: bytes, desk_address: str, addresses: Sequence[str]) -> str | None:
     """The Message-ID of our mail a bounce was sent back about, from a valid VERP address."""
     local, domain = desk_address.lower().rsplit("@", 1)
@@ -183,6 +204,10 @@ def _strip_comments(value: str) -> str:
 
 def classify(inbound: Inbound, desk: Identity) -> Classification:
     """Human, or which kind of automatic mail, decided before anything is done with it."""
+    if is_probe(inbound, desk):
+        # the daemon may see it before check-config does: ignored (and moved to the processed
+        # folder, where check-config looks too), never a ticket or an acknowledgment
+        return Classification(Kind.OWN_LOOP, "our own check-config probe")
     loop = inbound.first(LOOP_HEADER)
     if loop is not None and loop.strip() == desk.loop_id:
         return Classification(Kind.OWN_LOOP, f"our own {LOOP_HEADER} header")

@@ -957,7 +957,8 @@ def apply_actions(
     elif "close" in verbs:
         _close(session, desk, ticket, inbound, stored, actor, text, canned, now, mails)
     elif text or canned:
-        body = "\n\n".join([*(_canned(desk, ticket, name) for name in canned), text]).strip()
+        replies = [_canned(session, desk, ticket, name, now) for name in canned]
+        body = "\n\n".join([*replies, text]).strip()
         add_message(session, desk, ticket, inbound, stored, sender=actor, text=body, at=now)
         mails.append(
             customer_mail(desk, ticket, "reply", "reply", text=body, agent={"name": agent.name})
@@ -987,7 +988,8 @@ def _close(
 ) -> None:
     if ticket.status == Status.CLOSED:
         return
-    resolution = "\n\n".join([*(_canned(desk, ticket, n) for n in canned), text]).strip()
+    replies = [_canned(session, desk, ticket, name, now) for name in canned]
+    resolution = "\n\n".join([*replies, text]).strip()
     if resolution and inbound is not None:
         add_message(session, desk, ticket, inbound, stored, sender=actor, text=resolution, at=now)
         if ticket.first_response_at is None:
@@ -997,11 +999,17 @@ def _close(
     mails.append(customer_mail(desk, ticket, "closed", "closed", resolution=resolution))
 
 
-def _canned(desk: Desk, ticket: Ticket, name: str) -> str:
-    context = {
+def canned_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:
+    """What a canned reply's template sees."""
+    return {
         **ticket_context(desk, ticket),
         "customer": {"email": ticket.requester},
         "desk": {"name": desk.settings.desk.name, "address": desk.settings.desk.address},
     }
-    _subject, body, _html = desk.mailer.templates.render(f"canned/{name}", context)
-    return body.strip()
+
+
+def _canned(session: Session, desk: Desk, ticket: Ticket, name: str, now: datetime) -> str:
+    what = f"canned reply {name} on {desk.ref(ticket)}"
+    context = canned_context(desk, ticket)
+    rendered = desk.mailer.render(session, f"canned/{name}", context, now, what)
+    return (rendered.text or "").strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from maildesk import cli, config
 from maildesk.daemon import Daemon
@@ -158,6 +159,19 @@ class DeskWorld:
         self.stop()
         self.db.dispose()
 
+    def use_templates(self, directory: Path) -> None:
+        """Point ``[desk] templates_dir`` at ``directory`` and take the config in again, as an
+        operator would (the templates are not checked: a test of the check does that)."""
+        text = re.sub(r'\ntemplates_dir = ".*"', "", self.config_path.read_text())
+        text = text.replace(
+            'admin_address = "admin@example.com"',
+            f'admin_address = "admin@example.com"\ntemplates_dir = "{directory}"',
+            1,
+        )
+        self.config_path.write_text(text)
+        self.settings = config.load(self.config_path)
+        self.desk = Desk(self.settings, clock=self.clock)
+
     def cli(
         self, *args: str, input: bytes | None = None, **env: str
     ) -> subprocess.CompletedProcess[bytes]:
@@ -168,6 +182,16 @@ class DeskWorld:
             env={**os.environ, "MAILDESK_CONFIG": str(self.config_path), **env},
             capture_output=True,
             timeout=60,
+        )
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """``maildesk --log-format json ARGS`` in the background; its log lines on ``stderr``."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "maildesk", "--log-format", "json", *args],
+            env={**os.environ, "MAILDESK_CONFIG": str(self.config_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def deliver(self, message: EmailMessage | bytes) -> None:
@@ -315,6 +339,37 @@ def ref_number(captured: Captured) -> int:
     match = re.search(r"\[#(\d+)\]", str(captured.message["Subject"]))
     assert match, captured.message["Subject"]
     return int(match.group(1))
+
+
+class LogReader:
+    """Reads a process's JSON log lines in a thread; tests wait for a line by condition."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(json.loads(line))
+                self._changed.notify_all()
+
+    def finish(self, timeout: float = 10) -> None:
+        """Wait until the process has closed its end (it exited) and every line is read."""
+        self._thread.join(timeout)
+
+    def wait_for(self, text: str, timeout: float = 20) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((x for x in self.lines if text in x["message"]), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: found() is not None, timeout):
+                raise AssertionError(f"no log line with {text!r}: {self.lines}")
+            line = found()
+            assert line is not None
+            return line
 
 
 T = TypeVar("T")

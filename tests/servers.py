@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -266,6 +267,23 @@ class DovecotServer:
 
     def uids(self, username: str, folder: str = "INBOX") -> list[int]:
         return mailworld.uids(self.mailbox_config(username), folder)
+
+
+def deliver_into(account: ImapAccount) -> Callable[[mailworld.Captured], None]:
+    """An MTA's local delivery for ``SmtpServer.on_message``: mail accepted for the account's
+    address, or a plus address of it (``user+tag@``, as Postfix's ``recipient_delimiter = +``
+    does), is appended to its INBOX with ``Return-Path`` and ``Delivered-To``; other mail is
+    dropped. Works for pymap and Dovecot alike, over IMAP."""
+    local, _, domain = account.username.lower().partition("@")
+
+    def deliver(captured: mailworld.Captured) -> None:
+        for rcpt in captured.rcpt_tos:
+            rcpt_local, _, rcpt_domain = rcpt.lower().partition("@")
+            if rcpt_local.split("+", 1)[0] == local and rcpt_domain == domain:
+                trace = f"Return-Path: <{captured.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
+                account.append(trace.encode() + captured.raw)
+
+    return deliver
 
 
 class ImapTestServer(Protocol):

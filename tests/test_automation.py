@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maildesk import cli, config
+from maildesk import cli
 from maildesk.automation import add_working_time, human, working_time_between
 from maildesk.config import BusinessHours
 from maildesk.mailworld import Captured, ImapServer, SmtpServer
-from maildesk.tickets import Desk
+from maildesk.models import Ticket
 from tests.desk import (
     ALICE,
     BOB,
@@ -349,44 +349,29 @@ def test_the_running_daemon_runs_the_timers_at_start(make_world) -> None:  # typ
 
 # --------------------------------------------------------------------------- a failing ticket
 
+
 # An operator's reminder that names the ticket's first tag: it cannot be rendered for a ticket
 # without tags (StrictUndefined), so that ticket's timers fail for a real reason, every pass.
-TAGGED_REMINDER = """{% set subject = "Re: " ~ ticket.ref ~ " your " ~ ticket.tags[0] ~ " ticket" %}
-Still waiting on your {{ ticket.tags[0] }} question.
-"""
-
-
-def use_templates(world: DeskWorld, directory: Path) -> None:
-    """Point ``[desk] templates_dir`` at ``directory``, as an operator would."""
-    text = world.config_path.read_text().replace(
-        'admin_address = "admin@example.com"',
-        f'admin_address = "admin@example.com"\ntemplates_dir = "{directory}"',
-        1,
-    )
-    world.config_path.write_text(text)
-    world.settings = config.load(world.config_path)
-    world.desk = Desk(world.settings, clock=world.clock)
-
-
 def test_a_ticket_whose_timers_fail_is_reported_once_and_stops_no_other(
     make_world,  # type: ignore[no-untyped-def]
-    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     world = make_world(LIFECYCLE)
-    overrides = tmp_path / "templates"
-    overrides.mkdir()
-    (overrides / "reminder.txt.j2").write_text(TAGGED_REMINDER)
-    use_templates(world, overrides)
     customers = ["one@customer.test", "two@customer.test", "three@customer.test"]
     for number, customer in enumerate(customers, 1):
         world.deliver(customer_mail(f"Question {number}", "Hello?", sender=customer))
     world.run_once()
-    for number, notice in enumerate(world.mails_to(ALICE), 1):
-        tag = "" if number == 1 else "#tag printer\n"  # ticket 1 has no tag: its reminder fails
-        world.deliver(agent_reply(notice, ALICE, f"{tag}Which model?"))
+    for notice in world.mails_to(ALICE):
+        world.deliver(agent_reply(notice, ALICE, "Which model?"))
     world.run_once()
     assert [t["status"] for t in world.tickets()] == ["pending"] * 3
+    # A row no version of maildesk writes today (a requester with a line break, as an import
+    # from another help desk could leave): no mail server can produce it, so it is set here.
+    # Mailing that ticket's reminder fails for a real reason: the address is refused.
+    with world.db.transaction() as session:
+        broken_ticket = session.get(Ticket, 1)
+        assert broken_ticket is not None
+        broken_ticket.requester = "one@customer.test\r\nBcc: everyone@example.net"
 
     caplog.set_level(logging.INFO)
     world.clock.advance(minutes=61)
@@ -396,18 +381,15 @@ def test_a_ticket_whose_timers_fail_is_reported_once_and_stops_no_other(
 
     for customer in customers[1:]:  # the other tickets' reminders went out, once each
         [reminder] = [
-            m
-            for m in world.mails_to(customer)
-            if "your printer ticket" in str(m.message["Subject"])
+            m for m in world.mails_to(customer) if "waiting for" in str(m.message["Subject"])
         ]
-    assert [m for m in world.mails_to(customers[0]) if "ticket" in str(m.message["Subject"])] == []
     assert [kinds(t)[-1] for t in world.tickets()][1:] == ["reminded", "reminded"]
     broken = world.ticket(1)
     [failed] = [e for e in broken["events"] if e["kind"] == "timer_failed"]
-    assert "UndefinedError" in failed["detail"]["error"]
+    assert "ValueError" in failed["detail"]["error"]
     assert broken["status"] == "pending"  # nothing of the failed pass was applied
     [alert] = world.mails_to("admin@example.com")
-    assert "[#1]" in str(alert.message["Subject"]) and "UndefinedError" in text_of(alert)
+    assert "[#1]" in str(alert.message["Subject"]) and "ValueError" in text_of(alert)
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING and "[#1]" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None  # one line, no traceback
     assert "\n" not in lines[0].getMessage()

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from maildesk import config
 from maildesk.config import Settings
-from maildesk.outbox import Mail, Mailer, Templates, clean_header
+from maildesk.outbox import Mail, Mailer, clean_header
+from maildesk.rendering import Templates
 from maildesk.routing import LOOP_HEADER
 
 COMPOSE = settings(

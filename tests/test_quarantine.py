@@ -1,28 +1,25 @@
 """Poison mail: a message that breaks parsing or handling is quarantined, the batch goes on.
 
-The handling failure is real, not mocked: an operator's template override that raises for one
-message (a broken ``ack.txt.j2`` in ``[desk] templates_dir``). After the template is fixed,
+The handling failure is real, not mocked: a canned reply of the desk's own in ``[desk]
+templates_dir`` that fails for one ticket, used by an agent's reply (a template with a shipped
+counterpart falls back to it instead; see ``test_templates``). After the template is fixed,
 ``maildesk quarantine replay`` handles the message again.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from maildesk import cli, config
+from maildesk import cli, samples
 from maildesk.mailworld import SmtpServer
-from maildesk.outbox import shipped_templates
-from maildesk.tickets import Desk
-from tests.desk import DeskWorld, customer_mail
+from tests.desk import ALICE, CUSTOMER, DeskWorld, agent_reply, customer_mail, text_of
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
-TRIGGER = "EXPLODE"
 
 
 def deep_multipart(depth: int) -> bytes:
@@ -38,20 +35,6 @@ def deep_multipart(depth: int) -> bytes:
     for i in reversed(range(depth)):
         parts.append(f"--b{i}--\r\n")
     return "".join(parts).encode()
-
-
-def use_templates(world: DeskWorld, directory: Path) -> None:
-    """Point ``[desk] templates_dir`` at ``directory`` and reload, as an operator would."""
-    text = world.config_path.read_text()
-    text = re.sub(r'\ntemplates_dir = ".*"', "", text)
-    text = text.replace(
-        'admin_address = "admin@example.com"',
-        f'admin_address = "admin@example.com"\ntemplates_dir = "{directory}"',
-        1,
-    )
-    world.config_path.write_text(text)
-    world.settings = config.load(world.config_path)
-    world.desk = Desk(world.settings, clock=world.clock)
 
 
 @pytest.fixture
@@ -78,58 +61,65 @@ def test_poison_mail_is_quarantined_and_the_batch_goes_on_then_replayed(
     world: DeskWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str], cli_logging: None
 ) -> None:
     overrides = tmp_path / "templates"
-    overrides.mkdir()
-    shipped = (shipped_templates() / "ack.txt.j2").read_text()
-    broken = (
-        shipped + f'{{% if "{TRIGGER}" in ticket.subject %}}{{{{ no_such_value }}}}{{% endif %}}\n'
-    )
-    (overrides / "ack.txt.j2").write_text(broken)
-    use_templates(world, overrides)
+    (overrides / "canned").mkdir(parents=True)
+    # A canned reply of the desk's own (nothing shipped to fall back on) that fails for a
+    # ticket without tags. It passes the check, whose sample ticket has tags.
+    warranty = overrides / "canned" / "warranty.txt.j2"
+    warranty.write_text("Your {{ ticket.tags[0] }} is still under warranty: we replace it.\n")
+    world.use_templates(overrides)
+    assert samples.check(world.desk).problems == ()
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    assert world.run_once() == 0
+    notice = world.mails_to(ALICE)[-1]
 
     world.deliver(customer_mail("First good one", "Hello", sender="first@good.test"))
     world.deliver((MAIL / "unknown-charset.eml").read_bytes())
     # pymap's own parser recurses on APPEND and gives up near 330 levels; Dovecot stores 500
     world.deliver(deep_multipart(500 if world.account.kind == "dovecot" else 300))
-    world.deliver(customer_mail(f"Please {TRIGGER} now", "Boom", sender="boom@bad.test"))
+    world.deliver(agent_reply(notice, ALICE, "#reply warranty\n\nBest regards, Alice"))
     world.deliver(customer_mail("Last good one", "Hello", sender="last@good.test"))
 
     assert world.run_once() == 0
 
     requesters = {t["requester"] for t in world.tickets()}
     assert {"first@good.test", "last@good.test"} <= requesters
-    assert "boom@bad.test" not in requesters
     assert len(world.mails_to("first@good.test")) == 1
     assert len(world.mails_to("last@good.test")) == 1
-    assert world.mails_to("boom@bad.test") == []
+    assert len(world.mails_to(CUSTOMER)) == 1  # the acknowledgment, no reply
+    assert len(world.ticket(1)["messages"]) == 1 and world.ticket(1)["status"] == "open"
     assert world.account.uids("INBOX") == []
     charset_ticketed = "lena@example.org" in requesters  # ticketed with a defect, or quarantined
     assert len(world.account.uids("Quarantine")) == (2 if charset_ticketed else 3)
-    assert len(world.account.uids("Processed")) == (3 if charset_ticketed else 2)
+    assert len(world.account.uids("Processed")) == (4 if charset_ticketed else 3)
 
     code, out = maildesk(capsys, "quarantine", "list", "--json")
     assert code == 0
     listed = json.loads(out)
     assert all(set(i) == {"id", "mailbox", "uid", "from", "subject", "error", "at"} for i in listed)
     by_subject = {i["subject"]: i for i in listed}
-    boom = by_subject[f"Please {TRIGGER} now"]
+    boom = by_subject[f"Re: {notice.message['Subject']}"]
     assert boom["mailbox"] == "support" and boom["uid"] is not None
-    assert "boom@bad.test" in boom["from"]
-    assert "no_such_value" in boom["error"]
+    assert ALICE in boom["from"]
+    assert f"{warranty}:1: list object has no element 0" in boom["error"]
     deep = by_subject["Deeply nested"]
     assert "nesting" in deep["error"] or "MIME" in deep["error"]
     assert boom["at"] and deep["at"]
 
     code, out = maildesk(capsys, "quarantine", "list")
-    assert code == 0 and "no_such_value" in out
+    assert code == 0 and "has no element 0" in out
 
     # the operator fixes the template and replays the message
-    (overrides / "ack.txt.j2").write_text(shipped)
+    warranty.write_text("Your printer is still under warranty: we replace it.\n")
     code, out = maildesk(capsys, "quarantine", "replay", str(boom["id"]))
     assert code == 0, out
-    assert out.startswith(f"{boom['id']}: new_ticket")
-    [ticket] = [t for t in world.tickets() if t["requester"] == "boom@bad.test"]
-    assert ticket["messages"][0]["text"].strip() == "Boom"
-    world.wait_mails_to("boom@bad.test", 1)
+    assert out.startswith(f"{boom['id']}: follow_up [#1]")
+    [reply] = world.wait_mails_to(CUSTOMER, 2)[1:]
+    assert (
+        text_of(reply)
+        .replace("\r\n", "\n")
+        .startswith("Your printer is still under warranty: we replace it.\n\nBest regards, Alice")
+    )
+    assert world.ticket(1)["status"] == "pending"
     code, out = maildesk(capsys, "quarantine", "list", "--json")
     assert [i["subject"] for i in json.loads(out)] == [
         i["subject"] for i in listed if i["id"] != boom["id"]
@@ -139,8 +129,8 @@ def test_poison_mail_is_quarantined_and_the_batch_goes_on_then_replayed(
     code, out = maildesk(capsys, "quarantine", "replay", "--all")
     assert code == 1
     assert f"{deep['id']}: quarantined" in out
-    # replay never opens a ticket twice
-    assert len([t for t in world.tickets() if t["requester"] == "boom@bad.test"]) == 1
+    # replay never answers twice
+    assert len(world.mails_to(CUSTOMER)) == 2
     # and the server still holds every message: maildesk never deletes mail
     total = len(world.account.uids("Quarantine")) + len(world.account.uids("Processed"))
-    assert total == 5
+    assert total == 6

@@ -10,16 +10,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from maildesk.mailworld import SmtpServer
-from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
+from tests.desk import CUSTOMER, DeskWorld, LogReader, customer_mail, text_of, wait_until
 from tests.servers import ImapAccount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,37 +89,6 @@ def test_run_once_logs_one_json_object_per_line_naming_message_and_ticket(
     assert about and all(x["ticket"] == "[#1]" for x in about), lines
     [outcome] = [x for x in about if x["logger"] == "maildesk.ingest"]
     assert outcome["mailbox"] == "support" and "new ticket" in outcome["message"]
-
-
-class LogReader:
-    """Reads a process's JSON log lines in a thread; tests wait for a line by condition."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._changed:
-                self.lines.append(json.loads(line))
-                self._changed.notify_all()
-
-    def finish(self, timeout: float = 10) -> None:
-        """Wait until the process has closed its end (it exited) and every line is read."""
-        self._thread.join(timeout)
-
-    def wait_for(self, text: str, timeout: float = 20) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            return next((x for x in self.lines if text in x["message"]), None)
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: found() is not None, timeout):
-                raise AssertionError(f"no log line with {text!r}: {self.lines}")
-            line = found()
-            assert line is not None
-            return line
 
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)

@@ -1,0 +1,309 @@
+"""Sample data for every mail template, and the check that renders each template with it.
+
+``check-config``, ``run`` (and the other commands that make mail) and a reload render every
+template, shipped and overridden, before maildesk uses them: an error names the file and the
+line, and stops the start (exit 78) or the reload. The samples are made by the lifecycle rules'
+own functions (``tickets.customer_mail``, ``tickets.agent_mail``, ``tickets.canned_context``,
+``Mailer.context``) on a sample ticket, with the values each rule passes; where a template has
+optional parts, there is a sample with them and one without, as real tickets come. A template
+written against the variables README lists renders here as it would in real use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from maildesk import tickets
+from maildesk.config import AgentSettings, ConfigError
+from maildesk.models import Status, Tag, Ticket
+from maildesk.outbox import Mail
+from maildesk.rendering import HTML, TEXT, TemplateError, TemplateProblem
+
+REQUESTER = "jane.doe@example.org"
+CUSTOMER_TEXT = """\
+Hello,
+
+the printer on the 3rd floor jams on every page since this morning. I attached a photo of the
+error on its display.
+
+Jane"""
+AGENT_TEXT = """\
+Hello Jane,
+
+thank you for the photo. Please open the front cover, take out the toner cartridge and check
+for a torn sheet behind it; then tell us whether it still jams."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the check found: the mails rendered, the problems (each stops a start or reload),
+    and notes for check-config (overrides of one half only, files no mail uses)."""
+
+    mails: int
+    overridden: int
+    problems: tuple[TemplateProblem, ...]
+    notes: tuple[str, ...]
+
+
+def check(desk: tickets.Desk) -> Checked:
+    """Render every mail's templates (the overridden and the shipped ones) with the samples."""
+    templates = desk.mailer.templates
+    samples = contexts(desk)
+    problems: list[TemplateProblem] = []
+    names = templates.mails()
+    for name in names:
+        variants = samples.get("canned" if name.startswith("canned/") else name)
+        if variants is None:
+            problems.append(TemplateProblem(name, None, "maildesk has no sample data for it"))
+            continue
+        renders = [templates.render]
+        if templates.overridden(name) and templates.shipped_has(name):
+            renders.append(templates.render_shipped)  # the fallback must work too
+        for render in renders:
+            for context in variants:
+                try:
+                    render(name, context)
+                except TemplateError as exc:
+                    problems.append(exc.problem)
+                    break
+    overridden = sum(templates.overridden(n) for n in names)
+    return Checked(len(names), overridden, tuple(problems), tuple(notes(desk)))
+
+
+def require(desk: tickets.Desk) -> None:
+    """``check``, raising ``ConfigError`` (one line) when a template fails."""
+    problems = check(desk).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more: see maildesk check-config)"
+        raise ConfigError(f"template {problems[0]}" + (more if len(problems) > 1 else ""))
+
+
+def notes(desk: tickets.Desk) -> list[str]:
+    templates = desk.mailer.templates
+    lines = []
+    for name, half in templates.one_half():
+        if half == TEXT:
+            lines.append(
+                f"{name}{TEXT} is overridden alone: {name} mail goes out as text only, without "
+                f"the shipped {name}{HTML} (add your own {name}{HTML} for an HTML part)"
+            )
+        else:
+            lines.append(
+                f"{name}{HTML} is overridden alone: {name} mail goes out as HTML only, without "
+                f"the shipped {name}{TEXT} (its subject, unless {name}{HTML} sets one, is "
+                f"the shipped {name}{TEXT}'s)"
+            )
+    for stray in templates.strays():
+        lines.append(
+            f"{stray} in templates_dir is not the template of any mail maildesk sends "
+            "(a canned reply is canned/<name>.txt.j2); it is used only where another "
+            "template includes it"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------- the samples
+
+
+def sample_ticket(
+    desk: tickets.Desk,
+    status: Status = Status.OPEN,
+    *,
+    assignee: str | None = None,
+    tags: tuple[str, ...] = (),
+    team: str | None = None,
+) -> Ticket:
+    """A ticket as the rules hand it to a template (never added to a session)."""
+    now = desk.clock()
+    return Ticket(
+        id=1042,
+        subject="Printer on the 3rd floor jams on every page",
+        requester=REQUESTER,
+        status=status,
+        priority="high",
+        team=team or desk.settings.teams[0].name,
+        assignee=assignee,
+        mailbox=desk.settings.mailboxes[0].name,
+        created_at=now - timedelta(hours=2),
+        updated_at=now,
+        status_since=now,
+        tags=[Tag(tag=t) for t in tags],
+        participants=[],
+        messages=[],
+        events=[],
+    )
+
+
+class _Maker:
+    """The sample tickets, and contexts made as the lifecycle rules make theirs."""
+
+    def __init__(self, desk: tickets.Desk) -> None:
+        self.desk = desk
+        settings = desk.settings
+        teams = [t.name for t in settings.teams]
+        self.agent = (
+            settings.agents[0]
+            if settings.agents
+            else AgentSettings("alice@example.com", "Alice", (teams[0],))
+        )
+        self.other_team = teams[1] if len(teams) > 1 else teams[0]
+        email = self.agent.email
+        self.new = sample_ticket(desk)
+        self.worked = sample_ticket(desk, assignee=email, tags=("hardware", "printer"))
+        self.pending = sample_ticket(desk, Status.PENDING, assignee=email, tags=("printer",))
+        self.closed = sample_ticket(desk, Status.CLOSED, assignee=email, tags=("printer",))
+        self.escalated = sample_ticket(
+            desk, Status.ESCALATED, tags=("printer",), team=self.other_team
+        )
+
+    def customer(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
+        mail = tickets.customer_mail(self.desk, ticket, template, template, **extra)
+        return self.desk.mailer.context(mail)
+
+    def receipt(self, ticket: Ticket, receipt: tickets.Receipt) -> dict[str, Any]:
+        """A receipt's context, made by the rule that makes receipts."""
+        mail = tickets.receipt_mail(self.desk, ticket, self.agent, self.desk.clock(), receipt)
+        return self.desk.mailer.context(mail)
+
+    def notice(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
+        now = self.desk.clock()
+        mail = tickets.agent_mail(self.desk, ticket, self.agent, "notice", template, now, **extra)
+        return self.desk.mailer.context(mail)
+
+
+def desk_ref(make: _Maker, ticket: Ticket) -> str:
+    return make.desk.settings.desk.ref(ticket.id)
+
+
+def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
+    """Every mail's sample contexts, by template name (``canned`` for every canned reply)."""
+    make = _Maker(desk)
+    settings = desk.settings
+    alert = Mail(
+        kind="alert",
+        template="admin_alert",
+        to=settings.desk.admin_address or settings.desk.address,
+        context={
+            "subject": f"mailbox {settings.mailboxes[0].name} is failing",
+            "text": "mailbox support has failed 5 times in a row.\nLast error: timed out",
+        },
+        to_agent=True,
+    )
+    return {
+        **_to_customers(make, settings.limits.max_attachment_bytes),
+        **_to_agents(make),
+        "admin_alert": [desk.mailer.context(alert)],
+        "canned": [tickets.canned_context(desk, make.worked)],
+    }
+
+
+def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
+    dropped = [{"filename": "error-on-display.jpg", "size": limit + 4_200_000}]
+    closes_at = "Thu 03 Dec 2026 09:00 UTC"
+    return {
+        "ack": [
+            make.customer(make.new, "ack", dropped=[], max_attachment_bytes=limit),
+            make.customer(make.new, "ack", dropped=dropped, max_attachment_bytes=limit),
+        ],
+        "reply": [
+            make.customer(make.worked, "reply", text=AGENT_TEXT, agent={"name": make.agent.name})
+        ],
+        "closed": [
+            make.customer(make.closed, "closed", resolution="We replaced the fuser unit."),
+            make.customer(make.closed, "closed", resolution=""),
+        ],
+        "escalated": [make.customer(make.escalated, "escalated")],
+        "reminder": [
+            make.customer(
+                make.pending,
+                "reminder",
+                waited="3 days",
+                closes_after="4 days",
+                closes_at=closes_at,
+            ),
+            make.customer(
+                make.pending, "reminder", waited="3 days", closes_after=None, closes_at=None
+            ),
+        ],
+        "auto_closed": [make.customer(make.closed, "auto_closed", waited="7 days")],
+    }
+
+
+def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
+    agent, new, worked, escalated = make.agent, make.new, make.worked, make.escalated
+    due, expired = (
+        "Thu 26 Nov 2026 13:00 UTC",
+        "The reply token has expired; reply to a newer notification.",
+    )
+    replied = {"text": CUSTOMER_TEXT, "sender": REQUESTER}
+    return {
+        "agent_new": [
+            make.notice(new, "agent_new", **replied),
+            make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender=""),
+        ],
+        "agent_customer_replied": [make.notice(worked, "agent_customer_replied", **replied)],
+        "agent_reopened": [make.notice(worked, "agent_reopened", **replied)],
+        "agent_assigned": [make.notice(worked, "agent_assigned", by="Bob Jones")],
+        "agent_escalated": [
+            make.notice(escalated, "agent_escalated", summary="Needs a new fuser.", by=agent.name),
+            make.notice(escalated, "agent_escalated", summary="", by=agent.name),
+        ],
+        "agent_receipt": [
+            make.receipt(
+                worked,
+                tickets.Receipt(
+                    applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")
+                ),
+            ),
+            make.receipt(
+                new,
+                tickets.Receipt(
+                    refused=("#priority hgih: not a priority (low, medium, high, urgent)",),
+                    kept_as_note=True,
+                ),
+            ),
+            make.receipt(
+                new,
+                tickets.Receipt(
+                    applied=("closed",),
+                    not_mailed="the ticket has no usable address of the customer",
+                ),
+            ),
+        ],
+        "agent_unverified": [
+            make.notice(
+                worked,
+                "agent_unverified",
+                reason=expired,
+                commands=["#close"],
+                text="Fixed, closing.",
+                count=1,
+                tickets=[desk_ref(make, worked)],
+            ),
+            make.notice(
+                worked,
+                "agent_unverified",
+                reason=expired,
+                commands=[],
+                text="Fixed.",
+                count=12,
+                tickets=[desk_ref(make, worked), desk_ref(make, new)],
+            ),
+        ],
+        "agent_sla": [
+            make.notice(
+                worked, "agent_sla", target="first response", due=due, escalate_to=make.other_team
+            ),
+            make.notice(worked, "agent_sla", target="resolution", due=due, escalate_to=None),
+        ],
+    }
+
+
+def variables(desk: tickets.Desk) -> dict[str, list[str]]:
+    """The top-level variables each mail's templates see (for README's table and its test)."""
+    return {
+        name: sorted({key for context in variants for key in context})
+        for name, variants in contexts(desk).items()
+    }
