@@ -29,6 +29,7 @@ from maildesk.models import (
     OutboxStatus,
     Participant,
     Status,
+    Suppression,
     Tag,
     Ticket,
     insert_row,
@@ -436,6 +437,7 @@ def open_ticket(
             "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
         )
     event(session, ticket, "created", requester, now, **detail)
+    heard_from(session, ticket, requester, now)
     mails = notify_team(
         desk, ticket, "notice", "agent_new", now, text=inbound.text.strip(), sender=requester
     )
@@ -554,6 +556,28 @@ def skip_acknowledgment(
         desk.mailer.enqueue(session, alert, now)
 
 
+# Built once: the tickets of one requester still marked as bounced (index on requester).
+_MARKED = select(Ticket).where(
+    Ticket.requester == bindparam("requester"), Ticket.requester_bounced_at.is_not(None)
+)
+
+
+def heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> None:
+    """The requester wrote from their address, so it works again: no ticket of theirs stays
+    marked as bounced (``requester_bounced``). Automatic mail to the address stays suppressed
+    for its days: that mail came from an address does not make mail to it arrive."""
+    if not sender or sender != ticket.requester:
+        return
+    if ticket.requester_bounced_at is None:
+        # a mark is only ever set with a suppression of the address: without one, none to clear
+        with session.no_autoflush:
+            if session.get(Suppression, sender.lower()) is None:
+                return
+    for marked in session.scalars(_MARKED, {"requester": sender}):
+        marked.requester_bounced_at = None
+        event(session, marked, "bounce_cleared", sender, now, reason="the customer wrote again")
+
+
 def automatic_followup(
     session: Session,
     desk: Desk,
@@ -590,6 +614,7 @@ def customer_reply(
     """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
     sender = inbound.sender or inbound.requester or ""  # who wrote, as far as the mail says
     text = inbound.reply_text.strip()
+    heard_from(session, ticket, sender, now)
     if ticket.status == Status.CLOSED:
         rating = RATING.match(text)
         if rating and sender and sender == ticket.requester:
