@@ -175,31 +175,48 @@ class Breach:
     escalate_to: str | None
 
 
-Decision = Remind | AutoClose | Breach
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reminder or auto-close is due, but the requester's address bounced permanently (at
+    ``since``): neither happens until they write again, and the ticket says so once."""
+
+    since: datetime
+
+
+Decision = Remind | AutoClose | Breach | Hold
 
 
 def decide(ticket: Ticket, settings: Settings, now: datetime) -> tuple[Decision, ...]:
     """What is due on ``ticket`` at ``now``; empty when nothing is."""
     if ticket.status == Status.CLOSED:
         return ()
-    lifecycle = settings.lifecycle
-    if ticket.status == Status.PENDING:
-        waited = now - ticket.status_since
-        close_after, remind_after = lifecycle.close_pending_after, lifecycle.remind_pending_after
-        if close_after is not None and waited >= close_after:
-            return (AutoClose(waited),)  # closing stops every clock: nothing else applies
-        reminded = ticket.reminded_at is not None and ticket.reminded_at >= ticket.status_since
-        due: list[Decision] = []
-        if remind_after is not None and waited >= remind_after and not reminded:
-            due.append(Remind(waited))
-    else:
-        due = []
+    due = pending_due(ticket, settings, now) if ticket.status == Status.PENDING else []
+    if any(isinstance(d, AutoClose) for d in due):
+        return tuple(due)  # closing stops every clock: nothing else applies
     sla = settings.sla.get(ticket.priority)
     done = breached(ticket)
     for target in targets(ticket, settings):
         if target.stopped_at is None and target.name not in done and now >= target.due:
             due.append(Breach(target, sla.escalate_to if sla else None))
     return tuple(due)
+
+
+def pending_due(ticket: Ticket, settings: Settings, now: datetime) -> list[Decision]:
+    """What waiting on the customer has made due: the reminder, or closing; held instead, once
+    a pending period, when the requester's address bounced permanently."""
+    lifecycle = settings.lifecycle
+    waited = now - ticket.status_since
+    close_after, remind_after = lifecycle.close_pending_after, lifecycle.remind_pending_after
+    closing = close_after is not None and waited >= close_after
+    reminding = remind_after is not None and waited >= remind_after
+    # ``reminded_at`` in this pending period: the reminder was sent, or the timers were held
+    dealt_with = ticket.reminded_at is not None and ticket.reminded_at >= ticket.status_since
+    if ticket.requester_bounced_at is not None:
+        held = (closing or reminding) and not dealt_with
+        return [Hold(ticket.requester_bounced_at)] if held else []
+    if closing:
+        return [AutoClose(waited)]
+    return [Remind(waited)] if reminding and not dealt_with else []
 
 
 # --------------------------------------------------------------------------- actions
@@ -255,6 +272,18 @@ def carry_out(
                     desk, ticket, "auto_closed", "auto_closed", waited=human(waited)
                 )
             ]
+        case Hold(since=since):
+            ticket.reminded_at = now  # this pending period's reminder is dealt with: held
+            tickets.event(
+                session,
+                ticket,
+                "timers_held",
+                "",
+                now,
+                reason=f"the requester's address {ticket.requester} bounced permanently on "
+                f"{tickets.utc_text(since)}: no reminder and no auto-close until they write again",
+            )
+            return []
         case Breach(target=target, escalate_to=team):
             ticket.sla_breached = ",".join([*breached(ticket), target.name])
             tickets.event(
@@ -300,6 +329,7 @@ class PassResult:
     closed: int = 0
     breached: int = 0
     failed: int = 0
+    held: int = 0
 
 
 def candidates(session: Session, settings: Settings, now: datetime) -> list[int]:
@@ -307,16 +337,22 @@ def candidates(session: Session, settings: Settings, now: datetime) -> list[int]
     close, or long enough for a reminder they have not had."""
     lifecycle = settings.lifecycle
     pending = Ticket.status == Status.PENDING
+    not_reminded = Ticket.reminded_at.is_(None) | (Ticket.reminded_at < Ticket.status_since)
+    # a bounced requester's ticket comes up once a pending period, to be held (``Hold``)
+    reachable = Ticket.requester_bounced_at.is_(None) | not_reminded
     conditions = [Ticket.due_at <= now]
     if lifecycle.close_pending_after is not None:
-        conditions.append(pending & (Ticket.status_since <= now - lifecycle.close_pending_after))
+        old_enough = Ticket.status_since <= now - lifecycle.close_pending_after
+        conditions.append(pending & old_enough & reachable)
     if lifecycle.remind_pending_after is not None:
-        not_reminded = Ticket.reminded_at.is_(None) | (Ticket.reminded_at < Ticket.status_since)
         conditions.append(
             pending & (Ticket.status_since <= now - lifecycle.remind_pending_after) & not_reminded
         )
     query = select(Ticket.id).where(Ticket.status != Status.CLOSED, or_(*conditions))
     return list(session.scalars(query.order_by(Ticket.id)))
+
+
+KEYS = {Remind: "reminded", AutoClose: "closed", Breach: "breached", Hold: "held"}
 
 
 def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> PassResult:
@@ -332,7 +368,7 @@ def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> Pass
         _refresh_all(db, desk.settings)
     with db.transaction() as session:
         ids = candidates(session, desk.settings, now)
-    counts = {"reminded": 0, "closed": 0, "breached": 0, "failed": 0}
+    counts = {"reminded": 0, "closed": 0, "breached": 0, "failed": 0, "held": 0}
     for ticket_id in ids:
         try:
             with db.transaction() as session:
@@ -344,7 +380,7 @@ def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> Pass
             report_failure(db, desk, ticket_id, exc, now)
             continue
         for decision in done:
-            key = {Remind: "reminded", AutoClose: "closed", Breach: "breached"}[type(decision)]
+            key = KEYS[type(decision)]
             counts[key] += 1
     return PassResult(**counts)
 
@@ -447,6 +483,8 @@ def describe(decision: Decision) -> str:
             return f"closed after {human(waited)} pending"
         case Breach(target=target, escalate_to=team):
             return f"missed the {target.label} target" + (f", escalating to {team}" if team else "")
+        case Hold():
+            return "no reminder and no auto-close: the requester's address bounced permanently"
     raise AssertionError(decision)
 
 

@@ -90,6 +90,7 @@ def ticket_summary(ticket: Ticket, ref_format: str) -> dict[str, Any]:
         "due_at": iso(ticket.due_at),
         "sla_breached": [s for s in ticket.sla_breached.split(",") if s],
         "linked_to": ref_format.format(number=ticket.linked_to) if ticket.linked_to else None,
+        "requester_bounced": ticket.requester_bounced_at is not None,
     }
 
 

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk import automation, config, ingest, oauth, outbox, samples
+from maildesk import automation, bounces, config, ingest, oauth, outbox, samples
 from maildesk.config import ConfigError, MailboxSettings, Settings
 from maildesk.imap import Mailbox, MailboxError, MailboxLoginError
-from maildesk.models import Database, DatabaseError, Lease
+from maildesk.models import Database, DatabaseError, Lease, Outbox, Session
 from maildesk.outbox import Mail
 from maildesk.tickets import Desk
 
@@ -701,6 +701,12 @@ class Daemon:
             if self.stop.is_set():
                 return
 
+    def _undelivered(
+        self, session: Session, row: Outbox, result: outbox.Delivery, now: datetime
+    ) -> None:
+        """A mail of a ticket given up on: its agents are told (in the recording transaction)."""
+        bounces.refused(session, self.desk, row, result, now)
+
     def _delivered(self, outcomes: list[str]) -> None:
         if self.metrics is not None:
             self.metrics.deliveries(outcomes)
@@ -729,6 +735,7 @@ class Daemon:
                         rows,
                         self.desk.clock,
                         after_send=lambda: crash_point("after_send"),
+                        on_failed=self._undelivered,
                     )
                     self._delivered([r.outcome for r in results])
                     if any(r.reached for r in results):

@@ -74,6 +74,9 @@ class ReportRecipient:
     address: str  # Final-Recipient (or Original-Recipient), bare lower-case
     action: str  # failed | delayed | delivered | relayed | expanded
     status: str  # e.g. "5.1.1"
+    # the receiving server's words: Diagnostic-Code without its type ("550 5.1.1 ... User
+    # unknown"), or the line of a bounce without a report that holds the status; one line
+    diagnostic: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1241,6 +1244,7 @@ def _report_fields(
                         address=address,
                         action=_clean_line(block.get("action", ""), 32).lower(),
                         status=status.group(0) if status else "",
+                        diagnostic=_diagnostic(block.get("diagnostic-code", "")),
                     )
                 )
         return "delivery-status", recipients, None
@@ -1278,6 +1282,15 @@ def _field_blocks(part: Message, defects: _Defects) -> list[dict[str, str]]:
         if block:
             blocks.append(block)
     return blocks
+
+
+DIAGNOSTIC_CHARS = 500  # of a server's answer kept per recipient
+_DIAGNOSTIC_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*;\s*")
+
+
+def _diagnostic(value: str) -> str:
+    """``smtp; 550 5.1.1 <x@y>: User unknown`` without its type (RFC 3464 diagnostic-type)."""
+    return _DIAGNOSTIC_TYPE.sub("", _clean_line(value), count=1)[:DIAGNOSTIC_CHARS]
 
 
 def _report_address(value: str | None) -> str | None:
@@ -1335,18 +1348,16 @@ def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
     lines = _clean_text(text).split("\n")
     marker = next((i for i, line in enumerate(lines) if _COPY_MARKER.search(line)), len(lines))
     human, copy = lines[:marker], lines[marker:]
-    first_status = next((m.group(0) for m in map(_STATUS.search, human) if m), "")
+    first = _status_line(human)
     recipients: dict[str, ReportRecipient] = {}
     for index, line in enumerate(human):
         match = _BOUNCE_ADDRESS.match(line)
         if not match or _BOUNCE_SENDER.match(match.group(1)):
             continue
         address = match.group(1).lower()
-        nearby = "\n".join(human[index : index + 5])
-        status_match = _STATUS.search(nearby)
-        status = status_match.group(0) if status_match else first_status
+        status, words = _status_line(human[index : index + 5]) or first or ("", "")
         action = "delayed" if status.startswith("4") else "failed"
-        recipients.setdefault(address, ReportRecipient(address, action, status))
+        recipients.setdefault(address, ReportRecipient(address, action, status, words))
     original_id, original_to = _copied_identity(copy, body)
     return Report(
         report_type="heuristic",
@@ -1354,6 +1365,15 @@ def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
         original_message_id=original_id,
         original_envelope_to=original_to,
     )
+
+
+def _status_line(lines: list[str]) -> tuple[str, str] | None:
+    """The first status code in ``lines`` and the line that holds it (the server's words)."""
+    for line in lines:
+        found = _STATUS.search(line)
+        if found:
+            return found.group(0), _clean_line(line)[:DIAGNOSTIC_CHARS]
+    return None
 
 
 def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[str, ...]]:

@@ -15,14 +15,14 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk import routing, tickets
+from maildesk import bounces, routing, tickets
 from maildesk.inbound import Inbound, Limits, ReportRecipient, parse
 from maildesk.models import (
     Database,
@@ -31,15 +31,12 @@ from maildesk.models import (
     Outbox,
     OutboxStatus,
     RawMail,
-    Suppression,
     Ticket,
     insert_row,
 )
 from maildesk.tickets import Desk, StoredMail
 
 log = logging.getLogger(__name__)
-
-SUPPRESS_AFTER_BOUNCE = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +310,7 @@ def bounce(
     if not listed:  # nothing readable in it: arriving at the VERP address says it failed
         proven = [ReportRecipient(recipient, "failed", "5.0.0")]
     for entry in proven:
-        act_on_bounce(session, ticket, row, entry, now)
+        act_on_bounce(session, desk, ticket, row, entry, now)
     reason = f"about <{row.message_id}>"
     if others:
         reason += f"; {len(others)} other address(es) recorded only: not the recipient of that mail"
@@ -324,10 +321,16 @@ def bounce(
 
 
 def act_on_bounce(
-    session: Session, ticket: Ticket | None, row: Outbox, entry: ReportRecipient, now: datetime
+    session: Session,
+    desk: Desk,
+    ticket: Ticket | None,
+    row: Outbox,
+    entry: ReportRecipient,
+    now: datetime,
 ) -> None:
     """A proven report about ``row``'s recipient: an event; a permanent failure also fails the
-    row and suppresses automatic mail to the address. A delay is only recorded."""
+    row, suppresses automatic mail to the address, and tells the ticket's agents (once per
+    mail: a report repeated changes nothing more). A delay is only recorded."""
     permanent = entry.action == "failed" or entry.status.startswith("5")
     if ticket is not None:
         tickets.event(
@@ -339,12 +342,20 @@ def act_on_bounce(
             recipient=entry.address,
             status=entry.status,
             action=entry.action or ("failed" if permanent else "delayed"),
+            diagnostic=entry.diagnostic,
             message_id=row.message_id,
         )
-    if permanent:
-        row.status = OutboxStatus.FAILED
-        row.last_error = f"bounced: {entry.status} ({entry.action or 'failed'}) for {entry.address}"
-        suppress(session, entry.address, now, f"{entry.status} bounce")
+    if not permanent or row.status == OutboxStatus.FAILED:
+        return
+    row.status = OutboxStatus.FAILED
+    row.last_error = f"bounced: {entry.status} ({entry.action or 'failed'}) for {entry.address}"
+    what = bounces.Undelivered(
+        address=entry.address,
+        status=entry.status or "5.0.0",
+        words=entry.diagnostic,
+        via="a delivery report",
+    )
+    bounces.undelivered(session, desk, row, what, now)
 
 
 def unproven_report(
@@ -405,15 +416,6 @@ def record_unproven(
         ],
         count=len(listed),
     )
-
-
-def suppress(session: Session, address: str, now: datetime, reason: str) -> None:
-    entry = session.get(Suppression, address)
-    if entry is None:
-        session.add(Suppression(address=address, until=now + SUPPRESS_AFTER_BOUNCE, reason=reason))
-    else:
-        entry.until = now + SUPPRESS_AFTER_BOUNCE
-        entry.reason = reason
 
 
 def write_ledger(

@@ -131,12 +131,16 @@ class Ticket(Base):
     status_since: Mapped[datetime] = mapped_column(UTCDateTime)
     first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the reminder of the current pending period was sent, or held (the requester bounced)
     reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     sla_breached: Mapped[str] = mapped_column(String(64), default="")
     rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rating_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     linked_to: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+    # when mail to the requester failed for good (a proven report, or the SMTP server refused
+    # the address); None again once they write. No reminders and no auto-close meanwhile.
+    requester_bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     tags: Mapped[list[Tag]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", order_by="Tag.tag"
@@ -307,13 +311,18 @@ class RawMail(Base):
 
 
 class Suppression(Base):
-    """Addresses that bounced permanently: no automatic mail to them until ``until``."""
+    """Addresses that bounced permanently: no automatic mail to them until ``until``.
+
+    ``reason`` is the status the server gave (``5.1.1``, or the SMTP reply's code and status),
+    ``bounced_at`` when (None: a row from before it was kept). The row stays after ``until``:
+    an agent writing to the address is told it bounced on that date."""
 
     __tablename__ = "suppressions"
 
     address: Mapped[str] = mapped_column(String(320), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     reason: Mapped[str] = mapped_column(Text, default="")
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class SmtpCapabilities(Base):
@@ -378,7 +387,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def _private_sqlite_files(path: Path) -> None:

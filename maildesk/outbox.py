@@ -22,7 +22,7 @@ import secrets
 import ssl
 import string
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import quoprimime
@@ -32,7 +32,7 @@ from typing import Any
 
 import aiosmtplib
 from sqlalchemy import bindparam, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from maildesk.config import Settings, SmtpSettings
 from maildesk.models import (
@@ -79,7 +79,12 @@ def clean_header(value: str, limit: int = 900) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Mail:
-    """One mail to send, as decided by the lifecycle rules."""
+    """One mail to send, as decided by the lifecycle rules.
+
+    ``automatic``: made wholly from templates (an acknowledgment, a reminder, a notice). Only
+    such mail to outside addresses is held by loop protection, the hourly cap and suppressed
+    addresses, counted by the cap, and marked ``Auto-Submitted``. A mail carrying words an agent
+    wrote or chose is a person's answer (RFC 3834 section 5): ``automatic=False``."""
 
     kind: str  # ack | reply | notice | receipt | alert | ...
     template: str
@@ -97,7 +102,7 @@ class Mail:
 
 
 # Built once, with bound parameters: composing a statement costs more than running it.
-_SUPPRESSION = select(Suppression.until, Suppression.reason).where(
+_SUPPRESSION = select(Suppression.until, Suppression.reason, Suppression.bounced_at).where(
     Suppression.address == bindparam("address")
 )
 _RECENT_AUTOMATIC = select(func.count(Outbox.id)).where(
@@ -108,6 +113,46 @@ _RECENT_AUTOMATIC = select(func.count(Outbox.id)).where(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An outbox row just written: its Message-ID, and why it is kept without being sent."""
+
+    message_id: str
+    held: str | None = None
+
+
+SUPPRESS_AFTER_BOUNCE = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounced:
+    """An address that bounced permanently: when (None: not recorded) and the server's status."""
+
+    at: datetime | None
+    status: str
+
+
+def bounced(session: Any, address: str, now: datetime) -> Bounced | None:
+    """The permanent bounce that suppresses automatic mail to ``address`` now, if any."""
+    row = session.execute(_SUPPRESSION, {"address": address.lower()}).first()
+    if row is None or row.until <= now:
+        return None
+    return Bounced(row.bounced_at, row.reason)
+
+
+def suppress(session: Any, address: str, status: str, now: datetime) -> None:
+    """No automatic mail to ``address`` for ``SUPPRESS_AFTER_BOUNCE``: it bounced permanently
+    with ``status``. An insert that two daemons may race on, then the update: never a conflict."""
+    values = {
+        "until": now + SUPPRESS_AFTER_BOUNCE,
+        "reason": status,
+        "bounced_at": now,
+    }
+    address = address.lower()
+    insert_row(session, Suppression, {"address": address, **values}, once=True)
+    session.execute(update(Suppression).where(Suppression.address == address).values(**values))
+
+
 class Mailer:
     """Turns ``Mail`` values into outbox rows (inside the caller's transaction)."""
 
@@ -115,8 +160,9 @@ class Mailer:
         self.settings = settings
         self.templates = templates or Templates(settings.desk.templates_dir)
 
-    def enqueue(self, session: Any, mail: Mail, now: datetime) -> str:
-        """Render ``mail`` and write its outbox row; returns its Message-ID.
+    def enqueue(self, session: Any, mail: Mail, now: datetime) -> Queued:
+        """Render ``mail`` and write its outbox row; returns its Message-ID and whether it is
+        held back.
 
         A plain insert, not an ORM object: nothing reads the row back in this transaction, and
         the unit of work cost more than rendering the mail."""
@@ -147,7 +193,7 @@ class Mailer:
             self._alert_template(session, exc.problem, what, now)
             return rendered
 
-    def _write(self, session: Any, mail: Mail, rendered: Rendered, now: datetime) -> str:
+    def _write(self, session: Any, mail: Mail, rendered: Rendered, now: datetime) -> Queued:
         desk = self.settings.desk
         message_id = own_message_id(desk.secret, desk.domain)
         status = OutboxStatus.PENDING
@@ -180,7 +226,7 @@ class Mailer:
                 "created_at": now,
             },
         )
-        return message_id
+        return Queued(message_id, why_not if status == OutboxStatus.SUPPRESSED else None)
 
     def undeliverable(self, session: Any, address: str) -> str | None:
         """Why mail to ``address`` cannot go out through our SMTP server, when that is known
@@ -246,6 +292,8 @@ class Mailer:
         return any(str(parser.parsebytes(body)["subject"]) == wanted for body in rows)
 
     def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
+        """Why automatic ``mail`` to an outside address is held (None: it goes out). Mail
+        carrying an agent's words, and mail to agents, is never held here."""
         if not mail.automatic or mail.to_agent:
             return None
         # the rows of this transaction not yet written change nothing here: don't flush for it
@@ -259,9 +307,9 @@ class Mailer:
             return "the desk's own address"
         if NO_AUTO_MAIL.match(address):
             return "system address (never auto-mailed)"
-        suppression = session.execute(_SUPPRESSION, {"address": address}).first()
-        if suppression is not None and suppression.until > now:
-            return f"address bounced permanently ({suppression.reason})"
+        bounce = bounced(session, address, now)
+        if bounce is not None:
+            return f"address bounced permanently ({bounce.status})"
         limit = self.settings.limits.auto_replies_per_address_per_hour
         recent = session.scalar(
             _RECENT_AUTOMATIC, {"address": address, "since": now - timedelta(hours=1)}
@@ -473,6 +521,9 @@ class Delivery:
     outcome: str
     detail: str = ""
     reached: bool = True  # False: the server could not be reached at all (an outage)
+    code: int = 0  # the SMTP reply code, when the server gave one
+    # refused at RCPT TO with a 5xx: the address itself will not take mail (not the content)
+    address_refused: bool = False
 
 
 def backoff(attempts: int) -> timedelta:
@@ -556,7 +607,7 @@ class Sender:
                 mail_from, [recipient], body, mail_options=options
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            return _classify(exc.recipients[0].code, exc.recipients[0].message)
+            return _classify(exc.recipients[0].code, exc.recipients[0].message, recipient=True)
         except aiosmtplib.SMTPResponseException as exc:
             await self.close()
             return _classify(exc.code, exc.message)
@@ -569,7 +620,7 @@ class Sender:
             )
         if recipient in errors:
             code, message = errors[recipient]
-            return _classify(code, message)
+            return _classify(code, message, recipient=True)
         return Delivery("sent", response)
 
     async def close(self) -> None:
@@ -581,11 +632,14 @@ class Sender:
                 client.close()
 
 
-def _classify(code: int, message: str) -> Delivery:
+def _classify(code: int, message: str, *, recipient: bool = False) -> Delivery:
+    """A server's reply: 5xx fails the mail, anything else retries. ``recipient``: the reply
+    to RCPT TO, which is about the address (MAIL FROM and DATA are about the sender or the
+    content, and a 5xx there says nothing about the address)."""
     detail = f"{code} {message}".strip()
     if 500 <= code < 600:
-        return Delivery("failed", detail)
-    return Delivery("retry", detail)
+        return Delivery("failed", detail, code=code, address_refused=recipient)
+    return Delivery("retry", detail, code=code)
 
 
 def claim_due(
@@ -636,12 +690,21 @@ def release_claims(db: Database, holders: Sequence[str]) -> None:
         )
 
 
+# Told, inside the transaction that records it, of each mail given up on (``bounces.refused``).
+OnFailed = Callable[[Any, Outbox, Delivery, datetime], None]
+
+
 def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
     """Write the outcome of one attempt."""
     record_many(db, [(row, result)], now)
 
 
-def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: datetime) -> None:
+def record_many(
+    db: Database,
+    outcomes: Sequence[tuple[Outbox, Delivery]],
+    now: datetime,
+    on_failed: OnFailed | None = None,
+) -> None:
     """Write the outcomes of several attempts in one transaction (one commit, one fsync)."""
     changes = [(row, result, _outcome(row, result, now)) for row, result in outcomes]
     with db.transaction() as session:
@@ -650,6 +713,8 @@ def record_many(db: Database, outcomes: Sequence[tuple[Outbox, Delivery]], now: 
         for row, result, values in changes:
             if values.get("status") == OutboxStatus.FAILED and row.ticket_id is not None:
                 _failed_on_ticket(session, row, result.detail, now)
+                if on_failed is not None:
+                    _tell_failed(on_failed, session, row, result, now)
     for row, result in outcomes:
         if result.outcome == "sent":
             log.debug("sent %s <%s> to %s", row.kind, row.message_id, row.recipient)
@@ -677,6 +742,34 @@ def _failed_on_ticket(session: Any, row: Outbox, error: str, now: datetime) -> N
             "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
         },
     )
+
+
+def _tell_failed(
+    on_failed: OnFailed, session: Any, row: Outbox, result: Delivery, now: datetime
+) -> None:
+    """``on_failed`` for one row; its failure (an operator's template that cannot render, say)
+    must not undo the outcomes, or the mail would be sent again and again."""
+    try:
+        on_failed(session, row, result, now)
+    except SQLAlchemyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recording the outcome comes first
+        log.error(
+            "%s <%s> to %s failed (%s), and telling the agents failed too: %s: %s",
+            row.kind,
+            row.message_id,
+            row.recipient,
+            result.detail,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def subject_of(body: bytes) -> str:
+    """The subject of a mail the desk composed (``body`` as in its outbox row), decoded."""
+    head = body.split(b"\r\n\r\n", 1)[0]
+    message = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    return clean_header(str(message.get("subject", "")))
 
 
 def record_smtputf8(db: Database, senders: Sequence[Sender], now: datetime) -> None:
@@ -722,8 +815,10 @@ async def deliver_rows(
     rows: list[Outbox],
     clock: Any,
     after_send: Any = None,
+    on_failed: OnFailed | None = None,
 ) -> list[Delivery]:
-    """Send ``rows`` over the given connections in parallel; record each outcome.
+    """Send ``rows`` over the given connections in parallel; record each outcome (``on_failed``
+    is told of each mail of a ticket given up on, in the same transaction).
 
     A crash between the server's 250 and ``record`` resends that one mail after a restart, with
     the same Message-ID: the only duplicate window."""
@@ -741,7 +836,7 @@ async def deliver_rows(
             batch = unrecorded[:]
             unrecorded.clear()
             if batch:
-                await asyncio.to_thread(record_many, db, batch, clock())
+                await asyncio.to_thread(record_many, db, batch, clock(), on_failed)
 
     async def worker(sender: Sender) -> None:
         # The outcome of one mail is written while the next one is sent (never more than

@@ -173,6 +173,22 @@ class _Maker:
         return self.desk.mailer.context(mail)
 
 
+def _bounce(make: _Maker, *, requester_bounced: bool) -> dict[str, Any]:
+    """What ``bounces`` tells the owner of a ticket about a mail that did not arrive."""
+    return {
+        "mail": {
+            "kind": "acknowledgment",
+            "subject": "[#1042] Printer on the 3rd floor jams on every page",
+            "date": "Thu 26 Nov 2026 09:00 UTC",
+        },
+        "address": REQUESTER,
+        "status": "5.1.1",
+        "words": "smtp; 550 5.1.1 <jane.doe@example.org>: Recipient address rejected",
+        "via": "a delivery report",
+        "requester_bounced": requester_bounced,
+    }
+
+
 def desk_ref(make: _Maker, ticket: Ticket) -> str:
     return make.desk.settings.desk.ref(ticket.id)
 
@@ -271,6 +287,19 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
                     not_mailed="the ticket has no usable address of the customer",
                 ),
             ),
+            make.receipt(
+                worked,
+                tickets.Receipt(
+                    applied=("closed",),
+                    held=("the closing mail: loop protection: 10 automatic mails in the hour",),
+                    bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); "
+                    "sent anyway",
+                ),
+            ),
+        ],
+        "agent_bounce": [
+            make.notice(worked, "agent_bounce", **_bounce(make, requester_bounced=True)),
+            make.notice(new, "agent_bounce", **_bounce(make, requester_bounced=False)),
         ],
         "agent_unverified": [
             make.notice(

@@ -12,13 +12,13 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk import auth, commands
+from maildesk import auth, commands, outbox
 from maildesk.config import AgentSettings, Settings
 from maildesk.inbound import Inbound
 from maildesk.models import (
@@ -29,6 +29,7 @@ from maildesk.models import (
     OutboxStatus,
     Participant,
     Status,
+    Suppression,
     Tag,
     Ticket,
     insert_row,
@@ -62,8 +63,6 @@ class Desk:
         mailer: Mailer | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        from datetime import UTC
-
         self.settings = settings
         self.store = store or Store(settings.desk.data_dir)
         self.mailer = mailer or Mailer(settings)
@@ -200,6 +199,11 @@ def add_message(
     return message
 
 
+def utc_text(moment: datetime) -> str:
+    """A moment as agents read it in receipts and notices: ``2026-11-26 09:00 UTC``."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def set_status(ticket: Ticket, status: Status, at: datetime) -> None:
     if ticket.status != status:
         ticket.status = status
@@ -240,15 +244,31 @@ def ticket_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:
     }
 
 
-def customer_mail(desk: Desk, ticket: Ticket, kind: str, template: str, **context: Any) -> Mail:
-    automatic = kind != "reply"
+# What each mail to a customer is called in what agents read (receipts, bounce notices).
+CUSTOMER_MAILS = {
+    "ack": "acknowledgment",
+    "reply": "reply",
+    "closed": "closing mail",
+    "escalated": "escalation notice",
+    "reminder": "reminder",
+    "auto_closed": "auto-close notice",
+}
+
+
+def customer_mail(
+    desk: Desk, ticket: Ticket, kind: str, template: str, *, words: bool = False, **context: Any
+) -> Mail:
+    """A mail to the ticket's requester. ``words``: it carries what an agent wrote or chose (a
+    reply, a resolution, canned text), so it is a person's mail, never held by loop protection
+    or the hourly cap and without ``Auto-Submitted``. Without, it is made wholly from templates
+    (acknowledgment, reminder, the notices of closing and escalation): automatic."""
     return Mail(
         kind=kind,
         template=template,
         to=ticket.requester,
         ticket=ticket,
         context={**ticket_context(desk, ticket), **context},
-        automatic=automatic,
+        automatic=not words,
         auto_submitted="auto-replied" if kind == "ack" else "auto-generated",
         in_reply_to=last_customer_message_id(ticket),
         references=thread_ids(ticket),
@@ -291,10 +311,14 @@ NO_ADDRESS = (
 )
 
 
-def send(session: Session, desk: Desk, mails: Iterable[Mail], now: datetime) -> None:
-    """Enqueue ``mails``. Mail to the customer of a ticket without a usable address is not
-    written at all, and mail the SMTP server is known not to take is written as failed; the
+def send(
+    session: Session, desk: Desk, mails: Iterable[Mail], now: datetime
+) -> list[tuple[Mail, str]]:
+    """Enqueue ``mails``; returns the customers' mails held back, with why (the hourly cap,
+    an address that bounced...). Mail to the customer of a ticket without a usable address is
+    not written at all, and mail the SMTP server is known not to take is written as failed; the
     ticket's timeline records either, with the reason."""
+    held = []
     for mail in mails:
         ticket = mail.ticket
         if mail.to_agent or ticket is None:
@@ -303,10 +327,13 @@ def send(session: Session, desk: Desk, mails: Iterable[Mail], now: datetime) -> 
             event(session, ticket, "not_mailed", "", now, mail=mail.kind, reason=NO_ADDRESS)
         else:
             undeliverable = desk.mailer.undeliverable(session, mail.to)
-            desk.mailer.enqueue(session, mail, now)
+            queued = desk.mailer.enqueue(session, mail, now)
             if undeliverable:
                 detail = {"mail": mail.kind, "recipient": mail.to, "error": undeliverable}
                 event(session, ticket, "mail_failed", "", now, **detail)
+            elif queued.held:
+                held.append((mail, queued.held))
+    return held
 
 
 def not_mailed(session: Session, desk: Desk, ticket: Ticket, mails: Sequence[Mail]) -> str | None:
@@ -410,6 +437,7 @@ def open_ticket(
             "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
         )
     event(session, ticket, "created", requester, now, **detail)
+    heard_from(session, ticket, requester, now)
     mails = notify_team(
         desk, ticket, "notice", "agent_new", now, text=inbound.text.strip(), sender=requester
     )
@@ -528,6 +556,28 @@ def skip_acknowledgment(
         desk.mailer.enqueue(session, alert, now)
 
 
+# Built once: the tickets of one requester still marked as bounced (index on requester).
+_MARKED = select(Ticket).where(
+    Ticket.requester == bindparam("requester"), Ticket.requester_bounced_at.is_not(None)
+)
+
+
+def heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> None:
+    """The requester wrote from their address, so it works again: no ticket of theirs stays
+    marked as bounced (``requester_bounced``). Automatic mail to the address stays suppressed
+    for its days: that mail came from an address does not make mail to it arrive."""
+    if not sender or sender != ticket.requester:
+        return
+    if ticket.requester_bounced_at is None:
+        # a mark is only ever set with a suppression of the address: without one, none to clear
+        with session.no_autoflush:
+            if session.get(Suppression, sender.lower()) is None:
+                return
+    for marked in session.scalars(_MARKED, {"requester": sender}):
+        marked.requester_bounced_at = None
+        event(session, marked, "bounce_cleared", sender, now, reason="the customer wrote again")
+
+
 def automatic_followup(
     session: Session,
     desk: Desk,
@@ -564,6 +614,7 @@ def customer_reply(
     """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
     sender = inbound.sender or inbound.requester or ""  # who wrote, as far as the mail says
     text = inbound.reply_text.strip()
+    heard_from(session, ticket, sender, now)
     if ticket.status == Status.CLOSED:
         rating = RATING.match(text)
         if rating and sender and sender == ticket.requester:
@@ -705,11 +756,40 @@ def agent_message(
         session, desk, ticket, inbound, stored, agent, validation.actions, parsed.text, now
     )
     unmailed = not_mailed(session, desk, ticket, mails)
-    if parsed.commands or unmailed:
-        receipt = Receipt(applied=tuple(applied), not_mailed=unmailed)
-        mails.append(receipt_mail(desk, ticket, agent, now, receipt))
-    send(session, desk, mails, now)
+    bounced = None if unmailed else bounced_before(session, ticket, mails, now)
+    held = send(session, desk, mails, now)
+    receipt = Receipt(
+        applied=tuple(applied),
+        not_mailed=unmailed,
+        held=tuple(held_line(mail, why) for mail, why in held),
+        bounced=bounced,
+    )
+    if parsed.commands or unmailed or held or bounced:
+        send(session, desk, [receipt_mail(desk, ticket, agent, now, receipt)], now)
     return AgentOutcome(tuple(applied), (), True)
+
+
+def bounced_before(
+    session: Session, ticket: Ticket, mails: Sequence[Mail], now: datetime
+) -> str | None:
+    """For the receipt: the agent's words went to an address whose automatic mail is
+    suppressed, because it bounced permanently. They are sent all the same; the agent is told."""
+    if all(mail.automatic or mail.to_agent for mail in mails):
+        return None
+    bounce = outbox.bounced(session, ticket.requester, now)
+    if bounce is None:
+        return None
+    on = f" on {utc_text(bounce.at)}" if bounce.at else ""
+    return f"{ticket.requester} bounced permanently{on} ({bounce.status}); sent anyway"
+
+
+def held_line(mail: Mail, why: str) -> str:
+    """For the receipt: a mail to the customer made only from a template, held back."""
+    name = CUSTOMER_MAILS.get(mail.kind, mail.kind)
+    return (
+        f"The {name} to {mail.to} was not mailed: {why}. Only mail made wholly from templates "
+        "is held back; a mail with words you write always goes out"
+    )
 
 
 def prove(
@@ -860,6 +940,8 @@ class Receipt:
     refused: tuple[str, ...] = ()
     kept_as_note: bool = False  # the text was kept as an internal note (commands refused)
     not_mailed: str | None = None  # why nobody outside was mailed, when someone should have been
+    held: tuple[str, ...] = ()  # mails to the customer held back (``held_line``)
+    bounced: str | None = None  # the agent's words went to an address that bounced before
 
 
 def receipt_mail(
@@ -877,6 +959,8 @@ def receipt_mail(
         refused=list(receipt.refused),
         kept_as_note=receipt.kept_as_note,
         not_mailed=receipt.not_mailed,
+        held=list(receipt.held),
+        bounced=receipt.bounced,
     )
 
 
@@ -961,7 +1045,9 @@ def apply_actions(
         body = "\n\n".join([*replies, text]).strip()
         add_message(session, desk, ticket, inbound, stored, sender=actor, text=body, at=now)
         mails.append(
-            customer_mail(desk, ticket, "reply", "reply", text=body, agent={"name": agent.name})
+            customer_mail(
+                desk, ticket, "reply", "reply", words=True, text=body, agent={"name": agent.name}
+            )
         )
         if ticket.first_response_at is None:
             ticket.first_response_at = now
@@ -996,7 +1082,11 @@ def _close(
             ticket.first_response_at = now
     set_status(ticket, Status.CLOSED, now)
     event(session, ticket, "closed", actor, now, resolution=resolution)
-    mails.append(customer_mail(desk, ticket, "closed", "closed", resolution=resolution))
+    # a written (or chosen) resolution is the agent's words; a bare "#close" is a template
+    closing = customer_mail(
+        desk, ticket, "closed", "closed", words=bool(resolution), resolution=resolution
+    )
+    mails.append(closing)
 
 
 def canned_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:

@@ -256,16 +256,21 @@ def delivery_report(
     to: str | None = None,
     recipients: Sequence[str] = (),
     sender: str = "MAILER-DAEMON@mx.customer.test (Mail Delivery System)",
+    diagnostic: str = "",
 ) -> bytes:
     """A Postfix-style DSN about the mail ``about``: by default sent back to its envelope sender
     (our VERP address) by the recipient's MTA, for its recipient. ``to`` sends it elsewhere (the
-    plain desk address), ``recipients`` lists other Final-Recipients, ``sender`` forges it."""
+    plain desk address), ``recipients`` lists other Final-Recipients, ``sender`` forges it,
+    ``diagnostic`` is the receiving server's answer (a ``Diagnostic-Code``, folded as Postfix
+    folds it)."""
     to = to or about.mail_from
     listed = list(recipients) or [about.rcpt_tos[0]]
     original = about.raw.split(b"\r\n\r\n", 1)[0].decode()
     boundary = "dsn-boundary-4711"
+    code = f"Diagnostic-Code: smtp; {diagnostic}\n" if diagnostic else ""
+    code = re.sub(r"(.{60}) ", "\\1\n    ", code)  # long values come folded
     blocks = "\n".join(
-        f"Final-Recipient: rfc822; {address}\nAction: {action}\nStatus: {status}\n"
+        f"Final-Recipient: rfc822; {address}\nAction: {action}\nStatus: {status}\n{code}"
         for address in listed
     )
     text = f"""Return-Path: <>

@@ -297,8 +297,16 @@ def test_postfix_dsn_is_parsed() -> None:
     assert m.report == Report(
         report_type="delivery-status",
         recipients=(
-            ReportRecipient("nobody@example.net", "failed", "5.1.1"),
-            ReportRecipient("full@example.net", "failed", "5.2.2"),
+            ReportRecipient(
+                "nobody@example.net",
+                "failed",
+                "5.1.1",
+                "550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown in "
+                "virtual mailbox table",
+            ),
+            ReportRecipient(
+                "full@example.net", "failed", "5.2.2", "552 5.2.2 <full@example.net>: Mailbox full"
+            ),
         ),
         original_message_id="ticket-1055.ack.4f5e@example.com",
         original_envelope_to=("nobody@example.net", "full@example.net"),
@@ -313,7 +321,14 @@ def test_delayed_dsn_with_returned_headers_only() -> None:
     m = load("bounce-dsn-delayed.eml")
     assert m.report == Report(
         report_type="delivery-status",
-        recipients=(ReportRecipient("slow@example.net", "delayed", "4.4.1"),),
+        recipients=(
+            ReportRecipient(
+                "slow@example.net",
+                "delayed",
+                "4.4.1",
+                "connect to mx.example.net[203.0.113.25]:25: Connection timed out",
+            ),
+        ),
         original_message_id="ticket-1060.reply.8c9d@example.com",
         original_envelope_to=("slow@example.net",),
     )
@@ -323,7 +338,15 @@ def test_exchange_ndr_without_multipart_report_is_recognised() -> None:
     m = load("bounce-exchange-ndr.eml")
     assert m.report == Report(
         report_type="heuristic",
-        recipients=(ReportRecipient("kevin@example.net", "failed", "5.1.10"),),
+        recipients=(
+            ReportRecipient(
+                "kevin@example.net",
+                "failed",
+                "5.1.10",
+                "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not "
+                "found by SMTP address lookup'",
+            ),
+        ),
         original_message_id="ticket-1056.ack.0e1f@example.com",
         original_envelope_to=("kevin@example.net",),
     )
@@ -333,7 +356,14 @@ def test_qmail_bounce_is_recognised() -> None:
     m = load("bounce-qmail.eml")
     assert m.report == Report(
         report_type="heuristic",
-        recipients=(ReportRecipient("gone@example.net", "failed", "5.1.1"),),
+        recipients=(
+            ReportRecipient(
+                "gone@example.net",
+                "failed",
+                "5.1.1",
+                "Remote host said: 550 5.1.1 <gone@example.net>... User unknown",
+            ),
+        ),
         original_message_id="ticket-1061.ack.2a3b@example.com",
         original_envelope_to=("gone@example.net",),
     )

@@ -189,7 +189,10 @@ def test_without_smtputf8_a_non_ascii_requester_fails_once_with_the_reason(
             [failed] = [e for e in world.ticket(1)["events"] if e["kind"] == "mail_failed"]
             assert failed["detail"]["mail"] == "ack" and failed["detail"]["recipient"] == JOSE
             assert "does not announce SMTPUTF8" in failed["detail"]["error"]
-            [notice] = world.mails_to(ALICE)  # the agents' mail goes out as always
+            # the agents' mail goes out as always, and they are told the customer's did not
+            [notice, told] = world.mails_to(ALICE)
+            assert " New: " in str(notice.message["Subject"])
+            assert "does not announce SMTPUTF8" in " ".join(text_of(told).split())
 
             receipt = receipt_after(world, ALICE, agent_reply(notice, ALICE, "¿Qué modelo es?"))
             text = " ".join(text_of(receipt).split())

@@ -65,7 +65,13 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0004(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE tickets DROP COLUMN requester_bounced_at"))
+    conn.execute(text("ALTER TABLE suppressions DROP COLUMN bounced_at"))
+
+
 def _undo_0003(conn: Connection) -> None:
+    _undo_0004(conn)
     conn.execute(text("DROP TABLE smtp_capabilities"))
     conn.execute(text("DROP INDEX ix_messages_sender"))
     conn.execute(text("DROP INDEX ix_events_kind_at"))
@@ -102,5 +108,21 @@ def test_a_database_at_the_second_revision_gains_smtp_capabilities_and_indexes(
         assert "smtp_capabilities" in schema.get_table_names()
         assert "ix_messages_sender" in {i["name"] for i in schema.get_indexes("messages")}
         assert "ix_events_kind_at" in {i["name"] for i in schema.get_indexes("events")}
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_third_revision_gains_the_bounce_dates(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0004(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        schema = inspect(db.engine)
+        assert "requester_bounced_at" in {c["name"] for c in schema.get_columns("tickets")}
+        assert "bounced_at" in {c["name"] for c in schema.get_columns("suppressions")}
     finally:
         db.dispose()

@@ -1,0 +1,130 @@
+"""Words an agent wrote always go out; only mail made wholly from templates is held back.
+
+Loop protection and the hourly cap are for automatic mail: acknowledgments, reminders and the
+notices of closing, auto-closing and escalation. A mail that carries what an agent wrote (a
+reply, a written resolution, canned text the agent chose) is a person's answer: it is sent
+whatever those counted, without ``Auto-Submitted`` (RFC 3834), and even to an address that
+bounced before, which the agent's receipt then says. The receipt never says "Done" over a mail
+to the customer that was held back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from maildesk.mailworld import Captured, SmtpServer
+from tests.desk import (
+    ALICE,
+    CUSTOMER,
+    Clock,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    delivery_report,
+    ref_number,
+    text_of,
+)
+from tests.servers import ImapAccount
+
+AUTOMATIC_HEADERS = ("Auto-Submitted", "Precedence", "X-Auto-Response-Suppress")
+
+
+@pytest.fixture
+def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+    w = DeskWorld(
+        imap_server, smtp_server, tmp_path, clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
+    )
+    yield w
+    w.close()
+
+
+def on_ticket(mails: list[Captured], number: int) -> list[Captured]:
+    return [m for m in mails if ref_number(m) == number]
+
+
+def receipts(world: DeskWorld, number: int) -> list[Captured]:
+    return [
+        m
+        for m in on_ticket(world.mails_to(ALICE), number)
+        if "Done" in str(m.message["Subject"]) or "Not done" in str(m.message["Subject"])
+    ]
+
+
+def test_an_agents_words_reach_a_customer_whose_automatic_mail_is_capped(
+    world: DeskWorld,
+) -> None:
+    limit = world.settings.limits.auto_replies_per_address_per_hour
+    for n in range(limit + 1):
+        world.deliver(customer_mail(f"Question {n + 1}", f"Hello, question {n + 1}."))
+    assert world.run_once() == 0
+    # every ticket is made, the acknowledgments stop at the cap: she had `limit` this hour
+    assert len(world.tickets()) == limit + 1
+    assert len(world.mails_to(CUSTOMER)) == limit
+    notices = {ref_number(m): m for m in world.mails_to(ALICE)}
+
+    world.deliver(agent_reply(notices[1], ALICE, "#close\nThe driver is updated; it prints now."))
+    world.deliver(agent_reply(notices[2], ALICE, "Which printer model is it?"))
+    world.deliver(agent_reply(notices[3], ALICE, "#reply thanks\nThe part is ordered."))
+    world.deliver(agent_reply(notices[4], ALICE, "#close\n#reply thanks"))
+    world.deliver(agent_reply(notices[5], ALICE, "#close"))  # nothing written: a template
+    world.run_once()
+
+    customer = world.mails_to(CUSTOMER)[limit:]
+    [closed] = on_ticket(customer, 1)
+    assert "The driver is updated; it prints now." in text_of(closed)
+    [reply] = on_ticket(customer, 2)
+    assert text_of(reply).startswith("Which printer model is it?")
+    [canned] = on_ticket(customer, 3)
+    assert "Thank you for your patience" in text_of(canned)
+    assert "The part is ordered." in text_of(canned)
+    [closed_canned] = on_ticket(customer, 4)
+    assert "Thank you for your patience" in text_of(closed_canned)
+    for mail in (closed, reply, canned, closed_canned):
+        assert [h for h in AUTOMATIC_HEADERS if h in mail.message] == []
+    assert [t["status"] for t in world.tickets()[:5]] == [
+        "closed",
+        "pending",
+        "pending",
+        "closed",
+        "closed",
+    ]
+
+    # the receipts tell the truth: said mailed where the customer was mailed ...
+    for number in (1, 3, 4):
+        [receipt] = receipts(world, number)
+        assert "was not mailed" not in text_of(receipt)
+        assert "Nobody outside" not in text_of(receipt)
+    assert receipts(world, 2) == []  # a plain reply that went out needs no receipt
+    # ... and a closing notice made only from the template is held by the cap, as before,
+    # which the receipt says instead of a bare "Done"
+    assert on_ticket(customer, 5) == []
+    [receipt] = receipts(world, 5)
+    assert "was not mailed" in text_of(receipt)
+    assert "loop protection" in text_of(receipt)
+
+
+def test_an_agents_reply_reaches_an_address_that_bounced_and_the_receipt_says_so(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    notice = on_ticket(world.mails_to(ALICE), 1)[0]
+    world.deliver(delivery_report(ack, "failed", "5.1.1", diagnostic="550 5.1.1 User unknown"))
+    world.run_once()
+    assert world.ticket(1)["requester_bounced"] is True
+
+    world.clock.advance(hours=2)
+    world.deliver(agent_reply(notice, ALICE, "Could you call us on 555-0100?"))
+    world.run_once()
+
+    [_, reply] = world.mails_to(CUSTOMER)
+    assert text_of(reply).startswith("Could you call us on 555-0100?")
+    assert [h for h in AUTOMATIC_HEADERS if h in reply.message] == []
+    [receipt] = receipts(world, 1)  # a receipt even for a plain reply, to say this
+    text = " ".join(text_of(receipt).split())
+    assert f"{CUSTOMER} bounced permanently on 2026-11-26 09:00 UTC (5.1.1); sent anyway" in text
