@@ -1426,23 +1426,29 @@ class _QuotePruner(HTMLParser):
         self.handle_data(f"&#{name};")
 
 
-_QUOTED = re.compile(r"^\s*>")
-_ATTRIBUTION_START = re.compile(r"^\s*(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+# The stripper's patterns run on one line (or an attribution of up to three lines) at a time, and
+# only on lines of at most this many characters: no attribution, header field, separator or
+# signature line is longer, and a hostile mail's megabyte-long line then costs one pass, not a
+# pattern's backtracking. Leading and trailing whitespace is taken by possessive quantifiers
+# (``\s*+``), which never give back what they took, so each pattern is linear in its line.
+_PATTERN_CHARS = 1000
+_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
 _ATTRIBUTION = re.compile(
-    r"^\s*(?:"
-    r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*:"
-    r"|(?:am|op)\s.{4,300}?\b(?:schrieb|schreef)\b[^:]{0,200}:"
-    r"|den\s.{4,300}?\bskrev\b[^:]{0,200}:"
-    r"|le\s.{4,300}?\ba\s+écrit\s*:"
-    r"|el\s.{4,300}?\bescribió\s*:"
-    r"|w dniu\s.{4,300}?\bpisze\s*:"
-    r")\s*$",
+    r"^\s*+(?:"
+    r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*+:"
+    r"|(?:am|op)\s.{4,300}?\b(?:schrieb|schreef)\b[^:]{0,200}+:"
+    r"|den\s.{4,300}?\bskrev\b[^:]{0,200}+:"
+    r"|le\s.{4,300}?\ba\s++écrit\s*+:"
+    r"|el\s.{4,300}?\bescribió\s*+:"
+    r"|w dniu\s.{4,300}?\bpisze\s*+:"
+    r")\s*+$",
     re.I | re.S,
 )
+_DATE_OR_ADDRESS = re.compile(r"\d|@")
 _SEPARATOR = re.compile(
-    r"^\s*-{2,}\s*(original message|original-nachricht|ursprüngliche nachricht|originalnachricht"
-    r"|message d'origine|mensaje original|messaggio originale|oorspronkelijk bericht"
-    r"|ursprungligt meddelande|mensagem original)\s*-{2,}\s*$",
+    r"^\s*+-{2,}+\s*+(original message|original-nachricht|ursprüngliche nachricht"
+    r"|originalnachricht|message d'origine|mensaje original|messaggio originale"
+    r"|oorspronkelijk bericht|ursprungligt meddelande|mensagem original)\s*+-{2,}+\s*+$",
     re.I,
 )
 _FORWARD = re.compile(
@@ -1450,10 +1456,9 @@ _FORWARD = re.compile(
     r"|mensaje reenviado|messaggio inoltrato",
     re.I,
 )
-_FIELD = r"^\s*\**\s*(?:{names})\s*\**\s*:"
-_HEADER_FROM = re.compile(
-    _FIELD.format(names="from|von|de|da|van|från|fra|od") + r"\s*\**\s*\S", re.I
-)
+# "*From:* x" as Outlook's HTML becomes text: stars and spaces around the name, taken whole
+_FIELD = r"^\s*+\**+\s*+(?:{names})\s*+\**+\s*+:"
+_HEADER_FROM = re.compile(_FIELD.format(names="from|von|de|da|van|från|fra|od") + r"\s*+\S", re.I)
 _HEADER_SENT = re.compile(
     _FIELD.format(
         names="sent|date|gesendet|datum|envoyé|enviado|fecha|inviato|data|verzonden|skickat|sendt"
@@ -1468,88 +1473,123 @@ _HEADER_OTHER = re.compile(
     re.I,
 )
 _MOBILE_SIGNATURE = re.compile(
-    r"^\s*(sent from my\s.{1,40}|sent from (outlook|mail|yahoo mail)\b.{0,40}"
+    r"^\s*+(sent from my\s.{1,40}|sent from (outlook|mail|yahoo mail)\b.{0,40}"
     r"|get outlook for (ios|android)|von meinem\s.{1,40}\sgesendet|gesendet von\s.{1,40}"
     r"|envoyé de mon\s.{1,40}|enviado desde mi\s.{1,40}|inviato da\s.{1,40})$",
     re.I,
 )
-_RULE = re.compile(r"^\s*(?:[-_*=]\s*){3,}$")
+_RULE = re.compile(r"^\s*+(?:[-_*=]\s*+){3,}+$")
+
+
+def _matches(pattern: re.Pattern[str], line: str) -> bool:
+    """Whether ``line`` matches ``pattern``; a line over ``_PATTERN_CHARS`` never does."""
+    return len(line) <= _PATTERN_CHARS and pattern.match(line) is not None
 
 
 def strip_quoted_history(text: str) -> str:
     """What the author wrote: quoted history, attribution lines and signatures removed.
 
     Knows how Gmail, Outlook (plain and HTML-converted), Apple Mail, Thunderbird, iOS, Android
-    and mutt write replies, in English, German, French and Spanish (and a few more).
+    and mutt write replies, in English, German, French and Spanish (and a few more). Linear in
+    the text: each line is stripped once and looked at a bounded number of times.
     """
-    lines = _clean_text(text).split("\n")
-    lines = lines[: _history_start(lines)]
+    view = _Lines(_clean_text(text).split("\n"))
     kept: list[str] = []
+    wrote = False  # a kept line has text: an unquoted attribution below it starts history
     index = 0
-    while index < len(lines):
-        span = _attribution_span(lines, index)
+    while index < view.end:
+        span = _attribution_span(view, index)
         if span:
-            following = next((ln for ln in lines[index + span :] if ln.strip()), None)
-            if following is None or _QUOTED.match(following):
+            following = view.next_text[index + span]
+            if following == view.end or view.quoted[following]:
                 index += span
                 continue
-            if any(line.strip() for line in kept):  # unquoted history below: cut it
+            if wrote:
                 break
-        if not _QUOTED.match(lines[index]):
-            kept.append(lines[index].rstrip())
+        if not view.quoted[index]:
+            kept.append(view.lines[index].rstrip())
+            wrote = wrote or not view.blank[index]
         index += 1
-    kept = _drop_signature(kept)
+    del kept[_signature_start(kept) :]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+
+
+class _Lines:
+    """A text's lines up to where unquoted history starts, each looked at once: whether it is
+    blank, whether it is quoted, and where the next line with text is (``end`` if none)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.end = _history_start(lines)
+        self.blank: list[bool] = []
+        self.quoted: list[bool] = []
+        for index in range(self.end):
+            lead = lines[index].lstrip()
+            self.blank.append(not lead)
+            self.quoted.append(lead[:1] == ">")
+        self.next_text = [self.end] * (self.end + 1)
+        for index in range(self.end - 1, -1, -1):
+            self.next_text[index] = self.next_text[index + 1] if self.blank[index] else index
 
 
 def _history_start(lines: list[str]) -> int:
     """Index of the first line of unquoted history (a separator or a header block)."""
     for index, line in enumerate(lines):
-        if _SEPARATOR.match(line):
+        if _matches(_SEPARATOR, line):
             return index
-        if _HEADER_FROM.match(line) and _header_block_at(lines, index):
+        if _matches(_HEADER_FROM, line) and _header_block_at(lines, index):
             previous = next(
                 (ln for ln in reversed(lines[max(0, index - 3) : index]) if ln.strip()), ""
             )
-            if not _FORWARD.search(previous):
+            if len(previous) > _PATTERN_CHARS or not _FORWARD.search(previous):
                 return index
     return len(lines)
 
 
 def _header_block_at(lines: list[str], index: int) -> bool:
     following = lines[index + 1 : index + 6]
-    return any(_HEADER_SENT.match(ln) for ln in following) and any(
-        _HEADER_OTHER.match(ln) for ln in following
+    return any(_matches(_HEADER_SENT, ln) for ln in following) and any(
+        _matches(_HEADER_OTHER, ln) for ln in following
     )
 
 
-def _attribution_span(lines: list[str], index: int) -> int:
+def _attribution_span(view: _Lines, index: int) -> int:
     """How many lines an attribution ("On ... wrote:") starting at ``index`` spans, or 0."""
-    if not _ATTRIBUTION_START.match(lines[index]):
+    if not _matches(_ATTRIBUTION_START, view.lines[index]):
         return 0
+    parts: list[str] = []
     for span in (1, 2, 3):
-        chunk = lines[index : index + span]
-        if len(chunk) < span or (span > 1 and not chunk[-1].strip()):
+        last = index + span - 1
+        if last >= view.end or (span > 1 and view.blank[last]):
             return 0
-        joined = " ".join(line.strip() for line in chunk)
+        if len(view.lines[last]) > _PATTERN_CHARS:
+            return 0
+        parts.append(view.lines[last].strip())
+        joined = " ".join(parts)
         if _ATTRIBUTION.match(joined):
-            following = next((ln for ln in lines[index + span :] if ln.strip()), "")
+            following = view.next_text[index + span]
             # a date or an address, or quoted lines right after it, mark a real attribution
-            if re.search(r"\d|@", joined) or _QUOTED.match(following):
+            quoted_next = following < view.end and view.quoted[following]
+            if _DATE_OR_ADDRESS.search(joined) or quoted_next:
                 return span
     return 0
 
 
-def _drop_signature(lines: list[str]) -> list[str]:
-    """Remove a trailing "-- " signature, a "Sent from my phone" line and trailing rules."""
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index] in ("--", "-- ") and len(lines) - index <= 12:
-            lines = lines[:index]
+def _signature_start(lines: list[str]) -> int:
+    """Where a trailing "-- " signature, "Sent from my phone" line and trailing rules start."""
+    end = len(lines)
+    for index in range(end - 1, max(end - 13, -1), -1):  # a signature is at most 12 lines
+        if lines[index] in ("--", "-- "):
+            end = index
             break
-    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
-        lines = lines[:-1]
-    if lines and _MOBILE_SIGNATURE.match(lines[-1]):
-        lines = lines[:-1]
-    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
-        lines = lines[:-1]
-    return lines
+    end = _before_trailing_rules(lines, end)
+    if end and _matches(_MOBILE_SIGNATURE, lines[end - 1]):
+        end -= 1
+    return _before_trailing_rules(lines, end)
+
+
+def _before_trailing_rules(lines: list[str], end: int) -> int:
+    """``end`` moved up past the blank lines and rules (``---``, ``___``) right above it."""
+    while end and (not lines[end - 1].strip() or _matches(_RULE, lines[end - 1])):
+        end -= 1
+    return end
