@@ -47,6 +47,7 @@ class Limits:
     max_headers: int = 1000
     max_header_bytes: int = 256 * 1024
     max_nested_messages: int = 3
+    max_text_chars: int = 200_000  # a body's text is cut here, with a line saying so
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +167,14 @@ def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
     except Exception:  # anything that is not bytes-like is no message at all
         data = b""
         defects.add("input is not bytes")
+    limits = limits or _DEFAULT_LIMITS
     try:
-        return _parse(data, limits or _DEFAULT_LIMITS, defects)
+        return _parse(data, limits, defects)
     except Exception as exc:  # the promise is: never raise; record and let the caller decide
         log.exception("unexpected error while parsing a message of %d bytes", len(data))
         defects.add(f"parser error: {type(exc).__name__}")
-        return _inbound(_Identity(), _Body(), data, defects, f"unparseable ({type(exc).__name__})")
+        fatal = f"unparseable ({type(exc).__name__})"
+        return _inbound(_Identity(), _Body(), data, limits, defects, fatal)
 
 
 class _Defects:
@@ -205,14 +208,19 @@ def _parse(raw: bytes, limits: Limits, defects: _Defects) -> Inbound:
             body.report = _heuristic_report(identity, body)
         except Exception as exc:  # a guess that fails is no reason to lose the message
             defects.add(f"bounce detection failed ({type(exc).__name__})")
-    return _inbound(identity, body, raw, defects, fatal)
+    return _inbound(identity, body, raw, limits, defects, fatal)
 
 
 def _inbound(
-    identity: _Identity, body: _Body, raw: bytes, defects: _Defects, fatal: str | None
+    identity: _Identity,
+    body: _Body,
+    raw: bytes,
+    limits: Limits,
+    defects: _Defects,
+    fatal: str | None,
 ) -> Inbound:
     try:
-        text, html, reply = _texts(body, defects)
+        text, html, reply = _texts(body, limits, defects)
     except Exception as exc:
         defects.add(f"the body could not be converted to text ({type(exc).__name__})")
         text, html, reply = "", None, ""
@@ -1266,7 +1274,7 @@ def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
     automatic = bool(_BOUNCE_SENDER.match(from_addr or "")) or identity.return_path == ""
     if not automatic or not _BOUNCE_SUBJECT.search(identity.subject):
         return None
-    text = "\n".join(body.plain) or _html_to_text("\n".join(body.html))
+    text = "\n".join(body.plain) or _html_to_text("\n".join(body.html), _MAX_HTML).text
     lines = _clean_text(text).split("\n")
     marker = next((i for i, line in enumerate(lines) if _COPY_MARKER.search(line)), len(lines))
     human, copy = lines[:marker], lines[marker:]
@@ -1315,44 +1323,159 @@ def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[st
 # --------------------------------------------------------------------------------------------
 
 
-def _texts(body: _Body, defects: _Defects) -> tuple[str, str | None, str]:
-    """(text, raw html, reply text) of the message body."""
+def _texts(body: _Body, limits: Limits, defects: _Defects) -> tuple[str, str | None, str]:
+    """(text, raw html, reply text) of the message body.
+
+    The text is at most ``max_text_chars`` characters; the rest of a longer one is dropped and a
+    last line says so (the raw mail is kept whole). HTML-only mail is converted up to that cap.
+    """
+    cap = limits.max_text_chars
     html = "\n".join(body.html) if body.html else None
     if any(part.strip() for part in body.plain):
         text = _clean_text("\n\n".join(t.strip("\r\n") for t in body.plain))
-        return text, html, strip_quoted_history(text)
+        if len(text) <= cap:
+            return text, html, strip_quoted_history(text)
+        defects.add(f"text over {cap} characters: the rest was cut")
+        marker = _cut_marker(f"the rest of this message, {len(text) - cap:,} characters, was cut")
+        text = text[:cap]
+        return text + marker, html, strip_quoted_history(text) + marker
     if html is None:
         return "", None, ""
     if len(html) > _MAX_HTML:
         defects.add(f"HTML body over {_MAX_HTML} characters: only the start was converted")
-    text = _html_to_text(html)
+    converted = _html_to_text(html, cap)
     pruned = _QuotePruner.prune(html)
-    reply_source = text if len(pruned) == len(html) else _html_to_text(pruned)
-    return text, html, strip_quoted_history(reply_source)
+    reply = converted if len(pruned) == len(html) else _html_to_text(pruned, cap)
+    if converted.cut:
+        defects.add(f"text of the HTML body over {cap} characters: the rest was cut")
+    return converted.shown(), html, strip_quoted_history(reply.text) + reply.marker()
 
 
-_MD_ESCAPE = re.compile(r"^(\s*)\\([-+#>])|^(\s*\d+)\\(\.)", re.M)
+def _cut_marker(what: str) -> str:
+    return f"\n\n[... {what}; the original is kept]"
 
 
-def _html_to_text(html: str) -> str:
-    """HTML as readable plain text (no links, no images, no remote resources)."""
+@dataclass(frozen=True, slots=True)
+class _Converted:
+    """Text converted from HTML, and the cap it was cut at (0: converted whole)."""
+
+    text: str
+    cut: int = 0
+
+    def marker(self) -> str:
+        if not self.cut:
+            return ""
+        return _cut_marker(f"the rest of this message was cut at {self.cut:,} characters")
+
+    def shown(self) -> str:
+        return self.text + self.marker()
+
+
+_MD_ESCAPE = re.compile(r"^([^\S\n]*+)\\([-+#>])|^([^\S\n]*+\d++)\\(\.)", re.M)
+
+
+def _html_to_text(html: str, cap: int) -> _Converted:
+    """HTML as readable plain text (no links, no images, no remote resources), at most ``cap``
+    characters: the conversion stops there."""
     if not html:
-        return ""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_links = True
-    converter.ignore_images = True
-    converter.ignore_emphasis = True
-    converter.ignore_tables = True
-    converter.unicode_snob = True
+        return _Converted("")
+    source = _parseable(html)
+    converter = _Converter(cap)
     try:
-        text = converter.handle(html[:_MAX_HTML])
+        text = converter.handle(source)
+    except _TextFull:
+        text = converter.text_so_far()
     except Exception:  # broken markup: fall back to the bare text between tags
-        text = re.sub(r"<[^>]*>", " ", html[:_MAX_HTML])
+        text = re.sub(r"<[^>]*>", " ", source)
     text = _MD_ESCAPE.sub(lambda m: (m.group(1) or m.group(3) or "") + (m.group(2) or "."), text)
     text = _clean_text(text).replace("\xa0", " ")
     lines = [line.rstrip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    if converter.full or len(text) > cap:
+        return _Converted(text[:cap].rstrip(), cap)
+    return _Converted(text)
+
+
+def _parseable(html: str) -> str:
+    """The first ``_MAX_HTML`` characters, with every ``<`` after the last ``>`` written as
+    ``&lt;``: no tag can end there, and the standard library's HTML parser (before Python
+    3.13.4) rescans the rest of the input for each such ``<`` (``<a<a<a...``: quadratic)."""
+    html = html[:_MAX_HTML]
+    end = html.rfind(">") + 1
+    return html[:end] + html[end:].replace("<", "&lt;")
+
+
+class _TextFull(Exception):
+    """The converted text reached its cap: html2text is stopped where it is."""
+
+
+_NESTING = {"blockquote": "blockquote", "ol": "list", "ul": "list"}
+_MAX_NESTING = 32  # quotes and lists nested deeper are shown at this depth
+_NEWLINE_RUN = re.compile(r"\n\s*+")
+_NBSP_HOLDER = "&nbsp_place_holder;"  # what html2text writes for &nbsp; until it finishes
+
+
+class _Converter(html2text.HTML2Text):
+    """html2text, with its work bounded by the size of the input and the cap of the output.
+
+    Each line's prefix ("> > ", a list's indent) grows with the nesting, so nesting is capped;
+    an abbreviation's text and a style sheet's ``@import`` rules are re-copied per step inside
+    html2text, so ``<abbr>`` is read as plain text and ``<style>`` is skipped here; and text
+    with many line breaks is given one newline per run of whitespace before html2text's
+    line-anchored escaping patterns see it (its output folds such runs into one space anyway).
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(bodywidth=0)
+        self.ignore_links = True
+        self.ignore_images = True
+        self.ignore_emphasis = True
+        self.ignore_tables = True
+        self.unicode_snob = True
+        self.cap = cap
+        self.written = 0
+        self.full = False
+        self.depth = {"blockquote": 0, "list": 0}
+        self.tag_callback = _bounded_tag  # type: ignore[assignment]  # typed as None there
+
+    def outtextf(self, s: str) -> None:
+        super().outtextf(s)
+        self.written += len(s) - s.count(_NBSP_HOLDER) * (len(_NBSP_HOLDER) - 1)
+        if self.written > self.cap:
+            self.full = True
+            raise _TextFull
+
+    def handle_data(self, data: str, entity_char: bool = False) -> None:
+        if not self.pre and "\n" in data:
+            data = _NEWLINE_RUN.sub("\n", data)
+        super().handle_data(data, entity_char)
+
+    def text_so_far(self) -> str:
+        return "".join(self.outtextlist).replace(_NBSP_HOLDER, "\xa0")
+
+
+def _bounded_tag(
+    converter: _Converter, tag: str, attrs: dict[str, str | None], start: bool
+) -> bool:
+    """html2text's tag hook: True when html2text is to ignore the tag (then the hook does the
+    little of html2text's work on it that the output depends on)."""
+    if tag in ("abbr", "style"):
+        if tag == "style":  # hidden, as html2text hides it, without its style sheet parser
+            converter.quiet += 1 if start else -1
+        converter.lastWasList = False
+        return True
+    kind = _NESTING.get(tag)
+    if kind is None:
+        return False
+    if start:
+        converter.depth[kind] += 1
+        deep = converter.depth[kind] > _MAX_NESTING
+    else:
+        deep = converter.depth[kind] > _MAX_NESTING
+        converter.depth[kind] = max(0, converter.depth[kind] - 1)
+    if deep:
+        converter.lastWasList = kind == "list"
+    return deep
 
 
 class _QuotePruner(HTMLParser):
@@ -1379,7 +1502,7 @@ class _QuotePruner(HTMLParser):
     def prune(cls, html: str) -> str:
         pruner = cls()
         try:
-            pruner.feed(html[:_MAX_HTML])
+            pruner.feed(_parseable(html))
             pruner.close()
         except Exception:
             return html
