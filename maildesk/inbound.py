@@ -21,6 +21,7 @@ import hashlib
 import logging
 import mimetypes
 import re
+import struct
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from io import BytesIO
 import html2text
 import mailparser
 import tnefparse
+import tnefparse.codepage
+import tnefparse.mapi
+import tnefparse.properties
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,9 @@ _MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same answer on e
 # mail-parser warns through logging about every part type it does not show (delivery reports...);
 # those parts are ours to read, so its chatter is noise in the daemon's log.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
+# tnefparse logs a line per property it cannot read (a hostile winmail.dat has billions): what
+# matters is recorded as the message's defects instead.
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL + 1)
 
 
 def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
@@ -987,6 +994,10 @@ def _tnef(part: Message, limits: Limits, defects: _Defects, count: int) -> list[
     """The files inside an Outlook ``winmail.dat``; the file itself when it cannot be read."""
     data = _payload(part, defects)
     opaque = [_attachment(part, "application/ms-tnef", data, limits, "winmail.dat")]
+    refusal = _TnefCheck(len(data)).refusal(data)
+    if refusal:
+        defects.add(f"winmail.dat could not be unpacked ({refusal}); kept as is")
+        return opaque
     try:
         tnef = tnefparse.TNEF(data, do_checksum=True)
         if not all(getattr(obj, "good_checksum", True) for obj in tnef.objects):
@@ -1008,6 +1019,232 @@ def _tnef(part: Message, limits: Limits, defects: _Defects, count: int) -> list[
         defects.add(f"winmail.dat could not be unpacked ({type(exc).__name__}); kept as is")
         return opaque
     return found or opaque
+
+
+class _TnefRefused(Exception):
+    """A winmail.dat tnefparse must not be given: the reason."""
+
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_MAPI_FIXED = {  # MAPI property types of a fixed size, and that size
+    tnefparse.mapi.SZMAPI_SHORT: 2,
+    tnefparse.mapi.SZMAPI_BOOLEAN: 2,
+    tnefparse.mapi.SZMAPI_INT: 4,
+    tnefparse.mapi.SZMAPI_FLOAT: 4,
+    tnefparse.mapi.SZMAPI_ERROR: 4,
+    tnefparse.mapi.SZMAPI_DOUBLE: 8,
+    tnefparse.mapi.SZMAPI_APPTIME: 8,
+    tnefparse.mapi.SZMAPI_CURRENCY: 8,
+    tnefparse.mapi.SZMAPI_INT8BYTE: 8,
+    tnefparse.mapi.SZMAPI_SYSTIME: 8,
+    tnefparse.mapi.SZMAPI_CLSID: 16,
+}
+_MAPI_BYTES = frozenset(  # types whose values are lists of byte strings
+    {tnefparse.mapi.SZMAPI_OBJECT, tnefparse.mapi.SZMAPI_BINARY, tnefparse.mapi.SZMAPI_UNSPECIFIED}
+)
+_MAPI_STRINGS = frozenset({tnefparse.mapi.SZMAPI_STRING, tnefparse.mapi.SZMAPI_UNICODE_STRING})
+_TNEF_MAX_STEPS = 100_000  # objects, properties, values and rows; Outlook writes hundreds
+_TNEF_MAX_DEPTH = 4  # messages embedded in attachments, inside each other
+_TNEF_COPIES = 64  # tnefparse copies the rest of the file per object: at most this many times
+
+
+class _TnefCheck:
+    """Walks a winmail.dat the way tnefparse 1.4 will, reading only counts, lengths and offsets,
+    and refuses one that would make tnefparse loop on counts its bytes cannot hold.
+
+    tnefparse trusts every count in the file: a MAPI property count of 0xFFFFFFFF in a 33-byte
+    file loops 4.3 billion times; a multi-value count does the same for values read past the
+    end (they are empty, and never raise); each object copies the rest of the file, quadratic in
+    the number of objects; attachments can embed whole TNEF messages. So: every count must fit
+    in the bytes left, all the counts together within ``_TNEF_MAX_STEPS``, the copies within
+    ``_TNEF_COPIES`` times the file, embedding within ``_TNEF_MAX_DEPTH``. Where tnefparse
+    stops with an exception, so does the walk: nothing after that point is ever read by it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.steps = 0
+        self.copies_left = _TNEF_COPIES * size + (64 << 20)
+
+    def refusal(self, data: bytes) -> str | None:
+        """Why tnefparse must not read ``data``, or None."""
+        try:
+            self._stream(data, 0)
+        except _TnefRefused as exc:
+            return str(exc)
+        except Exception:  # tnefparse raises at this point too, and reads no further
+            return None
+        return None
+
+    def _count(self, count: int, room: int, size: int, what: str) -> None:
+        if count * size > max(room, 0):
+            raise _TnefRefused(f"{what} count of {count} in {max(room, 0)} bytes")
+        self.steps += count
+        if self.steps > _TNEF_MAX_STEPS:
+            raise _TnefRefused(f"more than {_TNEF_MAX_STEPS} objects and properties")
+
+    def _stream(self, data: bytes, depth: int) -> None:
+        """``tnefparse.TNEF``: the objects, one after the other."""
+        if depth > _TNEF_MAX_DEPTH:
+            raise _TnefRefused(f"messages embedded more than {_TNEF_MAX_DEPTH} deep")
+        if _U32.unpack_from(data, 0)[0] != tnefparse.TNEF.TNEF_SIGNATURE:
+            return
+        _U16.unpack_from(data, 4)
+        codepage: str | None = None
+        attachment: list[str | None] = []  # the codepage of the current attachment, if any
+        offset = 6
+        while offset + tnefparse.TNEF.MIN_OBJ_SIZE < len(data):
+            self._count(1, len(data) - offset, 1, "object")
+            self.copies_left -= len(data) - offset
+            if self.copies_left < 0:
+                raise _TnefRefused("too many objects for the size of the file")
+            level, name, kind = data[offset], *struct.unpack_from("<HH", data, offset + 1)
+            length = min(len(data) - offset, _U32.unpack_from(data, offset + 5)[0] + 11)
+            body = data[offset + 9 : offset + length - 2]
+            offset += length
+            if name == tnefparse.TNEF.ATTATTACHRENDDATA:
+                attachment = [codepage]
+            if level == tnefparse.TNEF.LVL_ATTACHMENT:
+                if not attachment:
+                    return  # tnefparse fails on an attachment attribute before any attachment
+                if name == tnefparse.TNEF.ATTATTACHMENT:
+                    self._attachment(body, attachment[0], depth)
+            else:
+                codepage = self._message_attribute(name, kind, body, codepage)
+
+    def _message_attribute(
+        self, name: int, kind: int, body: bytes, codepage: str | None
+    ) -> str | None:
+        """One message-level object, as tnefparse reads it; returns the codepage after it."""
+        if name == tnefparse.TNEF.ATTMAPIPROPS:
+            self._mapi(body, codepage, None)
+        elif name in (tnefparse.TNEF.ATTBODY, tnefparse.TNEF.ATTTNEFVERSION):
+            pass
+        elif name == tnefparse.TNEF.ATTOEMCODEPAGE:
+            return str(tnefparse.codepage.Codepage(_U32.unpack_from(body, 0)[0]).codepage())
+        elif kind in (tnefparse.TNEFObject.PTYPE_CLASS, tnefparse.TNEFObject.PTYPE_STRING):
+            pass
+        elif name == tnefparse.TNEF.ATTRECIPTABLE:
+            rows = _U32.unpack_from(body, 0)[0]
+            self._count(rows, len(body) - 4, 4, "recipient")
+            offset = 4
+            for _ in range(rows):
+                offset = self._mapi(body, codepage, offset)[0]
+        return codepage
+
+    def _attachment(self, body: bytes, codepage: str | None, depth: int) -> None:
+        """An attachment's MAPI properties, and the message its data may embed."""
+        for name, kind, pieces in self._mapi(body, codepage, None)[1]:
+            if name != tnefparse.properties.MAPI_ATTACH_DATA_OBJ:
+                continue
+            if kind not in _MAPI_BYTES:
+                return  # tnefparse fails on such a data object and reads no further
+            blob = b"".join(piece.rstrip(b"\x00") for piece in pieces)
+            if blob.startswith(tnefparse.mapi.IMESSAGE_SIG):
+                self._stream(blob[tnefparse.mapi.IMESSAGE_SIG_LEN :], depth + 1)
+
+    def _mapi(
+        self, data: bytes, codepage: str | None, start: int | None
+    ) -> tuple[int, list[_MapiValue]]:
+        """``tnefparse.mapi.decode_mapi``: (where it stops, [(name, type, pieces)] per value).
+
+        Like it, the walk stops at the first property it cannot read, keeping the values before;
+        the offset it stops at, where the next recipient row starts, moves as tnefparse's does:
+        after each header field read and each whole value."""
+        cursor = _Cursor(start or 0)
+        count = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        self._count(count, len(data) - cursor.at, 4, "MAPI property")
+        found: list[_MapiValue] = []
+        try:
+            for _ in range(count):
+                if cursor.at < len(data):
+                    self._property(data, cursor, codepage, found)
+        except _TnefRefused:
+            raise
+        except Exception:  # tnefparse stops the properties here, keeping those before
+            pass
+        return cursor.at, found
+
+    def _property(
+        self, data: bytes, cursor: _Cursor, codepage: str | None, found: list[_MapiValue]
+    ) -> None:
+        """One property: its header, then each of its values."""
+        kind = _U16.unpack_from(data, cursor.at)[0]
+        cursor.at += 2
+        name = _U16.unpack_from(data, cursor.at)[0]
+        cursor.at += 2
+        if name >= tnefparse.mapi.GUID_EXISTS_FLAG:
+            self._named(data, cursor)
+        multi: int | None = None
+        if kind & tnefparse.mapi.MULTI_VALUE_FLAG:
+            kind ^= tnefparse.mapi.MULTI_VALUE_FLAG
+            multi = _U32.unpack_from(data, cursor.at)[0]
+            cursor.at += 4
+        if kind not in _MAPI_FIXED and kind not in _MAPI_BYTES and kind not in _MAPI_STRINGS:
+            raise ValueError("unknown MAPI type")  # tnefparse fails on its first value
+        if multi is not None:
+            self._count(multi, len(data) - cursor.at, _MAPI_FIXED.get(kind, 4), "multi-value")
+        for _ in range(multi or 1):
+            cursor.at, pieces = self._value(data, cursor.at, kind, codepage, bool(multi))
+            found.append((name, kind, pieces))
+        if (multi or 1) % 2 and kind in (
+            tnefparse.mapi.SZMAPI_SHORT,
+            tnefparse.mapi.SZMAPI_BOOLEAN,
+        ):
+            cursor.at += 2
+
+    def _named(self, data: bytes, cursor: _Cursor) -> None:
+        """A named property's GUID, and its number or its UTF-16 name."""
+        if cursor.at + 16 > len(data):
+            raise ValueError("short GUID")
+        cursor.at += 16
+        named = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        if named == 0:
+            _U32.unpack_from(data, cursor.at)
+            cursor.at += 4
+            return
+        size = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        size += -size % 4
+        data[cursor.at : cursor.at + size].decode("utf-16")
+        cursor.at += size
+
+    def _value(
+        self, data: bytes, at: int, kind: int, codepage: str | None, multi: bool
+    ) -> tuple[int, list[bytes]]:
+        """``tnefparse.mapi.parse_property``: where the next value starts, and this one's pieces."""
+        if kind in _MAPI_FIXED:
+            return at + _MAPI_FIXED[kind], []
+        count = 1
+        if not multi:
+            count = _U32.unpack_from(data, at)[0]
+            at += 4
+            self._count(count, len(data) - at, 4, "value")
+        pieces: list[bytes] = []
+        for _ in range(count):
+            size = _U32.unpack_from(data, at)[0]
+            at += 4
+            size += -size % 4
+            piece = data[at : at + size]
+            if kind == tnefparse.mapi.SZMAPI_UNICODE_STRING:
+                piece.decode("utf-16")
+            elif kind == tnefparse.mapi.SZMAPI_STRING:
+                piece.decode(codepage)  # type: ignore[arg-type]  # None fails there too
+            pieces.append(piece)
+            at += size
+        return at, pieces
+
+
+_MapiValue = tuple[int, int, list[bytes]]  # property name, type, and the pieces of one value
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """An offset several steps move, so that it is where the last one that worked left it."""
+
+    at: int
 
 
 _RESERVED_NAMES = frozenset(
