@@ -1058,8 +1058,9 @@ class _TnefCheck:
     end (they are empty, and never raise); each object copies the rest of the file, quadratic in
     the number of objects; attachments can embed whole TNEF messages. So: every count must fit
     in the bytes left, all the counts together within ``_TNEF_MAX_STEPS``, the copies within
-    ``_TNEF_COPIES`` times the file, embedding within ``_TNEF_MAX_DEPTH``. Where tnefparse
-    stops with an exception, so does the walk: nothing after that point is ever read by it.
+    ``_TNEF_COPIES`` times the file, embedding within ``_TNEF_MAX_DEPTH``. Wherever tnefparse
+    goes on reading, so does the walk, from the same offset; where tnefparse stops with an
+    exception, the walk stops too (or checks on, which costs nothing but a stricter answer).
     """
 
     def __init__(self, size: int) -> None:
