@@ -1512,7 +1512,7 @@ def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
     automatic = bool(_BOUNCE_SENDER.match(from_addr or "")) or identity.return_path == ""
     if not automatic or not _BOUNCE_SUBJECT.search(identity.subject):
         return None
-    text = "\n".join(body.plain) or _html_to_text("\n".join(body.html), _MAX_HTML).text
+    text = "\n".join(body.plain) or _html_to_text(_parseable("\n".join(body.html)), _MAX_HTML).text
     lines = _clean_text(text).split("\n")
     marker = next((i for i, line in enumerate(lines) if _COPY_MARKER.search(line)), len(lines))
     human, copy = lines[:marker], lines[marker:]
@@ -1581,9 +1581,10 @@ def _texts(body: _Body, limits: Limits, defects: _Defects) -> tuple[str, str | N
         return "", None, ""
     if len(html) > _MAX_HTML:
         defects.add(f"HTML body over {_MAX_HTML} characters: only the start was converted")
-    converted = _html_to_text(html, cap)
-    pruned = _QuotePruner.prune(html)
-    reply = converted if len(pruned) == len(html) else _html_to_text(pruned, cap)
+    source = _parseable(html)
+    converted = _html_to_text(source, cap)
+    pruned = _QuotePruner.prune(source)
+    reply = converted if len(pruned) == len(source) else _html_to_text(pruned, cap)
     if converted.cut:
         defects.add(f"text of the HTML body over {cap} characters: the rest was cut")
     return converted.shown(), html, strip_quoted_history(reply.text) + reply.marker()
@@ -1614,10 +1615,10 @@ _MD_ESCAPE = re.compile(r"^([^\S\n]*+)\\([-+#>])|^([^\S\n]*+\d++)\\(\.)", re.M)
 
 def _html_to_text(html: str, cap: int) -> _Converted:
     """HTML as readable plain text (no links, no images, no remote resources), at most ``cap``
-    characters: the conversion stops there."""
+    characters: the conversion stops there. The caller bounds the input (``_parseable``)."""
     if not html:
         return _Converted("")
-    source = _parseable(html)
+    source = _closed_tail(html)
     converter = _Converter(cap)
     try:
         text = converter.handle(source)
@@ -1635,10 +1636,14 @@ def _html_to_text(html: str, cap: int) -> _Converted:
 
 
 def _parseable(html: str) -> str:
-    """The first ``_MAX_HTML`` characters, with every ``<`` after the last ``>`` written as
-    ``&lt;``: no tag can end there, and the standard library's HTML parser (before Python
-    3.13.4) rescans the rest of the input for each such ``<`` (``<a<a<a...``: quadratic)."""
-    html = html[:_MAX_HTML]
+    """What of an HTML body is converted: its first ``_MAX_HTML`` characters, tail closed."""
+    return _closed_tail(html[:_MAX_HTML])
+
+
+def _closed_tail(html: str) -> str:
+    """``html`` with every ``<`` after the last ``>`` written as ``&lt;``: no tag can end there,
+    and the standard library's HTML parser (before Python 3.13.4) rescans the rest of the input
+    for each such ``<`` (``<a<a<a...``: quadratic). Its own result comes back unchanged."""
     end = html.rfind(">") + 1
     return html[:end] + html[end:].replace("<", "&lt;")
 
@@ -1740,7 +1745,7 @@ class _QuotePruner(HTMLParser):
     def prune(cls, html: str) -> str:
         pruner = cls()
         try:
-            pruner.feed(_parseable(html))
+            pruner.feed(_closed_tail(html))
             pruner.close()
         except Exception:
             return html
