@@ -1046,7 +1046,7 @@ _MAPI_BYTES = frozenset(  # types whose values are lists of byte strings
 _MAPI_STRINGS = frozenset({tnefparse.mapi.SZMAPI_STRING, tnefparse.mapi.SZMAPI_UNICODE_STRING})
 _TNEF_MAX_STEPS = 100_000  # objects, properties, values and rows; Outlook writes hundreds
 _TNEF_MAX_DEPTH = 4  # messages embedded in attachments, inside each other
-_TNEF_COPIES = 64  # tnefparse copies the rest of the file per object: at most this many times
+_TNEF_COPIES = 256  # tnefparse copies the rest of the file per object: at most this many times
 
 
 class _TnefCheck:
