@@ -21,6 +21,7 @@ import hashlib
 import logging
 import mimetypes
 import re
+import struct
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from io import BytesIO
 import html2text
 import mailparser
 import tnefparse
+import tnefparse.codepage
+import tnefparse.mapi
+import tnefparse.properties
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class Limits:
     max_headers: int = 1000
     max_header_bytes: int = 256 * 1024
     max_nested_messages: int = 3
+    max_text_chars: int = 200_000  # a body's text is cut here, with a line saying so
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,9 @@ _MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same answer on e
 # mail-parser warns through logging about every part type it does not show (delivery reports...);
 # those parts are ours to read, so its chatter is noise in the daemon's log.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
+# tnefparse logs a line per property it cannot read (a hostile winmail.dat has billions): what
+# matters is recorded as the message's defects instead.
+logging.getLogger("tnefparse").setLevel(logging.CRITICAL + 1)
 
 
 def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
@@ -170,12 +178,14 @@ def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
     except Exception:  # anything that is not bytes-like is no message at all
         data = b""
         defects.add("input is not bytes")
+    limits = limits or _DEFAULT_LIMITS
     try:
-        return _parse(data, limits or _DEFAULT_LIMITS, defects)
+        return _parse(data, limits, defects)
     except Exception as exc:  # the promise is: never raise; record and let the caller decide
         log.exception("unexpected error while parsing a message of %d bytes", len(data))
         defects.add(f"parser error: {type(exc).__name__}")
-        return _inbound(_Identity(), _Body(), data, defects, f"unparseable ({type(exc).__name__})")
+        fatal = f"unparseable ({type(exc).__name__})"
+        return _inbound(_Identity(), _Body(), data, limits, defects, fatal)
 
 
 class _Defects:
@@ -209,14 +219,19 @@ def _parse(raw: bytes, limits: Limits, defects: _Defects) -> Inbound:
             body.report = _heuristic_report(identity, body)
         except Exception as exc:  # a guess that fails is no reason to lose the message
             defects.add(f"bounce detection failed ({type(exc).__name__})")
-    return _inbound(identity, body, raw, defects, fatal)
+    return _inbound(identity, body, raw, limits, defects, fatal)
 
 
 def _inbound(
-    identity: _Identity, body: _Body, raw: bytes, defects: _Defects, fatal: str | None
+    identity: _Identity,
+    body: _Body,
+    raw: bytes,
+    limits: Limits,
+    defects: _Defects,
+    fatal: str | None,
 ) -> Inbound:
     try:
-        text, html, reply = _texts(body, defects)
+        text, html, reply = _texts(body, limits, defects)
     except Exception as exc:
         defects.add(f"the body could not be converted to text ({type(exc).__name__})")
         text, html, reply = "", None, ""
@@ -1047,6 +1062,10 @@ def _tnef(part: Message, limits: Limits, defects: _Defects, count: int) -> list[
     """The files inside an Outlook ``winmail.dat``; the file itself when it cannot be read."""
     data = _payload(part, defects)
     opaque = [_attachment(part, "application/ms-tnef", data, limits, "winmail.dat")]
+    refusal = _TnefCheck(len(data)).refusal(data)
+    if refusal:
+        defects.add(f"winmail.dat could not be unpacked ({refusal}); kept as is")
+        return opaque
     try:
         tnef = tnefparse.TNEF(data, do_checksum=True)
         if not all(getattr(obj, "good_checksum", True) for obj in tnef.objects):
@@ -1068,6 +1087,233 @@ def _tnef(part: Message, limits: Limits, defects: _Defects, count: int) -> list[
         defects.add(f"winmail.dat could not be unpacked ({type(exc).__name__}); kept as is")
         return opaque
     return found or opaque
+
+
+class _TnefRefused(Exception):
+    """A winmail.dat tnefparse must not be given: the reason."""
+
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_MAPI_FIXED = {  # MAPI property types of a fixed size, and that size
+    tnefparse.mapi.SZMAPI_SHORT: 2,
+    tnefparse.mapi.SZMAPI_BOOLEAN: 2,
+    tnefparse.mapi.SZMAPI_INT: 4,
+    tnefparse.mapi.SZMAPI_FLOAT: 4,
+    tnefparse.mapi.SZMAPI_ERROR: 4,
+    tnefparse.mapi.SZMAPI_DOUBLE: 8,
+    tnefparse.mapi.SZMAPI_APPTIME: 8,
+    tnefparse.mapi.SZMAPI_CURRENCY: 8,
+    tnefparse.mapi.SZMAPI_INT8BYTE: 8,
+    tnefparse.mapi.SZMAPI_SYSTIME: 8,
+    tnefparse.mapi.SZMAPI_CLSID: 16,
+}
+_MAPI_BYTES = frozenset(  # types whose values are lists of byte strings
+    {tnefparse.mapi.SZMAPI_OBJECT, tnefparse.mapi.SZMAPI_BINARY, tnefparse.mapi.SZMAPI_UNSPECIFIED}
+)
+_MAPI_STRINGS = frozenset({tnefparse.mapi.SZMAPI_STRING, tnefparse.mapi.SZMAPI_UNICODE_STRING})
+_TNEF_MAX_STEPS = 100_000  # objects, properties, values and rows; Outlook writes hundreds
+_TNEF_MAX_DEPTH = 4  # messages embedded in attachments, inside each other
+_TNEF_COPIES = 256  # tnefparse copies the rest of the file per object: at most this many times
+
+
+class _TnefCheck:
+    """Walks a winmail.dat the way tnefparse 1.4 will, reading only counts, lengths and offsets,
+    and refuses one that would make tnefparse loop on counts its bytes cannot hold.
+
+    tnefparse trusts every count in the file: a MAPI property count of 0xFFFFFFFF in a 33-byte
+    file loops 4.3 billion times; a multi-value count does the same for values read past the
+    end (they are empty, and never raise); each object copies the rest of the file, quadratic in
+    the number of objects; attachments can embed whole TNEF messages. So: every count must fit
+    in the bytes left, all the counts together within ``_TNEF_MAX_STEPS``, the copies within
+    ``_TNEF_COPIES`` times the file, embedding within ``_TNEF_MAX_DEPTH``. Wherever tnefparse
+    goes on reading, so does the walk, from the same offset; where tnefparse stops with an
+    exception, the walk stops too (or checks on, which costs nothing but a stricter answer).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.steps = 0
+        self.copies_left = _TNEF_COPIES * size + (64 << 20)
+
+    def refusal(self, data: bytes) -> str | None:
+        """Why tnefparse must not read ``data``, or None."""
+        try:
+            self._stream(data, 0)
+        except _TnefRefused as exc:
+            return str(exc)
+        except Exception:  # tnefparse raises at this point too, and reads no further
+            return None
+        return None
+
+    def _count(self, count: int, room: int, size: int, what: str) -> None:
+        if count * size > max(room, 0):
+            raise _TnefRefused(f"{what} count of {count} in {max(room, 0)} bytes")
+        self.steps += count
+        if self.steps > _TNEF_MAX_STEPS:
+            raise _TnefRefused(f"more than {_TNEF_MAX_STEPS} objects and properties")
+
+    def _stream(self, data: bytes, depth: int) -> None:
+        """``tnefparse.TNEF``: the objects, one after the other."""
+        if depth > _TNEF_MAX_DEPTH:
+            raise _TnefRefused(f"messages embedded more than {_TNEF_MAX_DEPTH} deep")
+        if _U32.unpack_from(data, 0)[0] != tnefparse.TNEF.TNEF_SIGNATURE:
+            return
+        _U16.unpack_from(data, 4)
+        codepage: str | None = None
+        attachment: list[str | None] = []  # the codepage of the current attachment, if any
+        offset = 6
+        while offset + tnefparse.TNEF.MIN_OBJ_SIZE < len(data):
+            self._count(1, len(data) - offset, 1, "object")
+            self.copies_left -= len(data) - offset
+            if self.copies_left < 0:
+                raise _TnefRefused("too many objects for the size of the file")
+            level, name, kind = data[offset], *struct.unpack_from("<HH", data, offset + 1)
+            length = min(len(data) - offset, _U32.unpack_from(data, offset + 5)[0] + 11)
+            body = data[offset + 9 : offset + length - 2]
+            offset += length
+            if name == tnefparse.TNEF.ATTATTACHRENDDATA:
+                attachment = [codepage]
+            if level == tnefparse.TNEF.LVL_ATTACHMENT:
+                if not attachment:
+                    return  # tnefparse fails on an attachment attribute before any attachment
+                if name == tnefparse.TNEF.ATTATTACHMENT:
+                    self._attachment(body, attachment[0], depth)
+            else:
+                codepage = self._message_attribute(name, kind, body, codepage)
+
+    def _message_attribute(
+        self, name: int, kind: int, body: bytes, codepage: str | None
+    ) -> str | None:
+        """One message-level object, as tnefparse reads it; returns the codepage after it."""
+        if name == tnefparse.TNEF.ATTMAPIPROPS:
+            self._mapi(body, codepage, None)
+        elif name in (tnefparse.TNEF.ATTBODY, tnefparse.TNEF.ATTTNEFVERSION):
+            pass
+        elif name == tnefparse.TNEF.ATTOEMCODEPAGE:
+            return str(tnefparse.codepage.Codepage(_U32.unpack_from(body, 0)[0]).codepage())
+        elif kind in (tnefparse.TNEFObject.PTYPE_CLASS, tnefparse.TNEFObject.PTYPE_STRING):
+            pass
+        elif name == tnefparse.TNEF.ATTRECIPTABLE:
+            rows = _U32.unpack_from(body, 0)[0]
+            self._count(rows, len(body) - 4, 4, "recipient")
+            offset = 4
+            for _ in range(rows):
+                offset = self._mapi(body, codepage, offset)[0]
+        return codepage
+
+    def _attachment(self, body: bytes, codepage: str | None, depth: int) -> None:
+        """An attachment's MAPI properties, and the message its data may embed."""
+        for name, kind, pieces in self._mapi(body, codepage, None)[1]:
+            if name != tnefparse.properties.MAPI_ATTACH_DATA_OBJ:
+                continue
+            if kind not in _MAPI_BYTES:
+                return  # tnefparse fails on such a data object and reads no further
+            blob = b"".join(piece.rstrip(b"\x00") for piece in pieces)
+            if blob.startswith(tnefparse.mapi.IMESSAGE_SIG):
+                self._stream(blob[tnefparse.mapi.IMESSAGE_SIG_LEN :], depth + 1)
+
+    def _mapi(
+        self, data: bytes, codepage: str | None, start: int | None
+    ) -> tuple[int, list[_MapiValue]]:
+        """``tnefparse.mapi.decode_mapi``: (where it stops, [(name, type, pieces)] per value).
+
+        Like it, the walk stops at the first property it cannot read, keeping the values before;
+        the offset it stops at, where the next recipient row starts, moves as tnefparse's does:
+        after each header field read and each whole value."""
+        cursor = _Cursor(start or 0)
+        count = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        self._count(count, len(data) - cursor.at, 4, "MAPI property")
+        found: list[_MapiValue] = []
+        try:
+            for _ in range(count):
+                if cursor.at < len(data):
+                    self._property(data, cursor, codepage, found)
+        except _TnefRefused:
+            raise
+        except Exception:  # tnefparse stops the properties here, keeping those before
+            pass
+        return cursor.at, found
+
+    def _property(
+        self, data: bytes, cursor: _Cursor, codepage: str | None, found: list[_MapiValue]
+    ) -> None:
+        """One property: its header, then each of its values."""
+        kind = _U16.unpack_from(data, cursor.at)[0]
+        cursor.at += 2
+        name = _U16.unpack_from(data, cursor.at)[0]
+        cursor.at += 2
+        if name >= tnefparse.mapi.GUID_EXISTS_FLAG:
+            self._named(data, cursor)
+        multi: int | None = None
+        if kind & tnefparse.mapi.MULTI_VALUE_FLAG:
+            kind ^= tnefparse.mapi.MULTI_VALUE_FLAG
+            multi = _U32.unpack_from(data, cursor.at)[0]
+            cursor.at += 4
+        if kind not in _MAPI_FIXED and kind not in _MAPI_BYTES and kind not in _MAPI_STRINGS:
+            raise ValueError("unknown MAPI type")  # tnefparse fails on its first value
+        if multi is not None:
+            self._count(multi, len(data) - cursor.at, _MAPI_FIXED.get(kind, 4), "multi-value")
+        for _ in range(multi or 1):
+            cursor.at, pieces = self._value(data, cursor.at, kind, codepage, bool(multi))
+            found.append((name, kind, pieces))
+        if (multi or 1) % 2 and kind in (
+            tnefparse.mapi.SZMAPI_SHORT,
+            tnefparse.mapi.SZMAPI_BOOLEAN,
+        ):
+            cursor.at += 2
+
+    def _named(self, data: bytes, cursor: _Cursor) -> None:
+        """A named property's GUID, and its number or its UTF-16 name."""
+        if cursor.at + 16 > len(data):
+            raise ValueError("short GUID")
+        cursor.at += 16
+        named = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        if named == 0:
+            _U32.unpack_from(data, cursor.at)
+            cursor.at += 4
+            return
+        size = _U32.unpack_from(data, cursor.at)[0]
+        cursor.at += 4
+        size += -size % 4
+        data[cursor.at : cursor.at + size].decode("utf-16")
+        cursor.at += size
+
+    def _value(
+        self, data: bytes, at: int, kind: int, codepage: str | None, multi: bool
+    ) -> tuple[int, list[bytes]]:
+        """``tnefparse.mapi.parse_property``: where the next value starts, and this one's pieces."""
+        if kind in _MAPI_FIXED:
+            return at + _MAPI_FIXED[kind], []
+        count = 1
+        if not multi:
+            count = _U32.unpack_from(data, at)[0]
+            at += 4
+            self._count(count, len(data) - at, 4, "value")
+        pieces: list[bytes] = []
+        for _ in range(count):
+            size = _U32.unpack_from(data, at)[0]
+            at += 4
+            size += -size % 4
+            piece = data[at : at + size]
+            if kind == tnefparse.mapi.SZMAPI_UNICODE_STRING:
+                piece.decode("utf-16")
+            elif kind == tnefparse.mapi.SZMAPI_STRING:
+                piece.decode(codepage)  # type: ignore[arg-type]  # None fails there too
+            pieces.append(piece)
+            at += size
+        return at, pieces
+
+
+_MapiValue = tuple[int, int, list[bytes]]  # property name, type, and the pieces of one value
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """An offset several steps move, so that it is where the last one that worked left it."""
+
+    at: int
 
 
 _RESERVED_NAMES = frozenset(
@@ -1344,7 +1590,7 @@ def _heuristic_report(identity: _Identity, body: _Body) -> Report | None:
     automatic = bool(_BOUNCE_SENDER.match(from_addr or "")) or identity.return_path == ""
     if not automatic or not _BOUNCE_SUBJECT.search(identity.subject):
         return None
-    text = "\n".join(body.plain) or _html_to_text("\n".join(body.html))
+    text = "\n".join(body.plain) or _html_to_text(_parseable("\n".join(body.html)), _MAX_HTML).text
     lines = _clean_text(text).split("\n")
     marker = next((i for i, line in enumerate(lines) if _COPY_MARKER.search(line)), len(lines))
     human, copy = lines[:marker], lines[marker:]
@@ -1400,44 +1646,164 @@ def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[st
 # --------------------------------------------------------------------------------------------
 
 
-def _texts(body: _Body, defects: _Defects) -> tuple[str, str | None, str]:
-    """(text, raw html, reply text) of the message body."""
+def _texts(body: _Body, limits: Limits, defects: _Defects) -> tuple[str, str | None, str]:
+    """(text, raw html, reply text) of the message body.
+
+    The text is at most ``max_text_chars`` characters; the rest of a longer one is dropped and a
+    last line says so (the raw mail is kept whole). HTML-only mail is converted up to that cap.
+    """
+    cap = limits.max_text_chars
     html = "\n".join(body.html) if body.html else None
     if any(part.strip() for part in body.plain):
         text = _clean_text("\n\n".join(t.strip("\r\n") for t in body.plain))
-        return text, html, strip_quoted_history(text)
+        if len(text) <= cap:
+            return text, html, strip_quoted_history(text)
+        defects.add(f"text over {cap} characters: the rest was cut")
+        marker = _cut_marker(f"the rest of this message, {len(text) - cap:,} characters, was cut")
+        text = text[:cap]
+        return text + marker, html, strip_quoted_history(text) + marker
     if html is None:
         return "", None, ""
     if len(html) > _MAX_HTML:
         defects.add(f"HTML body over {_MAX_HTML} characters: only the start was converted")
-    text = _html_to_text(html)
-    pruned = _QuotePruner.prune(html)
-    reply_source = text if len(pruned) == len(html) else _html_to_text(pruned)
-    return text, html, strip_quoted_history(reply_source)
+    source = _parseable(html)
+    converted = _html_to_text(source, cap)
+    pruned = _QuotePruner.prune(source)
+    reply = converted if len(pruned) == len(source) else _html_to_text(pruned, cap)
+    if converted.cut:
+        defects.add(f"text of the HTML body over {cap} characters: the rest was cut")
+    return converted.shown(), html, strip_quoted_history(reply.text) + reply.marker()
 
 
-_MD_ESCAPE = re.compile(r"^(\s*)\\([-+#>])|^(\s*\d+)\\(\.)", re.M)
+def _cut_marker(what: str) -> str:
+    return f"\n\n[... {what}; the original is kept]"
 
 
-def _html_to_text(html: str) -> str:
-    """HTML as readable plain text (no links, no images, no remote resources)."""
+@dataclass(frozen=True, slots=True)
+class _Converted:
+    """Text converted from HTML, and the cap it was cut at (0: converted whole)."""
+
+    text: str
+    cut: int = 0
+
+    def marker(self) -> str:
+        if not self.cut:
+            return ""
+        return _cut_marker(f"the rest of this message was cut at {self.cut:,} characters")
+
+    def shown(self) -> str:
+        return self.text + self.marker()
+
+
+_MD_ESCAPE = re.compile(r"^([^\S\n]*+)\\([-+#>])|^([^\S\n]*+\d++)\\(\.)", re.M)
+
+
+def _html_to_text(html: str, cap: int) -> _Converted:
+    """HTML as readable plain text (no links, no images, no remote resources), at most ``cap``
+    characters: the conversion stops there. The caller bounds the input (``_parseable``)."""
     if not html:
-        return ""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_links = True
-    converter.ignore_images = True
-    converter.ignore_emphasis = True
-    converter.ignore_tables = True
-    converter.unicode_snob = True
+        return _Converted("")
+    source = _closed_tail(html)
+    converter = _Converter(cap)
     try:
-        text = converter.handle(html[:_MAX_HTML])
+        text = converter.handle(source)
+    except _TextFull:
+        text = converter.text_so_far()
     except Exception:  # broken markup: fall back to the bare text between tags
-        text = re.sub(r"<[^>]*>", " ", html[:_MAX_HTML])
+        text = re.sub(r"<[^>]*>", " ", source)
     text = _MD_ESCAPE.sub(lambda m: (m.group(1) or m.group(3) or "") + (m.group(2) or "."), text)
     text = _clean_text(text).replace("\xa0", " ")
     lines = [line.rstrip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    if converter.full or len(text) > cap:
+        return _Converted(text[:cap].rstrip(), cap)
+    return _Converted(text)
+
+
+def _parseable(html: str) -> str:
+    """What of an HTML body is converted: its first ``_MAX_HTML`` characters, tail closed."""
+    return _closed_tail(html[:_MAX_HTML])
+
+
+def _closed_tail(html: str) -> str:
+    """``html`` with every ``<`` after the last ``>`` written as ``&lt;``: no tag can end there,
+    and the standard library's HTML parser (before Python 3.13.4) rescans the rest of the input
+    for each such ``<`` (``<a<a<a...``: quadratic). Its own result comes back unchanged."""
+    end = html.rfind(">") + 1
+    return html[:end] + html[end:].replace("<", "&lt;")
+
+
+class _TextFull(Exception):
+    """The converted text reached its cap: html2text is stopped where it is."""
+
+
+_NESTING = {"blockquote": "blockquote", "ol": "list", "ul": "list"}
+_MAX_NESTING = 32  # quotes and lists nested deeper are shown at this depth
+_NEWLINE_RUN = re.compile(r"\n\s*+")
+_NBSP_HOLDER = "&nbsp_place_holder;"  # what html2text writes for &nbsp; until it finishes
+
+
+class _Converter(html2text.HTML2Text):
+    """html2text, with its work bounded by the size of the input and the cap of the output.
+
+    Each line's prefix ("> > ", a list's indent) grows with the nesting, so nesting is capped;
+    an abbreviation's text and a style sheet's ``@import`` rules are re-copied per step inside
+    html2text, so ``<abbr>`` is read as plain text and ``<style>`` is skipped here; and text
+    with many line breaks is given one newline per run of whitespace before html2text's
+    line-anchored escaping patterns see it (its output folds such runs into one space anyway).
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(bodywidth=0)
+        self.ignore_links = True
+        self.ignore_images = True
+        self.ignore_emphasis = True
+        self.ignore_tables = True
+        self.unicode_snob = True
+        self.cap = cap
+        self.written = 0
+        self.full = False
+        self.depth = {"blockquote": 0, "list": 0}
+        self.tag_callback = _bounded_tag  # type: ignore[assignment]  # typed as None there
+
+    def outtextf(self, s: str) -> None:
+        super().outtextf(s)
+        self.written += len(s) - s.count(_NBSP_HOLDER) * (len(_NBSP_HOLDER) - 1)
+        if self.written > self.cap:
+            self.full = True
+            raise _TextFull
+
+    def handle_data(self, data: str, entity_char: bool = False) -> None:
+        if not self.pre and "\n" in data:
+            data = _NEWLINE_RUN.sub("\n", data)
+        super().handle_data(data, entity_char)
+
+    def text_so_far(self) -> str:
+        return "".join(self.outtextlist).replace(_NBSP_HOLDER, "\xa0")
+
+
+def _bounded_tag(
+    converter: _Converter, tag: str, attrs: dict[str, str | None], start: bool
+) -> bool:
+    """html2text's tag hook: True when html2text is to ignore the tag (then the hook does the
+    little of html2text's work on it that the output depends on)."""
+    if tag in ("abbr", "style"):
+        if tag == "style":  # hidden, as html2text hides it, without its style sheet parser
+            converter.quiet += 1 if start else -1
+        converter.lastWasList = False
+        return True
+    kind = _NESTING.get(tag)
+    if kind is None:
+        return False
+    if start:
+        converter.depth[kind] += 1
+        deep = converter.depth[kind] > _MAX_NESTING
+    else:
+        deep = converter.depth[kind] > _MAX_NESTING
+        converter.depth[kind] = max(0, converter.depth[kind] - 1)
+    if deep:
+        converter.lastWasList = kind == "list"
+    return deep
 
 
 class _QuotePruner(HTMLParser):
@@ -1464,7 +1830,7 @@ class _QuotePruner(HTMLParser):
     def prune(cls, html: str) -> str:
         pruner = cls()
         try:
-            pruner.feed(html[:_MAX_HTML])
+            pruner.feed(_closed_tail(html))
             pruner.close()
         except Exception:
             return html
@@ -1511,23 +1877,29 @@ class _QuotePruner(HTMLParser):
         self.handle_data(f"&#{name};")
 
 
-_QUOTED = re.compile(r"^\s*>")
-_ATTRIBUTION_START = re.compile(r"^\s*(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+# The stripper's patterns run on one line (or an attribution of up to three lines) at a time, and
+# only on lines of at most this many characters: no attribution, header field, separator or
+# signature line is longer, and a hostile mail's megabyte-long line then costs one pass, not a
+# pattern's backtracking. Leading and trailing whitespace is taken by possessive quantifiers
+# (``\s*+``), which never give back what they took, so each pattern is linear in its line.
+_PATTERN_CHARS = 1000
+_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
 _ATTRIBUTION = re.compile(
-    r"^\s*(?:"
-    r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*:"
-    r"|(?:am|op)\s.{4,300}?\b(?:schrieb|schreef)\b[^:]{0,200}:"
-    r"|den\s.{4,300}?\bskrev\b[^:]{0,200}:"
-    r"|le\s.{4,300}?\ba\s+écrit\s*:"
-    r"|el\s.{4,300}?\bescribió\s*:"
-    r"|w dniu\s.{4,300}?\bpisze\s*:"
-    r")\s*$",
+    r"^\s*+(?:"
+    r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*+:"
+    r"|(?:am|op)\s.{4,300}?\b(?:schrieb|schreef)\b[^:]{0,200}+:"
+    r"|den\s.{4,300}?\bskrev\b[^:]{0,200}+:"
+    r"|le\s.{4,300}?\ba\s++écrit\s*+:"
+    r"|el\s.{4,300}?\bescribió\s*+:"
+    r"|w dniu\s.{4,300}?\bpisze\s*+:"
+    r")\s*+$",
     re.I | re.S,
 )
+_DATE_OR_ADDRESS = re.compile(r"\d|@")
 _SEPARATOR = re.compile(
-    r"^\s*-{2,}\s*(original message|original-nachricht|ursprüngliche nachricht|originalnachricht"
-    r"|message d'origine|mensaje original|messaggio originale|oorspronkelijk bericht"
-    r"|ursprungligt meddelande|mensagem original)\s*-{2,}\s*$",
+    r"^\s*+-{2,}+\s*+(original message|original-nachricht|ursprüngliche nachricht"
+    r"|originalnachricht|message d'origine|mensaje original|messaggio originale"
+    r"|oorspronkelijk bericht|ursprungligt meddelande|mensagem original)\s*+-{2,}+\s*+$",
     re.I,
 )
 _FORWARD = re.compile(
@@ -1535,10 +1907,9 @@ _FORWARD = re.compile(
     r"|mensaje reenviado|messaggio inoltrato",
     re.I,
 )
-_FIELD = r"^\s*\**\s*(?:{names})\s*\**\s*:"
-_HEADER_FROM = re.compile(
-    _FIELD.format(names="from|von|de|da|van|från|fra|od") + r"\s*\**\s*\S", re.I
-)
+# "*From:* x" as Outlook's HTML becomes text: stars and spaces around the name, taken whole
+_FIELD = r"^\s*+\**+\s*+(?:{names})\s*+\**+\s*+:"
+_HEADER_FROM = re.compile(_FIELD.format(names="from|von|de|da|van|från|fra|od") + r"\s*+\S", re.I)
 _HEADER_SENT = re.compile(
     _FIELD.format(
         names="sent|date|gesendet|datum|envoyé|enviado|fecha|inviato|data|verzonden|skickat|sendt"
@@ -1553,88 +1924,123 @@ _HEADER_OTHER = re.compile(
     re.I,
 )
 _MOBILE_SIGNATURE = re.compile(
-    r"^\s*(sent from my\s.{1,40}|sent from (outlook|mail|yahoo mail)\b.{0,40}"
+    r"^\s*+(sent from my\s.{1,40}|sent from (outlook|mail|yahoo mail)\b.{0,40}"
     r"|get outlook for (ios|android)|von meinem\s.{1,40}\sgesendet|gesendet von\s.{1,40}"
     r"|envoyé de mon\s.{1,40}|enviado desde mi\s.{1,40}|inviato da\s.{1,40})$",
     re.I,
 )
-_RULE = re.compile(r"^\s*(?:[-_*=]\s*){3,}$")
+_RULE = re.compile(r"^\s*+(?:[-_*=]\s*+){3,}+$")
+
+
+def _matches(pattern: re.Pattern[str], line: str) -> bool:
+    """Whether ``line`` matches ``pattern``; a line over ``_PATTERN_CHARS`` never does."""
+    return len(line) <= _PATTERN_CHARS and pattern.match(line) is not None
 
 
 def strip_quoted_history(text: str) -> str:
     """What the author wrote: quoted history, attribution lines and signatures removed.
 
     Knows how Gmail, Outlook (plain and HTML-converted), Apple Mail, Thunderbird, iOS, Android
-    and mutt write replies, in English, German, French and Spanish (and a few more).
+    and mutt write replies, in English, German, French and Spanish (and a few more). Linear in
+    the text: each line is stripped once and looked at a bounded number of times.
     """
-    lines = _clean_text(text).split("\n")
-    lines = lines[: _history_start(lines)]
+    view = _Lines(_clean_text(text).split("\n"))
     kept: list[str] = []
+    wrote = False  # a kept line has text: an unquoted attribution below it starts history
     index = 0
-    while index < len(lines):
-        span = _attribution_span(lines, index)
+    while index < view.end:
+        span = _attribution_span(view, index)
         if span:
-            following = next((ln for ln in lines[index + span :] if ln.strip()), None)
-            if following is None or _QUOTED.match(following):
+            following = view.next_text[index + span]
+            if following == view.end or view.quoted[following]:
                 index += span
                 continue
-            if any(line.strip() for line in kept):  # unquoted history below: cut it
+            if wrote:
                 break
-        if not _QUOTED.match(lines[index]):
-            kept.append(lines[index].rstrip())
+        if not view.quoted[index]:
+            kept.append(view.lines[index].rstrip())
+            wrote = wrote or not view.blank[index]
         index += 1
-    kept = _drop_signature(kept)
+    del kept[_signature_start(kept) :]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+
+
+class _Lines:
+    """A text's lines up to where unquoted history starts, each looked at once: whether it is
+    blank, whether it is quoted, and where the next line with text is (``end`` if none)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.end = _history_start(lines)
+        self.blank: list[bool] = []
+        self.quoted: list[bool] = []
+        for index in range(self.end):
+            lead = lines[index].lstrip()
+            self.blank.append(not lead)
+            self.quoted.append(lead[:1] == ">")
+        self.next_text = [self.end] * (self.end + 1)
+        for index in range(self.end - 1, -1, -1):
+            self.next_text[index] = self.next_text[index + 1] if self.blank[index] else index
 
 
 def _history_start(lines: list[str]) -> int:
     """Index of the first line of unquoted history (a separator or a header block)."""
     for index, line in enumerate(lines):
-        if _SEPARATOR.match(line):
+        if _matches(_SEPARATOR, line):
             return index
-        if _HEADER_FROM.match(line) and _header_block_at(lines, index):
+        if _matches(_HEADER_FROM, line) and _header_block_at(lines, index):
             previous = next(
                 (ln for ln in reversed(lines[max(0, index - 3) : index]) if ln.strip()), ""
             )
-            if not _FORWARD.search(previous):
+            if len(previous) > _PATTERN_CHARS or not _FORWARD.search(previous):
                 return index
     return len(lines)
 
 
 def _header_block_at(lines: list[str], index: int) -> bool:
     following = lines[index + 1 : index + 6]
-    return any(_HEADER_SENT.match(ln) for ln in following) and any(
-        _HEADER_OTHER.match(ln) for ln in following
+    return any(_matches(_HEADER_SENT, ln) for ln in following) and any(
+        _matches(_HEADER_OTHER, ln) for ln in following
     )
 
 
-def _attribution_span(lines: list[str], index: int) -> int:
+def _attribution_span(view: _Lines, index: int) -> int:
     """How many lines an attribution ("On ... wrote:") starting at ``index`` spans, or 0."""
-    if not _ATTRIBUTION_START.match(lines[index]):
+    if not _matches(_ATTRIBUTION_START, view.lines[index]):
         return 0
+    parts: list[str] = []
     for span in (1, 2, 3):
-        chunk = lines[index : index + span]
-        if len(chunk) < span or (span > 1 and not chunk[-1].strip()):
+        last = index + span - 1
+        if last >= view.end or (span > 1 and view.blank[last]):
             return 0
-        joined = " ".join(line.strip() for line in chunk)
+        if len(view.lines[last]) > _PATTERN_CHARS:
+            return 0
+        parts.append(view.lines[last].strip())
+        joined = " ".join(parts)
         if _ATTRIBUTION.match(joined):
-            following = next((ln for ln in lines[index + span :] if ln.strip()), "")
+            following = view.next_text[index + span]
             # a date or an address, or quoted lines right after it, mark a real attribution
-            if re.search(r"\d|@", joined) or _QUOTED.match(following):
+            quoted_next = following < view.end and view.quoted[following]
+            if _DATE_OR_ADDRESS.search(joined) or quoted_next:
                 return span
     return 0
 
 
-def _drop_signature(lines: list[str]) -> list[str]:
-    """Remove a trailing "-- " signature, a "Sent from my phone" line and trailing rules."""
-    for index in range(len(lines) - 1, -1, -1):
-        if lines[index] in ("--", "-- ") and len(lines) - index <= 12:
-            lines = lines[:index]
+def _signature_start(lines: list[str]) -> int:
+    """Where a trailing "-- " signature, "Sent from my phone" line and trailing rules start."""
+    end = len(lines)
+    for index in range(end - 1, max(end - 13, -1), -1):  # a signature is at most 12 lines
+        if lines[index] in ("--", "-- "):
+            end = index
             break
-    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
-        lines = lines[:-1]
-    if lines and _MOBILE_SIGNATURE.match(lines[-1]):
-        lines = lines[:-1]
-    while lines and (not lines[-1].strip() or _RULE.match(lines[-1])):
-        lines = lines[:-1]
-    return lines
+    end = _before_trailing_rules(lines, end)
+    if end and _matches(_MOBILE_SIGNATURE, lines[end - 1]):
+        end -= 1
+    return _before_trailing_rules(lines, end)
+
+
+def _before_trailing_rules(lines: list[str], end: int) -> int:
+    """``end`` moved up past the blank lines and rules (``---``, ``___``) right above it."""
+    while end and (not lines[end - 1].strip() or _matches(_RULE, lines[end - 1])):
+        end -= 1
+    return end

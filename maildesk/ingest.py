@@ -71,6 +71,7 @@ def limits_of(desk: Desk) -> Limits:
         max_mime_depth=lim.max_mime_depth,
         max_parts=lim.max_parts,
         max_headers=lim.max_headers,
+        max_text_chars=lim.max_text_chars,
     )
 
 

@@ -275,6 +275,22 @@ def customer_mail(
     )
 
 
+NOTICE_TEXT_CHARS = 20_000  # of a message's text, an agent notice quotes at most this much
+
+
+def notice_text(ticket: Ticket, text: str) -> str:
+    """``text`` as an agent notice quotes it: its first ``NOTICE_TEXT_CHARS`` characters, then a
+    line saying how much more there is and how to read it (the ticket keeps it all)."""
+    if len(text) <= NOTICE_TEXT_CHARS:
+        return text
+    rest = len(text) - NOTICE_TEXT_CHARS
+    return (
+        text[:NOTICE_TEXT_CHARS]
+        + f"\n\n[... {rest:,} more characters not shown here: read the whole message with"
+        + f" `maildesk tickets show {ticket.id}`]"
+    )
+
+
 def agent_mail(
     desk: Desk,
     ticket: Ticket,
@@ -284,7 +300,11 @@ def agent_mail(
     now: datetime,
     **context: Any,
 ) -> Mail:
-    """A notice to an agent; its Reply-To carries the agent's token for this ticket."""
+    """A notice to an agent; its Reply-To carries the agent's token for this ticket. A text it
+    quotes (a customer's message, an escalation's summary) is cut by ``notice_text``."""
+    for key in ("text", "summary"):
+        if isinstance(context.get(key), str):
+            context[key] = notice_text(ticket, context[key])
     expires = now + timedelta(days=desk.settings.security.token_days)
     token = auth.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
     return Mail(

@@ -12,17 +12,29 @@ import os
 import re
 import secrets
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from maildesk.mailworld import SmtpServer
 from maildesk.models import Ledger
-from tests.desk import ALICE, CUSTOMER, DeskWorld, agent_reply, customer_mail, html_of, text_of
+from maildesk.tickets import NOTICE_TEXT_CHARS
+from tests import poison
+from tests.desk import (
+    ALICE,
+    CUSTOMER,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    html_of,
+    text_of,
+    wait_until,
+)
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 
 MAIL = Path(__file__).parent / "mail"
@@ -228,3 +240,69 @@ def test_a_batch_of_hostile_and_odd_mail_is_each_handled_or_quarantined(
         print(f"\nhostile batch of {len(batch)}: {outcomes}")
     finally:
         world.close()
+
+
+# --------------------------------------------------------------------------- poison mail
+
+
+def winmail_bomb(count: int) -> bytes:
+    return poison.tnef_mail(poison.property_count_bomb(count))
+
+
+# each shape at the size reported and at an eighth of it: 1 MB of spaces, a 224 KB mail of
+# nested blockquotes, 160 KB of nested lists, a 33-byte winmail.dat counting 4.3 billion
+POISONS = {
+    "long-line-of-spaces": (poison.spaces, 125_000, 1_000_000),
+    "nested-blockquotes": (poison.nested_quotes, 1_000, 8_000),
+    "nested-lists": (poison.nested_lists, 1_500, 12_000),
+    "winmail-dat-count": (winmail_bomb, 0x1FFFFFFF, 0xFFFFFFFF),
+}
+
+
+@pytest.mark.parametrize("shape", POISONS.values(), ids=POISONS.keys())
+def test_poison_mail_becomes_a_ticket_and_the_mail_behind_it_is_answered_at_once(
+    world: DeskWorld, shape: tuple[Callable[[int], bytes], int, int]
+) -> None:
+    build, *sizes = shape
+    limits = world.settings.limits
+    world.start()
+    for size in sizes:
+        behind = f"behind-{size}@customer.test"
+        world.deliver(build(size))
+        world.deliver(customer_mail("Printer on floor 3", "It prints blank pages.", sender=behind))
+        # the ordinary customer waits for no more than the parse budget, and in fact far less
+        world.wait_mails_to(behind, 1, timeout=limits.parse_seconds + 5)
+    wait_until(lambda: not world.account.uids("INBOX"), 10, "every mail moved out of INBOX")
+    world.stop()
+
+    assert len(world.account.uids("Processed")) == 4  # nothing lost, nothing quarantined
+    tickets = world.tickets()
+    assert [t["requester"] for t in tickets[1::2]] == [f"behind-{s}@customer.test" for s in sizes]
+    for ticket in tickets[0::2]:
+        [message] = ticket["messages"]
+        body, _, last = message["text"].rpartition("\n\n")
+        if last.startswith("[... the rest of this message"):
+            assert len(body) <= limits.max_text_chars
+        assert len(message["text"]) <= limits.max_text_chars + 100
+        if message["attachments"]:  # the winmail.dat is kept as it came
+            assert [(a["filename"], a["size"]) for a in message["attachments"]] == [
+                ("winmail.dat", 33)
+            ]
+        assert_notice_is_short(world, ticket)
+
+
+def assert_notice_is_short(world: DeskWorld, ticket: dict[str, Any]) -> None:
+    """The team's notice quotes the first 20,000 characters and says where the rest is."""
+    text = ticket["messages"][0]["text"]
+    [notice] = [m for m in world.mails_to(ALICE) if ticket["ref"] in str(m.message["Subject"])]
+    shown = text_of(notice).replace("\r\n", "\n")
+    if len(text) <= NOTICE_TEXT_CHARS:
+        assert text in shown
+        return
+    more = len(text) - NOTICE_TEXT_CHARS
+    assert text[:NOTICE_TEXT_CHARS] in shown
+    assert (
+        f"[... {more:,} more characters not shown here: read the whole message with"
+        f" `maildesk tickets show {ticket['number']}`]" in shown
+    )
+    assert len(shown) < NOTICE_TEXT_CHARS + 3_000  # the text, that line, the help
