@@ -174,7 +174,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         courier_argv=courier_argv(args, settings),
         courier=courier,
     )
-    code = asyncio.run(daemon.run())
+    try:
+        code = asyncio.run(daemon.run())
+    finally:
+        daemon.desk.close()
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
     db.dispose()
@@ -228,13 +231,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     mailbox = args.mailbox or settings.mailboxes[0].name
     settings.mailbox(mailbox)
-    raw = sys.stdin.buffer.read()
+    desk = Desk(settings)
     try:
+        desk.parser.start()  # its worker starts while the message is read and the database opened
+        raw = sys.stdin.buffer.read()
         db = open_db(settings)
-        outcome = ingest.process(db, Desk(settings), ingest.Source(mailbox), raw)
+        outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
     except (DatabaseError, OSError) as exc:
         print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    finally:
+        desk.close()
     ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
     print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
     return 0
@@ -393,12 +400,10 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
-    from maildesk import ingest
     from maildesk.tickets import Desk
 
     settings = load_settings(args)
     db = open_db(settings)
-    desk = Desk(settings)
     with db.transaction() as session:
         query = select(Ledger).where(Ledger.outcome == "quarantined")
         if not args.all:
@@ -410,6 +415,20 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     if not rows and not args.all:
         print(f"maildesk: no quarantined message {args.id}", file=sys.stderr)
         return 1
+    desk = Desk(settings)
+    try:
+        failed = _replay(settings, db, desk, rows)
+        if rows:
+            asyncio.run(_deliver_now(settings, db, desk))
+    finally:
+        desk.close()
+    return 1 if failed else 0
+
+
+def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int:
+    """Handle each quarantined message of ``rows`` again; how many are still quarantined."""
+    from maildesk import ingest
+
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
         if raw_path is None:
@@ -427,9 +446,7 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
         ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
         print(f"{ledger_id}: {outcome.kind} {ref} {outcome.reason}".rstrip())
         failed += outcome.quarantined
-    if rows:
-        asyncio.run(_deliver_now(settings, db, desk))
-    return 1 if failed else 0
+    return failed
 
 
 async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:

@@ -334,6 +334,8 @@ class Daemon:
         """Run until stopped (or, with ``once``, until everything waiting is handled)."""
         self.loop = asyncio.get_running_loop()
         self._install_signals()
+        if self.boxes:
+            self.desk.parser.start()  # its worker starts while the mailboxes log in
         self.start_metrics()
         try:
             boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.boxes]
@@ -441,7 +443,9 @@ class Daemon:
         """
         try:
             settings = config.load(self.settings.path)
-            desk = Desk(settings, store=self.desk.store, clock=self.desk.clock)
+            desk = Desk(
+                settings, store=self.desk.store, clock=self.desk.clock, parser=self.desk.parser
+            )
         except (ConfigError, OSError, ValueError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False

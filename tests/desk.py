@@ -156,6 +156,7 @@ class DeskWorld:
 
     def close(self) -> None:
         self.stop()
+        self.desk.close()
         self.db.dispose()
 
     def cli(

@@ -1,0 +1,524 @@
+"""Parse each message in a worker process, under a time and a memory budget.
+
+Where it sits: ``ingest.process`` hands a message's raw bytes to ``Parser.parse`` and gets the
+``Inbound`` that ``inbound.parse`` made of them in a worker process. The daemon, ``maildesk
+ingest`` and ``quarantine replay`` never parse in their own process, so no message can take
+their time or memory: a parse that is not done within ``[limits] parse_seconds`` is ended with
+SIGKILL, wherever it is (a regular expression, a C decoder, a library's loop), and a parse that
+needs more than ``parse_memory_mb`` is refused by the kernel's address-space limit on the
+worker. Either way the message comes back as an ``Inbound`` with ``fatal`` set to
+``parse budget exceeded`` (the caller quarantines it) and the identity headers the worker
+reported before it read the body, so the quarantine shows who sent what.
+
+Workers are forked by multiprocessing's fork server, a fresh single-threaded interpreter that
+imports ``inbound`` once: a fork of the multi-threaded daemon could inherit a lock another thread
+held (logging, stdio) and hang. A worker that finished a message over a few megabytes is
+replaced, since malloc keeps a process's high-water mark. Workers die with the fork server, which
+dies with the process that started it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass
+from enum import Enum
+from multiprocessing.connection import Connection
+
+from maildesk import inbound
+from maildesk.inbound import Inbound, Limits
+
+log = logging.getLogger(__name__)
+
+REASON = "parse budget exceeded"
+# A worker whose resident memory grew this much over its start is replaced after the message.
+RECYCLE_BYTES = 32 << 20
+# The address-space limit is this fraction above the budget, and the budget is judged by the
+# worker's peak: a MemoryError that a library swallows (and turns into a partial result) can
+# then only happen past the budget, where the peak gives it away.
+HEADROOM = 1 / 8
+MAX_LOG_RECORDS = 20  # per message: hostile mail must not flood the daemon's log
+_MB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one message may cost: ``inbound``'s structure limits, seconds and megabytes."""
+
+    limits: Limits = Limits()
+    seconds: float = 10.0
+    memory_mb: int = 512
+
+
+class Overrun(Enum):
+    """Why a parse was given up."""
+
+    TIME = "time"
+    MEMORY = "memory"
+    DIED = "worker died"
+
+
+class Parser:
+    """Parses messages in worker processes: one per caller parsing at the same time (the
+    daemon's mailboxes run in threads of their own), started in the background and kept for
+    the next message. Nothing starts before ``start`` or the first ``parse``. Thread-safe;
+    ``close`` ends the workers and the zygote."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._zygote: _Zygote | None = None
+        self._idle: list[_Worker] = []
+        self._coming: list[Future[_Worker]] = []
+        self._closed = False
+
+    def start(self) -> None:
+        """Have a worker ready before the first message (the zygote takes a moment to import)."""
+        with self._lock:
+            if not self._idle and not self._coming and not self._closed:
+                self._coming.append(_start_soon(self._running_zygote()))
+
+    def parse(self, raw: bytes, budget: Budget) -> Inbound:
+        """``inbound.parse(raw, budget.limits)`` in a worker, within ``budget``.
+
+        Never raises for the message's sake: over budget, the result has ``fatal`` set. A worker
+        that dies without an answer (killed from outside, or crashed in C) gets the message once
+        more on a fresh worker; dying twice counts as over budget. Raises OSError only when no
+        worker can be started at all, which is the machine's problem, not the message's."""
+        identity: Inbound | None = None
+        for attempt in (1, 2):
+            worker = self._take(budget)
+            outcome = worker.parse(raw, budget)
+            identity = outcome.identity or identity
+            if outcome.inbound is not None:
+                self._give_back(worker, outcome.grown)
+                return outcome.inbound
+            self._retire(worker, kill=True)
+            assert outcome.overrun is not None
+            if outcome.overrun is not Overrun.DIED or attempt == 2:
+                return _over_budget(identity, raw, budget, outcome.overrun)
+            log.warning(
+                "<%s>: the parse worker died; parsing the message again on a fresh one",
+                _mid(identity),
+                extra={"message_id": _mid(identity), "ticket": "-"},
+            )
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """End every worker and the zygote (an idle worker exits when its socket closes)."""
+        with self._lock:
+            self._closed = True
+            workers, self._idle = self._idle, []
+            coming, self._coming = self._coming, []
+            zygote, self._zygote = self._zygote, None
+        for future in coming:
+            future.add_done_callback(_close_started)
+        for worker in workers:
+            worker.close()
+        if zygote is not None:
+            zygote.close()
+
+    def _running_zygote(self) -> _Zygote:
+        """The zygote, started again if it died (called with the lock held)."""
+        if self._zygote is None or not self._zygote.alive():
+            if self._zygote is not None:
+                self._zygote.close()
+            self._zygote = _Zygote()
+        return self._zygote
+
+    def _take(self, budget: Budget) -> _Worker:
+        """An idle worker, else the one starting, else a new one."""
+        while True:
+            coming: Future[_Worker] | None = None
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+                if worker is None and self._coming:
+                    coming = self._coming.pop(0)
+                zygote = self._running_zygote() if worker is None and coming is None else None
+            if coming is not None:
+                try:
+                    worker = coming.result()
+                except OSError:  # the zygote died meanwhile: one more try on a fresh one
+                    continue
+            elif zygote is not None:
+                worker = zygote.fork()
+            assert worker is not None
+            if worker.memory_mb in (None, budget.memory_mb):
+                return worker
+            worker.close()  # its limit was set for another budget (the config was reloaded)
+
+    def _give_back(self, worker: _Worker, grown: int) -> None:
+        if grown > RECYCLE_BYTES:
+            self._retire(worker)
+            return
+        with self._lock:
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        worker.close()
+
+    def _retire(self, worker: _Worker, *, kill: bool = False) -> None:
+        """Replace ``worker``: end it and have the next one started in the background."""
+        worker.close(kill=kill)
+        with self._lock:
+            if not self._closed and not self._idle and not self._coming:
+                self._coming.append(_start_soon(self._running_zygote()))
+
+
+def _close_started(future: Future[_Worker]) -> None:
+    if future.exception() is None:
+        future.result().close()
+
+
+def _over_budget(identity: Inbound | None, raw: bytes, budget: Budget, why: Overrun) -> Inbound:
+    mid = _mid(identity)
+    detail = {
+        Overrun.TIME: f"not parsed within {budget.seconds:g} s (parse_seconds)",
+        Overrun.MEMORY: f"needs more than {budget.memory_mb} MB to parse (parse_memory_mb)",
+        Overrun.DIED: "the parse worker died twice on it",
+    }[why]
+    log.warning(
+        "<%s>: %s: %s; the worker was stopped",
+        mid,
+        REASON,
+        detail,
+        extra={"message_id": mid, "ticket": "-"},
+    )
+    base = identity or _NOBODY
+    return dataclasses.replace(
+        base, fatal=REASON, defects=(*base.defects, f"{REASON}: {why.value}"), size=len(raw)
+    )
+
+
+# what is known of a message whose headers were not read either
+_NOBODY = Inbound(
+    message_id=None,
+    in_reply_to=(),
+    references=(),
+    subject="",
+    sender=None,
+    sender_name="",
+    from_raw="",
+    to=(),
+    cc=(),
+    delivered_to=(),
+    reply_to=(),
+    return_path=None,
+    date=None,
+    headers=(),
+    text="",
+    reply_text="",
+    html=None,
+    attachments=(),
+    report=None,
+    defects=(),
+    size=0,
+)
+
+
+def _mid(identity: Inbound | None) -> str:
+    return (identity.message_id if identity else None) or "no Message-ID"
+
+
+# ------------------------------------------------------------------------------------------
+# The daemon's side of one worker
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    inbound: Inbound | None = None  # the result; None when over budget
+    identity: Inbound | None = None  # the identity headers, reported before the body walk
+    overrun: Overrun | None = None
+    grown: int = 0  # how much the worker's resident memory grew since it started, bytes
+
+
+def _start_soon(zygote: _Zygote) -> Future[_Worker]:
+    """A worker, asked for in a thread: the zygote may still be importing."""
+    future: Future[_Worker] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(zygote.fork())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the worker
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="parse-worker-start", daemon=True).start()
+    return future
+
+
+class _Zygote:
+    """``python -m maildesk.parsing FD``: a single-threaded process that has imported
+    ``inbound`` and forks a worker for each socket the daemon sends it, answering with the
+    worker's pid and a pidfd. It exits when the daemon closes its end, or dies."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "maildesk.parsing", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        self.control = ours
+        self._lock = threading.Lock()
+
+    def fork(self) -> _Worker:
+        """A new worker (OSError when the zygote is gone)."""
+        ours, theirs = socket.socketpair()
+        level = logging.getLogger().getEffectiveLevel()
+        with self._lock, theirs:
+            socket.send_fds(self.control, [b"%d" % level], [theirs.fileno()])
+            answer, fds, _, _ = socket.recv_fds(self.control, 32, 1)
+        if not answer:
+            ours.close()
+            raise OSError("the parse zygote exited")
+        return _Worker(int(answer), fds[0] if fds else None, Connection(ours.detach()))
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self.control.close()
+        try:
+            self.process.wait(2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Worker:
+    """One worker process and the daemon's end of its socket."""
+
+    def __init__(self, pid: int, pidfd: int | None, conn: Connection) -> None:
+        self.pid = pid
+        self.pidfd = pidfd  # kills exactly this process, even once its pid is reused
+        self.conn = conn
+        self.memory_mb: int | None = None  # fixed by the first message's budget
+
+    def parse(self, raw: bytes, budget: Budget) -> _Outcome:
+        self.memory_mb = budget.memory_mb
+        deadline = time.monotonic() + budget.seconds
+        identity: Inbound | None = None
+        try:
+            self.conn.send_bytes(pickle.dumps(budget, pickle.HIGHEST_PROTOCOL))
+            self.conn.send_bytes(raw)
+            while True:
+                if not self.conn.poll(max(deadline - time.monotonic(), 0)):
+                    return _Outcome(identity=identity, overrun=Overrun.TIME)
+                kind, *rest = pickle.loads(self.conn.recv_bytes())
+                if kind == "identity":
+                    identity = rest[0]
+                    continue
+                _relog(rest[-1])
+                if kind == "over":
+                    return _Outcome(identity=identity, overrun=Overrun.MEMORY)
+                result, grown = rest[0], rest[1]
+                payloads = tuple(self.conn.recv_bytes() for _ in result.attachments)
+                return _Outcome(inbound=_with_payloads(result, payloads), grown=grown)
+        except (EOFError, OSError):
+            return _Outcome(identity=identity, overrun=Overrun.DIED)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Close its socket (an idle worker exits at once); SIGKILL it first with ``kill``."""
+        if kill:
+            try:
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone already
+        self.conn.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _with_payloads(result: Inbound, payloads: tuple[bytes, ...]) -> Inbound:
+    attachments = tuple(
+        dataclasses.replace(a, payload=p) for a, p in zip(result.attachments, payloads, strict=True)
+    )
+    return dataclasses.replace(result, attachments=attachments)
+
+
+def _relog(records: list[tuple[str, int, str]]) -> None:
+    """Log here what the worker would have logged (it has no handlers of its own)."""
+    for name, level, text in records:
+        logging.getLogger(name).log(level, "%s", text)
+
+
+# ------------------------------------------------------------------------------------------
+# The worker process
+# ------------------------------------------------------------------------------------------
+
+
+def _zygote_main(control_fd: int) -> None:
+    """The zygote's loop: fork a worker on each socket received, answer with its pid and a
+    pidfd; exit when the daemon's end closes."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us by closing the socket
+    control = socket.socket(fileno=control_fd)
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(control, 32, 1)
+        except ConnectionError:
+            return
+        if not request or not fds:
+            return
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            code = 0
+            try:
+                _serve(Connection(fds[0]), int(request))
+            except BaseException:  # noqa: BLE001 - a worker never returns into the zygote's loop
+                traceback.print_exc()
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        pidfd = _pidfd(pid)
+        socket.send_fds(control, [b"%d" % pid], [pidfd] if pidfd is not None else [])
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # exited already, or no pidfds (Linux before 5.3)
+        return None
+
+
+def _serve(conn: Connection, level: int) -> None:
+    """The worker's loop: a budget and a message in, the identity and the result out, until the
+    daemon closes the pipe. Exits after a message over budget: its heap is not worth keeping."""
+    _tether()
+    # Ctrl-C reaches the whole process group; the daemon decides what to do with the message
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    shipped = _Shipped(level)
+    start = _memory()
+    limit_set = False
+    while True:
+        try:
+            budget: Budget = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            return
+        if not limit_set:
+            # a soft limit only: the hard one stays, so the kernel never refuses a raise later
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            cap = start.size + int(budget.memory_mb * _MB * (1 + HEADROOM))
+            if hard != resource.RLIM_INFINITY:
+                cap = min(cap, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+            limit_set = True
+        if not _one(conn, budget, start, shipped):
+            return
+
+
+def _one(conn: Connection, budget: Budget, start: _Memory, shipped: _Shipped) -> bool:
+    """Parse one message and answer; False when the worker should exit."""
+
+    def identified(found: Inbound) -> None:
+        conn.send_bytes(pickle.dumps(("identity", dataclasses.replace(found, headers=()))))
+
+    try:
+        raw = conn.recv_bytes()
+        result = inbound.parse(raw, budget.limits, identified=identified)
+        del raw
+        now = _memory()
+        if _ran_out(result) or now.peak - start.size > budget.memory_mb * _MB:
+            del result
+            conn.send_bytes(pickle.dumps(("over", shipped.take())))
+            return False
+        bare = dataclasses.replace(
+            result,
+            attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
+        )
+        answer = pickle.dumps(("done", bare, now.resident - start.resident, shipped.take()))
+        conn.send_bytes(answer)
+        for attachment in result.attachments:
+            conn.send_bytes(attachment.payload)
+        return True
+    except MemoryError:
+        conn.send_bytes(pickle.dumps(("over", shipped.take())))
+        return False
+
+
+def _ran_out(result: Inbound) -> bool:
+    """Whether memory ran out somewhere that recorded it and went on with less."""
+    return any("MemoryError" in text for text in (result.fatal or "", *result.defects))
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    size: int  # address space now (what RLIMIT_AS limits), bytes
+    peak: int  # the most address space this process ever had
+    resident: int
+
+
+def _memory() -> _Memory:
+    fields: dict[str, int] = {}
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            name, _, value = line.partition(b":")
+            if name in (b"VmSize", b"VmPeak", b"VmRSS"):
+                fields[name.decode()] = int(value.split()[0]) * 1024
+    return _Memory(fields["VmSize"], fields["VmPeak"], fields["VmRSS"])
+
+
+def _tether() -> None:
+    """Linux: named ``maildesk-parse`` (ps, top) and killed by the kernel when the zygote
+    exits, which it does when the daemon does."""
+    zygote = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, b"maildesk-parse", 0, 0, 0)  # PR_SET_NAME
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != zygote:  # it died while this process was starting
+        os._exit(0)
+
+
+class _Shipped(logging.Handler):
+    """Keeps what the worker logs, to be logged by the daemon with the message's answer."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[tuple[str, int, str]] = []
+        root = logging.getLogger()
+        root.handlers[:] = [self]
+        root.setLevel(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < MAX_LOG_RECORDS:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.records.append((record.name, record.levelno, text))
+
+    def take(self) -> list[tuple[str, int, str]]:
+        records, self.records = self.records, []
+        return records
+
+
+if __name__ == "__main__":
+    # as maildesk.parsing, not __main__: what the workers unpickle must be this very module
+    from maildesk import parsing
+
+    parsing._zygote_main(int(sys.argv[1]))
