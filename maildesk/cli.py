@@ -233,7 +233,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings.mailbox(mailbox)
     desk = Desk(settings)
     try:
-        desk.parser.start()  # its worker starts while the message is read and the database opened
+        # one message: its worker is a fork of this process, which has no thread yet
+        desk.parser.start(ingest.budget_of(desk), fork=True)
         raw = sys.stdin.buffer.read()
         db = open_db(settings)
         outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
@@ -400,6 +401,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
+    from maildesk import ingest
     from maildesk.tickets import Desk
 
     settings = load_settings(args)
@@ -417,6 +419,8 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
         return 1
     desk = Desk(settings)
     try:
+        # its worker is a fork of this process, which has no thread yet: no interpreter to start
+        desk.parser.start(ingest.budget_of(desk), fork=True)
         failed = _replay(settings, db, desk, rows)
         if rows:
             asyncio.run(_deliver_now(settings, db, desk))

@@ -335,7 +335,8 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._install_signals()
         if self.boxes:
-            self.desk.parser.start()  # its worker starts while the mailboxes log in
+            # its worker starts while the mailboxes log in
+            self.desk.parser.start(ingest.budget_of(self.desk))
         self.start_metrics()
         try:
             boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.boxes]

@@ -24,8 +24,10 @@ import logging
 import os
 import pickle
 import resource
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -35,6 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 from maildesk import inbound
 from maildesk.inbound import Inbound, Limits
@@ -82,11 +85,18 @@ class Parser:
         self._coming: list[Future[_Worker]] = []
         self._closed = False
 
-    def start(self) -> None:
-        """Have a worker ready before the first message (the zygote takes a moment to import)."""
+    def start(self, budget: Budget, *, fork: bool = False) -> None:
+        """Have a worker ready before the first message (the zygote takes a moment to import).
+
+        ``fork``: make the first worker a fork of this process, at once. Only while this
+        process has no other thread: a one-shot command saves starting an interpreter."""
         with self._lock:
-            if not self._idle and not self._coming and not self._closed:
-                self._coming.append(_start_soon(self._running_zygote()))
+            if self._idle or self._coming or self._closed:
+                return
+            if fork:
+                self._idle.append(_Worker.fork_here(budget))
+            else:
+                self._coming.append(_start_soon(self._running_zygote(), budget))
 
     def parse(self, raw: bytes, budget: Budget) -> Inbound:
         """``inbound.parse(raw, budget.limits)`` in a worker, within ``budget``.
@@ -95,15 +105,14 @@ class Parser:
         that dies without an answer (killed from outside, or crashed in C) gets the message once
         more on a fresh worker; dying twice counts as over budget. Raises OSError only when no
         worker can be started at all, which is the machine's problem, not the message's."""
-        identity: Inbound | None = None
         for attempt in (1, 2):
             worker = self._take(budget)
-            outcome = worker.parse(raw, budget)
-            identity = outcome.identity or identity
+            outcome = worker.parse(raw)
             if outcome.inbound is not None:
                 self._give_back(worker, outcome.grown)
                 return outcome.inbound
-            self._retire(worker, kill=True)
+            identity = worker.stop()
+            self._replace(budget)
             assert outcome.overrun is not None
             if outcome.overrun is not Overrun.DIED or attempt == 2:
                 return _over_budget(identity, raw, budget, outcome.overrun)
@@ -151,15 +160,16 @@ class Parser:
                 except OSError:  # the zygote died meanwhile: one more try on a fresh one
                     continue
             elif zygote is not None:
-                worker = zygote.fork()
+                worker = zygote.fork(budget)
             assert worker is not None
-            if worker.memory_mb in (None, budget.memory_mb):
+            if worker.budget == budget:
                 return worker
-            worker.close()  # its limit was set for another budget (the config was reloaded)
+            worker.close()  # started for another budget (the config was reloaded)
 
     def _give_back(self, worker: _Worker, grown: int) -> None:
-        if grown > RECYCLE_BYTES:
-            self._retire(worker)
+        if grown > RECYCLE_BYTES:  # malloc keeps what it got: a fresh worker gives it back
+            worker.close()
+            self._replace(worker.budget)
             return
         with self._lock:
             if not self._closed:
@@ -167,12 +177,11 @@ class Parser:
                 return
         worker.close()
 
-    def _retire(self, worker: _Worker, *, kill: bool = False) -> None:
-        """Replace ``worker``: end it and have the next one started in the background."""
-        worker.close(kill=kill)
+    def _replace(self, budget: Budget) -> None:
+        """Have the next worker started in the background, unless one is there."""
         with self._lock:
             if not self._closed and not self._idle and not self._coming:
-                self._coming.append(_start_soon(self._running_zygote()))
+                self._coming.append(_start_soon(self._running_zygote(), budget))
 
 
 def _close_started(future: Future[_Worker]) -> None:
@@ -238,18 +247,17 @@ def _mid(identity: Inbound | None) -> str:
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     inbound: Inbound | None = None  # the result; None when over budget
-    identity: Inbound | None = None  # the identity headers, reported before the body walk
     overrun: Overrun | None = None
     grown: int = 0  # how much the worker's resident memory grew since it started, bytes
 
 
-def _start_soon(zygote: _Zygote) -> Future[_Worker]:
+def _start_soon(zygote: _Zygote, budget: Budget) -> Future[_Worker]:
     """A worker, asked for in a thread: the zygote may still be importing."""
     future: Future[_Worker] = Future()
 
     def run() -> None:
         try:
-            future.set_result(zygote.fork())
+            future.set_result(zygote.fork(budget))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the worker
             future.set_exception(exc)
 
@@ -274,17 +282,27 @@ class _Zygote:
         self.control = ours
         self._lock = threading.Lock()
 
-    def fork(self) -> _Worker:
-        """A new worker (OSError when the zygote is gone)."""
+    def fork(self, budget: Budget) -> _Worker:
+        """A new worker for messages of ``budget`` (OSError when the zygote is gone)."""
         ours, theirs = socket.socketpair()
-        level = logging.getLogger().getEffectiveLevel()
-        with self._lock, theirs:
-            socket.send_fds(self.control, [b"%d" % level], [theirs.fileno()])
-            answer, fds, _, _ = socket.recv_fds(self.control, 32, 1)
+        note = _new_note()
+        request = pickle.dumps((logging.getLogger().getEffectiveLevel(), budget))
+        try:
+            with self._lock:
+                socket.send_fds(self.control, [request], [theirs.fileno(), note])
+                answer, fds, _, _ = socket.recv_fds(self.control, 32, 1)
+        except OSError:
+            ours.close()
+            os.close(note)
+            raise
+        finally:
+            theirs.close()
         if not answer:
             ours.close()
+            os.close(note)
             raise OSError("the parse zygote exited")
-        return _Worker(int(answer), fds[0] if fds else None, Connection(ours.detach()))
+        pidfd = fds[0] if fds else None
+        return _Worker(int(answer), pidfd, Connection(ours.detach()), note, budget)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -299,51 +317,120 @@ class _Zygote:
 
 
 class _Worker:
-    """One worker process and the daemon's end of its socket."""
+    """One worker process and the daemon's ends of its socket and of its identity note."""
 
-    def __init__(self, pid: int, pidfd: int | None, conn: Connection) -> None:
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int | None,
+        conn: Connection,
+        note: int,
+        budget: Budget,
+        *,
+        child: bool = False,
+    ) -> None:
         self.pid = pid
         self.pidfd = pidfd  # kills exactly this process, even once its pid is reused
         self.conn = conn
-        self.memory_mb: int | None = None  # fixed by the first message's budget
+        self.note = note
+        self.budget = budget  # its memory limit was set for this budget
+        self.sent = 0  # messages sent; the note of the one in hand carries this number
+        self.child = child  # forked by this process, which reaps it; else by the zygote
 
-    def parse(self, raw: bytes, budget: Budget) -> _Outcome:
-        self.memory_mb = budget.memory_mb
-        deadline = time.monotonic() + budget.seconds
-        identity: Inbound | None = None
+    @classmethod
+    def fork_here(cls, budget: Budget) -> _Worker:
+        """A worker forked from this process (which must have no other thread)."""
+        ours, theirs = socket.socketpair()
+        note = _new_note()
+        level = logging.getLogger().getEffectiveLevel()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()  # or the worker would never see the end of its input
+            # nothing of the command's own input and output: an MTA reads that
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            _worker_main(theirs.detach(), note, level, budget)
+        theirs.close()
+        return cls(pid, _pidfd(pid), Connection(ours.detach()), note, budget, child=True)
+
+    def parse(self, raw: bytes) -> _Outcome:
+        deadline = time.monotonic() + self.budget.seconds
+        self.sent += 1
         try:
-            self.conn.send_bytes(pickle.dumps(budget, pickle.HIGHEST_PROTOCOL))
             self.conn.send_bytes(raw)
-            while True:
-                if not self.conn.poll(max(deadline - time.monotonic(), 0)):
-                    return _Outcome(identity=identity, overrun=Overrun.TIME)
-                kind, *rest = pickle.loads(self.conn.recv_bytes())
-                if kind == "identity":
-                    identity = rest[0]
-                    continue
-                _relog(rest[-1])
-                if kind == "over":
-                    return _Outcome(identity=identity, overrun=Overrun.MEMORY)
-                result, grown = rest[0], rest[1]
-                payloads = tuple(self.conn.recv_bytes() for _ in result.attachments)
-                return _Outcome(inbound=_with_payloads(result, payloads), grown=grown)
+            if not self.conn.poll(max(deadline - time.monotonic(), 0)):
+                return _Outcome(overrun=Overrun.TIME)
+            kind, *rest = pickle.loads(self.conn.recv_bytes())
+            _relog(rest[-1])
+            if kind == "over":
+                return _Outcome(overrun=Overrun.MEMORY)
+            result, grown = rest[0], rest[1]
+            payloads = tuple(self.conn.recv_bytes() for _ in result.attachments)
+            return _Outcome(inbound=_with_payloads(result, payloads), grown=grown)
         except (EOFError, OSError):
-            return _Outcome(identity=identity, overrun=Overrun.DIED)
+            return _Outcome(overrun=Overrun.DIED)
 
-    def close(self, *, kill: bool = False) -> None:
-        """Close its socket (an idle worker exits at once); SIGKILL it first with ``kill``."""
-        if kill:
-            try:
-                if self.pidfd is not None:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                else:
-                    os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # gone already
+    def stop(self) -> Inbound | None:
+        """SIGKILL it, wait until it is gone, close it; the identity headers it noted for the
+        message in hand, if it got that far."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                select.select([self.pidfd], [], [], 1.0)  # readable once it has exited
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already
+        identity = _read_note(self.note, self.sent)
+        self.close()
+        return identity
+
+    def close(self) -> None:
+        """Close its socket and wait for it to exit, which an idle worker does at once (so
+        its memory is given back before the next message)."""
         self.conn.close()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+        if self.child:
+            os.waitpid(self.pid, 0)
+        elif self.pidfd is not None:
+            select.select([self.pidfd], [], [], 1.0)  # readable once it has exited
+        for fd in (self.pidfd, self.note):
+            if fd is not None:
+                os.close(fd)
+        self.pidfd = None
+
+
+# The identity note: a small shared file (memfd) the worker writes the identity headers of each
+# message into, numbered, before the body walk. The daemon reads it only when a parse fails, so
+# an ordinary message costs the daemon no extra wake-up.
+NOTE_BYTES = 64 * 1024
+_NOTE_HEAD = struct.Struct("<QI")  # message number, length of the pickle that follows
+
+
+def _new_note() -> int:
+    note = os.memfd_create("maildesk-parse-identity")
+    os.ftruncate(note, NOTE_BYTES)
+    return note
+
+
+def _write_note(note: int, number: int, identity: Inbound) -> None:
+    slim = dataclasses.replace(identity, headers=(), references=(), in_reply_to=())
+    data = pickle.dumps(slim, pickle.HIGHEST_PROTOCOL)
+    if _NOTE_HEAD.size + len(data) <= NOTE_BYTES:
+        os.pwrite(note, _NOTE_HEAD.pack(number, len(data)) + data, 0)
+
+
+def _read_note(note: int, number: int) -> Inbound | None:
+    try:
+        found, size = _NOTE_HEAD.unpack(os.pread(note, _NOTE_HEAD.size, 0))
+        if found != number:
+            return None  # killed before it read this message's headers
+        identity = pickle.loads(os.pread(note, size, _NOTE_HEAD.size))
+    except Exception:  # noqa: BLE001 - a note cut short by the kill is no note
+        return None
+    return identity if isinstance(identity, Inbound) else None
 
 
 def _with_payloads(result: Inbound, payloads: tuple[bytes, ...]) -> Inbound:
@@ -372,27 +459,34 @@ def _zygote_main(control_fd: int) -> None:
     control = socket.socket(fileno=control_fd)
     while True:
         try:
-            request, fds, _, _ = socket.recv_fds(control, 32, 1)
+            request, fds, _, _ = socket.recv_fds(control, 1 << 16, 2)
         except ConnectionError:
             return
-        if not request or not fds:
+        if not request or len(fds) != 2:
             return
         pid = os.fork()
         if pid == 0:
             control.close()
-            code = 0
-            try:
-                _serve(Connection(fds[0]), int(request))
-            except BaseException:  # noqa: BLE001 - a worker never returns into the zygote's loop
-                traceback.print_exc()
-                code = 70
-            finally:
-                os._exit(code)
-        os.close(fds[0])
+            level, budget = pickle.loads(request)
+            _worker_main(fds[0], fds[1], level, budget)
+        for fd in fds:
+            os.close(fd)
         pidfd = _pidfd(pid)
         socket.send_fds(control, [b"%d" % pid], [pidfd] if pidfd is not None else [])
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _worker_main(channel: int, note: int, level: int, budget: Budget) -> NoReturn:
+    """A freshly forked worker: serve, then exit without running the parent's exit handlers."""
+    code = 0
+    try:
+        _serve(Connection(channel), note, level, budget)
+    except BaseException:  # noqa: BLE001 - a worker never returns into its parent's code
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -402,44 +496,56 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _serve(conn: Connection, level: int) -> None:
-    """The worker's loop: a budget and a message in, the identity and the result out, until the
-    daemon closes the pipe. Exits after a message over budget: its heap is not worth keeping."""
+def _serve(conn: Connection, note: int, level: int, budget: Budget) -> None:
+    """The worker's loop: a message in, its identity noted, the result out, until the daemon
+    closes the socket. Exits after a message over budget: its heap is not worth keeping."""
     _tether()
     # Ctrl-C reaches the whole process group; the daemon decides what to do with the message
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shipped = _Shipped(level)
     start = _memory()
-    limit_set = False
+    _limit_memory(start.size + int(budget.memory_mb * _MB * (1 + HEADROOM)))
+    number = 0
     while True:
+        number += 1
         try:
-            budget: Budget = pickle.loads(conn.recv_bytes())
+            raw = conn.recv_bytes()
         except EOFError:
             return
-        if not limit_set:
-            # a soft limit only: the hard one stays, so the kernel never refuses a raise later
-            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-            cap = start.size + int(budget.memory_mb * _MB * (1 + HEADROOM))
-            if hard != resource.RLIM_INFINITY:
-                cap = min(cap, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-            limit_set = True
-        if not _one(conn, budget, start, shipped):
+        except MemoryError:  # the message alone is over budget
+            conn.send_bytes(pickle.dumps(("over", shipped.take())))
+            return
+        if not _one(conn, raw, _Task(number, note, budget, start), shipped):
             return
 
 
-def _one(conn: Connection, budget: Budget, start: _Memory, shipped: _Shipped) -> bool:
+def _limit_memory(cap: int) -> None:
+    # the soft limit only: the hard one stays as it was
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    number: int  # the message's number on this worker, for the identity note
+    note: int  # the note's file descriptor
+    budget: Budget
+    start: _Memory  # the worker's, before any message
+
+
+def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
     """Parse one message and answer; False when the worker should exit."""
-
-    def identified(found: Inbound) -> None:
-        conn.send_bytes(pickle.dumps(("identity", dataclasses.replace(found, headers=()))))
-
     try:
-        raw = conn.recv_bytes()
-        result = inbound.parse(raw, budget.limits, identified=identified)
+        result = inbound.parse(
+            raw,
+            task.budget.limits,
+            identified=lambda found: _write_note(task.note, task.number, found),
+        )
         del raw
         now = _memory()
-        if _ran_out(result) or now.peak - start.size > budget.memory_mb * _MB:
+        if _ran_out(result) or now.peak - task.start.size > task.budget.memory_mb * _MB:
             del result
             conn.send_bytes(pickle.dumps(("over", shipped.take())))
             return False
@@ -447,8 +553,8 @@ def _one(conn: Connection, budget: Budget, start: _Memory, shipped: _Shipped) ->
             result,
             attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
         )
-        answer = pickle.dumps(("done", bare, now.resident - start.resident, shipped.take()))
-        conn.send_bytes(answer)
+        answer = ("done", bare, now.resident - task.start.resident, shipped.take())
+        conn.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
         for attachment in result.attachments:
             conn.send_bytes(attachment.payload)
         return True
