@@ -248,7 +248,7 @@ def _mid(identity: Inbound | None) -> str:
 class _Outcome:
     inbound: Inbound | None = None  # the result; None when over budget
     overrun: Overrun | None = None
-    grown: int = 0  # how much the worker's resident memory grew since it started, bytes
+    grown: int = 0  # how far the worker's peak resident memory grew since it started, bytes
 
 
 def _start_soon(zygote: _Zygote, budget: Budget) -> Future[_Worker]:
@@ -336,6 +336,8 @@ class _Worker:
         self.budget = budget  # its memory limit was set for this budget
         self.sent = 0  # messages sent; the note of the one in hand carries this number
         self.child = child  # forked by this process, which reaps it; else by the zygote
+        self._answer = select.poll()  # kept: a poll object per wait costs more than the wait
+        self._answer.register(conn.fileno(), select.POLLIN)
 
     @classmethod
     def fork_here(cls, budget: Budget) -> _Worker:
@@ -361,7 +363,7 @@ class _Worker:
         self.sent += 1
         try:
             self.conn.send_bytes(raw)
-            if not self.conn.poll(max(deadline - time.monotonic(), 0)):
+            if not self._answer.poll(max(deadline - time.monotonic(), 0) * 1000):
                 return _Outcome(overrun=Overrun.TIME)
             kind, *rest = pickle.loads(self.conn.recv_bytes())
             _relog(rest[-1])
@@ -416,8 +418,9 @@ def _new_note() -> int:
 
 
 def _write_note(note: int, number: int, identity: Inbound) -> None:
-    slim = dataclasses.replace(identity, headers=(), references=(), in_reply_to=())
-    data = pickle.dumps(slim, pickle.HIGHEST_PROTOCOL)
+    """What the quarantine shows of a message: its Message-ID, From and Subject."""
+    fields = (identity.message_id, identity.from_raw, identity.subject)
+    data = pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
     if _NOTE_HEAD.size + len(data) <= NOTE_BYTES:
         os.pwrite(note, _NOTE_HEAD.pack(number, len(data)) + data, 0)
 
@@ -427,13 +430,15 @@ def _read_note(note: int, number: int) -> Inbound | None:
         found, size = _NOTE_HEAD.unpack(os.pread(note, _NOTE_HEAD.size, 0))
         if found != number:
             return None  # killed before it read this message's headers
-        identity = pickle.loads(os.pread(note, size, _NOTE_HEAD.size))
+        message_id, from_raw, subject = pickle.loads(os.pread(note, size, _NOTE_HEAD.size))
     except Exception:  # noqa: BLE001 - a note cut short by the kill is no note
         return None
-    return identity if isinstance(identity, Inbound) else None
+    return dataclasses.replace(_NOBODY, message_id=message_id, from_raw=from_raw, subject=subject)
 
 
 def _with_payloads(result: Inbound, payloads: tuple[bytes, ...]) -> Inbound:
+    if not payloads:
+        return result
     attachments = tuple(
         dataclasses.replace(a, payload=p) for a, p in zip(result.attachments, payloads, strict=True)
     )
@@ -503,8 +508,8 @@ def _serve(conn: Connection, note: int, level: int, budget: Budget) -> None:
     # Ctrl-C reaches the whole process group; the daemon decides what to do with the message
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shipped = _Shipped(level)
-    start = _memory()
-    _limit_memory(start.size + int(budget.memory_mb * _MB * (1 + HEADROOM)))
+    start = _peak_resident()
+    _limit_memory(_address_space() + int(budget.memory_mb * _MB * (1 + HEADROOM)))
     number = 0
     while True:
         number += 1
@@ -532,7 +537,7 @@ class _Task:
     number: int  # the message's number on this worker, for the identity note
     note: int  # the note's file descriptor
     budget: Budget
-    start: _Memory  # the worker's, before any message
+    start: int  # the worker's resident memory before any message, bytes
 
 
 def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
@@ -544,16 +549,18 @@ def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
             identified=lambda found: _write_note(task.note, task.number, found),
         )
         del raw
-        now = _memory()
-        if _ran_out(result) or now.peak - task.start.size > task.budget.memory_mb * _MB:
+        grown = _peak_resident() - task.start  # what its biggest message took
+        if _ran_out(result) or grown > task.budget.memory_mb * _MB:
             del result
             conn.send_bytes(pickle.dumps(("over", shipped.take())))
             return False
-        bare = dataclasses.replace(
-            result,
-            attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
-        )
-        answer = ("done", bare, now.resident - task.start.resident, shipped.take())
+        bare = result
+        if result.attachments:  # their bytes follow, each a frame of its own: no pickled copy
+            bare = dataclasses.replace(
+                result,
+                attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
+            )
+        answer = ("done", bare, grown, shipped.take())
         conn.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
         for attachment in result.attachments:
             conn.send_bytes(attachment.payload)
@@ -568,21 +575,16 @@ def _ran_out(result: Inbound) -> bool:
     return any("MemoryError" in text for text in (result.fatal or "", *result.defects))
 
 
-@dataclass(frozen=True, slots=True)
-class _Memory:
-    size: int  # address space now (what RLIMIT_AS limits), bytes
-    peak: int  # the most address space this process ever had
-    resident: int
+def _address_space() -> int:
+    """This process's address space now (what RLIMIT_AS limits), bytes."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
 
 
-def _memory() -> _Memory:
-    fields: dict[str, int] = {}
-    with open("/proc/self/status", "rb") as status:
-        for line in status:
-            name, _, value = line.partition(b":")
-            if name in (b"VmSize", b"VmPeak", b"VmRSS"):
-                fields[name.decode()] = int(value.split()[0]) * 1024
-    return _Memory(fields["VmSize"], fields["VmPeak"], fields["VmRSS"])
+def _peak_resident() -> int:
+    """The most memory this process ever had resident, bytes (a forked process starts from its
+    size at the fork). One system call: cheap enough for every message."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _tether() -> None:
