@@ -300,3 +300,47 @@ def test_a_worker_killed_mid_parse_loses_nothing(world: DeskWorld) -> None:
     wait_until(lambda: len(world.account.uids("Processed")) == 2, 10, "both moved")
     assert world.account.uids("INBOX") == []
     assert victim not in parse_workers(os.getpid())
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (exited; a zombie not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+@pytest.mark.parametrize(
+    "world", [limits(parse_seconds=60, parse_memory_mb=2048)], indirect=True, ids=["60s"]
+)
+def test_a_daemon_killed_mid_parse_leaves_no_parse_process_behind(
+    world: DeskWorld, daemon: Daemon
+) -> None:
+    """SIGKILL to the daemon while a worker is busy: the zygote sees its socket close and
+    exits, and the kernel kills the worker with it. The message is handled after a restart."""
+    world.deliver(csv_poison(20, subject="Big export"))
+    pid = daemon.process.pid
+
+    def busy() -> list[int]:
+        workers = parse_workers(pid)
+        return workers if any(cpu_seconds(w) > 0.3 for w in workers) else []
+
+    workers = wait_until(busy, 60, "a worker parsing the big message")
+    zygote = int(Path(f"/proc/{workers[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert b"maildesk.parsing" in Path(f"/proc/{zygote}/cmdline").read_bytes()
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(10)
+
+    for left in (*workers, zygote):
+        wait_until(lambda: gone(left), 10, f"process {left} gone")  # noqa: B023
+    again = Daemon(world, daemon.log.with_name("again.log"))
+    try:
+        world.wait_mails_to("mallory@poison.test", 1, timeout=90)
+    finally:
+        again.stop()
+    assert {t["requester"] for t in world.tickets()} == {
+        "first@customer.test",
+        "mallory@poison.test",
+    }
