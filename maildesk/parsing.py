@@ -36,7 +36,6 @@ import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
-from multiprocessing.connection import Connection
 from typing import NoReturn
 
 from maildesk import inbound
@@ -105,23 +104,12 @@ class Parser:
         that dies without an answer (killed from outside, or crashed in C) gets the message once
         more on a fresh worker; dying twice counts as over budget. Raises OSError only when no
         worker can be started at all, which is the machine's problem, not the message's."""
-        for attempt in (1, 2):
-            worker = self._take(budget)
-            outcome = worker.parse(raw)
-            if outcome.inbound is not None:
-                self._give_back(worker, outcome.grown)
-                return outcome.inbound
-            identity = worker.stop()
-            self._replace(budget)
-            assert outcome.overrun is not None
-            if outcome.overrun is not Overrun.DIED or attempt == 2:
-                return _over_budget(identity, raw, budget, outcome.overrun)
-            log.warning(
-                "<%s>: the parse worker died; parsing the message again on a fresh one",
-                _mid(identity),
-                extra={"message_id": _mid(identity), "ticket": "-"},
-            )
-        raise AssertionError("unreachable")
+        return self.begin(raw, budget).result()
+
+    def begin(self, raw: bytes, budget: Budget) -> Parsing:
+        """``parse`` in two halves: the message goes to a worker now, and ``result()`` waits for
+        it, so the caller can do other work meanwhile (commit the message before)."""
+        return Parsing(self, raw, budget)
 
     def close(self) -> None:
         """End every worker and the zygote (an idle worker exits when its socket closes)."""
@@ -139,6 +127,8 @@ class Parser:
 
     def _running_zygote(self) -> _Zygote:
         """The zygote, started again if it died (called with the lock held)."""
+        if self._closed:
+            raise OSError("the parser is closed")
         if self._zygote is None or not self._zygote.alive():
             if self._zygote is not None:
                 self._zygote.close()
@@ -162,9 +152,10 @@ class Parser:
             elif zygote is not None:
                 worker = zygote.fork(budget)
             assert worker is not None
-            if worker.budget == budget:
+            if worker.budget == budget and worker.idle():
                 return worker
-            worker.close()  # started for another budget (the config was reloaded)
+            # started for another budget (the config was reloaded), or died while it waited
+            worker.close()
 
     def _give_back(self, worker: _Worker, grown: int) -> None:
         if grown > RECYCLE_BYTES:  # malloc keeps what it got: a fresh worker gives it back
@@ -182,6 +173,49 @@ class Parser:
         with self._lock:
             if not self._closed and not self._idle and not self._coming:
                 self._coming.append(_start_soon(self._running_zygote(), budget))
+
+
+class Parsing:
+    """One message in a worker (``Parser.begin``): ``result()`` once, or ``cancel()``."""
+
+    def __init__(self, parser: Parser, raw: bytes, budget: Budget) -> None:
+        self._parser = parser
+        self._raw = raw
+        self._budget = budget
+        self._worker: _Worker | None = parser._take(budget)
+        self._worker.send(raw)
+
+    def result(self) -> Inbound:
+        """The parsed message; over budget, one whose ``fatal`` says so (see ``Parser.parse``)."""
+        assert self._worker is not None, "result() once, and not after cancel()"
+        for attempt in (1, 2):
+            worker = self._worker
+            outcome = worker.receive()
+            if outcome.inbound is not None:
+                self._worker = None
+                self._parser._give_back(worker, outcome.grown)
+                return outcome.inbound
+            identity = worker.stop()
+            self._worker = None
+            self._parser._replace(self._budget)
+            assert outcome.overrun is not None
+            if outcome.overrun is not Overrun.DIED or attempt == 2:
+                return _over_budget(identity, self._raw, self._budget, outcome.overrun)
+            log.warning(
+                "<%s>: the parse worker died; parsing the message again on a fresh one",
+                _mid(identity),
+                extra={"message_id": _mid(identity), "ticket": "-"},
+            )
+            self._worker = self._parser._take(self._budget)
+            self._worker.send(self._raw)
+        raise AssertionError("unreachable")
+
+    def cancel(self) -> None:
+        """Forget the message (the caller stops): its worker is stopped and replaced."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+            self._parser._replace(self._budget)
 
 
 def _close_started(future: Future[_Worker]) -> None:
@@ -265,6 +299,49 @@ def _start_soon(zygote: _Zygote, budget: Budget) -> Future[_Worker]:
     return future
 
 
+class _Channel:
+    """Frames (a length, then that many bytes) over a stream socket. Each frame is received
+    into one allocation of its exact size (``MSG_WAITALL``): a 30 MB attachment costs 30 MB,
+    not a buffer grown piece by piece."""
+
+    _HEAD = struct.Struct("!Q")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes) -> None:
+        if len(data) < 1 << 16:
+            self.sock.sendall(self._HEAD.pack(len(data)) + data)
+        else:  # no copy of a large frame
+            self.sock.sendall(self._HEAD.pack(len(data)))
+            self.sock.sendall(data)
+
+    def receive(self) -> bytes:
+        """The next frame (EOFError at the end of the stream)."""
+        (size,) = self._HEAD.unpack(self._exactly(self._HEAD.size))
+        return self._exactly(size)
+
+    def _exactly(self, size: int) -> bytes:
+        data = self.sock.recv(size, socket.MSG_WAITALL)
+        if len(data) == size:
+            return data
+        pieces = [data]  # cut short by a signal, or the end of the stream
+        missing = size - len(data)
+        while missing:
+            piece = self.sock.recv(missing, socket.MSG_WAITALL)
+            if not piece:
+                raise EOFError("the stream ended inside a frame")
+            pieces.append(piece)
+            missing -= len(piece)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Zygote:
     """``python -m maildesk.parsing FD``: a single-threaded process that has imported
     ``inbound`` and forks a worker for each socket the daemon sends it, answering with the
@@ -302,7 +379,7 @@ class _Zygote:
             os.close(note)
             raise OSError("the parse zygote exited")
         pidfd = fds[0] if fds else None
-        return _Worker(int(answer), pidfd, Connection(ours.detach()), note, budget)
+        return _Worker(int(answer), pidfd, _Channel(ours), note, budget)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -323,7 +400,7 @@ class _Worker:
         self,
         pid: int,
         pidfd: int | None,
-        conn: Connection,
+        conn: _Channel,
         note: int,
         budget: Budget,
         *,
@@ -335,6 +412,7 @@ class _Worker:
         self.note = note
         self.budget = budget  # its memory limit was set for this budget
         self.sent = 0  # messages sent; the note of the one in hand carries this number
+        self.deadline = 0.0  # when the message in hand is out of time (monotonic clock)
         self.child = child  # forked by this process, which reaps it; else by the zygote
         self._answer = select.poll()  # kept: a poll object per wait costs more than the wait
         self._answer.register(conn.fileno(), select.POLLIN)
@@ -356,24 +434,38 @@ class _Worker:
             os.dup2(null, 1)
             _worker_main(theirs.detach(), note, level, budget)
         theirs.close()
-        return cls(pid, _pidfd(pid), Connection(ours.detach()), note, budget, child=True)
+        return cls(pid, _pidfd(pid), _Channel(ours), note, budget, child=True)
 
-    def parse(self, raw: bytes) -> _Outcome:
-        deadline = time.monotonic() + self.budget.seconds
+    def send(self, raw: bytes) -> None:
+        """Hand it a message; its time starts now."""
+        self.deadline = time.monotonic() + self.budget.seconds
         self.sent += 1
         try:
-            self.conn.send_bytes(raw)
-            if not self._answer.poll(max(deadline - time.monotonic(), 0) * 1000):
+            self.conn.send(raw)
+        except OSError:
+            self.deadline = 0.0  # dead: ``receive`` says so at once
+
+    def receive(self) -> _Outcome:
+        """Its answer for the message sent, waiting no longer than the message's time."""
+        try:
+            if not self.deadline:
+                raise EOFError
+            if not self._answer.poll(max(self.deadline - time.monotonic(), 0) * 1000):
                 return _Outcome(overrun=Overrun.TIME)
-            kind, *rest = pickle.loads(self.conn.recv_bytes())
+            kind, *rest = pickle.loads(self.conn.receive())
             _relog(rest[-1])
             if kind == "over":
                 return _Outcome(overrun=Overrun.MEMORY)
             result, grown = rest[0], rest[1]
-            payloads = tuple(self.conn.recv_bytes() for _ in result.attachments)
+            payloads = tuple(self.conn.receive() for _ in result.attachments)
             return _Outcome(inbound=_with_payloads(result, payloads), grown=grown)
         except (EOFError, OSError):
             return _Outcome(overrun=Overrun.DIED)
+
+    def idle(self) -> bool:
+        """Still there and waiting: an idle worker says nothing, so anything to read on its
+        socket (the end of it) means it died meanwhile (killed, or its zygote gone)."""
+        return not self._answer.poll(0)
 
     def stop(self) -> Inbound | None:
         """SIGKILL it, wait until it is gone, close it; the identity headers it noted for the
@@ -486,7 +578,7 @@ def _worker_main(channel: int, note: int, level: int, budget: Budget) -> NoRetur
     """A freshly forked worker: serve, then exit without running the parent's exit handlers."""
     code = 0
     try:
-        _serve(Connection(channel), note, level, budget)
+        _serve(_Channel(socket.socket(fileno=channel)), note, level, budget)
     except BaseException:  # noqa: BLE001 - a worker never returns into its parent's code
         traceback.print_exc()
         code = 70
@@ -501,7 +593,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _serve(conn: Connection, note: int, level: int, budget: Budget) -> None:
+def _serve(conn: _Channel, note: int, level: int, budget: Budget) -> None:
     """The worker's loop: a message in, its identity noted, the result out, until the daemon
     closes the socket. Exits after a message over budget: its heap is not worth keeping."""
     _tether()
@@ -514,11 +606,11 @@ def _serve(conn: Connection, note: int, level: int, budget: Budget) -> None:
     while True:
         number += 1
         try:
-            raw = conn.recv_bytes()
+            raw = conn.receive()
         except EOFError:
             return
         except MemoryError:  # the message alone is over budget
-            conn.send_bytes(pickle.dumps(("over", shipped.take())))
+            conn.send(pickle.dumps(("over", shipped.take())))
             return
         if not _one(conn, raw, _Task(number, note, budget, start), shipped):
             return
@@ -540,7 +632,7 @@ class _Task:
     start: int  # the worker's resident memory before any message, bytes
 
 
-def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
+def _one(conn: _Channel, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
     """Parse one message and answer; False when the worker should exit."""
     try:
         result = inbound.parse(
@@ -552,7 +644,7 @@ def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
         grown = _peak_resident() - task.start  # what its biggest message took
         if _ran_out(result) or grown > task.budget.memory_mb * _MB:
             del result
-            conn.send_bytes(pickle.dumps(("over", shipped.take())))
+            conn.send(pickle.dumps(("over", shipped.take())))
             return False
         bare = result
         if result.attachments:  # their bytes follow, each a frame of its own: no pickled copy
@@ -561,12 +653,12 @@ def _one(conn: Connection, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
                 attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
             )
         answer = ("done", bare, grown, shipped.take())
-        conn.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+        conn.send(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
         for attachment in result.attachments:
-            conn.send_bytes(attachment.payload)
+            conn.send(attachment.payload)
         return True
     except MemoryError:
-        conn.send_bytes(pickle.dumps(("over", shipped.take())))
+        conn.send(pickle.dumps(("over", shipped.take())))
         return False
 
 
