@@ -85,12 +85,20 @@ def budget_of(desk: Desk) -> Budget:
 
 
 def process(
-    db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None
+    db: Database,
+    desk: Desk,
+    source: Source,
+    raw: bytes,
+    *,
+    replay: int | None = None,
+    parsed: Inbound | None = None,
 ) -> Outcome:
-    """Handle one message from ``source``; returns once its effect is committed."""
+    """Handle one message from ``source``; returns once its effect is committed. ``parsed``:
+    what ``desk.parser`` made of ``raw`` already (the daemon parses the next message meanwhile)."""
     # a large message goes to disk while it is parsed; a smaller one into the transaction
     kept = desk.store.put_raw_soon(raw) if len(raw) > RAW_IN_DATABASE else None
-    inbound = desk.parser.parse(raw, budget_of(desk))  # in a worker process, within budget
+    # in a worker process, within the budget
+    inbound = parsed or desk.parser.parse(raw, budget_of(desk))
     if inbound.fatal:
         if kept is not None:
             kept.result()
