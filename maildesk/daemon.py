@@ -336,9 +336,6 @@ class Daemon:
         """Run until stopped (or, with ``once``, until everything waiting is handled)."""
         self.loop = asyncio.get_running_loop()
         self._install_signals()
-        if self.boxes:
-            # its worker starts while the mailboxes log in
-            self.desk.parser.start(ingest.budget_of(self.desk))
         self.start_metrics()
         try:
             boxes = [asyncio.create_task(self.mailbox_loop(box)) for box in self.boxes]
@@ -569,6 +566,10 @@ class Daemon:
         """Handle every message waiting in the folder; move each batch after its commits."""
         while not self.stopping.is_set():
             uids = mailbox.pending()
+            if uids or not self.once:
+                # the first worker starts now, ready for the first message (not for a
+                # ``run --once`` that finds nothing to do)
+                self.desk.parser.start(ingest.budget_of(self.desk))
             if not uids:
                 return
             for start in range(0, len(uids), MOVE_BATCH):

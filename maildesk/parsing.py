@@ -85,12 +85,13 @@ class Parser:
         self._closed = False
 
     def start(self, budget: Budget, *, fork: bool = False) -> None:
-        """Have a worker ready before the first message (the zygote takes a moment to import).
+        """Have a worker ready before the first message (the zygote takes a moment to import);
+        nothing once one was started.
 
         ``fork``: make the first worker a fork of this process, at once. Only while this
         process has no other thread: a one-shot command saves starting an interpreter."""
         with self._lock:
-            if self._idle or self._coming or self._closed:
+            if self._zygote is not None or self._idle or self._coming or self._closed:
                 return
             if fork:
                 self._idle.append(_Worker.fork_here(budget))
@@ -120,10 +121,10 @@ class Parser:
             zygote, self._zygote = self._zygote, None
         for future in coming:
             future.add_done_callback(_close_started)
+        if zygote is not None:
+            zygote.close()  # first: idle workers die with it, none waits for another's exit
         for worker in workers:
             worker.close()
-        if zygote is not None:
-            zygote.close()
 
     def _running_zygote(self) -> _Zygote:
         """The zygote, started again if it died (called with the lock held)."""
@@ -385,12 +386,15 @@ class _Zygote:
         return self.process.poll() is None
 
     def close(self) -> None:
-        self.control.close()
+        """Stop it at once: it holds nothing worth a wait (one still importing would make a
+        short ``run --once`` wait for its imports). Its workers die with it."""
         try:
-            self.process.wait(2)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.control.shutdown(socket.SHUT_RDWR)  # wakes a thread waiting for a fork
+        except OSError:
+            pass
+        self.control.close()
+        self.process.kill()
+        self.process.wait()
 
 
 class _Worker:
