@@ -10,11 +10,14 @@ worker. Either way the message comes back as an ``Inbound`` with ``fatal`` set t
 ``parse budget exceeded`` (the caller quarantines it) and the identity headers the worker
 reported before it read the body, so the quarantine shows who sent what.
 
-Workers are forked by multiprocessing's fork server, a fresh single-threaded interpreter that
-imports ``inbound`` once: a fork of the multi-threaded daemon could inherit a lock another thread
-held (logging, stdio) and hang. A worker that finished a message over a few megabytes is
-replaced, since malloc keeps a process's high-water mark. Workers die with the fork server, which
-dies with the process that started it.
+Workers are forked by a zygote (``python -m maildesk.parsing``), a fresh single-threaded
+interpreter that imports ``inbound`` once: a fork of the multi-threaded daemon could inherit a
+lock another thread held (logging, stdio) and hang. One-shot commands, which have no thread yet,
+fork their first worker themselves. The daemon hands each message to a worker as soon as it is
+fetched (``Parser.begin``) and commits the one before meanwhile. A worker whose peak grew by
+more than ``RECYCLE_BYTES`` is replaced, since malloc keeps a process's high-water mark. Workers
+die with the zygote (``PR_SET_PDEATHSIG``), which exits when the daemon's end of its socket
+closes, even when the daemon is killed.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from maildesk.inbound import Inbound, Limits
 log = logging.getLogger(__name__)
 
 REASON = "parse budget exceeded"
-# A worker whose resident memory grew this much over its start is replaced after the message.
+# A worker whose peak resident memory grew this much over its start is replaced.
 RECYCLE_BYTES = 32 << 20
 # The address-space limit is this fraction above the budget, and the budget is judged by the
 # worker's peak: a MemoryError that a library swallows (and turns into a partial result) can
