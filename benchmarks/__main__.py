@@ -104,7 +104,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             Row(
                 "d memory",
                 f"peak RSS {a:.0f} MB ({small} x 25 MB), {b:.0f} MB ({large} x 25 MB),"
-                " both processes",
+                " all processes",
                 "<= 250 MB, not growing",
                 a <= 250 and b <= max(250, a * 1.1),
             )

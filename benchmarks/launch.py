@@ -5,9 +5,9 @@ the memory of the process it was forked or vforked from as the child's high-wate
 and the benchmark holds whole corpora (hundreds of MB of 25 MB attachments) in memory. Started
 from this launcher, whose own memory is small, the command's ``ru_maxrss`` is its own (the
 larger of it and its children). The launcher also samples the resident memory of the whole
-process tree (maildesk's daemon and its delivery process together) every few milliseconds, and
-times the command from its start to its exit, so its own start-up is not counted. It writes one
-JSON object to OUT.
+process tree (maildesk's daemon, its delivery process, its parse zygote and workers together)
+every few milliseconds, and times the command from its start to its exit, so its own start-up
+is not counted. It writes one JSON object to OUT.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ SAMPLE_SECONDS = 0.005
 
 
 def tree_rss_kb(pid: int) -> int:
-    """Resident memory of ``pid`` and its descendants, in kB (0 for what has exited)."""
+    """Resident memory of ``pid`` and its descendants, in kB (0 for what has exited): the
+    daemon, its delivery process, its parse zygote and the zygote's workers."""
     total = 0
     pending = [pid]
     while pending:
@@ -32,11 +33,22 @@ def tree_rss_kb(pid: int) -> int:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
                     break
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            pending.extend(children(current))
         except OSError:
             continue
-        pending.extend(int(c) for c in children)
     return total
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads (each thread has its own list:
+    the daemon starts its parse zygote from a worker thread)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
 
 
 def main(out: str, argv: list[str]) -> int:

@@ -211,7 +211,8 @@ def memory(world: World, sizes: tuple[int, int], attachment: int) -> Figures:
         with sqlite3.connect(work / "data" / "maildesk.db") as db:
             kept = db.execute("SELECT count(*) FROM attachments WHERE NOT dropped").fetchone()[0]
         figures[f"peak_rss_mb_{count}"] = round(done.peak_rss_mb, 1)
-        # the daemon and its delivery process together (never less than the larger alone)
+        # all its processes together: daemon, delivery, parse zygote and workers (never less
+        # than the largest alone)
         figures[f"peak_total_mb_{count}"] = round(max(done.peak_tree_mb, done.peak_rss_mb), 1)
         figures[f"attachments_kept_{count}"] = kept
         figures[f"seconds_{count}"] = round(done.seconds, 2)

@@ -154,6 +154,7 @@ def per_message_cost(config_path: Path, seeded: int, count: int, chunk: int = 25
             spent[arm] += time.perf_counter() - began
     for db in (empty, full):
         db.dispose()
+    desk.close()
     return {
         "seeded_tickets": seeded,
         "seed_seconds": round(seed_seconds, 1),

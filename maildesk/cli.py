@@ -191,7 +191,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         courier_argv=courier_argv(args, settings),
         courier=courier,
     )
-    code = asyncio.run(daemon.run())
+    try:
+        code = asyncio.run(daemon.run())
+    finally:
+        daemon.desk.close()
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
     db.dispose()
@@ -245,13 +248,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     mailbox = args.mailbox or settings.mailboxes[0].name
     settings.mailbox(mailbox)
     desk = checked_desk(settings)
-    raw = sys.stdin.buffer.read()
     try:
+        # one message: its worker is a fork of this process, which has no thread yet
+        desk.parser.start(ingest.budget_of(desk), fork=True)
+        raw = sys.stdin.buffer.read()
         db = open_db(settings)
         outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
     except (DatabaseError, OSError) as exc:
         print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    finally:
+        desk.close()
     ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
     print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
     return 0
@@ -456,6 +463,21 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     if not rows and not args.all:
         print(f"maildesk: no quarantined message {args.id}", file=sys.stderr)
         return 1
+    try:
+        # its worker is a fork of this process, which has no thread yet: no interpreter to start
+        desk.parser.start(ingest.budget_of(desk), fork=True)
+        failed = _replay(settings, db, desk, rows)
+        if rows:
+            asyncio.run(_deliver_now(settings, db, desk))
+    finally:
+        desk.close()
+    return 1 if failed else 0
+
+
+def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int:
+    """Handle each quarantined message of ``rows`` again; how many are still quarantined."""
+    from maildesk import ingest
+
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
         if raw_path is None:
@@ -473,9 +495,7 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
         ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
         print(f"{ledger_id}: {outcome.kind} {ref} {outcome.reason}".rstrip())
         failed += outcome.quarantined
-    if rows:
-        asyncio.run(_deliver_now(settings, db, desk))
-    return 1 if failed else 0
+    return failed
 
 
 async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:

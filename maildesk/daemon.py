@@ -37,9 +37,11 @@ from sqlalchemy.exc import IntegrityError
 
 from maildesk import automation, bounces, config, ingest, oauth, outbox, samples
 from maildesk.config import ConfigError, MailboxSettings, Settings
-from maildesk.imap import Mailbox, MailboxError, MailboxLoginError
+from maildesk.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
+from maildesk.inbound import Inbound
 from maildesk.models import Database, DatabaseError, Lease, Outbox, Session
 from maildesk.outbox import Mail
+from maildesk.parsing import Parsing
 from maildesk.tickets import Desk
 
 if TYPE_CHECKING:
@@ -442,7 +444,9 @@ class Daemon:
         """
         try:
             settings = config.load(self.settings.path)
-            desk = Desk(settings, store=self.desk.store, clock=self.desk.clock)
+            desk = Desk(
+                settings, store=self.desk.store, clock=self.desk.clock, parser=self.desk.parser
+            )
             # every template rendered with sample data before the first mail needs one
             samples.require(desk)
         except (ConfigError, OSError, ValueError) as exc:
@@ -565,6 +569,10 @@ class Daemon:
         """Handle every message waiting in the folder; move each batch after its commits."""
         while not self.stopping.is_set():
             uids = mailbox.pending()
+            if uids or not self.once:
+                # the first worker starts now, ready for the first message (not for a
+                # ``run --once`` that finds nothing to do)
+                self.desk.parser.start(ingest.budget_of(self.desk))
             if not uids:
                 return
             for start in range(0, len(uids), MOVE_BATCH):
@@ -573,40 +581,69 @@ class Daemon:
                     return
 
     def drain_batch(self, box: MailboxSettings, mailbox: Mailbox, uids: list[int]) -> None:
-        """Fetch, handle and commit each message of ``uids``, then move them in one go."""
+        """Fetch, handle and commit each message of ``uids``, then move them in one go.
+
+        A message's parse starts in its worker process as soon as the message is fetched, and
+        runs while the message before it is committed: the daemon does not wait for it. A large
+        message (over ``ingest.RAW_IN_DATABASE``) is handled alone, so that two are never held
+        at once."""
         done: dict[Literal["processed", "quarantine"], list[int]] = {
             "processed": [],
             "quarantine": [],
         }
+        budget = ingest.budget_of(self.desk)
+        ahead: tuple[RawMail, Parsing] | None = None  # fetched, its parse under way
         try:
             for raw in mailbox.fetch(uids):
                 if self.stopping.is_set():
                     break
                 crash_point("after_fetch")
-                arrived = raw.arrived if raw.arrived is not None else time.time()
-                source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
-                if raw.too_large:
-                    outcome = ingest.quarantine(
-                        self.db,
-                        self.desk,
-                        source,
-                        b"",
-                        None,
-                        f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
-                    )
-                else:
-                    outcome = ingest.process(self.db, self.desk, source, raw.raw)
-                done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
-                self._committed(box.name, outcome, arrived)
-                crash_point("after_commit")
-                # let go of this message's bytes before the generator fetches the next one, or
-                # two large messages are held at once
+                before, ahead = ahead, None
+                parsed = before[1].result() if before is not None else None
+                if not raw.too_large and len(raw.raw) <= ingest.RAW_IN_DATABASE:
+                    ahead = (raw, self.desk.parser.begin(raw.raw, budget))
+                if before is not None:
+                    self._ingest(box, before[0], parsed, done)
+                if ahead is None:
+                    self._ingest(box, raw, None, done)
+                # let go of this message's bytes before the generator fetches the next one
                 del raw
+            if ahead is not None and not self.stopping.is_set():
+                last, parsing = ahead
+                ahead = None
+                self._ingest(box, last, parsing.result(), done)
         finally:
+            if ahead is not None:  # stopped, or the message before failed: not handled now
+                ahead[1].cancel()
             for folder, moved in done.items():
                 if moved:
                     mailbox.move(moved, folder)
                     crash_point("after_move")
+
+    def _ingest(
+        self,
+        box: MailboxSettings,
+        raw: RawMail,
+        parsed: Inbound | None,
+        done: dict[Literal["processed", "quarantine"], list[int]],
+    ) -> None:
+        """Handle one fetched message (``parsed`` when its parse is done already)."""
+        arrived = raw.arrived if raw.arrived is not None else time.time()
+        source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
+        if raw.too_large:
+            outcome = ingest.quarantine(
+                self.db,
+                self.desk,
+                source,
+                b"",
+                None,
+                f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
+            )
+        else:
+            outcome = ingest.process(self.db, self.desk, source, raw.raw, parsed=parsed)
+        done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)
+        self._committed(box.name, outcome, arrived)
+        crash_point("after_commit")
 
     def _committed(
         self, mailbox: str, outcome: ingest.Outcome, arrived: float | None = None

@@ -118,6 +118,7 @@ class World:
         if loop is not None:
             loop.call_soon_threadsafe(self.daemon.request_stop)
         self.thread.join(timeout=10)
+        self.daemon.desk.close()
         self.db.dispose()
         self.smtp.close()
         self.imap.close()

@@ -23,7 +23,7 @@ import mimetypes
 import re
 import struct
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.header import decode_header
@@ -166,11 +166,18 @@ logging.getLogger("mailparser").setLevel(logging.ERROR)
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL + 1)
 
 
-def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
+def parse(
+    raw: bytes,
+    limits: Limits | None = None,
+    *,
+    identified: Callable[[Inbound], None] | None = None,
+) -> Inbound:
     """Parse ``raw`` into an ``Inbound``; never raises.
 
     Problems become strings in ``defects``; a broken hard limit sets ``fatal`` (the caller
     quarantines) while the identity headers that could be read are still filled in.
+    ``identified``, when given, gets an ``Inbound`` of the identity headers alone (no body)
+    before the body is read: who sent what, for the record, should the body never finish.
     """
     defects = _Defects()
     try:
@@ -180,7 +187,7 @@ def parse(raw: bytes, limits: Limits | None = None) -> Inbound:
         defects.add("input is not bytes")
     limits = limits or _DEFAULT_LIMITS
     try:
-        return _parse(data, limits, defects)
+        return _parse(data, limits, defects, identified)
     except Exception as exc:  # the promise is: never raise; record and let the caller decide
         log.exception("unexpected error while parsing a message of %d bytes", len(data))
         defects.add(f"parser error: {type(exc).__name__}")
@@ -202,9 +209,16 @@ class _Defects:
         return tuple(self._items)
 
 
-def _parse(raw: bytes, limits: Limits, defects: _Defects) -> Inbound:
+def _parse(
+    raw: bytes,
+    limits: Limits,
+    defects: _Defects,
+    identified: Callable[[Inbound], None] | None = None,
+) -> Inbound:
     header_block, fatal = _header_block(raw, limits, defects)
     identity = _identity(header_block, defects)
+    if identified is not None:
+        identified(_inbound(identity, _Body(), raw, limits, _Defects(), None))
     body = _Body()
     if fatal is None and len(raw) > limits.max_message_bytes:
         fatal = f"message is {len(raw)} bytes, over the limit of {limits.max_message_bytes}"

@@ -1,8 +1,9 @@
 """Carry out one message's route, in one transaction, and record it in the ledger.
 
-``process`` is the whole pipeline for one message, top to bottom: parse, recognise a message
-already handled, keep the raw bytes, classify, route, apply the lifecycle rule, write the ledger
-row, commit. Anything unexpected rolls the transaction back and the message is quarantined with
+``process`` is the whole pipeline for one message, top to bottom: parse (in a worker process,
+within the message's time and memory budget: ``parsing``), recognise a message already
+handled, keep the raw bytes, classify, route, apply the lifecycle rule, write the ledger row,
+commit. Anything unexpected rolls the transaction back and the message is quarantined with
 its error recorded; a database outage is transient and propagates so the mail stays on the
 server. The caller moves the message on the server only after ``process`` returns.
 """
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk import bounces, routing, tickets
-from maildesk.inbound import Inbound, Limits, ReportRecipient, parse
+from maildesk.inbound import Inbound, Limits, ReportRecipient
 from maildesk.models import (
     Database,
     DatabaseError,
@@ -34,6 +35,7 @@ from maildesk.models import (
     Ticket,
     insert_row,
 )
+from maildesk.parsing import Budget
 from maildesk.tickets import Desk, StoredMail
 
 log = logging.getLogger(__name__)
@@ -75,13 +77,27 @@ def limits_of(desk: Desk) -> Limits:
     )
 
 
+def budget_of(desk: Desk) -> Budget:
+    """What parsing one message may cost: the structure limits, seconds and megabytes."""
+    lim = desk.settings.limits
+    return Budget(limits_of(desk), lim.parse_seconds, lim.parse_memory_mb)
+
+
 def process(
-    db: Database, desk: Desk, source: Source, raw: bytes, *, replay: int | None = None
+    db: Database,
+    desk: Desk,
+    source: Source,
+    raw: bytes,
+    *,
+    replay: int | None = None,
+    parsed: Inbound | None = None,
 ) -> Outcome:
-    """Handle one message from ``source``; returns once its effect is committed."""
+    """Handle one message from ``source``; returns once its effect is committed. ``parsed``:
+    what ``desk.parser`` made of ``raw`` already (the daemon parses the next message meanwhile)."""
     # a large message goes to disk while it is parsed; a smaller one into the transaction
     kept = desk.store.put_raw_soon(raw) if len(raw) > RAW_IN_DATABASE else None
-    inbound = parse(raw, limits_of(desk))
+    # in a worker process, within the budget
+    inbound = parsed or desk.parser.parse(raw, budget_of(desk))
     if inbound.fatal:
         if kept is not None:
             kept.result()

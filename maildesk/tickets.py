@@ -35,6 +35,7 @@ from maildesk.models import (
     insert_row,
 )
 from maildesk.outbox import Mail, Mailer
+from maildesk.parsing import Parser
 from maildesk.routing import Identity, TicketView, is_desk_address
 from maildesk.store import Store
 
@@ -54,7 +55,8 @@ class StoredMail:
 
 
 class Desk:
-    """What the lifecycle rules need: settings, the blob store, the mailer and the clock."""
+    """What the lifecycle rules need: settings, the blob store, the mailer and the clock; and
+    the parser, whose worker processes parse each message within its budget."""
 
     def __init__(
         self,
@@ -62,11 +64,13 @@ class Desk:
         store: Store | None = None,
         mailer: Mailer | None = None,
         clock: Callable[[], datetime] | None = None,
+        parser: Parser | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or Store(settings.desk.data_dir)
         self.mailer = mailer or Mailer(settings)
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.parser = parser or Parser()  # starts no process until it is used
         self.identity = Identity(
             address=settings.desk.address,
             secret=settings.desk.secret,
@@ -90,6 +94,10 @@ class Desk:
 
     def ref(self, ticket: Ticket) -> str:
         return self.settings.desk.ref(ticket.id)
+
+    def close(self) -> None:
+        """End the parser's worker processes."""
+        self.parser.close()
 
 
 # --------------------------------------------------------------------------- lookups

@@ -157,6 +157,7 @@ class DeskWorld:
 
     def close(self) -> None:
         self.stop()
+        self.desk.close()
         self.db.dispose()
 
     def use_templates(self, directory: Path) -> None:

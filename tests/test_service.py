@@ -130,8 +130,17 @@ def test_sighup_reloads_the_config_and_refuses_a_bad_one(world: DeskWorld) -> No
 
 
 def children(pid: int) -> list[int]:
+    """The delivery processes the daemon ``pid`` started (not its parse zygote)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    found = [int(p) for p in path.read_text().split()] if path.exists() else []
+    return [p for p in found if not parse_zygote(p)]
+
+
+def parse_zygote(pid: int) -> bool:
+    try:
+        return b"maildesk.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def running(pid: int) -> bool:
