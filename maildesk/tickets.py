@@ -749,7 +749,9 @@ def agent_message(
 ) -> AgentOutcome:
     """An agent's mail on a ticket: authenticate, then apply its commands and reply, or refuse."""
     text = inbound.reply_text.strip()
-    parsed = commands.parse(inbound.subject, text, desk.settings.desk.ref_pattern)
+    parsed = commands.parse(
+        inbound.subject, text, desk.settings.desk.ref_pattern, desk.directory.teams
+    )
     proof = prove(desk, ticket, inbound, agent, now)
     if not proof.ok:
         return refuse_unverified(session, desk, ticket, inbound, stored, agent, proof, parsed, now)
