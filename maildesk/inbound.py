@@ -1883,7 +1883,8 @@ class _QuotePruner(HTMLParser):
 # pattern's backtracking. Leading and trailing whitespace is taken by possessive quantifiers
 # (``\s*+``), which never give back what they took, so each pattern is linear in its line.
 _PATTERN_CHARS = 1000
-_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+# a client that wraps its attribution may leave the first word alone on its line ("On")
+_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w)(?:\s|$)", re.I)
 _ATTRIBUTION = re.compile(
     r"^\s*+(?:"
     r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*+:"
@@ -1891,10 +1892,24 @@ _ATTRIBUTION = re.compile(
     r"|den\s.{4,300}?\bskrev\b[^:]{0,200}+:"
     r"|le\s.{4,300}?\ba\s++écrit\s*+:"
     r"|el\s.{4,300}?\bescribió\s*+:"
-    r"|w dniu\s.{4,300}?\bpisze\s*+:"
+    r"|w dniu\s.{4,300}?\b(?:pisze|napisał(?:\(a\))?+)\s*+:"
     r")\s*+$",
     re.I | re.S,
 )
+# Gmail's forms that begin with a name or a date, not a word of their own: German and Dutch on
+# phones ("Jane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026, 10:00:"), Polish ("czw.,
+# 26 lis 2026 o 10:00 Jane Doe <jane@example.com> napisał(a):") and Norwegian ("tor. 26. nov.
+# 2026 kl. 10:00 skrev Jane Doe <jane@example.com>:"). Known by their end; searched, each
+# alternative anchored on its word and possessive after it, so linear in the line.
+_ATTRIBUTION_END = re.compile(
+    r"(?:\b(?:schrieb\s++am|schreef\s++op)\s++[^:\n]{4,200}+:\d\d"
+    r"|\bnapisał(?:\(a\))?+"
+    r"|\bskrev\s++[^:\n]{1,200}+)\s*+:\s*+$",
+    re.I,
+)
+_TIME = re.compile(r"\d[:.]\d\d")
+# how such an attribution's first line looks: a name and an address, or a weekday and a day
+_UNLED_START = re.compile(r"[<@]|^\s*+\w{2,5}\.?,?\s++\d")
 _DATE_OR_ADDRESS = re.compile(r"\d|@")
 _SEPARATOR = re.compile(
     r"^\s*+-{2,}+\s*+(original message|original-nachricht|ursprüngliche nachricht"
@@ -1941,8 +1956,9 @@ def strip_quoted_history(text: str) -> str:
     """What the author wrote: quoted history, attribution lines and signatures removed.
 
     Knows how Gmail, Outlook (plain and HTML-converted), Apple Mail, Thunderbird, iOS, Android
-    and mutt write replies, in English, German, French and Spanish (and a few more). Linear in
-    the text: each line is stripped once and looked at a bounded number of times.
+    and mutt write replies, in English, German, French and Spanish (and a few more), with the
+    attribution wrapped over up to three lines. Linear in the text: each line is stripped once
+    and looked at a bounded number of times.
     """
     view = _Lines(_clean_text(text).split("\n"))
     kept: list[str] = []
@@ -2006,6 +2022,12 @@ def _header_block_at(lines: list[str], index: int) -> bool:
 
 def _attribution_span(view: _Lines, index: int) -> int:
     """How many lines an attribution ("On ... wrote:") starting at ``index`` spans, or 0."""
+    return _led_span(view, index) or _unled_span(view, index)
+
+
+def _led_span(view: _Lines, index: int) -> int:
+    """How many lines an attribution that begins with its own word ("On", "Am", "Le"...)
+    spans from ``index`` (1 to 3: a client may wrap it anywhere), or 0."""
     if not _matches(_ATTRIBUTION_START, view.lines[index]):
         return 0
     parts: list[str] = []
@@ -2023,6 +2045,33 @@ def _attribution_span(view: _Lines, index: int) -> int:
             quoted_next = following < view.end and view.quoted[following]
             if _DATE_OR_ADDRESS.search(joined) or quoted_next:
                 return span
+    return 0
+
+
+def _unled_span(view: _Lines, index: int) -> int:
+    """How many lines one of Gmail's attributions without a word of its own to start with
+    (``_ATTRIBUTION_END``) spans from ``index``, or 0. Nothing marks where such a line begins,
+    so it is only taken right after a blank line, from a line with an address or a date at its
+    start, up to the first line that ends with a colon (within three), with a time in it and
+    quoted lines right after."""
+    if index and not view.blank[index - 1]:
+        return 0
+    first = view.lines[index]
+    if len(first) > _PATTERN_CHARS or not _UNLED_START.search(first):
+        return 0
+    parts: list[str] = []
+    for last in range(index, min(index + 3, view.end)):
+        line = view.lines[last]
+        if view.blank[last] or view.quoted[last] or len(line) > _PATTERN_CHARS:
+            return 0
+        parts.append(line.strip())
+        if parts[-1].endswith(":"):
+            joined = " ".join(parts)
+            following = view.next_text[last + 1]
+            quoted_next = following < view.end and view.quoted[following]
+            if quoted_next and _TIME.search(joined) and _ATTRIBUTION_END.search(joined):
+                return last - index + 1
+            return 0
     return 0
 
 

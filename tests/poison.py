@@ -57,6 +57,13 @@ def attributions(n: int) -> bytes:
     return mail("Hello\n" + pair * n)
 
 
+def unled_attributions(n: int) -> bytes:
+    """``n`` of Gmail's attributions that begin with a name (each after a blank line, wrapped
+    over two lines, with a quoted line under it)."""
+    pair = "\nJane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026,\n10:00:\n> quoted\n"
+    return mail("Hello\n" + pair * n)
+
+
 def blank_tail(n: int) -> bytes:
     """A short text, then ``n`` lines holding only a space."""
     return mail("Hello,\nthe printer is broken.\n" + " \n" * n)

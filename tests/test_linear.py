@@ -35,9 +35,15 @@ def parsing(
     [
         (poison.spaces, 200_000, "Hello,\n\nthe printer is broken."),
         (poison.attributions, 2_000, "Hello"),
+        (poison.unled_attributions, 1_000, "Hello"),
         (poison.blank_tail, 10_000, "Hello,\nthe printer is broken."),
     ],
-    ids=["long-line-of-spaces", "many-attributions", "many-trailing-blank-lines"],
+    ids=[
+        "long-line-of-spaces",
+        "many-attributions",
+        "many-attributions-without-a-word-to-start",
+        "many-trailing-blank-lines",
+    ],
 )
 def test_quoted_history_stripping_is_linear(
     shape: Callable[[int], bytes], n: int, reply: str
