@@ -1699,8 +1699,9 @@ _MD_ESCAPE = re.compile(r"^([^\S\n]*+)\\([-+#>])|^([^\S\n]*+\d++)\\(\.)", re.M)
 
 
 def _html_to_text(html: str, cap: int) -> _Converted:
-    """HTML as readable plain text (no links, no images, no remote resources), at most ``cap``
-    characters: the conversion stops there. The caller bounds the input (``_parseable``)."""
+    """HTML as readable plain text (link targets after their text, table cells apart; no
+    images, nothing fetched), at most ``cap`` characters: the conversion stops there. The
+    caller bounds the input (``_parseable``)."""
     if not html:
         return _Converted("")
     source = _closed_tail(html)
@@ -1743,6 +1744,11 @@ _NEWLINE_RUN = re.compile(r"\n\s*+")
 _NBSP_HOLDER = "&nbsp_place_holder;"  # what html2text writes for &nbsp; until it finishes
 
 
+_MAX_URL = 2048  # longer link targets are left out (browsers and servers stop near here)
+_URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"\x00-\x1f\x7f]++", re.I)
+_CELL = " | "  # between the cells of a table row
+
+
 class _Converter(html2text.HTML2Text):
     """html2text, with its work bounded by the size of the input and the cap of the output.
 
@@ -1751,6 +1757,10 @@ class _Converter(html2text.HTML2Text):
     html2text, so ``<abbr>`` is read as plain text and ``<style>`` is skipped here; and text
     with many line breaks is given one newline per run of whitespace before html2text's
     line-anchored escaping patterns see it (its output folds such runs into one space anyway).
+
+    Links and tables are written here, not by html2text (whose Markdown would not read as
+    mail): a link's target follows its text as ``text <https://...>`` (``_Link``), and a table
+    row's cells are separated by `` | ``, each row on a line of its own.
     """
 
     def __init__(self, cap: int) -> None:
@@ -1764,6 +1774,8 @@ class _Converter(html2text.HTML2Text):
         self.written = 0
         self.full = False
         self.depth = {"blockquote": 0, "list": 0}
+        self.link: _Link | None = None  # the link open now (links do not nest in HTML)
+        self.cell_mark = 0  # ``written`` after the last cell separator or row start
         self.tag_callback = _bounded_tag  # type: ignore[assignment]  # typed as None there
 
     def outtextf(self, s: str) -> None:
@@ -1776,10 +1788,65 @@ class _Converter(html2text.HTML2Text):
     def handle_data(self, data: str, entity_char: bool = False) -> None:
         if not self.pre and "\n" in data:
             data = _NEWLINE_RUN.sub("\n", data)
+        if self.link is not None:
+            self.link.read(data)
         super().handle_data(data, entity_char)
 
     def text_so_far(self) -> str:
         return "".join(self.outtextlist).replace(_NBSP_HOLDER, "\xa0")
+
+    def open_link(self, href: str | None) -> None:
+        if self.link is not None:  # an <a> inside an open one closes it first, as browsers do
+            self.close_link()
+            self.space = True  # its text follows the target
+        self.link = _Link(_shown_target(href))
+
+    def close_link(self) -> None:
+        link, self.link = self.link, None
+        if link is None or not link.target or link.names_target():
+            return
+        last = self.outtextlist[-1][-1:] if self.outtextlist else ""
+        self.o(f"<{link.target}>" if not last or last.isspace() else f" <{link.target}>")
+
+    def table_tag(self, tag: str, start: bool) -> None:
+        """Cells apart, rows on lines of their own (a row may lack its end tag)."""
+        if not start:
+            return
+        if tag == "tr":
+            self.soft_br()
+        elif self.written > self.cell_mark:  # a cell after one with text in this row
+            self.o(_CELL)
+        self.cell_mark = self.written
+
+
+class _Link:
+    """An open link: its target to show (None: not shown) and the start of its text, kept up to
+    one character more than the target (enough to tell whether the text is the target)."""
+
+    def __init__(self, target: str | None) -> None:
+        self.target = target
+        self.text = ""
+
+    def read(self, data: str) -> None:
+        if self.target is not None and len(self.text) <= len(self.target):
+            self.text += data[: len(self.target) + 1 - len(self.text)]
+
+    def names_target(self) -> bool:
+        """Whether the link's text is its target already (then it is shown once)."""
+        assert self.target is not None
+        text = " ".join(self.text.split()).lower()
+        target = self.target.lower()
+        bare = target.removeprefix("mailto:")
+        return text in (target, bare, target.rstrip("/"))
+
+
+def _shown_target(href: str | None) -> str | None:
+    """A link target fit to show: http, https or mailto, no spaces or controls, at most
+    ``_MAX_URL`` characters; nothing is ever fetched."""
+    href = (href or "").strip()
+    if len(href) > _MAX_URL or _URL.fullmatch(href) is None:
+        return None
+    return href
 
 
 def _bounded_tag(
@@ -1787,6 +1854,15 @@ def _bounded_tag(
 ) -> bool:
     """html2text's tag hook: True when html2text is to ignore the tag (then the hook does the
     little of html2text's work on it that the output depends on)."""
+    if tag == "a":
+        if converter.quiet:
+            return True
+        converter.open_link(attrs.get("href")) if start else converter.close_link()
+        return True
+    if tag in ("tr", "td", "th"):
+        if not converter.quiet:
+            converter.table_tag(tag, start)
+        return False  # html2text ends the row's line
     if tag in ("abbr", "style"):
         if tag == "style":  # hidden, as html2text hides it, without its style sheet parser
             converter.quiet += 1 if start else -1

@@ -135,10 +135,30 @@ def test_html_only_mail_becomes_readable_text() -> None:
     assert "Dear customer," in m.text
     assert "your order could not be shipped because the address is incomplete:" in m.text
     assert "Street: Hauptstraße 5" in m.text
-    assert "Please update the address within 7 days." in m.text
+    # a link's target follows its text; the tracking image and the script are gone
+    assert (
+        "Please update the address <https://shop.example.net/orders/88213> within 7 days." in m.text
+    )
     assert "Café & Co. — Customer Service" in m.text
-    for absent in ("<", "tracker.example.net", "https://", "alert(", "font-family"):
+    for absent in ("tracker.example.net", "alert(", "font-family", "<img", "<script"):
         assert absent not in m.text
+    assert m.text.count("<") == m.text.count("https://") == 1
+
+
+def test_html_only_mail_keeps_link_targets_and_table_cells() -> None:
+    m = load("html-only-links-and-table.eml")
+    assert m.text == (
+        "Hello,\n\n"
+        "my order arrived incomplete. Click this article "
+        "<https://shop.example.net/help/missing-items> told me to write to you. My address is "
+        "priya.nair@example.org, the shop is https://shop.example.net/.\n\n"
+        "Item | Ordered | Delivered\n"
+        "USB-C cable | 2 | 1\n"
+        "Charger 65 W | 1 | 0\n\n"
+        "Do not click this or that; the photo is <https://photos.example.org/p/8841>\n\n"
+        "Priya Nair\nExample Org"
+    )
+    assert m.reply_text == m.text and m.defects == ()
 
 
 def test_rfc2047_and_rfc2231_are_decoded() -> None:

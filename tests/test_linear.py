@@ -77,6 +77,32 @@ def test_html_conversion_is_linear(shape: Callable[[int], bytes], n: int) -> Non
     assert growth(parsing(shape), n) < LINEAR_BOUND
 
 
+@pytest.mark.parametrize(
+    "shape, n",
+    [(poison.many_links, 2_000), (poison.long_link, 100_000), (poison.many_cells, 2_000)],
+    ids=["many-links", "a-long-link", "many-cells-and-nested-tables"],
+)
+def test_links_and_tables_cost_linear_work(shape: Callable[[int], bytes], n: int) -> None:
+    small, large = parse(shape(n), UNCAPPED), parse(shape(GROWTH * n), UNCAPPED)
+    assert small.text.startswith("Hello")
+    # what is shown grows with the mail at most, never faster
+    assert len(large.text) < 1.25 * GROWTH * len(small.text)
+    assert growth(parsing(shape), n) < LINEAR_BOUND
+
+
+def test_link_targets_are_shown_when_fit_and_bounded() -> None:
+    links = parse(poison.many_links(100), UNCAPPED).text
+    assert links.count("<https://example.com/p/") == links.count("<https://example.com/q/") == 100
+    assert "link 7 <https://example.com/p/7> open 7 <https://example.com/q/7>" in links
+    assert "javascript" not in links and "script 7" in links
+    # a target over 2,048 characters is left out; the text stays
+    short, long = parse(poison.long_link(2_000)).text, parse(poison.long_link(3_000)).text
+    assert short == f"Hello {'b' * 2_000} <https://example.com/{'a' * 2_000}>"
+    assert long == f"Hello {'b' * 3_000}"
+    cells = parse(poison.many_cells(5), UNCAPPED).text
+    assert cells == "Hello\n\ncell 0 | cell 1 | cell 2 | cell 3 | cell 4"
+
+
 def test_html_text_is_cut_at_max_text_chars_and_says_so() -> None:
     limits = Limits(max_text_chars=50_000)
     small, large = (
