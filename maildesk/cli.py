@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import select
 
@@ -239,22 +239,40 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from maildesk import ingest
+    from maildesk import ingest, oversize
 
     settings = load_settings(args)
     mailbox = args.mailbox or settings.mailboxes[0].name
     settings.mailbox(mailbox)
     desk = checked_desk(settings)
-    raw = sys.stdin.buffer.read()
+    limit = settings.limits.max_message_bytes
+    raw, size = read_message(sys.stdin.buffer, limit, ingest.limits_of(desk).max_header_bytes)
     try:
         db = open_db(settings)
-        outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
+        if size > limit:
+            outcome = oversize.quarantine(db, desk, ingest.Source(mailbox), raw, size)
+        else:
+            outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
     except (DatabaseError, OSError) as exc:
         print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
     print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
     return 0
+
+
+def read_message(stream: BinaryIO, limit: int, head_bytes: int) -> tuple[bytes, int]:
+    """A message from ``stream`` and its size, holding at most ``limit`` + 1 bytes. One over
+    ``limit`` is read to its end, only counted (the MTA must see it taken), and only its first
+    ``head_bytes`` are returned: where its header block is."""
+    data = stream.read(limit + 1)
+    if len(data) <= limit:
+        return data, len(data)
+    head, size = data[:head_bytes], len(data)
+    del data
+    while chunk := stream.read(1 << 20):
+        size += len(chunk)
+    return head, size
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
@@ -459,10 +477,12 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
         if raw_path is None:
-            print(
-                f"{ledger_id}: raw message not kept (too large to download); raise [limits] "
-                "max_message_bytes and move it back to the inbox folder"
+            how = (
+                "raise [limits] max_message_bytes and move it back to the inbox folder"
+                if uid is not None
+                else "it came through `maildesk ingest`: its sender must send it again"
             )
+            print(f"{ledger_id}: raw message not kept (too large to take); {how}")
             failed += 1
             continue
         with db.transaction() as session:
