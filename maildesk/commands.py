@@ -337,12 +337,13 @@ TEXT_HINT = (
     "; write your text on a line below the commands (only #close, #note and #escalate <team> "
     "take text on their own line)"
 )
-_ONE_WORD = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0}
+# how many words these verbs take before the hint (a name of two words gets it only if unknown)
+_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0}
 
 
 def _text_hint(command: Command) -> str:
     """``TEXT_HINT`` for a refused body command with more words after it than it takes."""
-    most = _ONE_WORD.get(command.verb)
+    most = _MOST_WORDS.get(command.verb)
     return TEXT_HINT if command.in_body and most is not None and len(command.args) > most else ""
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from maildesk import ingest, routing, tickets
 from maildesk.inbound import Inbound, parse
-from maildesk.models import Database, Ledger, Outbox, OutboxStatus
+from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
 from maildesk.outbox import Mail
 from maildesk.rendering import filesize
 from maildesk.tickets import Desk
@@ -46,14 +46,22 @@ def quarantine(
     end = _HEADER_END.search(head)
     inbound = parse(head[: end.end()] if end else head, ingest.limits_of(desk))
     limit = desk.settings.limits.max_message_bytes
-    with db.transaction() as session:
-        now = desk.clock()
-        again = _recorded(session, source)
-        told = again or _tell_sender(session, desk, inbound, size, now)
-        reason = f"message of {size} bytes exceeds [limits] max_message_bytes ({limit}); {told}"
-        ingest.record_quarantine(session, desk, source, b"", inbound, reason)
-        if not again:
-            _alert_admin(session, desk, source, inbound, size, told, now)
+    exceeds = f"message of {size} bytes exceeds [limits] max_message_bytes ({limit})"
+    try:
+        with db.transaction() as session:
+            now = desk.clock()
+            again = _recorded(session, source)
+            told = again or _tell_sender(session, desk, inbound, size, now)
+            reason = f"{exceeds}; {told}"
+            ingest.record_quarantine(session, desk, source, b"", inbound, reason)
+            if not again:
+                _alert_admin(session, desk, source, inbound, size, told, now)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - it is quarantined all the same, untold
+        log.exception("telling of oversized <%s> failed", inbound.message_id)
+        why = f"{exceeds}; nobody told: {type(exc).__name__}: {exc}"
+        return ingest.quarantine(db, desk, source, b"", inbound, why)
     log.warning(
         "%s: <%s> from %s quarantined: %s",
         source.mailbox,
@@ -85,7 +93,7 @@ def _tell_sender(session: Session, desk: Desk, inbound: Inbound, size: int, now:
     if why_not:
         return f"no notice: {why_not}"
     assert inbound.requester is not None
-    recent = session.scalar(_LAST_NOTICE, {"address": inbound.requester.lower()})
+    recent = session.scalar(_LAST_NOTICE, {"address": inbound.requester})
     if recent is not None and recent > now - EVERY:
         return "no notice: the sender was told of another message within the hour"
     notice = notice_mail(desk, inbound.requester, inbound.subject, inbound.message_id, size)

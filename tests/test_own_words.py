@@ -19,6 +19,7 @@ from tests.desk import (
     DeskWorld,
     agent_reply,
     customer_mail,
+    delivery_report,
     html_of,
     text_of,
 )
@@ -66,6 +67,18 @@ def test_the_customer_sees_their_subject_and_agents_a_neutralised_one(world: Des
     assert (ticket["status"], ticket["messages"][-1]["internal"]) == ("pending", False)
     [reply] = world.mails_to(CUSTOMER)[1:]
     assert "Order #A123 and #close-out sale" in str(reply.message["Subject"])
+
+
+def test_a_bounce_notice_shows_agents_the_customers_subject_neutralised(
+    world: DeskWorld,
+) -> None:
+    ack, _ = open_ticket(world)
+    world.deliver(delivery_report(ack, "failed", "5.1.1"))
+    world.run_once()
+    [told] = world.mails_to(ALICE)[1:]
+    text = " ".join(text_of(told).split())
+    assert f'"[#1] Order {FULLWIDTH_HASH}A123", sent' in text
+    assert "#A123" not in text and "#A123" not in str(told.message["Subject"])
 
 
 # --------------------------------------------------------------------------- HTML
