@@ -20,7 +20,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk import outbox, tickets
+from maildesk import commands, outbox, tickets
 from maildesk.models import Outbox, Ticket
 from maildesk.tickets import Desk
 
@@ -72,7 +72,8 @@ def undelivered(
         now,
         mail={
             "kind": tickets.CUSTOMER_MAILS.get(row.kind, row.kind),
-            "subject": outbox.subject_of(row.body),
+            # the customer's mail showed their subject as written: not so to an agent
+            "subject": commands.defang(outbox.subject_of(row.body)),
             "date": tickets.utc_text(row.sent_at or now),
         },
         address=what.address,

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import select
 
@@ -242,7 +242,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from maildesk import ingest
+    from maildesk import ingest, oversize
 
     settings = load_settings(args)
     mailbox = args.mailbox or settings.mailboxes[0].name
@@ -251,9 +251,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         # one message: its worker is a fork of this process, which has no thread yet
         desk.parser.start(ingest.budget_of(desk), fork=True)
-        raw = sys.stdin.buffer.read()
+        limit = settings.limits.max_message_bytes
+        raw, size = read_message(sys.stdin.buffer, limit, ingest.limits_of(desk).max_header_bytes)
         db = open_db(settings)
-        outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
+        if size > limit:
+            outcome = oversize.quarantine(db, desk, ingest.Source(mailbox), raw, size)
+        else:
+            outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
     except (DatabaseError, OSError) as exc:
         print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
@@ -262,6 +266,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
     print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
     return 0
+
+
+def read_message(stream: BinaryIO, limit: int, head_bytes: int) -> tuple[bytes, int]:
+    """A message from ``stream`` and its size, holding at most ``limit`` + 1 bytes. One over
+    ``limit`` is read to its end, only counted (the MTA must see it taken), and only its first
+    ``head_bytes`` are returned: where its header block is."""
+    data = stream.read(limit + 1)
+    if len(data) <= limit:
+        return data, len(data)
+    head, size = data[:head_bytes], len(data)
+    del data
+    while chunk := stream.read(1 << 20):
+        size += len(chunk)
+    return head, size
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
@@ -481,10 +499,12 @@ def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
         if raw_path is None:
-            print(
-                f"{ledger_id}: raw message not kept (too large to download); raise [limits] "
-                "max_message_bytes and move it back to the inbox folder"
+            how = (
+                "raise [limits] max_message_bytes and move it back to the inbox folder"
+                if uid is not None
+                else "it came through `maildesk ingest`: its sender must send it again"
             )
+            print(f"{ledger_id}: raw message not kept (too large to take); {how}")
             failed += 1
             continue
         with db.transaction() as session:

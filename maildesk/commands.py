@@ -1,7 +1,7 @@
 """The agent command grammar: parse ``#verb`` commands, validate them, and the help text.
 
 Sits between ``routing`` and ``tickets``: for an agent's follow-up, ``parse`` finds the commands
-in the subject (``#verb`` words after the ticket ref) and in the command-only lines at the very
+in the subject (``#verb`` words after the ticket ref) and in the command lines at the very
 top of the body; ``validate`` resolves them against the desk's agents, teams and canned replies,
 all or nothing. Both return values and touch nothing; ``tickets`` carries the actions out and
 ``describe``/``HELP`` word the receipt. Customer mail is never parsed for commands.
@@ -45,6 +45,7 @@ class Command:
     verb: str
     args: tuple[str, ...]
     source: str  # e.g. "#assign bob@example.com"
+    in_body: bool = False  # on a command line of the body (not in the subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,31 +134,91 @@ def _is_command_line(line: str) -> bool:
     return bool(words) and _verb_of(words[0]) is not None
 
 
-def _body_commands(body: str) -> tuple[list[Command], str]:
+_WORD = re.compile(r"\S+")
+_PUNCTUATION = re.compile(r"[.,;:!?]+")
+TEXT_AFTER = ("close", "note")  # and #escalate after its team: the rest of the line is text
+
+
+class _Teams:
+    """The team names a body's ``#escalate`` may be followed by, to tell a team of several
+    words from the text after it."""
+
+    def __init__(self, teams: Sequence[str]) -> None:
+        self.names = {" ".join(team.lower().split()) for team in teams}
+        self.longest = max((len(name.split()) for name in self.names), default=1)
+
+    def words(self, args: Sequence[str]) -> int:
+        """How many of ``args`` name the team: the longest run that is a team's name (at most
+        as many words as the longest name, so a long line costs no more), else the first."""
+        for count in range(min(self.longest, len(args)), 0, -1):
+            if " ".join(args[:count]).lower() in self.names:
+                return count
+        return 1
+
+
+def _line_commands(line: str, teams: _Teams) -> tuple[list[Command], int | None]:
+    """The commands of one body command line, and where on it the text starts (None: the line
+    is all commands). After ``#close``, ``#note`` and ``#escalate <team>`` the words up to the
+    line's end are the beginning of the text; after any other verb they are its arguments."""
+    words = [(match.group(), match.start()) for match in _WORD.finditer(line)]
+    commands: list[Command] = []
+    index = 0
+    while index < len(words):
+        written, _ = words[index]
+        verb = _verb_of(written) or ""
+        end = index + 1
+        while end < len(words) and _verb_of(words[end][0]) is None:
+            end += 1
+        args = [word for word, _ in words[index + 1 : end]]
+        cleaned = [_TRAILING_PUNCTUATION.sub("", arg) for arg in args]
+        keep = len(args)
+        if verb in TEXT_AFTER:
+            keep = 0
+        elif verb == "escalate" and args:
+            keep = teams.words(cleaned)
+        source = " ".join([_TRAILING_PUNCTUATION.sub("", written), *args[:keep]])
+        named = tuple(arg for arg in cleaned[:keep] if arg)
+        commands.append(Command(verb, named, source, in_body=True))
+        rest = [
+            start
+            for word, start in words[index + 1 + keep : end]
+            if not _PUNCTUATION.fullmatch(word)
+        ]
+        if keep < len(args) and rest:
+            return commands, rest[0]
+        index = end
+    return commands, None
+
+
+def _body_commands(body: str, teams: _Teams) -> tuple[list[Command], str]:
     lines = (body or "").splitlines()
     commands: list[Command] = []
-    cut = len(lines)
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         if not _is_command_line(line):
-            cut = index
-            break
-        commands.extend(_group(line.split()))
-    return commands, "\n".join(lines[cut:]).strip()
+            return commands, "\n".join(lines[index:]).strip()
+        found, text_at = _line_commands(line, teams)
+        commands.extend(found)
+        if text_at is not None:
+            return commands, "\n".join([line[text_at:], *lines[index + 1 :]]).strip()
+    return commands, ""
 
 
-def parse(subject: str, body: str, ref_pattern: str) -> Parsed:
+def parse(subject: str, body: str, ref_pattern: str, teams: Sequence[str] = ()) -> Parsed:
     """Commands from the subject (after the ref matched by ``ref_pattern``) and the body's top.
 
     In the subject every ``#verb`` word after the ref starts a command that takes the following
     words up to the next ``#verb``; reply prefixes and gateway tags are ignored. In the body,
     the lines at the very top that begin with a ``#verb`` word are command lines (blank lines
-    between them allowed); the first other line ends them and starts the text. ``#`` followed by
-    a digit, or not at the start of a word, or anywhere in the text, is never a command.
+    between them allowed); the first other line ends them and starts the text. On a command
+    line, the words after ``#close``, ``#note`` or ``#escalate <team>`` (``teams`` tells a team
+    of several words from them) are the beginning of the text, which goes on with the next
+    lines. ``#`` followed by a digit, or not at the start of a word, or anywhere in the text,
+    is never a command.
     """
     from_subject = _subject_commands(subject, ref_pattern)
-    from_body, text = _body_commands(body)
+    from_body, text = _body_commands(body, _Teams(teams))
     return Parsed(tuple(from_subject + from_body), text)
 
 
@@ -271,6 +332,19 @@ def _action(command: Command, directory: Directory, actor: str) -> Action:
 
 
 _SINGLE_VALUED = ("assign", "escalate", "priority", "reply")
+# what an agent may have meant by words after a body command that takes no text on its line
+TEXT_HINT = (
+    "; write your text on a line below the commands (only #close, #note and #escalate <team> "
+    "take text on their own line)"
+)
+# how many words these verbs take before the hint (a name of two words gets it only if unknown)
+_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0}
+
+
+def _text_hint(command: Command) -> str:
+    """``TEXT_HINT`` for a refused body command with more words after it than it takes."""
+    most = _MOST_WORDS.get(command.verb)
+    return TEXT_HINT if command.in_body and most is not None and len(command.args) > most else ""
 
 
 def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
@@ -321,7 +395,7 @@ def validate(parsed: Parsed, directory: Directory, actor: str) -> Validation:
                 raise _Refused(conflict)
             actions.append(action)
         except _Refused as refusal:
-            refusals.append(f"{_short(command.source)}: {refusal}")
+            refusals.append(f"{_short(command.source)}: {refusal}{_text_hint(command)}")
     if refusals:
         return Validation((), tuple(refusals))
     return Validation(tuple(actions), ())
@@ -348,18 +422,20 @@ def describe(action: Action) -> str:
 HELP = """\
 How to give commands: reply to a notification from the desk and type them at the end of its
 subject, after the ticket ref (Re: [#1042] Printer broken #assign me #priority high), or on
-lines of their own at the very top of your message, before your text. Several per message are
-fine. They apply all or nothing: if one is refused, none applies and your text is kept as an
-internal note. Text without #note is mailed to the customer; commands never are.
+lines of their own at the very top of your message, before your text. On such a line, words
+after #close, #note or #escalate <team> begin your text (#close Replaced the toner). Several
+per message are fine. They apply all or nothing: if one is refused, none applies and your
+text is kept as an internal note. Text without #note is mailed to the customer; commands
+never are.
 
 #assign <agent email | agent name | me>
     Give the ticket to an agent.                      Example: #assign bob@example.com
-#note
-    Keep the text internal; the customer gets nothing. Example: #note
-#escalate <team>
+#note [text]
+    Keep the text internal; the customer gets nothing. Example: #note Called, no answer
+#escalate <team> [summary]
     Move the ticket to another team.                  Example: #escalate billing
-#close
-    Close the ticket; the text is the resolution.     Example: #close
+#close [resolution]
+    Close the ticket; the text is the resolution.     Example: #close Replaced the toner
 #priority <low | medium | high | urgent>
     Set the priority.                                 Example: #priority urgent
 #tag <word>...

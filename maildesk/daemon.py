@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk import automation, bounces, config, ingest, oauth, outbox, samples
+from maildesk import automation, bounces, config, ingest, oauth, outbox, oversize, samples
 from maildesk.config import ConfigError, MailboxSettings, Settings
 from maildesk.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
 from maildesk.inbound import Inbound
@@ -631,14 +631,7 @@ class Daemon:
         arrived = raw.arrived if raw.arrived is not None else time.time()
         source = ingest.Source(box.name, raw.uidvalidity, raw.uid)
         if raw.too_large:
-            outcome = ingest.quarantine(
-                self.db,
-                self.desk,
-                source,
-                b"",
-                None,
-                f"message of {raw.size} bytes exceeds [limits] max_message_bytes",
-            )
+            outcome = oversize.quarantine(self.db, self.desk, source, raw.head, raw.size)
         else:
             outcome = ingest.process(self.db, self.desk, source, raw.raw, parsed=parsed)
         done["quarantine" if outcome.quarantined else "processed"].append(raw.uid)

@@ -51,6 +51,7 @@ class RawMail:
     size: int  # RFC822.SIZE
     too_large: bool = False
     arrived: float | None = None  # INTERNALDATE as unix time, when the server gave one
+    head: bytes = b""  # when too_large: its header block, at most ``max_header_bytes``
 
 
 class MailboxError(Exception):
@@ -151,10 +152,12 @@ class Mailbox:
         timeout: float = 30.0,
         max_message_bytes: int = 50 * 2**20,
         batch: int = 100,
+        max_header_bytes: int = 256 * 1024,
     ) -> None:
         self.config = config
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
+        self.max_header_bytes = max_header_bytes
         self.batch = max(1, batch)
         self._client: IMAPClient | None = None
         self._uidvalidity = 0
@@ -336,7 +339,8 @@ class Mailbox:
         """Yield the messages with these UIDs, in the order given, skipping vanished ones.
 
         Sizes come first (``RFC822.SIZE``); bodies are fetched with ``BODY.PEEK[]`` in batches.
-        Messages over ``max_message_bytes`` are yielded with ``too_large=True`` and no bytes.
+        Messages over ``max_message_bytes`` are yielded with ``too_large=True``, no bytes, and
+        their header block as ``head`` (``BODY.PEEK[HEADER]``, its first ``max_header_bytes``).
         """
         for start in range(0, len(uids), self.batch):
             chunk = list(uids[start : start + self.batch])
@@ -356,6 +360,7 @@ class Mailbox:
                 uid: bytes(data[b"BODY[]"]) for uid, data in fetched.items() if b"BODY[]" in data
             }
             del fetched
+        heads = self._fetch_heads([u for u in uids if u not in small])
         for uid in uids:
             size = int(sizes[uid][b"RFC822.SIZE"])
             arrived = _unix_time(sizes[uid].get(b"INTERNALDATE"))
@@ -363,8 +368,26 @@ class Mailbox:
                 # handed over, not kept: the caller holds one large message at a time
                 body = bodies.pop(uid)
                 yield RawMail(self.config.name, self._uidvalidity, uid, body, size, False, arrived)
-            elif uid not in small:
-                yield RawMail(self.config.name, self._uidvalidity, uid, b"", size, True, arrived)
+            elif uid in heads:
+                head = heads[uid]
+                yield RawMail(
+                    self.config.name, self._uidvalidity, uid, b"", size, True, arrived, head
+                )
+
+    def _fetch_heads(self, uids: list[int]) -> dict[int, bytes]:
+        """The header blocks of these (too large) messages, each at most ``max_header_bytes``."""
+        if not uids:
+            return {}
+        section = f"BODY.PEEK[HEADER]<0.{self.max_header_bytes}>"
+        with self._errors("FETCH BODY.PEEK[HEADER]"):
+            fetched = self._imap.fetch(uids, [section])
+        heads = {}
+        for uid, data in fetched.items():
+            # the answer names the section with the partial's start only: BODY[HEADER]<0>
+            value = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER]")), None)
+            if value is not None:
+                heads[uid] = bytes(value)[: self.max_header_bytes]
+        return heads
 
     # ------------------------------------------------------------------ moving
 

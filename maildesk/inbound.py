@@ -1713,8 +1713,9 @@ _MD_ESCAPE = re.compile(r"^([^\S\n]*+)\\([-+#>])|^([^\S\n]*+\d++)\\(\.)", re.M)
 
 
 def _html_to_text(html: str, cap: int) -> _Converted:
-    """HTML as readable plain text (no links, no images, no remote resources), at most ``cap``
-    characters: the conversion stops there. The caller bounds the input (``_parseable``)."""
+    """HTML as readable plain text (link targets after their text, table cells apart; no
+    images, nothing fetched), at most ``cap`` characters: the conversion stops there. The
+    caller bounds the input (``_parseable``)."""
     if not html:
         return _Converted("")
     source = _closed_tail(html)
@@ -1757,6 +1758,11 @@ _NEWLINE_RUN = re.compile(r"\n\s*+")
 _NBSP_HOLDER = "&nbsp_place_holder;"  # what html2text writes for &nbsp; until it finishes
 
 
+_MAX_URL = 2048  # longer link targets are left out (browsers and servers stop near here)
+_URL = re.compile(r"(?:https?://|mailto:)[^\s<>\"\x00-\x1f\x7f]++", re.I)
+_CELL = " | "  # between the cells of a table row
+
+
 class _Converter(html2text.HTML2Text):
     """html2text, with its work bounded by the size of the input and the cap of the output.
 
@@ -1765,6 +1771,10 @@ class _Converter(html2text.HTML2Text):
     html2text, so ``<abbr>`` is read as plain text and ``<style>`` is skipped here; and text
     with many line breaks is given one newline per run of whitespace before html2text's
     line-anchored escaping patterns see it (its output folds such runs into one space anyway).
+
+    Links and tables are written here, not by html2text (whose Markdown would not read as
+    mail): a link's target follows its text as ``text <https://...>`` (``_Link``), and a table
+    row's cells are separated by `` | ``, each row on a line of its own.
     """
 
     def __init__(self, cap: int) -> None:
@@ -1778,6 +1788,8 @@ class _Converter(html2text.HTML2Text):
         self.written = 0
         self.full = False
         self.depth = {"blockquote": 0, "list": 0}
+        self.link: _Link | None = None  # the link open now (links do not nest in HTML)
+        self.cell_mark = 0  # ``written`` after the last cell separator or row start
         self.tag_callback = _bounded_tag  # type: ignore[assignment]  # typed as None there
 
     def outtextf(self, s: str) -> None:
@@ -1790,10 +1802,65 @@ class _Converter(html2text.HTML2Text):
     def handle_data(self, data: str, entity_char: bool = False) -> None:
         if not self.pre and "\n" in data:
             data = _NEWLINE_RUN.sub("\n", data)
+        if self.link is not None:
+            self.link.read(data)
         super().handle_data(data, entity_char)
 
     def text_so_far(self) -> str:
         return "".join(self.outtextlist).replace(_NBSP_HOLDER, "\xa0")
+
+    def open_link(self, href: str | None) -> None:
+        if self.link is not None:  # an <a> inside an open one closes it first, as browsers do
+            self.close_link()
+            self.space = True  # its text follows the target
+        self.link = _Link(_shown_target(href))
+
+    def close_link(self) -> None:
+        link, self.link = self.link, None
+        if link is None or not link.target or link.names_target():
+            return
+        last = self.outtextlist[-1][-1:] if self.outtextlist else ""
+        self.o(f"<{link.target}>" if not last or last.isspace() else f" <{link.target}>")
+
+    def table_tag(self, tag: str, start: bool) -> None:
+        """Cells apart, rows on lines of their own (a row may lack its end tag)."""
+        if not start:
+            return
+        if tag == "tr":
+            self.soft_br()
+        elif self.written > self.cell_mark:  # a cell after one with text in this row
+            self.o(_CELL)
+        self.cell_mark = self.written
+
+
+class _Link:
+    """An open link: its target to show (None: not shown) and the start of its text, kept up to
+    one character more than the target (enough to tell whether the text is the target)."""
+
+    def __init__(self, target: str | None) -> None:
+        self.target = target
+        self.text = ""
+
+    def read(self, data: str) -> None:
+        if self.target is not None and len(self.text) <= len(self.target):
+            self.text += data[: len(self.target) + 1 - len(self.text)]
+
+    def names_target(self) -> bool:
+        """Whether the link's text is its target already (then it is shown once)."""
+        assert self.target is not None
+        text = " ".join(self.text.split()).lower()
+        target = self.target.lower()
+        bare = target.removeprefix("mailto:")
+        return text in (target, bare, target.rstrip("/"))
+
+
+def _shown_target(href: str | None) -> str | None:
+    """A link target fit to show: http, https or mailto, no spaces or controls, at most
+    ``_MAX_URL`` characters; nothing is ever fetched."""
+    href = (href or "").strip()
+    if len(href) > _MAX_URL or _URL.fullmatch(href) is None:
+        return None
+    return href
 
 
 def _bounded_tag(
@@ -1801,6 +1868,15 @@ def _bounded_tag(
 ) -> bool:
     """html2text's tag hook: True when html2text is to ignore the tag (then the hook does the
     little of html2text's work on it that the output depends on)."""
+    if tag == "a":
+        if converter.quiet:
+            return True
+        converter.open_link(attrs.get("href")) if start else converter.close_link()
+        return True
+    if tag in ("tr", "td", "th"):
+        if not converter.quiet:
+            converter.table_tag(tag, start)
+        return False  # html2text ends the row's line
     if tag in ("abbr", "style"):
         if tag == "style":  # hidden, as html2text hides it, without its style sheet parser
             converter.quiet += 1 if start else -1
@@ -1897,7 +1973,8 @@ class _QuotePruner(HTMLParser):
 # pattern's backtracking. Leading and trailing whitespace is taken by possessive quantifiers
 # (``\s*+``), which never give back what they took, so each pattern is linear in its line.
 _PATTERN_CHARS = 1000
-_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+# a client that wraps its attribution may leave the first word alone on its line ("On")
+_ATTRIBUTION_START = re.compile(r"^\s*+(on|am|le|el|il|op|den|em|w)(?:\s|$)", re.I)
 _ATTRIBUTION = re.compile(
     r"^\s*+(?:"
     r"(?:on|em|il)\s.{4,300}?\b(?:wrote|escreveu|ha scritto)\s*+:"
@@ -1905,10 +1982,24 @@ _ATTRIBUTION = re.compile(
     r"|den\s.{4,300}?\bskrev\b[^:]{0,200}+:"
     r"|le\s.{4,300}?\ba\s++écrit\s*+:"
     r"|el\s.{4,300}?\bescribió\s*+:"
-    r"|w dniu\s.{4,300}?\bpisze\s*+:"
+    r"|w dniu\s.{4,300}?\b(?:pisze|napisał(?:\(a\))?+)\s*+:"
     r")\s*+$",
     re.I | re.S,
 )
+# Gmail's forms that begin with a name or a date, not a word of their own: German and Dutch on
+# phones ("Jane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026, 10:00:"), Polish ("czw.,
+# 26 lis 2026 o 10:00 Jane Doe <jane@example.com> napisał(a):") and Norwegian ("tor. 26. nov.
+# 2026 kl. 10:00 skrev Jane Doe <jane@example.com>:"). Known by their end; searched, each
+# alternative anchored on its word and possessive after it, so linear in the line.
+_ATTRIBUTION_END = re.compile(
+    r"(?:\b(?:schrieb\s++am|schreef\s++op)\s++[^:\n]{4,200}+:\d\d"
+    r"|\bnapisał(?:\(a\))?+"
+    r"|\bskrev\s++[^:\n]{1,200}+)\s*+:\s*+$",
+    re.I,
+)
+_TIME = re.compile(r"\d[:.]\d\d")
+# how such an attribution's first line looks: a name and an address, or a weekday and a day
+_UNLED_START = re.compile(r"[<@]|^\s*+\w{2,5}\.?,?\s++\d")
 _DATE_OR_ADDRESS = re.compile(r"\d|@")
 _SEPARATOR = re.compile(
     r"^\s*+-{2,}+\s*+(original message|original-nachricht|ursprüngliche nachricht"
@@ -1955,8 +2046,9 @@ def strip_quoted_history(text: str) -> str:
     """What the author wrote: quoted history, attribution lines and signatures removed.
 
     Knows how Gmail, Outlook (plain and HTML-converted), Apple Mail, Thunderbird, iOS, Android
-    and mutt write replies, in English, German, French and Spanish (and a few more). Linear in
-    the text: each line is stripped once and looked at a bounded number of times.
+    and mutt write replies, in English, German, French and Spanish (and a few more), with the
+    attribution wrapped over up to three lines. Linear in the text: each line is stripped once
+    and looked at a bounded number of times.
     """
     view = _Lines(_clean_text(text).split("\n"))
     kept: list[str] = []
@@ -2020,6 +2112,12 @@ def _header_block_at(lines: list[str], index: int) -> bool:
 
 def _attribution_span(view: _Lines, index: int) -> int:
     """How many lines an attribution ("On ... wrote:") starting at ``index`` spans, or 0."""
+    return _led_span(view, index) or _unled_span(view, index)
+
+
+def _led_span(view: _Lines, index: int) -> int:
+    """How many lines an attribution that begins with its own word ("On", "Am", "Le"...)
+    spans from ``index`` (1 to 3: a client may wrap it anywhere), or 0."""
     if not _matches(_ATTRIBUTION_START, view.lines[index]):
         return 0
     parts: list[str] = []
@@ -2037,6 +2135,33 @@ def _attribution_span(view: _Lines, index: int) -> int:
             quoted_next = following < view.end and view.quoted[following]
             if _DATE_OR_ADDRESS.search(joined) or quoted_next:
                 return span
+    return 0
+
+
+def _unled_span(view: _Lines, index: int) -> int:
+    """How many lines one of Gmail's attributions without a word of its own to start with
+    (``_ATTRIBUTION_END``) spans from ``index``, or 0. Nothing marks where such a line begins,
+    so it is only taken right after a blank line, from a line with an address or a date at its
+    start, up to the first line that ends with a colon (within three), with a time in it and
+    quoted lines right after."""
+    if index and not view.blank[index - 1]:
+        return 0
+    first = view.lines[index]
+    if len(first) > _PATTERN_CHARS or not _UNLED_START.search(first):
+        return 0
+    parts: list[str] = []
+    for last in range(index, min(index + 3, view.end)):
+        line = view.lines[last]
+        if view.blank[last] or view.quoted[last] or len(line) > _PATTERN_CHARS:
+            return 0
+        parts.append(line.strip())
+        if parts[-1].endswith(":"):
+            joined = " ".join(parts)
+            following = view.next_text[last + 1]
+            quoted_next = following < view.end and view.quoted[following]
+            if quoted_next and _TIME.search(joined) and _ATTRIBUTION_END.search(joined):
+                return last - index + 1
+            return 0
     return 0
 
 

@@ -478,40 +478,9 @@ def quarantine(
     replay: int | None = None,
 ) -> Outcome:
     """Record a message that could not be handled; the caller moves it to the quarantine folder."""
-    stored = StoredMail(None, None)
     mid = inbound.message_id if inbound else None
     with db.transaction() as session:
-        if raw:
-            stored = keep_raw(session, desk, raw)
-        values: dict[str, Any] = {
-            "message_id": mid,
-            "sha256": stored.sha256 or "",
-            "outcome": "quarantined",
-            "reason": reason[:2000],
-            "ticket_id": None,
-            "raw_path": stored.raw_path,
-            "sender": (inbound.from_raw if inbound else "")[:998],
-            "subject": (inbound.subject if inbound else "")[:998],
-            "at": desk.clock(),
-        }
-        existing = session.get(Ledger, replay) if replay is not None else None
-        if existing is None and source.uid is not None:
-            existing = session.scalar(
-                select(Ledger).where(
-                    Ledger.mailbox == source.mailbox,
-                    Ledger.uidvalidity == source.uidvalidity,
-                    Ledger.uid == source.uid,
-                )
-            )
-        if existing is not None:
-            for key, value in values.items():
-                setattr(existing, key, value)
-        else:
-            session.add(
-                Ledger(
-                    mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values
-                )
-            )
+        record_quarantine(session, desk, source, raw, inbound, reason, replay=replay)
     log.warning(
         "%s: <%s> quarantined: %s",
         source.mailbox,
@@ -520,3 +489,48 @@ def quarantine(
         extra={"message_id": mid, "ticket": "-", "mailbox": source.mailbox},
     )
     return Outcome("quarantined", None, reason, mid)
+
+
+def record_quarantine(
+    session: Session,
+    desk: Desk,
+    source: Source,
+    raw: bytes,
+    inbound: Inbound | None,
+    reason: str,
+    *,
+    replay: int | None = None,
+) -> None:
+    """The ledger row of a quarantined message, inside the caller's transaction (a row for the
+    same message, or the one replayed, is brought up to date)."""
+    stored = StoredMail(None, None)
+    mid = inbound.message_id if inbound else None
+    if raw:
+        stored = keep_raw(session, desk, raw)
+    values: dict[str, Any] = {
+        "message_id": mid,
+        "sha256": stored.sha256 or "",
+        "outcome": "quarantined",
+        "reason": reason[:2000],
+        "ticket_id": None,
+        "raw_path": stored.raw_path,
+        "sender": (inbound.from_raw if inbound else "")[:998],
+        "subject": (inbound.subject if inbound else "")[:998],
+        "at": desk.clock(),
+    }
+    existing = session.get(Ledger, replay) if replay is not None else None
+    if existing is None and source.uid is not None:
+        existing = session.scalar(
+            select(Ledger).where(
+                Ledger.mailbox == source.mailbox,
+                Ledger.uidvalidity == source.uidvalidity,
+                Ledger.uid == source.uid,
+            )
+        )
+    if existing is not None:
+        for key, value in values.items():
+            setattr(existing, key, value)
+    else:
+        session.add(
+            Ledger(mailbox=source.mailbox, uidvalidity=source.uidvalidity, uid=source.uid, **values)
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk import tickets
+from maildesk import oversize, tickets
 from maildesk.config import AgentSettings, ConfigError
 from maildesk.models import Status, Tag, Ticket
 from maildesk.outbox import Mail
@@ -218,6 +218,7 @@ def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
 def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
     dropped = [{"filename": "error-on-display.jpg", "size": limit + 4_200_000}]
     closes_at = "Thu 03 Dec 2026 09:00 UTC"
+    too_large = make.desk.settings.limits.max_message_bytes * 3 // 2
     return {
         "ack": [
             make.customer(make.new, "ack", dropped=[], max_attachment_bytes=limit),
@@ -244,6 +245,12 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
             ),
         ],
         "auto_closed": [make.customer(make.closed, "auto_closed", waited="7 days")],
+        oversize.NOTICE: [
+            make.desk.mailer.context(
+                oversize.notice_mail(make.desk, REQUESTER, subject, None, too_large)
+            )
+            for subject in ("Photos of the jammed printer", "")
+        ],
     }
 
 

@@ -235,13 +235,15 @@ def last_customer_message_id(ticket: Ticket) -> str | None:
     return None
 
 
-def ticket_context(desk: Desk, ticket: Ticket) -> dict[str, Any]:
+def ticket_context(desk: Desk, ticket: Ticket, *, to_agent: bool = False) -> dict[str, Any]:
+    """What every template sees of ``ticket``. Customers see their subject as they wrote it;
+    in mail to agents a ``#word`` in it is neutralised (``commands.defang``), so it cannot
+    become a command when an agent replies."""
     return {
         "ticket": {
             "ref": desk.ref(ticket),
             "number": ticket.id,
-            # a customer's "#word" must not become a command when an agent replies to it
-            "subject": commands.defang(ticket.subject),
+            "subject": commands.defang(ticket.subject) if to_agent else ticket.subject,
             "status": ticket.status,
             "priority": ticket.priority,
             "team": ticket.team,
@@ -270,12 +272,14 @@ def customer_mail(
     reply, a resolution, canned text), so it is a person's mail, never held by loop protection
     or the hourly cap and without ``Auto-Submitted``. Without, it is made wholly from templates
     (acknowledgment, reminder, the notices of closing and escalation): automatic."""
+    # a requester who is one of the agents could answer it with commands: not their subject
+    to_agent = desk.settings.agent(ticket.requester) is not None
     return Mail(
         kind=kind,
         template=template,
         to=ticket.requester,
         ticket=ticket,
-        context={**ticket_context(desk, ticket), **context},
+        context={**ticket_context(desk, ticket, to_agent=to_agent), **context},
         automatic=not words,
         auto_submitted="auto-replied" if kind == "ack" else "auto-generated",
         in_reply_to=last_customer_message_id(ticket),
@@ -321,7 +325,7 @@ def agent_mail(
         to=agent.email,
         ticket=ticket,
         context={
-            **ticket_context(desk, ticket),
+            **ticket_context(desk, ticket, to_agent=True),
             "agent": {"email": agent.email, "name": agent.name},
             "help": commands.HELP,
             **context,
@@ -757,7 +761,9 @@ def agent_message(
 ) -> AgentOutcome:
     """An agent's mail on a ticket: authenticate, then apply its commands and reply, or refuse."""
     text = inbound.reply_text.strip()
-    parsed = commands.parse(inbound.subject, text, desk.settings.desk.ref_pattern)
+    parsed = commands.parse(
+        inbound.subject, text, desk.settings.desk.ref_pattern, desk.directory.teams
+    )
     proof = prove(desk, ticket, inbound, agent, now)
     if not proof.ok:
         return refuse_unverified(session, desk, ticket, inbound, stored, agent, proof, parsed, now)

@@ -57,6 +57,13 @@ def attributions(n: int) -> bytes:
     return mail("Hello\n" + pair * n)
 
 
+def unled_attributions(n: int) -> bytes:
+    """``n`` of Gmail's attributions that begin with a name (each after a blank line, wrapped
+    over two lines, with a quoted line under it)."""
+    pair = "\nJane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026,\n10:00:\n> quoted\n"
+    return mail("Hello\n" + pair * n)
+
+
 def blank_tail(n: int) -> bytes:
     """A short text, then ``n`` lines holding only a space."""
     return mail("Hello,\nthe printer is broken.\n" + " \n" * n)
@@ -83,6 +90,30 @@ def line_breaks(n: int) -> bytes:
 def open_tags(n: int) -> bytes:
     """HTML-only mail ending in ``n`` tags that never close (``<a<a<a...``)."""
     return mail("<html><body><p>Hello</p>" + "<a" * n, subtype="html")
+
+
+def many_links(n: int) -> bytes:
+    """HTML-only mail: ``n`` links, each shown with its target; half of them inside each other
+    (never closed), and as many ``javascript:`` links, which are not."""
+    links = "".join(
+        f'<a href="https://example.com/p/{i}">link {i}</a> <a href="https://example.com/q/{i}">'
+        f'open {i} <a href="javascript:void({i})">script {i}</a> '
+        for i in range(n)
+    )
+    return mail(f"<html><body><p>Hello {links}</p>", subtype="html")
+
+
+def long_link(n: int) -> bytes:
+    """HTML-only mail: one link whose target is ``n`` characters long (and its text too)."""
+    target = "https://example.com/" + "a" * n
+    return mail(f'<html><body><p>Hello <a href="{target}">{"b" * n}</a></p>', subtype="html")
+
+
+def many_cells(n: int) -> bytes:
+    """HTML-only mail: a table of one row of ``n`` cells, and ``n`` tables inside each other."""
+    row = "".join(f"<td>cell {i}</td>" for i in range(n))
+    nested = "<table><tr><td>" * n
+    return mail(f"<html><body><p>Hello</p><table><tr>{row}</tr></table>{nested}", subtype="html")
 
 
 # --------------------------------------------------------------------------- TNEF

@@ -106,13 +106,31 @@ def test_other_ref_formats(subject: str, pattern: str) -> None:
         ("C# is hard", [], "C# is hard"),
         ("  #note   \nindented command line", [("note", ())], "indented command line"),
         ("#general is broken again", [("general", ("is", "broken", "again"))], ""),
+        ("#close Thanks, replaced the cable", [("close", ())], "Thanks, replaced the cable"),
+        ("#close Thanks,   replaced\nthe cable.\n\nAlice",
+         [("close", ())], "Thanks,   replaced\nthe cable.\n\nAlice"),
+        ("#note checked the logs\n#close", [("note", ())], "checked the logs\n#close"),
+        ("#escalate engineering needs a new fuser",
+         [("escalate", ("engineering",))], "needs a new fuser"),
+        ("#escalate engineering: needs a new fuser",
+         [("escalate", ("engineering",))], "needs a new fuser"),
+        ("#escalate second line: the fuser\nis dead",
+         [("escalate", ("second", "line"))], "the fuser\nis dead"),
+        ("#escalate Second   Line", [("escalate", ("Second", "Line"))], ""),
+        ("#escalate nowhere at all", [("escalate", ("nowhere",))], "at all"),
+        ("#assign me #close Fixed it", [("assign", ("me",)), ("close", ())], "Fixed it"),
+        ("#tag a\n#close Fixed #tag b\nBye", [("tag", ("a",)), ("close", ())], "Fixed #tag b\nBye"),
+        ("#close #tag done", [("close", ()), ("tag", ("done",))], ""),
+        ("#close. Done.", [("close", ())], "Done."),
+        ("#close . !", [("close", ())], ""),
+        ("#priority high Thanks", [("priority", ("high", "Thanks"))], ""),
         ("> #close\nquoted", [], "> #close\nquoted"),
         ("", [], ""),
         ("#close", [("close", ())], ""),
     ],
 )  # fmt: skip
 def test_body_commands(body: str, expected: list[tuple[str, tuple[str, ...]]], text: str) -> None:
-    parsed = parse("Re: [#1042] Printer", body, REF)
+    parsed = parse("Re: [#1042] Printer", body, REF, DIRECTORY.teams)
     assert verbs_and_args(parsed) == expected
     assert parsed.text == text
 
@@ -134,7 +152,7 @@ def test_defanged_subject_text_never_parses() -> None:
 
 
 def check(subject: str = "[#1042] x", body: str = "", actor: str = ALICE) -> Validation:
-    return validate(parse(subject, body, REF), DIRECTORY, actor)
+    return validate(parse(subject, body, REF, DIRECTORY.teams), DIRECTORY, actor)
 
 
 @pytest.mark.parametrize(
@@ -208,6 +226,59 @@ def test_refusals(commands: str, refusal: str) -> None:
     assert result.actions == ()
     assert len(result.refusals) == 1
     assert refusal in result.refusals[0]
+
+
+def test_text_after_close_note_and_escalate_on_a_command_line_is_the_text() -> None:
+    parsed = parse("[#1042] x", "#assign me #close Thanks, replaced the cable\nAlice", REF)
+    result = validate(parsed, DIRECTORY, ALICE)
+    assert [action.source for action in result.actions] == ["#assign me", "#close"]
+    assert parsed.text == "Thanks, replaced the cable\nAlice"
+    parsed = parse("[#1042] x", "#escalate Second Line fuser is dead", REF, DIRECTORY.teams)
+    assert validate(parsed, DIRECTORY, ALICE).actions == (
+        Action("escalate", "Second Line", source="#escalate Second Line"),
+    )
+    assert parsed.text == "fuser is dead"
+
+
+def test_the_subject_rules_are_unchanged() -> None:
+    result = check(subject="[#1042] x #close Thanks")
+    assert result.refusals == ("#close Thanks: #close takes no arguments",)
+    result = check(subject="[#1042] x #escalate engineering now")
+    assert result.refusals[0].startswith("#escalate engineering now: no team called")
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        ("#priority high Thanks", "#priority high Thanks: priority must be one of"),
+        ("#reopen Customer called back", "#reopen Customer called back: #reopen takes no"),
+        ("#assign me Thanks", "#assign me Thanks: no agent called me Thanks"),
+        ("#reply thanks and more", "#reply thanks and more: no canned reply called"),
+    ],
+)
+def test_text_after_other_commands_is_refused_with_a_hint(body: str, refusal: str) -> None:
+    result = check(body=body + "\nMore text.")
+    assert len(result.refusals) == 1
+    assert result.refusals[0].startswith(refusal)
+    assert result.refusals[0].endswith(
+        "; write your text on a line below the commands (only #close, #note and "
+        "#escalate <team> take text on their own line)"
+    )
+
+
+def test_no_hint_where_no_text_was_written() -> None:
+    for body in ("#priority hgih", "#assign zed", "#escalate nowhere"):
+        (refusal,) = check(body=body).refusals
+        assert "write your text" not in refusal
+    (refusal,) = check(subject="[#1042] x #priority high Thanks").refusals
+    assert "write your text" not in refusal
+
+
+def test_a_long_line_after_a_team_is_all_text() -> None:
+    words = " ".join(["word"] * 100_000)
+    parsed = parse("[#1042] x", f"#escalate Second Line {words}", REF, DIRECTORY.teams)
+    assert parsed.commands[0].args == ("Second", "Line")
+    assert len(parsed.text) == len(words)
 
 
 def test_one_refusal_and_nothing_applies() -> None:

@@ -103,6 +103,24 @@ def test_oversize_message_is_reported_without_downloading_it(imap_server: ImapAc
         box.close()
     assert [(m.raw, m.too_large) for m in fetched] == [(small, False), (b"", True)]
     assert fetched[1].size == len(big)
+    # its header block alone comes instead, for telling its sender and the admin
+    assert fetched[1].head == big[: big.index(b"\r\n\r\n") + 4]
+    assert fetched[0].head == b""
+
+
+def test_the_header_block_of_an_oversize_message_is_fetched_up_to_its_cap(
+    imap_server: ImapAccount,
+) -> None:
+    many = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 60) for i in range(200))
+    big = mail(1, b"x" * 5000 + b"\r\n").replace(b"\r\n", b"\r\n" + many, 1)
+    imap_server.append(big)
+    box = Mailbox(imap_server.config(), max_message_bytes=1000, max_header_bytes=4096)
+    box.connect()
+    try:
+        (fetched,) = list(box.fetch(box.pending()))
+    finally:
+        box.close()
+    assert fetched.too_large and fetched.head == big[:4096]
 
 
 def test_fetch_skips_uids_that_are_gone(imap_server: ImapAccount, mailbox: Mailbox) -> None:

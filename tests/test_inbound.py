@@ -135,10 +135,30 @@ def test_html_only_mail_becomes_readable_text() -> None:
     assert "Dear customer," in m.text
     assert "your order could not be shipped because the address is incomplete:" in m.text
     assert "Street: Hauptstraße 5" in m.text
-    assert "Please update the address within 7 days." in m.text
+    # a link's target follows its text; the tracking image and the script are gone
+    assert (
+        "Please update the address <https://shop.example.net/orders/88213> within 7 days." in m.text
+    )
     assert "Café & Co. — Customer Service" in m.text
-    for absent in ("<", "tracker.example.net", "https://", "alert(", "font-family"):
+    for absent in ("tracker.example.net", "alert(", "font-family", "<img", "<script"):
         assert absent not in m.text
+    assert m.text.count("<") == m.text.count("https://") == 1
+
+
+def test_html_only_mail_keeps_link_targets_and_table_cells() -> None:
+    m = load("html-only-links-and-table.eml")
+    assert m.text == (
+        "Hello,\n\n"
+        "my order arrived incomplete. Click this article "
+        "<https://shop.example.net/help/missing-items> told me to write to you. My address is "
+        "priya.nair@example.org, the shop is https://shop.example.net/.\n\n"
+        "Item | Ordered | Delivered\n"
+        "USB-C cable | 2 | 1\n"
+        "Charger 65 W | 1 | 0\n\n"
+        "Do not click this or that; the photo is <https://photos.example.org/p/8841>\n\n"
+        "Priya Nair\nExample Org"
+    )
+    assert m.reply_text == m.text and m.defects == ()
 
 
 def test_rfc2047_and_rfc2231_are_decoded() -> None:
@@ -222,6 +242,20 @@ REPLIES = {
     "reply-mutt-interleaved.eml": "It is CN-4711-X.\n\n2.3.1, updated last week.",
     "reply-html-blockquote.eml": "The new password works, thanks.\n\nOlga",
     "reply-signature-only.eml": "5 - quick and friendly, thank you!",
+    # attributions wrapped over two lines, in the other languages and forms clients write
+    "reply-german-gmail-phone-wrapped.eml": (
+        "Ja, das Flackern ist weg, seit ich das Kabel getauscht habe.\n\nLena"
+    ),
+    "reply-polish-gmail-wrapped.eml": "Dziękuję, drukarka znowu działa.\n\nTomasz",
+    "reply-polish-gmail-w-dniu-wrapped.eml": "Nowe hasło działa, dziękuję.",
+    "reply-norwegian-gmail-wrapped.eml": "Takk, nå skriver den ut igjen.\n\nIngrid",
+    "reply-thunderbird-wrapped-after-date.eml": (
+        "Hello,\n\nafter the restart the drive is back, thanks.\n\nOmar"
+    ),
+    "reply-italian-gmail-wrapped.eml": "Grazie, il nuovo badge funziona.\n\nGiulia",
+    "reply-portuguese-gmail-wrapped.eml": "Obrigado, já consigo ligar-me à VPN.\n\nJoão",
+    "reply-dutch-gmail-wrapped.eml": "Dank je, de laptop start weer normaal op.\n\nSanne",
+    "reply-danish-gmail-wrapped.eml": "Tak, nu virker mailen igen.\n\nMads",
 }
 
 
@@ -231,6 +265,40 @@ def test_reply_text_is_the_authors_own_words(name: str) -> None:
     assert m.reply_text == REPLIES[name]
     assert m.in_reply_to and m.in_reply_to == m.references[-1:]
     assert m.sender is not None and m.defects == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the first word of the attribution alone on its line
+        "Thanks!\n\nOn\nThu, Nov 26, 2026 at 10:00 AM Jane Doe <jane@example.com> wrote:\n> old",
+        "Danke!\n\nAm\n26.11.2026 um 10:00 schrieb Jane Doe:\n> alt",
+        "Dzięki!\n\nW\ndniu 26.11.2026 o 10:00, Jane Doe pisze:\n> stary",
+        # Gmail's forms that begin with a name or a date, wrapped where Gmail wraps them
+        "Danke!\n\nJane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026,\n10:00:\n\n> alt",
+        "Bedankt!\n\nJane Doe <\njane@example.com> schreef op do 26 nov. 2026 10:00:\n\n> oud",
+        "Dzięki!\n\nczw., 26 lis 2026 o 10:00 Jane Doe <jane@example.com>\nnapisał(a):\n\n> stary",
+        "Takk!\n\ntor. 26. nov. 2026 kl. 10:00 skrev Jane Doe\n<jane@example.com>:\n\n> gammel",
+    ],
+)
+def test_wrapped_attributions_are_stripped(text: str) -> None:
+    assert strip(text) == text.split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # no blank line above: the author's own line, not an attribution's start
+        "My answer.\nJane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026, 10:00:\n\n> alt",
+        # no quoted lines under it, no time in it, no address or date to start it
+        "My answer.\n\nJane Doe <jane@example.com> schrieb am Do., 26. Nov. 2026, 10:00:\n\nmore",
+        "My answer.\n\nJane Doe <jane@example.com> schrieb am Donnerstag:\n> alt",
+        "My answer.\n\nThe printer on floor 3 broke at\n10:00 and Jane skrev this:\n> alt",
+    ],
+)
+def test_lines_like_an_attribution_without_its_start_are_kept(text: str) -> None:
+    kept = [line for line in text.split("\n") if not line.startswith(">")]
+    assert strip(text) == "\n".join(kept).strip()
 
 
 def test_full_text_keeps_the_quoted_history() -> None:

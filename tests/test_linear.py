@@ -35,9 +35,15 @@ def parsing(
     [
         (poison.spaces, 200_000, "Hello,\n\nthe printer is broken."),
         (poison.attributions, 2_000, "Hello"),
+        (poison.unled_attributions, 1_000, "Hello"),
         (poison.blank_tail, 10_000, "Hello,\nthe printer is broken."),
     ],
-    ids=["long-line-of-spaces", "many-attributions", "many-trailing-blank-lines"],
+    ids=[
+        "long-line-of-spaces",
+        "many-attributions",
+        "many-attributions-without-a-word-to-start",
+        "many-trailing-blank-lines",
+    ],
 )
 def test_quoted_history_stripping_is_linear(
     shape: Callable[[int], bytes], n: int, reply: str
@@ -69,6 +75,32 @@ def test_nested_html_gives_text_proportional_to_the_mail(
 def test_html_conversion_is_linear(shape: Callable[[int], bytes], n: int) -> None:
     assert parse(shape(n)).text.startswith("Hello")
     assert growth(parsing(shape), n) < LINEAR_BOUND
+
+
+@pytest.mark.parametrize(
+    "shape, n",
+    [(poison.many_links, 2_000), (poison.long_link, 100_000), (poison.many_cells, 2_000)],
+    ids=["many-links", "a-long-link", "many-cells-and-nested-tables"],
+)
+def test_links_and_tables_cost_linear_work(shape: Callable[[int], bytes], n: int) -> None:
+    small, large = parse(shape(n), UNCAPPED), parse(shape(GROWTH * n), UNCAPPED)
+    assert small.text.startswith("Hello")
+    # what is shown grows with the mail at most, never faster
+    assert len(large.text) < 1.25 * GROWTH * len(small.text)
+    assert growth(parsing(shape), n) < LINEAR_BOUND
+
+
+def test_link_targets_are_shown_when_fit_and_bounded() -> None:
+    links = parse(poison.many_links(100), UNCAPPED).text
+    assert links.count("<https://example.com/p/") == links.count("<https://example.com/q/") == 100
+    assert "link 7 <https://example.com/p/7> open 7 <https://example.com/q/7>" in links
+    assert "javascript" not in links and "script 7" in links
+    # a target over 2,048 characters is left out; the text stays
+    short, long = parse(poison.long_link(2_000)).text, parse(poison.long_link(3_000)).text
+    assert short == f"Hello {'b' * 2_000} <https://example.com/{'a' * 2_000}>"
+    assert long == f"Hello {'b' * 3_000}"
+    cells = parse(poison.many_cells(5), UNCAPPED).text
+    assert cells == "Hello\n\ncell 0 | cell 1 | cell 2 | cell 3 | cell 4"
 
 
 def test_html_text_is_cut_at_max_text_chars_and_says_so() -> None:
