@@ -1,0 +1,367 @@
+"""``maildesk ingest`` in an MTA's pipe: exit 0 once the message is handled, 75 for every
+other end (a config it cannot read, a database down, a signal, a crash...), one short line.
+
+Each command runs as its own process, as an MTA runs it. A ``[[mailboxes]]`` entry with
+``transport = "pipe"`` names the mailbox piped mail is filed under; ``run`` does not watch it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from maildesk import config
+from maildesk.mailworld import SmtpServer, free_port
+from maildesk.models import Ledger
+from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.servers import ImapAccount
+
+PIPE_MAILBOX = """
+[[mailboxes]]
+name = "help"
+transport = "pipe"
+team = "engineering"
+"""
+
+TEMPORARY = "maildesk: temporary failure: "
+
+
+@pytest.fixture
+def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=PIPE_MAILBOX)
+    yield w
+    w.close()
+
+
+def ingest(
+    config_path: Path,
+    *args: str,
+    input: bytes = b"",
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """``maildesk --config PATH ingest ARGS`` as an MTA's pipe runs it."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "maildesk", "--config", str(config_path), "ingest", *args],
+        input=input,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[bytes], config_path: Path) -> str:
+    """The failure's whole output: one line on stderr, nothing on stdout, no path in it."""
+    assert done.returncode == 75, done.stderr.decode()[-3000:]
+    assert done.stdout == b""
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(TEMPORARY)
+    assert "/" not in lines[0] and config_path.name not in lines[0]
+    assert len(lines[0]) < 100
+    return lines[0].removeprefix(TEMPORARY)
+
+
+def mail(subject: str = "Printer broken", **kwargs: object) -> bytes:
+    return customer_mail(subject, "It prints blank pages.", **kwargs).as_bytes()  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- handled: exit 0
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_every_handled_outcome_exits_0_filed_under_the_pipe_mailbox(world: DeskWorld) -> None:
+    text = world.config_path.read_text() + "\n[limits]\nmax_headers = 40\n"
+    world.config_path.write_text(text)
+
+    new = ingest(world.config_path, input=mail())
+    follow_up = ingest(world.config_path, input=mail("Re: [#1] Printer broken"))
+    ignored = ingest(
+        world.config_path,
+        input=mail("Out of office", headers=[("Auto-Submitted", "auto-replied")]),
+    )
+    crowded = mail("Crowded", headers=[(f"X-Filler-{n}", "x") for n in range(50)])
+    quarantined = ingest(world.config_path, input=crowded)
+
+    outputs = [(d.returncode, d.stdout.decode().strip(), d.stderr) for d in (new, follow_up)]
+    assert outputs == [(0, "new_ticket [#1]", b""), (0, "follow_up [#1]", b"")]
+    assert (ignored.returncode, ignored.stderr) == (0, b"")
+    assert ignored.stdout.decode().startswith("ignored - (Auto-Submitted")
+    assert (quarantined.returncode, quarantined.stderr) == (0, b"")
+    assert quarantined.stdout.decode().startswith("quarantined - (")
+    # no --mailbox: the first pipe mailbox, whose team gets the ticket
+    [ticket] = world.tickets()
+    assert (ticket["team"], len(ticket["messages"])) == ("engineering", 2)
+    with world.db.transaction() as session:
+        filed = session.execute(select(Ledger.mailbox, Ledger.outcome).order_by(Ledger.id)).all()
+    assert [tuple(row) for row in filed] == [
+        ("help", "new_ticket"),
+        ("help", "follow_up"),
+        ("help", "ignored"),
+        ("help", "quarantined"),
+    ]
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_mailbox_names_the_mailbox_and_its_team(world: DeskWorld) -> None:
+    done = ingest(world.config_path, "--mailbox", "support", input=mail())
+    assert (done.returncode, done.stdout.decode().strip()) == (0, "new_ticket [#1]")
+    assert world.tickets()[0]["team"] == "support"
+
+
+# --------------------------------------------------------------------------- not handled: 75
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_config_the_pipe_cannot_read_exits_75(world: DeskWorld) -> None:
+    world.config_path.chmod(0o000)
+    # root reads any file: take away that power (uid 0 stays, so the interpreter under a
+    # private home is still readable), as an MTA's unprivileged pipe user is without it
+    no_override = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    prefix = no_override if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to read as root without DAC override")
+    done = ingest(world.config_path, input=mail(), prefix=prefix)
+    assert one_line(done, world.config_path) == (
+        "configuration problem (run maildesk check-config as this user)"
+    )
+    world.config_path.chmod(0o600)
+    assert ingest(world.config_path, input=mail()).returncode == 0  # fixed: it goes through
+    assert len(world.tickets()) == 1
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_missing_or_invalid_config_or_an_unknown_mailbox_exits_75(world: DeskWorld) -> None:
+    missing = ingest(world.config_path.with_name("nowhere.toml"), input=mail())
+    assert one_line(missing, world.config_path).startswith("configuration problem")
+
+    unknown = ingest(world.config_path, "--mailbox", "helpdesk", input=mail())
+    assert (
+        one_line(unknown, world.config_path) == "no mailbox named 'helpdesk' in the configuration"
+    )
+
+    good = world.config_path.read_text()
+    world.config_path.write_text(good.replace('transport = "pipe"', 'transport = "smtp"'))
+    invalid = ingest(world.config_path, input=mail())
+    assert one_line(invalid, world.config_path).startswith("configuration problem")
+    world.config_path.write_text(good + "\n[desk\n")
+    assert one_line(ingest(world.config_path, input=mail()), world.config_path).startswith(
+        "configuration problem"
+    )
+    assert world.tickets() == []
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_database_down_or_not_a_database_exits_75(world: DeskWorld, tmp_path: Path) -> None:
+    good = world.config_path.read_text()
+    nobody_listens = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/desk"
+    world.config_path.write_text(
+        good.replace("[[mailboxes]]", f'[database]\nurl = "{nobody_listens}"\n\n[[mailboxes]]', 1)
+    )
+    down = ingest(world.config_path, input=mail())
+    assert one_line(down, world.config_path) == "database unavailable"
+
+    # a crash: the database file is not a database at all
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not an SQLite file\n" * 200)
+    garbage.chmod(0o600)
+    world.config_path.write_text(
+        good.replace(
+            "[[mailboxes]]", f'[database]\nurl = "sqlite:///{garbage}"\n\n[[mailboxes]]', 1
+        )
+    )
+    crashed = ingest(world.config_path, input=mail())
+    assert re.fullmatch(r"internal error \(\w+\)|database unavailable", one_line(crashed, garbage))
+    world.config_path.write_text(good)
+    assert world.tickets() == []
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_bad_command_line_or_a_broken_installation_exits_75(
+    world: DeskWorld, tmp_path: Path
+) -> None:
+    usage = ingest(world.config_path, "--mailbx", "help", input=mail())
+    assert one_line(usage, world.config_path).startswith("bad command line")
+
+    # a library maildesk needs fails to import (a broken virtualenv, say)
+    shadow = tmp_path / "shadow"
+    (shadow / "sqlalchemy").mkdir(parents=True)
+    (shadow / "sqlalchemy" / "__init__.py").write_text("raise ImportError('broken')\n")
+    path = os.pathsep.join(p for p in (str(shadow), os.environ.get("PYTHONPATH", "")) if p)
+    broken = ingest(world.config_path, input=mail(), env={"PYTHONPATH": path})
+    assert one_line(broken, world.config_path) == (
+        "maildesk cannot be loaded (a broken installation?)"
+    )
+    assert world.tickets() == []
+
+
+def _worker(pid: int) -> int | None:
+    """The parse worker ``ingest`` forks (named ``maildesk-parse``), once it exists."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in path.read_text().split() if path.exists() else ():
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "maildesk-parse":
+                return int(child)
+        except OSError:
+            continue
+    return None
+
+
+def _sleeping(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def _started(world: DeskWorld, *, reading: bool = True) -> tuple[subprocess.Popen[bytes], int]:
+    """An ingest given no input yet, and its parse worker. ``reading``: once it waits for its
+    input (the worker is forked just before it reads); else at once."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maildesk", "--config", str(world.config_path), "ingest"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    worker = wait_until(lambda: _worker(process.pid), 30, "the parse worker to be forked")
+    if reading:
+        wait_until(lambda: _sleeping(process.pid), 30, "ingest to wait for its input")
+    return process, worker
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+@pytest.mark.parametrize(
+    ("signum", "reading"),
+    [(signal.SIGTERM, True), (signal.SIGHUP, True), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["TERM-reading", "HUP-reading", "INT-reading", "TERM-at-the-fork"],
+)
+def test_a_signal_before_the_message_is_handled_exits_75(
+    world: DeskWorld, signum: signal.Signals, reading: bool
+) -> None:
+    """Waiting for the input, or the moment the worker is forked (a signal then arrives in
+    an at-fork hook of logging's, whose exception the interpreter swallows)."""
+    process, worker = _started(world, reading=reading)
+    process.send_signal(signum)
+    out, err = process.communicate(mail(), timeout=30)
+    done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    assert one_line(done, world.config_path) == f"stopped by {signum.name}"
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), 10, "the worker to be gone")
+    assert world.tickets() == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_running_out_of_memory_exits_75(world: DeskWorld) -> None:
+    """The address space of the waiting ingest is capped 64 MB above what it uses, then a
+    message four times that size arrives: reading it fails for want of memory."""
+    process, _ = _started(world)
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    used = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+    cap = used + (64 << 20)
+    resource.prlimit(process.pid, resource.RLIMIT_AS, (cap, cap))
+    big = mail() + b"x" * (255 << 20)
+
+    def feed() -> None:
+        assert process.stdin is not None
+        try:
+            process.stdin.write(big)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it gave up reading: what this test is about
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.read(), process.stderr.read()
+    process.wait(60)
+    writer.join(60)
+    done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    assert one_line(done, world.config_path) == "out of memory"
+    assert world.tickets() == []
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_a_pipe_mailbox_refuses_imap_keys_and_needs_a_team(tmp_path: Path) -> None:
+    base = f"""
+[desk]
+name = "Help"
+address = "help@example.test"
+data_dir = "{tmp_path / "data"}"
+
+[smtp]
+host = "127.0.0.1"
+
+[[teams]]
+name = "support"
+"""
+    path = tmp_path / "maildesk.toml"
+    path.write_text(base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\nteam = "support"\n')
+    settings = config.load(path)
+    assert [(b.name, b.watched) for b in settings.mailboxes] == [("help", False)]
+    assert settings.watched == () and settings.ingest_mailbox(None).name == "help"
+
+    path.write_text(
+        base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\nteam = "support"\n'
+        'host = "imap.example.test"\n'
+    )
+    with pytest.raises(config.ConfigError) as refused:
+        config.load(path)
+    assert str(refused.value) == (
+        f'{path}: [[mailboxes]] #1 host: not used by a mailbox with transport = "pipe"; remove it'
+    )
+    path.write_text(base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\n')
+    with pytest.raises(config.ConfigError, match=r"\[\[mailboxes\]\] #1 team: missing"):
+        config.load(path)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_desk_with_only_a_pipe_mailbox_runs_and_sends_what_ingest_queued(
+    world: DeskWorld,
+) -> None:
+    """``run`` watches no mailbox then: it delivers the outbox (what ``ingest`` queued) and
+    runs the timers until stopped; ``/healthz`` needs only the database."""
+    port = free_port()
+    text = re.sub(r"\[\[mailboxes\]\]\nname = \"support\".*?team = \"support\"\n", "",
+                  world.config_path.read_text(), count=1, flags=re.S)  # fmt: skip
+    world.config_path.write_text(text + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    assert [b.name for b in config.load(world.config_path).mailboxes] == ["help"]
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "maildesk", "--config", str(world.config_path), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        import urllib.request
+
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def health() -> str:
+            try:
+                with direct.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                    return str(answer.read().decode().strip())
+            except OSError:
+                return ""
+
+        assert wait_until(health, 30, "the daemon to answer /healthz") == "ok"
+        assert ingest(world.config_path, input=mail()).returncode == 0
+        [ack] = world.wait_mails_to(CUSTOMER, 1, timeout=30)
+        assert "[#1]" in str(ack.message["Subject"])
+        assert daemon.poll() is None  # still running: nothing to watch is no reason to stop
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err.decode()[-2000:]
