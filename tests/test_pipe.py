@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.mailworld import SmtpServer, free_port
+from maildesk.mailworld import Captured, SmtpServer, free_port
 from maildesk.models import Ledger
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount
@@ -35,6 +37,7 @@ team = "engineering"
 """
 
 TEMPORARY = "maildesk: temporary failure: "
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture
@@ -345,16 +348,9 @@ def test_a_desk_with_only_a_pipe_mailbox_runs_and_sends_what_ingest_queued(
         stderr=subprocess.PIPE,
     )
     try:
-        import urllib.request
-
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
         def health() -> str:
-            try:
-                with direct.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-                    return str(answer.read().decode().strip())
-            except OSError:
-                return ""
+            return _get(f"http://127.0.0.1:{port}/healthz")[1].strip()
 
         assert wait_until(health, 30, "the daemon to answer /healthz") == "ok"
         assert ingest(world.config_path, input=mail()).returncode == 0
@@ -365,3 +361,85 @@ def test_a_desk_with_only_a_pipe_mailbox_runs_and_sends_what_ingest_queued(
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err.decode()[-2000:]
+
+
+def _get(url: str) -> tuple[int, str]:
+    """Status and body (0 while nothing listens)."""
+    try:
+        with DIRECT.open(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+def _scrape(url: str) -> str:
+    return _get(url + "/metrics")[1]
+
+
+def _ingested(text: str, **labels: str) -> float | None:
+    """One series of ``maildesk_messages_ingested_total`` in Prometheus text format."""
+    for line in text.splitlines():
+        match = re.match(r"^maildesk_messages_ingested_total\{(.*)\} (\S+)$", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == labels:
+            return float(match.group(2))
+    return None
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_piped_mail_is_counted_in_the_running_daemons_metrics(world: DeskWorld) -> None:
+    """``ingest`` is another process: it counts each message in the database, and the daemon
+    serves what was counted since it started, labelled by the pipe mailbox."""
+    port = free_port()
+    world.config_path.write_text(
+        world.config_path.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    world.settings = config.load(world.config_path)
+    assert ingest(world.config_path, input=mail("Before the start")).returncode == 0
+    world.start()
+    url = f"http://127.0.0.1:{port}"
+    text = wait_until(lambda: _scrape(url), 20, "/metrics to answer")
+    assert _ingested(text, mailbox="help", outcome="new_ticket", reason="") == 0.0
+
+    auto = mail("Away", sender="ooo@customer.test", headers=[("Auto-Submitted", "auto-replied")])
+    for raw in (mail("VPN down"), mail("Mail lost", sender="eve@customer.test"), auto):
+        assert ingest(world.config_path, input=raw).returncode == 0
+    text = _scrape(url)
+    assert _ingested(text, mailbox="help", outcome="new_ticket", reason="") == 2.0
+    assert _ingested(text, mailbox="help", outcome="ignored", reason="auto_reply") == 1.0
+    assert _ingested(text, mailbox="support", outcome="new_ticket", reason="") == 0.0
+    # a second scrape counts nothing twice
+    assert _ingested(_scrape(url), mailbox="help", outcome="new_ticket", reason="") == 2.0
+    # the watched mailbox has a health; the pipe mailbox has none to have
+    assert 'maildesk_mailbox_up{mailbox="support"}' in text
+    assert 'maildesk_mailbox_up{mailbox="help"}' not in text
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_check_config_finds_its_probe_where_the_pipe_filed_it(world: DeskWorld) -> None:
+    """A pipe mailbox has no login to check; the probe proves the pipe works: the SMTP server
+    here plays the MTA and hands what it accepts to ``maildesk ingest``, as the pipe does."""
+
+    def pipe_it(captured: Captured) -> None:
+        ingest(world.config_path, "--mailbox", "help", input=captured.raw)
+
+    world.smtp.on_message = pipe_it
+    done = world.cli("check-config", "--probe-wait", "30")
+    out = done.stdout.decode().splitlines()
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+    assert (
+        "ok   mailbox help: fed by the MTA's pipe (maildesk ingest --mailbox help), nothing to "
+        "log in to; the probe shows whether mail gets through"
+    ) in out
+    local, domain = (re.escape(p) for p in world.address.split("@"))
+    assert re.fullmatch(
+        rf"ok   probe {local}\+probe-[0-9a-f]{{20}}@{domain}: sent with envelope sender "
+        rf"{local}\+bounce-\S+@{domain}, arrived in pipe mailbox help \(maildesk ingest\) "
+        r"after \d+\.\d s, recorded as ignored",
+        out[-1],
+    ), out
+    assert world.tickets() == [] and len(world.smtp.messages) == 1  # no acknowledgment of it
