@@ -823,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # first: nothing this process or its delivery process writes is readable by others
     private.set_umask()
+    from maildesk import pipe
+
+    if not pipe.active() and pipe.is_ingest(sys.argv[1:] if argv is None else argv):
+        return pipe.main(sys.argv[1:] if argv is None else argv)  # exit 0 or 75, one line
     args = build_parser().parse_args(argv)
     if args.func is cmd_ingest:
         return int(args.func(args))  # maildesk.pipe turns what it raises into exit 75

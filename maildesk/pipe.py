@@ -55,8 +55,15 @@ class Stopped(BaseException):
 
 
 class _State:
+    active = False  # a run under ``main`` is under way in this process
     handled = False
     stopped: int | None = None  # the stop signal received, if any
+
+
+def active() -> bool:
+    """``main`` is running this process's command (``cli`` hands an ``ingest`` started any
+    other way, say from an old ``maildesk`` script, to ``main``)."""
+    return _State.active
 
 
 def is_ingest(argv: Sequence[str]) -> bool:
@@ -79,7 +86,23 @@ def handled() -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``maildesk ARGV`` (an ``ingest``) under the pipe's promise; the exit status."""
-    _State.handled, _State.stopped = False, None
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        failure = _run(argv)
+        failed = failure is not None and not _State.handled
+        if failed:
+            assert failure is not None
+            _say(sys.stderr, f"maildesk: temporary failure: {describe(failure)}")
+        return EX_TEMPFAIL if failed else 0
+    finally:
+        _State.active = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(argv: Sequence[str]) -> BaseException | None:
+    """The command, with what it writes kept for syslog; what stopped it, if anything."""
+    _State.active, _State.handled, _State.stopped = True, False, None
     details = io.StringIO()
     stderr, sys.stderr = sys.stderr, details  # everything maildesk writes is a detail
     failure: BaseException | None = None
@@ -100,13 +123,8 @@ def main(argv: Sequence[str]) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)  # too late to stop now: the line goes out
         sys.stderr = stderr
-    failed = failure is not None and not _State.handled
     to_syslog(details.getvalue(), error=failure is not None)
-    if not failed:
-        return 0
-    assert failure is not None
-    _say(stderr, f"maildesk: temporary failure: {describe(failure)}")
-    return EX_TEMPFAIL
+    return failure
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:

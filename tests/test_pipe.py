@@ -443,3 +443,19 @@ def test_check_config_finds_its_probe_where_the_pipe_filed_it(world: DeskWorld) 
         out[-1],
     ), out
     assert world.tickets() == [] and len(world.smtp.messages) == 1  # no acknowledgment of it
+
+
+def test_the_examples_commented_pipe_mailbox_loads(tmp_path: Path) -> None:
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    text = example.replace('data_dir = "/var/lib/maildesk"', f'data_dir = "{tmp_path}"')
+    block = re.search(r"^# \[\[mailboxes\]\].*?\n(?=\n)", text, re.M | re.S)
+    assert block is not None
+    uncommented = re.sub(
+        r"^# ?(\S+ = \S+|\[\[mailboxes\]\])\s*#.*$", r"\1", block.group(0), flags=re.M
+    )
+    path = tmp_path / "maildesk.toml"
+    path.write_text(text.replace(block.group(0), uncommented))
+    settings = config.load(path)
+    [piped] = [box for box in settings.mailboxes if not box.watched]
+    assert (piped.name, piped.team) == ("billing", "support")
+    assert settings.ingest_mailbox(None) == piped
