@@ -23,7 +23,7 @@ from sqlalchemy import select
 from maildesk import config as config_module
 from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError, Settings
-from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket
+from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket, add_pipe_count
 
 if TYPE_CHECKING:
     from maildesk.tickets import Desk
@@ -242,11 +242,13 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from maildesk import ingest, oversize
+    """One message from stdin, for an MTA's pipe: returns 0 once it is handled (committed as
+    a ticket, a follow-up, ignored or quarantined) and raises for anything else, which
+    ``maildesk.pipe`` turns into exit 75 and one line."""
+    from maildesk import ingest, oversize, pipe
 
     settings = load_settings(args)
-    mailbox = args.mailbox or settings.mailboxes[0].name
-    settings.mailbox(mailbox)
+    mailbox = settings.ingest_mailbox(args.mailbox).name
     desk = checked_desk(settings)
     try:
         # one message: its worker is a fork of this process, which has no thread yet
@@ -254,15 +256,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         limit = settings.limits.max_message_bytes
         raw, size = read_message(sys.stdin.buffer, limit, ingest.limits_of(desk).max_header_bytes)
         db = open_db(settings)
+        pipe.proceed()
         if size > limit:
             outcome = oversize.quarantine(db, desk, ingest.Source(mailbox), raw, size)
         else:
             outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
-    except (DatabaseError, OSError) as exc:
-        print(f"maildesk: temporary failure, try again later: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
+        pipe.handled()
     finally:
         desk.close()
+    count_piped(db, mailbox, outcome)
     ref = settings.desk.ref(outcome.ticket_id) if outcome.ticket_id else "-"
     print(f"{outcome.kind} {ref}" + (f" ({outcome.reason})" if outcome.reason else ""))
     return 0
@@ -280,6 +282,18 @@ def read_message(stream: BinaryIO, limit: int, head_bytes: int) -> tuple[bytes, 
     while chunk := stream.read(1 << 20):
         size += len(chunk)
     return head, size
+
+
+def count_piped(db: Database, mailbox: str, outcome: Any) -> None:
+    """One more message for the daemon's ``/metrics`` (``PipeCount``); the message is handled
+    already, so a failure here is only logged."""
+    from maildesk.metrics import reason_label
+
+    try:
+        with db.transaction() as session:
+            add_pipe_count(session, mailbox, outcome.kind, reason_label(outcome))
+    except DatabaseError as exc:
+        log.warning("%s: <%s> not counted for /metrics: %s", mailbox, outcome.message_id, exc)
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
@@ -386,13 +400,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     broken = check_templates(settings)
     sys.stdout.flush()
     failed = 0
+    db = Database(settings.database_url)
     try:
-        Database(settings.database_url).ping()
+        db.ping()
         print(f"ok   database {settings.database_url.split('@')[-1]}")
     except DatabaseError as exc:
         print(f"FAIL database: {exc}")
         failed += 1
     for box in settings.mailboxes:
+        if not box.watched:
+            print(
+                f"ok   mailbox {box.name}: fed by the MTA's pipe (maildesk ingest --mailbox "
+                f"{box.name}), nothing to log in to; the probe shows whether mail gets through"
+            )
+            continue
         try:
             print(f"ok   mailbox {box.name} ({box.host}:{box.port}): {probe(box)}")
         except MailboxError as exc:
@@ -411,7 +432,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if failed:
         print("warn probe not sent: it needs the database, every mailbox and the SMTP server")
         return 1
-    result = roundtrip.run(settings, wait=args.probe_wait)
+    if settings.watched != settings.mailboxes:
+        db.upgrade()  # a probe that comes through a pipe is looked for in the ledger
+    result = roundtrip.run(settings, db, wait=args.probe_wait)
     print(f"ok   probe {result.line}" if result.ok else f"FAIL probe: {result.line}")
     return 0 if result.ok and not broken else 1
 
@@ -722,7 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="handle one message from stdin (for an MTA pipe)")
     ingest.add_argument(
-        "--mailbox", help="mailbox whose team gets new tickets (default: the first)"
+        "--mailbox",
+        help="the mailbox it came to: its team gets new tickets (default: the first mailbox "
+        'with transport = "pipe", else the first mailbox)',
     )
     ingest.set_defaults(func=cmd_ingest)
 
@@ -818,7 +843,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # first: nothing this process or its delivery process writes is readable by others
     private.set_umask()
+    from maildesk import pipe
+
+    if not pipe.active() and pipe.is_ingest(sys.argv[1:] if argv is None else argv):
+        return pipe.main(sys.argv[1:] if argv is None else argv)  # exit 0 or 75, one line
     args = build_parser().parse_args(argv)
+    if args.func is cmd_ingest:
+        return int(args.func(args))  # maildesk.pipe turns what it raises into exit 75
     try:
         return int(args.func(args))
     except ConfigError as exc:

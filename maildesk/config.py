@@ -7,6 +7,7 @@ the key; the CLI turns it into exit code 78 (EX_CONFIG) without a traceback.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -29,6 +30,22 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """A config problem, already phrased as one line naming the file and the key."""
+
+
+class NoSuchMailbox(ConfigError):
+    """A command named a mailbox that is not in ``[[mailboxes]]`` (``ingest --mailbox``)."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(f"{path}: no mailbox named {name!r} in [[mailboxes]]")
+        self.name = name
+
+
+class Transport(enum.StrEnum):
+    """How a mailbox's mail reaches maildesk: fetched over IMAP by ``run``, or handed to
+    ``maildesk ingest`` by the MTA's pipe."""
+
+    IMAP = "imap"
+    PIPE = "pipe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +98,13 @@ class MailboxSettings:
     oauth_token_url: str | None = None
     oauth_token: Callable[[], str] | None = None
     ssl_context: Any = None
+    transport: Transport = Transport.IMAP
+
+    @property
+    def watched(self) -> bool:
+        """``run`` logs in to it and watches it (an IMAP mailbox); a pipe mailbox is fed by
+        ``ingest``."""
+        return self.transport is Transport.IMAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +225,20 @@ class Settings:
         for box in self.mailboxes:
             if box.name == name:
                 return box
-        raise ConfigError(f"{self.path}: no mailbox named {name!r} in [[mailboxes]]")
+        raise NoSuchMailbox(self.path, name)
+
+    @property
+    def watched(self) -> tuple[MailboxSettings, ...]:
+        """The IMAP mailboxes, which ``run`` watches and ``/healthz`` reports on."""
+        return tuple(box for box in self.mailboxes if box.watched)
+
+    def ingest_mailbox(self, name: str | None) -> MailboxSettings:
+        """The mailbox ``ingest`` files a message under: ``name``, else the first pipe
+        mailbox, else the first mailbox."""
+        if name is not None:
+            return self.mailbox(name)
+        piped = [box for box in self.mailboxes if not box.watched]
+        return (piped or list(self.mailboxes))[0]
 
 
 # --------------------------------------------------------------------------- reading
@@ -575,11 +612,39 @@ OAUTH_PRESETS = {
 
 
 def _read_mailbox(t: _Table, base: Path, teams: set[str]) -> MailboxSettings:
-    security = t.choice("security", ("tls", "starttls", "none"), "tls")
-    auth = t.choice("auth", ("password", "xoauth2"), "password")
+    transport = Transport(t.choice("transport", tuple(Transport), Transport.IMAP))
     team = t.get("team", str, required=True)
     if team not in teams:
         raise t.fail("team", f"team {team!r} does not exist in [[teams]]")
+    if transport is Transport.PIPE:
+        return _read_pipe_mailbox(t, team)
+    return _read_imap_mailbox(t, base, team)
+
+
+PIPE_MAILBOX_KEYS = ("name", "team", "transport")
+
+
+def _read_pipe_mailbox(t: _Table, team: str) -> MailboxSettings:
+    """A mailbox the MTA feeds through ``maildesk ingest``: a name and a team, nothing to log
+    in to. An IMAP key on it is refused rather than ignored: it would say something untrue."""
+    for key in t.data:
+        if key not in PIPE_MAILBOX_KEYS:
+            raise t.fail(key, 'not used by a mailbox with transport = "pipe"; remove it')
+    return MailboxSettings(
+        name=t.get("name", str, required=True),
+        host="",
+        port=0,
+        security="none",
+        username="",
+        password="",
+        team=team,
+        transport=Transport.PIPE,
+    )
+
+
+def _read_imap_mailbox(t: _Table, base: Path, team: str) -> MailboxSettings:
+    security = t.choice("security", ("tls", "starttls", "none"), "tls")
+    auth = t.choice("auth", ("password", "xoauth2"), "password")
     poll = t.get("poll_seconds", float, 60.0)
     if poll <= 0:
         raise t.fail("poll_seconds", "must be positive")
@@ -807,6 +872,8 @@ def _credential_warnings(
             "file of mode 600 (~/.pgpass of maildesk's user, or the file PGPASSFILE names)"
         )
     for index, box in enumerate(mailboxes):
+        if not box.watched:
+            continue  # a pipe mailbox sends no credential anywhere
         credential = "password" if box.auth == "password" else "OAuth2 access token"
         where = f"[[mailboxes]] #{index + 1} ({box.name})"
         found.extend(_cleartext(where, box.security, box.host, credential))

@@ -311,13 +311,13 @@ class Daemon:
         self.mailboxes: dict[str, Mailbox] = {}
         self.unreachable: list[str] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        for box in self.settings.mailboxes:
+        for box in self.settings.watched:  # a pipe mailbox is fed by ``ingest``, not watched
             self.health[f"mailbox:{box.name}"] = Health(box.name)
         self.health["smtp"] = Health("smtp")
         self.metrics: Metrics | None = None
         self.metrics_server: MetricsServer | None = None
         self.tokens: dict[str, oauth.TokenSource] = {}
-        self.boxes = tuple(self._with_token(box) for box in self.settings.mailboxes)
+        self.boxes = tuple(self._with_token(box) for box in self.settings.watched)
         self.smtp_token = oauth.token_source(
             "SMTP", self.settings.smtp, self.settings.smtp.auth, self._token_failed
         )
@@ -344,6 +344,8 @@ class Daemon:
                 self.courier_loop() if self.courier_argv else self.outbox_loop()
             )
             await asyncio.gather(*boxes, return_exceptions=False)
+            if not boxes and not self.once:
+                await self.stop.wait()  # only pipe mailboxes: deliver and run timers until stopped
             if not self.once:
                 self.request_stop()
             await timers
@@ -410,7 +412,8 @@ class Daemon:
             return
         from maildesk.metrics import Metrics  # prometheus_client only when asked for
 
-        self.metrics = Metrics(self.db, self.boxes, self.health, self.desk.clock)
+        piped = [box.name for box in self.settings.mailboxes if not box.watched]
+        self.metrics = Metrics(self.db, self.boxes, self.health, self.desk.clock, piped)
         try:
             self.metrics_server = self.metrics.serve(listen)
         except OSError as exc:

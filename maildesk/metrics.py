@@ -1,9 +1,11 @@
 """Prometheus metrics and the health check, served over HTTP on ``[metrics] listen``.
 
 Beside the flow: the daemon reports what happened (each committed message with its outcome and
-arrival time, each delivery); everything else (tickets by status, the outbox, mailbox health)
+arrival time, each delivery); mail that came through an MTA's pipe was handled by another
+process (``maildesk ingest``), which counts it in the database (``PipeCount``), and what those
+counts grew by is added before each scrape; everything else (tickets by status, the outbox, mailbox health)
 is read when Prometheus scrapes, so the numbers never drift from the database. ``/healthz``
-answers 200 while every mailbox was checked within 3 x its ``poll_seconds`` and the database
+answers 200 while every IMAP mailbox was checked within 3 x its ``poll_seconds`` and the database
 answers, 503 with each mailbox's state and the database's otherwise: names and states only,
 never a host, a port or an error text (whoever reaches the port reads them; the log has the
 details). The only module that imports prometheus_client.
@@ -26,7 +28,15 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from maildesk.models import Database, DatabaseError, Outbox, OutboxStatus, Status, Ticket
+from maildesk.models import (
+    Database,
+    DatabaseError,
+    Outbox,
+    OutboxStatus,
+    PipeCount,
+    Status,
+    Ticket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,11 @@ class Outcome(Protocol):
     def reason(self) -> str: ...
 
 
+def reason_label(outcome: Outcome) -> str:
+    """The ``reason`` label of an outcome: why it was ignored, else empty."""
+    return ignored_reason(outcome.reason) if outcome.kind == "ignored" else ""
+
+
 class Health(Protocol):
     @property
     def failures(self) -> int: ...
@@ -89,9 +104,11 @@ class Metrics:
         mailboxes: Sequence[Watched],
         health: Mapping[str, Health],
         clock: Callable[[], datetime],
+        piped: Sequence[str] = (),
     ) -> None:
         self.db = db
         self.mailboxes = tuple(mailboxes)
+        self.piped = tuple(piped)  # the names of the mailboxes fed by ``maildesk ingest``
         self.health = health
         self.clock = clock
         self.started = clock()
@@ -122,19 +139,48 @@ class Metrics:
             registry=self.registry,
         )
         for box in self.mailboxes:  # so that rates exist before the first message
-            for outcome in ("new_ticket", "follow_up", "bounce", "duplicate", "quarantined"):
-                self.ingested.labels(box.name, outcome, "")
+            self._labels(box.name)
             self.latency.labels(box.name)
+        for name in self.piped:
+            self._labels(name)
+        # what ``maildesk ingest`` counted before this start: counted from here on
+        self._piped_seen: dict[tuple[str, str, str], int] | None = None
+        self._piped_lock = threading.Lock()  # two scrapes at once must not count twice
+        self.count_piped()
         self.registry.register(_ScrapeCollector(self))
+
+    def _labels(self, mailbox: str) -> None:
+        for outcome in ("new_ticket", "follow_up", "bounce", "duplicate", "quarantined"):
+            self.ingested.labels(mailbox, outcome, "")
 
     # ------------------------------------------------------------------ what the daemon reports
 
     def message(self, mailbox: str, outcome: Outcome, arrived: float | None) -> None:
         """One message committed (or quarantined) at this moment; ``arrived`` is unix time."""
-        reason = ignored_reason(outcome.reason) if outcome.kind == "ignored" else ""
-        self.ingested.labels(mailbox, outcome.kind, reason).inc()
+        self.ingested.labels(mailbox, outcome.kind, reason_label(outcome)).inc()
         if arrived is not None and outcome.kind != "duplicate":
             self.latency.labels(mailbox).observe(max(0.0, time.time() - arrived))
+
+    def count_piped(self) -> None:
+        """Add what ``maildesk ingest`` (another process) handled since the last look to
+        ``maildesk_messages_ingested_total``: it counts each message in ``PipeCount``, and
+        what grew since is counted here, so the counter starts at this start as the
+        in-process ones do. Read before each scrape."""
+        known = {box.name for box in self.mailboxes} | set(self.piped)
+        with self._piped_lock:
+            try:
+                with self.db.transaction() as session:
+                    rows = session.execute(_PIPE_COUNTS).all()
+            except DatabaseError as exc:
+                log.warning("metrics: cannot read the pipe counts: %s", exc)
+                return
+            counts = {(box, kind, why): int(n) for box, kind, why, n in rows if box in known}
+            if self._piped_seen is not None:
+                for key, count in counts.items():
+                    grown = count - self._piped_seen.get(key, 0)
+                    if grown > 0:
+                        self.ingested.labels(*key).inc(grown)
+            self._piped_seen = counts
 
     def deliveries(self, outcomes: Iterable[str]) -> None:
         """Delivery attempts: ``sent``, ``retry`` or ``failed`` each."""
@@ -183,6 +229,9 @@ class Metrics:
     def serve(self, listen: str) -> MetricsServer:
         host, _, port = listen.rpartition(":")
         return MetricsServer(self, host.strip("[]") or "127.0.0.1", int(port))
+
+
+_PIPE_COUNTS = select(PipeCount.mailbox, PipeCount.outcome, PipeCount.reason, PipeCount.count)
 
 
 class _ScrapeCollector(Collector):
@@ -282,6 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
+            self.metrics.count_piped()
             self._answer(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry))
         elif path == "/healthz":
             healthy, lines = self.metrics.states()

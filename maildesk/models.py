@@ -339,6 +339,36 @@ class SmtpCapabilities(Base):
     checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PipeCount(Base):
+    """Messages ``maildesk ingest`` handled, by mailbox, outcome and (for ignored mail) reason
+    label: how mail that came through an MTA's pipe reaches the daemon's ``/metrics``.
+
+    The ingest process is not the daemon, so it cannot count in the daemon's memory; it adds
+    one here after each message. Counts only grow (a replay from the quarantine changes the
+    ledger, not these), so the daemon serves what grew since it started as a counter."""
+
+    __tablename__ = "pipe_counts"
+
+    mailbox: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def add_pipe_count(session: Session, mailbox: str, outcome: str, reason: str) -> None:
+    """Add one to ``PipeCount`` (a row made on first use, by whichever process is first)."""
+    values = {"mailbox": mailbox, "outcome": outcome, "reason": reason, "count": 1}
+    table = cast(Table, PipeCount.__table__)
+    upsert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(table).values(values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["mailbox", "outcome", "reason"],
+            set_={"count": table.c["count"] + 1},
+        )
+    )
+
+
 class Lease(Base):
     """One consumer per mailbox: the holder renews its lease; a dead holder's lease expires."""
 
@@ -387,7 +417,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def _private_sqlite_files(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""check-config's probe: one mail through the SMTP server to the desk, found again over IMAP.
+"""check-config's probe: one mail through the SMTP server to the desk, found again where it
+arrives: over IMAP, or in the ledger when the MTA hands it to ``maildesk ingest`` (a pipe).
 
 Logins alone prove little: without plus addressing at the MTA every check passes while agents'
 replies (``support+<token>@``) and bounces (``support+bounce-...@``) are refused. The probe is
@@ -10,6 +11,10 @@ A daemon running meanwhile may see the probe first. It recognises it (our signed
 sent to the probe address made from it), never makes a ticket or an acknowledgment of it, and
 moves it to the processed folder like any mail it ignores; so the probe is looked for in each
 mailbox's watched folder and then its processed folder, in the order a message travels.
+
+A pipe mailbox has nothing to look in: ``maildesk ingest`` recognises the probe the same way and
+records it as ignored in the ledger, where it is looked for (by its Message-ID, under a pipe
+mailbox's name). Nothing is deleted then: the ledger keeps the record, as for any mail.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
 from maildesk import outbox
 from maildesk.config import MailboxSettings, Settings
 from maildesk.imap import Mailbox, MailboxError
+from maildesk.models import Database, DatabaseError, Ledger
 
 POLL_SECONDS = 0.25  # between two searches of the mailboxes
 DELETE_SECONDS = 15.0  # how long removing the probe may chase a daemon moving it
@@ -45,12 +53,18 @@ class Found:
 
 
 def run(
-    settings: Settings, *, wait: float = 60.0, clock: Callable[[], float] = time.monotonic
+    settings: Settings,
+    db: Database,
+    *,
+    wait: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Result:
-    """Send the probe and wait up to ``wait`` seconds for it to arrive; delete it."""
+    """Send the probe and wait up to ``wait`` seconds for it to arrive; delete it (from an
+    IMAP mailbox)."""
     probe = outbox.probe_mail(settings, datetime.now(UTC))
+    piped = Piped(db, tuple(box.name for box in settings.mailboxes if not box.watched))
     try:
-        with connected(settings.mailboxes) as boxes:
+        with connected(settings.watched) as boxes:
             try:
                 asyncio.run(outbox.send_probe(settings.smtp, probe))
             except outbox.SmtpRefused as exc:
@@ -58,23 +72,54 @@ def run(
             except outbox.SmtpError as exc:
                 return Result(False, f"could not send the probe: {exc}")
             sent = clock()
-            found = arrival(boxes, probe.message_id, sent + wait, clock)
+            found = arrival(boxes, piped, probe.message_id, sent + wait, clock)
             if found is None:
-                names = ", ".join(box.config.name for box in boxes)
-                return Result(
-                    False,
-                    f"the probe was accepted but did not arrive in mailbox {names} within "
-                    f"{wait:g} s (check delivery / plus addressing at the IMAP side)",
-                )
-            left = remove(boxes, probe.message_id, clock() + DELETE_SECONDS, clock)
-    except MailboxError as exc:
+                return Result(False, not_arrived(settings, wait))
+            left = ""
+            if found.folder:
+                left = remove(boxes, probe.message_id, clock() + DELETE_SECONDS, clock)
+    except (MailboxError, DatabaseError) as exc:
         return Result(False, f"while waiting for the probe: {exc}")
-    where = f"mailbox {found.mailbox} ({found.folder})"
-    line = (
-        f"{probe.to}: sent with envelope sender {probe.mail_from}, arrived in {where} "
-        f"after {found.seconds - sent:.1f} s, "
-    )
+    line = f"{probe.to}: sent with envelope sender {probe.mail_from}, arrived in "
+    if not found.folder:
+        return Result(
+            True,
+            line + f"pipe mailbox {found.mailbox} (maildesk ingest) after "
+            f"{found.seconds - sent:.1f} s, recorded as ignored",
+        )
+    line += f"mailbox {found.mailbox} ({found.folder}) after {found.seconds - sent:.1f} s, "
     return Result(True, line + ("deleted" if not left else f"but {left}"))
+
+
+def not_arrived(settings: Settings, wait: float) -> str:
+    names = ", ".join(box.name for box in settings.mailboxes)
+    where = "the IMAP side" if settings.watched else "the MTA, whose log says why"
+    if settings.watched and len(settings.watched) < len(settings.mailboxes):
+        where = "the IMAP side, or the MTA's log for a pipe"
+    return (
+        f"the probe was accepted but did not arrive in mailbox {names} within "
+        f"{wait:g} s (check delivery / plus addressing at {where})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Piped:
+    """Where a probe handed to ``maildesk ingest`` shows: its ledger row, under a pipe
+    mailbox's name."""
+
+    db: Database
+    names: tuple[str, ...]
+
+    def find(self, message_id: str) -> str | None:
+        """The pipe mailbox that recorded the probe, or None (yet)."""
+        if not self.names:
+            return None
+        with self.db.transaction() as session:
+            return session.scalar(
+                select(Ledger.mailbox)
+                .where(Ledger.message_id == message_id, Ledger.mailbox.in_(self.names))
+                .limit(1)
+            )
 
 
 def refused(exc: outbox.SmtpRefused, probe: outbox.ProbeMail) -> str:
@@ -117,14 +162,22 @@ def folders(box: Mailbox) -> tuple[str, ...]:
 
 
 def arrival(
-    boxes: Sequence[Mailbox], message_id: str, deadline: float, clock: Callable[[], float]
+    boxes: Sequence[Mailbox],
+    piped: Piped,
+    message_id: str,
+    deadline: float,
+    clock: Callable[[], float],
 ) -> Found | None:
-    """Search every mailbox for the probe until it is there or ``deadline`` has passed."""
+    """Search every mailbox for the probe until it is there or ``deadline`` has passed
+    (``Found.folder`` empty: it came through a pipe)."""
     while True:
         for box in boxes:
             for folder in folders(box):
                 if box.find_message(folder, message_id):
                     return Found(box.config.name, folder, clock())
+        pipe_mailbox = piped.find(message_id)
+        if pipe_mailbox is not None:
+            return Found(pipe_mailbox, "", clock())
         if clock() >= deadline:
             return None
         time.sleep(POLL_SECONDS)  # the interval of a poll with a deadline

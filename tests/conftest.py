@@ -3,7 +3,8 @@
 IMAP servers are started once per session; each test gets a fresh user (and so an empty
 mailbox). ``imap_server`` runs a test against pymap and Dovecot alike. Dovecot tests skip when
 the binary is missing, unless ``MAILDESK_REQUIRE_DOVECOT=1`` (CI), where they fail instead; the
-same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1``.
+same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1`` and Postfix with
+``MAILDESK_REQUIRE_POSTFIX=1``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +131,68 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- Postfix
+
+POSTFIX = shutil.which("postfix") or (
+    "/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None
+)
+
+
+@pytest.fixture
+def postfix_binary() -> str:
+    """The ``postfix`` command, for a test that runs a Postfix of its own (as root: it starts
+    a mail system and hands mail to a pipe user)."""
+    if POSTFIX is None:
+        _unavailable("the postfix binary", "MAILDESK_REQUIRE_POSTFIX")
+    if os.geteuid() != 0:
+        _unavailable("root (to start Postfix)", "MAILDESK_REQUIRE_POSTFIX")
+    return POSTFIX
+
+
+@pytest.fixture
+def pipe_python() -> Iterator[tuple[str, Path]]:
+    """How an MTA's pipe, as the unprivileged user ``nobody``, runs this checkout: an
+    interpreter with maildesk's libraries that nobody can run (``MAILDESK_PIPE_PYTHON``, else
+    this one), and a copy of the checkout nobody can read, for ``PYTHONPATH``. Unavailable
+    when nobody cannot run the interpreter (one under root's home, say)."""
+    python = os.environ.get("MAILDESK_PIPE_PYTHON") or sys.executable
+    code = Path(tempfile.mkdtemp(prefix="maildesk-code-"))
+    code.chmod(0o755)
+    try:
+        checkout = Path(__file__).resolve().parent.parent
+        for part in ("maildesk", "templates"):
+            shutil.copytree(
+                checkout / part, code / part, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        try:
+            runs = (
+                subprocess.run(
+                    [python, "-c", "import maildesk.cli"],
+                    env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
+                    user=NOBODY,
+                    group=NOBODY,
+                    extra_groups=[],
+                    capture_output=True,
+                    cwd="/",
+                ).returncode
+                == 0
+            )
+        except OSError:  # not even executable for nobody
+            runs = False
+        if not runs:
+            _unavailable(
+                f"a Python that user nobody can run with maildesk's libraries ({python} "
+                "cannot: set MAILDESK_PIPE_PYTHON, as .ci/run does)",
+                "MAILDESK_REQUIRE_POSTFIX",
+            )
+        yield python, code
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+
+
+NOBODY = 65534
 
 
 # --------------------------------------------------------------------------- the CLI in-process

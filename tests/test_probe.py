@@ -187,7 +187,8 @@ def test_a_probe_a_daemon_moved_is_found_in_processed_and_only_it_is_deleted(
     world.account.append(other, "INBOX")
     clock = time.monotonic
     with roundtrip.connected(world.settings.mailboxes) as boxes:
-        found = roundtrip.arrival(boxes, probe.message_id, clock() + 5, clock)
+        piped = roundtrip.Piped(world.db, ())
+        found = roundtrip.arrival(boxes, piped, probe.message_id, clock() + 5, clock)
         assert found is not None and (found.mailbox, found.folder) == ("support", "Processed")
         assert roundtrip.remove(boxes, probe.message_id, clock() + 5, clock) == ""
     [kept] = world.account.messages("Processed")

@@ -65,7 +65,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0005(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE pipe_counts"))
+
+
 def _undo_0004(conn: Connection) -> None:
+    _undo_0005(conn)
     conn.execute(text("ALTER TABLE tickets DROP COLUMN requester_bounced_at"))
     conn.execute(text("ALTER TABLE suppressions DROP COLUMN bounced_at"))
 
@@ -124,5 +129,20 @@ def test_a_database_at_the_third_revision_gains_the_bounce_dates(database_url: s
         schema = inspect(db.engine)
         assert "requester_bounced_at" in {c["name"] for c in schema.get_columns("tickets")}
         assert "bounced_at" in {c["name"] for c in schema.get_columns("suppressions")}
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_fourth_revision_gains_the_pipe_counts(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0005(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+        assert "pipe_counts" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        assert "pipe_counts" in inspect(db.engine).get_table_names()
     finally:
         db.dispose()

@@ -141,10 +141,16 @@ def test_a_broken_template_fails_check_config_and_stops_the_start(
     assert not any(line.startswith("ok   templates") for line in lines)
 
     world.deliver(customer_mail("Printer broken", "It prints blank pages."))
-    for command in (("run", "--once"), ("ingest",), ("quarantine", "replay", "--all")):
+    for command in (("run", "--once"), ("quarantine", "replay", "--all")):
         done = world.cli(*command, input=b"")
         assert done.returncode == 78, command
         assert done.stderr.decode().splitlines() == [f"maildesk: config error: {expected}"]
+    # an MTA's pipe: try again later (75), in one line without the file's path
+    piped = world.cli("ingest", input=customer_mail("Printer broken", "Blank pages.").as_bytes())
+    assert (piped.returncode, piped.stdout) == (75, b"")
+    assert piped.stderr.decode().splitlines() == [
+        "maildesk: temporary failure: configuration problem (run maildesk check-config as this user)"
+    ]
     assert len(world.account.uids("INBOX")) == 1 and world.smtp.messages == []
 
 
