@@ -23,9 +23,11 @@ import pytest
 from maildesk.mailworld import ImapServer, SmtpServer
 from tests.servers import (
     DOVECOT,
+    POSTGRES_BIN,
     Certificate,
     DovecotServer,
     ImapAccount,
+    PostgresServer,
     fresh_user,
     make_certificate,
 )
@@ -128,6 +130,19 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the test's own, which the test may stop and start (never the
+    shared one); needs PostgreSQL's ``initdb`` and ``pg_ctl``."""
+    if POSTGRES_BIN is None:
+        _unavailable("PostgreSQL's initdb and pg_ctl", "MAILDESK_REQUIRE_POSTGRES")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # --------------------------------------------------------------------------- the CLI in-process
