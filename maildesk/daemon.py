@@ -756,7 +756,9 @@ class Daemon:
 
     async def _mailbox_round(self, box: MailboxSettings, lease: str, pulse: Pulse) -> bool:
         """Take the mailbox's lease and consume it; True when the loop is done."""
-        if not await asyncio.to_thread(take_lease, self.db, lease, self.holder):
+        taken = await asyncio.to_thread(take_lease, self.db, lease, self.holder)
+        await self._database_works()
+        if not taken:
             self._attempted(box.name)
             if self.once:
                 log.info("mailbox %s is being handled by another daemon; skipping", box.name)
@@ -918,6 +920,7 @@ class Daemon:
             except DatabaseError as exc:
                 await self._database_down(str(exc), pulse)
                 continue
+            await self._database_works()
             refresh = False
             pulse.beat()
             self._fault(Loop.TIMERS)
@@ -1080,6 +1083,7 @@ class Daemon:
         rows = await asyncio.to_thread(
             outbox.claim_due, self.db, now, OUTBOX_BATCH, CLAIM_LEASE, self.holder
         )
+        await self._database_works()
         pulse.beat()
         self._fault(Loop.OUTBOX)
         if rows:
@@ -1185,7 +1189,7 @@ class Daemon:
 
     async def _probe_database(self) -> None:
         """While the database is down here: probe it, at least every ``DATABASE_MAX_BACKOFF``
-        seconds; each failed probe counts, the first that passes ends the outage."""
+        seconds; each failed probe counts, the first that passes lets the loops go on."""
         health = self.health["database"]
         while not self.stop.is_set():
             seconds = backoff_seconds(health.failures, DATABASE_MAX_BACKOFF)
@@ -1201,8 +1205,15 @@ class Daemon:
                     pulse.beat()
                 await self._database_failed(str(exc), HERE)
                 continue
-            await self._database_answers(HERE)
+            # the loops go on; the outage ends when one of them gets real work done (a probe
+            # can pass where work fails: a full disk), so that it is not logged twice
+            self.database_up.set()
             return
+
+    async def _database_works(self) -> None:
+        """A loop got work done in the database: an outage seen here is over."""
+        if HERE in self.health["database"].failing:
+            await self._database_answers(HERE)
 
     async def _either(self, *events: asyncio.Event) -> None:
         """Wait until one of ``events`` is set."""
