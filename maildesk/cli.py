@@ -2,7 +2,8 @@
 
 Opens the transactions the commands need (with ``ingest`` for mail), turns known failures into
 one line and an exit code: 78 for a bad config, 75 for a transient failure an MTA should retry,
-1 for an unreachable mailbox in ``run --once``. Every command starts with umask 077 and logs
+1 for an unreachable mailbox in ``run --once``, 70 when a loop of ``run`` failed on an error no
+outage explains (for systemd to start it afresh). Every command starts with umask 077 and logs
 the config's warnings (``check-config`` prints them as ``warn`` lines instead).
 """
 
@@ -26,6 +27,7 @@ from maildesk.config import EX_CONFIG, ConfigError, Settings
 from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket, add_pipe_count
 
 if TYPE_CHECKING:
+    from maildesk.daemon import Loop
     from maildesk.tickets import Desk
 
 log = logging.getLogger("maildesk")
@@ -174,15 +176,21 @@ def checked_desk(settings: Settings) -> Desk:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from maildesk.daemon import Courier, Daemon
+    from maildesk.watchdog import Notifier
 
     settings = load_settings(args)
     desk = checked_desk(settings)
     db = open_db(settings)
+    faults = injected_faults()
+    # systemd's variables, taken out of the environment before any child process inherits it
+    notifier = None if args.once else Notifier.from_environment(os.environ)
     daemon_pid = os.getpid()
     # no database connection is shared across the fork: the pool reopens them when needed
     db.dispose()
     # forked now, while this process has no other thread: it starts without importing again
-    courier = Courier.fork(lambda: _courier_main(settings, daemon_pid, once=args.once))
+    courier = Courier.fork(
+        lambda: _courier_main(settings, daemon_pid, once=args.once, faults=faults)
+    )
     daemon = Daemon(
         settings,
         db,
@@ -190,24 +198,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         once=args.once,
         courier_argv=courier_argv(args, settings),
         courier=courier,
+        notifier=notifier,
+        faults=faults,
     )
+    runner = asyncio.Runner()
     try:
-        code = asyncio.run(daemon.run())
+        code = runner.run(daemon.run())
     finally:
         daemon.desk.close()
+        if not daemon.abandoned:
+            runner.close()
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
+    if daemon.abandoned:
+        # threads still blocked (a read, a lock) that asyncio and the interpreter would wait
+        # for at exit: the delivery process and the parse workers are gone already
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     db.dispose()
     return code
 
 
-def _courier_main(settings: Settings, daemon_pid: int, *, once: bool) -> int:
+def injected_faults() -> frozenset[Loop]:
+    """``MAILDESK_TEST_FAULTS``, for tests only: the loops (``daemon.Loop`` names, separated
+    by commas) that raise an error as a bug would, to prove such an error stops the daemon."""
+    from maildesk.daemon import Loop
+
+    names = [n.strip() for n in os.environ.get("MAILDESK_TEST_FAULTS", "").split(",")]
+    try:
+        return frozenset(Loop(name) for name in names if name)
+    except ValueError as exc:
+        raise UsageError(f"MAILDESK_TEST_FAULTS: {exc}") from None
+
+
+def _courier_main(
+    settings: Settings, daemon_pid: int, *, once: bool, faults: frozenset[Loop]
+) -> int:
     """The forked delivery process: its own database connections, the outbox loop."""
     from maildesk.daemon import Daemon
     from maildesk.tickets import Desk
 
     db = delivery_db(settings)
-    daemon = Daemon(settings, db, Desk(settings), once=once)
+    daemon = Daemon(settings, db, Desk(settings), once=once, faults=faults)
     return asyncio.run(daemon.deliver(supervised_by=daemon_pid))
 
 
@@ -235,8 +268,10 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     db = delivery_db(settings)
     if args.supervised_by is None:
         db.upgrade()
-    daemon = Daemon(settings, db, Desk(settings), once=args.once)
+    daemon = Daemon(settings, db, Desk(settings), once=args.once, faults=injected_faults())
     code = asyncio.run(daemon.deliver(supervised_by=args.supervised_by))
+    for line in daemon.unreachable:
+        print(f"maildesk: {line}", file=sys.stderr)
     db.dispose()
     return code
 

@@ -6,7 +6,8 @@ process (``maildesk ingest``), which counts it in the database (``PipeCount``), 
 counts grew by is added before each scrape; everything else (tickets by status, the outbox, mailbox health)
 is read when Prometheus scrapes, so the numbers never drift from the database. ``/healthz``
 answers 200 while every IMAP mailbox was checked within 3 x its ``poll_seconds`` and the database
-answers, 503 with each mailbox's state and the database's otherwise: names and states only,
+answers (and the daemon is in no database outage), 503 with each mailbox's state and the
+database's otherwise: names and states only,
 never a host, a port or an error text (whoever reaches the port reads them; the log has the
 details). The only module that imports prometheus_client.
 """
@@ -105,12 +106,18 @@ class Metrics:
         health: Mapping[str, Health],
         clock: Callable[[], datetime],
         piped: Sequence[str] = (),
+        *,
+        database_failed: Callable[[str], None] | None = None,
     ) -> None:
+        """``health`` holds ``mailbox:NAME`` and ``database`` entries; ``database_failed`` is
+        told each database error met here (the daemon logs and handles the outage), which
+        are otherwise logged once per outage here."""
         self.db = db
         self.mailboxes = tuple(mailboxes)
         self.piped = tuple(piped)  # the names of the mailboxes fed by ``maildesk ingest``
         self.health = health
         self.clock = clock
+        self.database_failed = database_failed
         self.started = clock()
         self._database_down = False
         self.registry = CollectorRegistry()
@@ -196,7 +203,7 @@ class Metrics:
         """Healthy or not, and one line per mailbox and for the database with its state."""
         now = self.clock()
         states = [(f"mailbox {box.name}", self._mailbox_state(box, now)) for box in self.mailboxes]
-        states.append(("database", "ok" if self._database_answers() else "down"))
+        states.append(("database", self._database_state()))
         healthy = all(state == "ok" for _, state in states)
         return healthy, [f"{name}: {state}" for name, state in states]
 
@@ -210,12 +217,21 @@ class Metrics:
             return f"down since {stamp(health.down_since)}"
         return f"not checked since {stamp(last or self.started)}"
 
+    def _database_state(self) -> str:
+        """down since (an outage the daemon is in), ok or down (a ping, between outages)."""
+        health = self.health.get("database")
+        if health is not None and health.failures and health.down_since is not None:
+            return f"down since {stamp(health.down_since)}"
+        return "ok" if self._database_answers() else "down"
+
     def _database_answers(self) -> bool:
         """Ping; the error is logged once per outage, never served."""
         try:
             self.db.ping()
         except DatabaseError as exc:
-            if not self._database_down:
+            if self.database_failed is not None:
+                self.database_failed(str(exc))
+            elif not self._database_down:
                 log.warning("health check: the database does not answer: %s", exc)
             self._database_down = True
             return False
@@ -226,9 +242,17 @@ class Metrics:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, listen: str) -> MetricsServer:
+    def serve(
+        self,
+        listen: str,
+        *,
+        on_failure: Callable[[BaseException], None] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> MetricsServer:
+        """Serve on ``listen`` in a thread; ``on_failure`` is told if that thread dies (in
+        it), ``tick`` is called on each turn of its loop (every 0.1 s)."""
         host, _, port = listen.rpartition(":")
-        return MetricsServer(self, host.strip("[]") or "127.0.0.1", int(port))
+        return MetricsServer(self, host.strip("[]") or "127.0.0.1", int(port), on_failure, tick)
 
 
 _PIPE_COUNTS = select(PipeCount.mailbox, PipeCount.outcome, PipeCount.reason, PipeCount.count)
@@ -278,7 +302,10 @@ class _ScrapeCollector(Collector):
                     ).all()
                 )
         except DatabaseError as exc:
-            log.warning("metrics: database unavailable: %s", exc)
+            if self.metrics.database_failed is not None:
+                self.metrics.database_failed(str(exc))
+            else:
+                log.warning("metrics: database unavailable: %s", exc)
             return
         tickets = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=("status",))
         for status in Status:
@@ -299,19 +326,31 @@ class _ScrapeCollector(Collector):
 class MetricsServer:
     """``/metrics`` and ``/healthz`` on a small threaded HTTP server in a background thread."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        on_failure: Callable[[BaseException], None] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
         self.metrics = metrics
         handler = type("Handler", (_Handler,), {"metrics": metrics})
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = _Server((host, port), handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="metrics",
-            daemon=True,
-        )
+        self.server.tick = tick
+        self.on_failure = on_failure
+        self.thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
         self.thread.start()
         log.info("serving /metrics and /healthz on %s:%d", host, self.port)
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve_forever(poll_interval=0.1)
+        except BaseException as exc:  # noqa: BLE001 - a dead server must not pass unnoticed
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
 
     @property
     def port(self) -> int:
@@ -322,6 +361,14 @@ class MetricsServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5.0)
+
+
+class _Server(ThreadingHTTPServer):
+    tick: Callable[[], None] | None = None
+
+    def service_actions(self) -> None:  # socketserver's hook, called on each turn of its loop
+        if self.tick is not None:
+            self.tick()
 
 
 class _Handler(BaseHTTPRequestHandler):

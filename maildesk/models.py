@@ -31,9 +31,11 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -47,6 +49,7 @@ from sqlalchemy.orm import (
     relationship,
     sessionmaker,
 )
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from maildesk import private
@@ -455,7 +458,10 @@ class Database:
                 lambda conn, record: _sqlite_pragmas(conn, record, synchronous=synchronous),
             )
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            self.engine = create_engine(
+                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_timeout(url)
+            )
+        self._probing: Engine | None = None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time, and a waiting writer sleeps in its busy handler
         # (up to 100 ms a try): threads of one process queue here instead, in order.
@@ -510,8 +516,38 @@ class Database:
         except (OperationalError, DBAPIError) as exc:
             raise DatabaseError(_one_line(exc)) from exc
 
+    def probe(self) -> None:
+        """Raise ``DatabaseError`` unless the database takes a write now: the cheap check
+        made while it is down, on a connection of its own (never one of the pool's).
+
+        An UPDATE that matches no row still takes SQLite's write lock, so a lock held by
+        another process is seen, after a wait of ``PROBE_WAIT`` (not the busy timeout)."""
+        if self._probing is None:
+            wait = {"timeout": PROBE_WAIT} if self.is_sqlite else _timeout(self.url)
+            self._probing = create_engine(self.url, poolclass=NullPool, connect_args=wait)
+        try:
+            with self._probing.connect() as conn:
+                conn.execute(update(Lease).where(false()).values(holder=Lease.holder))
+                conn.rollback()
+        except (OperationalError, DBAPIError) as exc:
+            raise DatabaseError(_one_line(exc)) from exc
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._probing is not None:
+            self._probing.dispose()
+
+
+# seconds: how long a probe of a database that is down waits for SQLite's write lock
+PROBE_WAIT = 1.0
+# seconds: how long a connection to PostgreSQL may take (a server that accepts the connection
+# but never answers would otherwise hold the thread for good)
+CONNECT_TIMEOUT = 10
+
+
+def _timeout(url: str) -> dict[str, Any]:
+    """``connect_timeout`` for the driver, unless the URL sets its own."""
+    return {} if "connect_timeout=" in url else {"connect_timeout": CONNECT_TIMEOUT}
 
 
 def _one_line(exc: Exception) -> str:

@@ -170,6 +170,25 @@ class Mailer:
         rendered = self.render(session, mail.template, self.context(mail), now, what)
         return self._write(session, mail, rendered, now)
 
+    def compose_now(self, mail: Mail, now: datetime) -> tuple[str, bytes]:
+        """``mail`` as its envelope sender and bytes, for sending at once without an outbox
+        row: the daemon's alert that the database (where the outbox is) is down. An override
+        that fails for it gives way to the shipped template, as in ``render``."""
+        context = self.context(mail)
+        try:
+            rendered = self.templates.render(mail.template, context)
+        except TemplateError as exc:
+            if not self.templates.shipped_has(mail.template):
+                raise
+            log.error(
+                "template %s; %s to %s made from the shipped template", exc, mail.kind, mail.to
+            )
+            rendered = self.templates.render_shipped(mail.template, context)
+        desk = self.settings.desk
+        message_id = own_message_id(desk.secret, desk.domain)
+        body = self._compose(mail, rendered.subject, rendered.text, rendered.html, message_id, now)
+        return bounce_address(desk.secret, desk.address, message_id), body
+
     def context(self, mail: Mail) -> dict[str, Any]:
         """What the templates of ``mail`` see: its context, and the desk."""
         desk = self.settings.desk

@@ -26,9 +26,11 @@ import pytest
 from maildesk.mailworld import ImapServer, SmtpServer
 from tests.servers import (
     DOVECOT,
+    POSTGRES_BIN,
     Certificate,
     DovecotServer,
     ImapAccount,
+    PostgresServer,
     fresh_user,
     make_certificate,
 )
@@ -193,6 +195,19 @@ def pipe_python() -> Iterator[tuple[str, Path]]:
 
 
 NOBODY = 65534
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the test's own, which the test may stop and start (never the
+    shared one); needs PostgreSQL's ``initdb`` and ``pg_ctl``."""
+    if POSTGRES_BIN is None:
+        _unavailable("PostgreSQL's initdb and pg_ctl", "MAILDESK_REQUIRE_POSTGRES")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # --------------------------------------------------------------------------- the CLI in-process

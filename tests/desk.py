@@ -185,11 +185,12 @@ class DeskWorld:
             timeout=60,
         )
 
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
-        """``maildesk --log-format json ARGS`` in the background; its log lines on ``stderr``."""
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        """``maildesk --log-format json ARGS`` in the background (``env`` added to its
+        environment); its log lines on ``stderr``."""
         return subprocess.Popen(
             [sys.executable, "-m", "maildesk", "--log-format", "json", *args],
-            env={**os.environ, "MAILDESK_CONFIG": str(self.config_path)},
+            env={**os.environ, "MAILDESK_CONFIG": str(self.config_path), **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,4 +1,5 @@
-"""Real servers for the test fixtures: a throwaway Dovecot, self-signed certificates.
+"""Real servers for the test fixtures: a throwaway Dovecot, self-signed certificates, a
+PostgreSQL cluster of a test's own, and a TCP relay that can stall.
 
 pymap and the SMTP capture live in ``maildesk.mailworld``; this module adds Dovecot (started
 from its own config file in a temp dir, on its own port) with the same small interface as
@@ -17,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -347,3 +349,114 @@ class ImapAccount:
     def restart(self) -> None:
         self.server.stop()
         self.server.start()
+
+
+# --------------------------------------------------------------------------- PostgreSQL of a test's own
+
+POSTGRES_BIN = next(
+    (
+        Path(p)
+        for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+        if (Path(p) / "initdb").exists() and (Path(p) / "pg_ctl").exists()
+    ),
+    None,
+)
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of its own, in a temp dir, on a free loopback port: a test may stop
+    and start it (the machine's shared server must never be stopped). Postgres refuses to run
+    as root, so as root it runs as the ``postgres`` user, which owns the temp dir."""
+
+    def __init__(self) -> None:
+        assert POSTGRES_BIN is not None
+        self.dir = Path(tempfile.mkdtemp(prefix="maildesk-pg-"))
+        self.port = mailworld.free_port()
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.dir.chmod(0o700)
+        self._run(
+            "initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as, str(POSTGRES_BIN / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
+
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.dir} -c fsync=off"
+        )
+        data, log = str(self.dir / "data"), str(self.dir / "postgres.log")
+        self._run("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown, as ``systemctl stop postgresql`` does: sessions are ended."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a network that stalls
+
+
+class Relay:
+    """A TCP relay on loopback to ``port`` whose traffic a test can ``freeze``: connections
+    stay open and nothing more passes either way (a network path that went black), until
+    ``thaw`` lets through what waited. The daemon talks to the real server behind it."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._listener = socket.create_server((mailworld.LOOPBACK, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((mailworld.LOOPBACK, self.target))
+            self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pass, args=(source, sink), daemon=True).start()
+
+    def _pass(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self.flowing.wait()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self.flowing.set()
+        for sock in self._sockets:
+            sock.close()

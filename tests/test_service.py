@@ -39,6 +39,9 @@ def test_the_unit_is_hardened_and_passes_systemd_analyze_verify(tmp_path: Path) 
         "SystemCallFilter=@system-service",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=5min",
     ):
         assert line in text.splitlines(), line
     analyze = shutil.which("systemd-analyze")
