@@ -280,7 +280,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """One message from stdin, for an MTA's pipe: returns 0 once it is handled (committed as
     a ticket, a follow-up, ignored or quarantined) and raises for anything else, which
     ``maildesk.pipe`` turns into exit 75 and one line."""
-    from maildesk import ingest, oversize, pipe
+    from maildesk import ingest, pipe
 
     settings = load_settings(args)
     mailbox = settings.ingest_mailbox(args.mailbox).name
@@ -289,11 +289,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         # one message: its worker is a fork of this process, which has no thread yet
         desk.parser.start(ingest.budget_of(desk), fork=True)
         limit = settings.limits.max_message_bytes
-        raw, size = read_message(sys.stdin.buffer, limit, ingest.limits_of(desk).max_header_bytes)
+        raw = sys.stdin.buffer.read(limit + 1)
         db = open_db(settings)
         pipe.proceed()
-        if size > limit:
-            outcome = oversize.quarantine(db, desk, ingest.Source(mailbox), raw, size)
+        if len(raw) > limit:
+            outcome = too_large(db, desk, mailbox, raw, sys.stdin.buffer)
         else:
             outcome = ingest.process(db, desk, ingest.Source(mailbox), raw)
         pipe.handled()
@@ -305,18 +305,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_message(stream: BinaryIO, limit: int, head_bytes: int) -> tuple[bytes, int]:
-    """A message from ``stream`` and its size, holding at most ``limit`` + 1 bytes. One over
-    ``limit`` is read to its end, only counted (the MTA must see it taken), and only its first
-    ``head_bytes`` are returned: where its header block is."""
-    data = stream.read(limit + 1)
-    if len(data) <= limit:
-        return data, len(data)
-    head, size = data[:head_bytes], len(data)
-    del data
-    while chunk := stream.read(1 << 20):
-        size += len(chunk)
-    return head, size
+def too_large(db: Database, desk: Any, mailbox: str, start: bytes, rest: BinaryIO) -> Any:
+    """A piped message over ``max_message_bytes`` (``start`` is its first limit + 1 bytes):
+    kept whole on disk, read in pieces, so ``quarantine replay`` takes it in once the limit is
+    raised; quarantined from its header block, its sender and the admin told."""
+    from maildesk import ingest, oversize
+
+    path, digest, size = desk.store.put_raw_stream(start, rest)
+    head = start[: ingest.limits_of(desk).max_header_bytes]
+    del start
+    kept = ingest.StoredMail(path, digest)
+    return oversize.quarantine(db, desk, ingest.Source(mailbox), head, size, kept=kept)
 
 
 def count_piped(db: Database, mailbox: str, outcome: Any) -> None:

@@ -476,11 +476,12 @@ def quarantine(
     reason: str,
     *,
     replay: int | None = None,
+    stored: StoredMail | None = None,
 ) -> Outcome:
     """Record a message that could not be handled; the caller moves it to the quarantine folder."""
     mid = inbound.message_id if inbound else None
     with db.transaction() as session:
-        record_quarantine(session, desk, source, raw, inbound, reason, replay=replay)
+        record_quarantine(session, desk, source, raw, inbound, reason, replay=replay, stored=stored)
     log.warning(
         "%s: <%s> quarantined: %s",
         source.mailbox,
@@ -500,13 +501,15 @@ def record_quarantine(
     reason: str,
     *,
     replay: int | None = None,
+    stored: StoredMail | None = None,
 ) -> None:
     """The ledger row of a quarantined message, inside the caller's transaction (a row for the
-    same message, or the one replayed, is brought up to date)."""
-    stored = StoredMail(None, None)
+    same message, or the one replayed, is brought up to date). ``stored``: where its raw bytes
+    were kept already, when ``raw`` is not given."""
     mid = inbound.message_id if inbound else None
     if raw:
         stored = keep_raw(session, desk, raw)
+    stored = stored or StoredMail(None, None)
     values: dict[str, Any] = {
         "message_id": mid,
         "sha256": stored.sha256 or "",

@@ -20,11 +20,11 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from maildesk import ingest, routing, tickets
-from maildesk.inbound import Inbound, parse
+from maildesk.inbound import Inbound
 from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
 from maildesk.outbox import Mail
 from maildesk.rendering import filesize
-from maildesk.tickets import Desk
+from maildesk.tickets import Desk, StoredMail
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,21 @@ TOLD = "sender told"
 
 
 def quarantine(
-    db: Database, desk: Desk, source: ingest.Source, head: bytes, size: int
+    db: Database,
+    desk: Desk,
+    source: ingest.Source,
+    head: bytes,
+    size: int,
+    *,
+    kept: StoredMail | None = None,
 ) -> ingest.Outcome:
     """Record the message of ``size`` bytes whose header block is ``head`` (or that and the
     start of its body) as quarantined, and tell its sender and the admin; the caller moves it
-    to the quarantine folder."""
+    to the quarantine folder. ``kept``: where the whole message was kept (a piped one), for a
+    replay once the limit is raised."""
     end = _HEADER_END.search(head)
-    inbound = parse(head[: end.end()] if end else head, ingest.limits_of(desk))
+    # parsed in a worker like any mail: even a header block is hostile input with a budget
+    inbound = desk.parser.parse(head[: end.end()] if end else head, ingest.budget_of(desk))
     limit = desk.settings.limits.max_message_bytes
     exceeds = f"message of {size} bytes exceeds [limits] max_message_bytes ({limit})"
     try:
@@ -53,7 +61,7 @@ def quarantine(
             again = _recorded(session, source)
             told = again or _tell_sender(session, desk, inbound, size, now)
             reason = f"{exceeds}; {told}"
-            ingest.record_quarantine(session, desk, source, b"", inbound, reason)
+            ingest.record_quarantine(session, desk, source, b"", inbound, reason, stored=kept)
             if not again:
                 _alert_admin(session, desk, source, inbound, size, told, now)
     except DatabaseError:
@@ -61,7 +69,7 @@ def quarantine(
     except Exception as exc:  # noqa: BLE001 - it is quarantined all the same, untold
         log.exception("telling of oversized <%s> failed", inbound.message_id)
         why = f"{exceeds}; nobody told: {type(exc).__name__}: {exc}"
-        return ingest.quarantine(db, desk, source, b"", inbound, why)
+        return ingest.quarantine(db, desk, source, b"", inbound, why, stored=kept)
     log.warning(
         "%s: <%s> from %s quarantined: %s",
         source.mailbox,
@@ -175,11 +183,12 @@ def _alert_admin(
 
 def _where(desk: Desk, source: ingest.Source) -> str:
     """Where the message is now, and how to take it in after all."""
-    if source.uid is None:  # piped in by the MTA: nothing of it was kept but its headers
+    if source.uid is None:  # piped in by the MTA: kept whole on disk
         return (
-            "It came through `maildesk ingest`, which keeps nothing of such a message but its "
-            "headers; its sender still has it. Set your MTA's own size limit to the same value "
-            "(Postfix: message_size_limit) to have such mail refused while it is sent."
+            "It came through `maildesk ingest`, which kept it whole in the data directory. "
+            "To take it in after all, raise max_message_bytes and run `maildesk quarantine "
+            "replay` with its ID (`maildesk quarantine list`). Set your MTA's own size limit "
+            "(Postfix: message_size_limit) to have larger mail refused while it is sent."
         )
     folder = desk.settings.mailbox(source.mailbox).quarantine_folder
     return (

@@ -18,6 +18,7 @@ import os
 import secrets
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from maildesk import private
 
@@ -52,6 +53,35 @@ class Store:
         takes the result before its transaction refers to the file."""
         return self._writers.submit(self.put_raw, raw)
 
+    def put_raw_stream(self, first: bytes, rest: BinaryIO) -> tuple[str, str, int]:
+        """Keep a whole message that is ``first`` and what is left in ``rest``, read and written
+        in pieces (a message too large to hold in memory); return (relative path, sha256,
+        size)."""
+        hasher = hashlib.sha256()
+        private.make_dirs(self.root / "raw")
+        temp = self.root / "raw" / f".stream.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = private.open_new(temp, os.O_EXCL)
+        size = 0
+        try:
+            chunk = first
+            while chunk:
+                hasher.update(chunk)
+                size += len(chunk)
+                _write_all(fd, chunk)
+                chunk = rest.read(1 << 20)
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        digest = hasher.hexdigest()
+        relative = f"raw/{digest[:2]}/{digest[2:4]}/{digest}.eml"
+        private.make_dirs((self.root / relative).parent)
+        os.replace(temp, self.root / relative)
+        return relative, digest, size
+
     def put_blob(self, payload: bytes, digest: str | None = None) -> str:
         """Keep an attachment's bytes; return the relative path."""
         digest = digest or hashlib.sha256(payload).hexdigest()
@@ -76,13 +106,17 @@ class Store:
         temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd = private.open_new(temp, os.O_EXCL)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            _write_all(fd, data)
             if self.durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, target)
         return relative
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -216,7 +216,19 @@ def test_oversized_mail_piped_in_is_answered_the_same(world: DeskWorld) -> None:
     [notice] = world.mails_to(CUSTOMER)
     assert f"is {filesize(len(big))}," in text_of(notice)
     [alert] = world.mails_to(ADMIN)
-    assert "It came through `maildesk ingest`" in text_of(alert)
+    assert "It came through `maildesk ingest`, which kept it whole" in text_of(alert)
     replay = world.cli("quarantine", "replay", str(entry["id"]))
-    assert replay.returncode == 1
-    assert b"its sender must send it again" in replay.stdout
+    assert replay.returncode == 1  # still over the limit: quarantined again, nothing lost
+    assert b"quarantined" in replay.stdout
+    text = world.config_path.read_text().replace(
+        f"max_message_bytes = {LIMIT}", f"max_message_bytes = {LIMIT * 10}"
+    )
+    world.config_path.write_text(text)
+    replay = world.cli("quarantine", "replay", str(entry["id"]))
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    [ticket] = world.tickets()
+    assert ticket["subject"] == "Photos of the jammed printer"
+    [message] = ticket["messages"]
+    assert message["text"] == "Photos of the printer attached."
+    [photos] = message["attachments"]
+    assert (photos["filename"], photos["size"]) == ("photos.zip", 225_000)
