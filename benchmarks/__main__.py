@@ -99,12 +99,13 @@ def rows(results: dict[str, Any]) -> list[Row]:
     mem = results.get("memory")
     if mem:
         small, large = results["sizes"]["memory"]
-        a, b = mem[f"peak_total_mb_{small}"], mem[f"peak_total_mb_{large}"]
+        a, b = mem[f"peak_pss_mb_{small}"], mem[f"peak_pss_mb_{large}"]
+        ra, rb = mem[f"peak_total_mb_{small}"], mem[f"peak_total_mb_{large}"]
         out.append(
             Row(
                 "d memory",
-                f"peak RSS {a:.0f} MB ({small} x 25 MB), {b:.0f} MB ({large} x 25 MB),"
-                " all processes",
+                f"peak {a:.0f} MB ({small} x 25 MB), {b:.0f} MB ({large} x 25 MB), all"
+                f" processes, shared pages once (PSS); resident sizes summed: {ra:.0f}, {rb:.0f}",
                 "<= 250 MB, not growing",
                 a <= 250 and b <= max(250, a * 1.1),
             )

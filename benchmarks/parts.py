@@ -214,6 +214,9 @@ def memory(world: World, sizes: tuple[int, int], attachment: int) -> Figures:
         # all its processes together: daemon, delivery, parse zygote and workers (never less
         # than the largest alone)
         figures[f"peak_total_mb_{count}"] = round(max(done.peak_tree_mb, done.peak_rss_mb), 1)
+        # the same, each page counted once: a forked process shares its parent's pages (the
+        # interpreter and libraries of the daemon, its delivery process, zygote and workers)
+        figures[f"peak_pss_mb_{count}"] = round(done.peak_pss_mb, 1)
         figures[f"attachments_kept_{count}"] = kept
         figures[f"seconds_{count}"] = round(done.seconds, 2)
     return figures

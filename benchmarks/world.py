@@ -217,13 +217,15 @@ class Run:
     """A finished subprocess: wall seconds, peak memory in MB, exit code, what it printed.
 
     ``peak_rss_mb`` is the largest high-water mark of the command and its children (``wait4``);
-    ``peak_tree_mb`` the largest sampled sum of their resident memory at one moment."""
+    ``peak_tree_mb`` the largest sampled sum of their resident memory at one moment, and
+    ``peak_pss_mb`` of their proportional memory (each shared page counted once)."""
 
     seconds: float
     peak_rss_mb: float
     peak_tree_mb: float
     returncode: int
     output: str
+    peak_pss_mb: float = 0.0
 
 
 def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> Run:
@@ -255,6 +257,7 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: floa
         measured["tree_peak_kb"] / 1024,
         measured["returncode"],
         output,
+        measured["tree_peak_pss_kb"] / 1024,
     )
 
 
