@@ -22,7 +22,15 @@ from typing import Any
 import pytest
 
 from maildesk.mailworld import SmtpServer
-from tests.desk import DeskWorld, customer_mail, wait_until
+from tests.desk import (
+    ALICE,
+    CAROL_AGENT,
+    CUSTOMER,
+    DeskWorld,
+    customer_mail,
+    delivery_report,
+    wait_until,
+)
 from tests.servers import ImapAccount
 
 A_FEW_SECONDS = 5.0  # what the ordinary mail behind a poison may take beyond parse_seconds
@@ -135,3 +143,32 @@ def test_an_oversized_mails_header_block_is_read_within_the_parse_budget(
     )
     wait_until(lambda: world.account.uids("Quarantine"), 10, "moved to Quarantine")
     assert world.account.uids("INBOX") == []
+
+
+# --------------------------------------------------------------------------- delivery reports
+
+
+def bounce_events(world: DeskWorld, number: int) -> list[dict[str, Any]]:
+    return [e for e in world.ticket(number)["events"] if e["kind"] == "bounce"]
+
+
+@pytest.mark.parametrize("copies", [1, 2_000])
+def test_a_report_repeating_its_recipient_acts_once(world: DeskWorld, copies: int) -> None:
+    """A customer knows the VERP address of their own acknowledgment (its Return-Path); a
+    report mailed there may speak for their address. Listing that address 2,000 times made
+    2,000 bounce events in one transaction of the daemon's, and a 50 MB report 800,000."""
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    before = len(world.smtp.messages)
+    report = delivery_report(
+        ack, "failed", "5.1.1", recipients=[CUSTOMER] * copies, sender=f"<{CUSTOMER}>"
+    )
+    world.deliver(report)
+    world.run_once()
+
+    [bounced] = bounce_events(world, 1)
+    assert (bounced["detail"]["recipient"], bounced["detail"]["status"]) == (CUSTOMER, "5.1.1")
+    assert len(world.ticket(1)["events"]) == 4  # created, acknowledged, bounce, requester_bounced
+    told = world.smtp.messages[before:]
+    assert sorted(m.rcpt_tos for m in told) == [(ALICE,), (CAROL_AGENT,)]  # the team, once
