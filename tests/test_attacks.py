@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from maildesk.mailworld import SmtpServer
+from maildesk.models import Message
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -29,10 +31,12 @@ from tests.desk import (
     DeskWorld,
     customer_mail,
     delivery_report,
+    text_of,
     wait_until,
 )
 from tests.servers import ImapAccount
 
+GROWTH = 8  # a hostile shape is weighed at n and at 8 n
 A_FEW_SECONDS = 5.0  # what the ordinary mail behind a poison may take beyond parse_seconds
 
 
@@ -172,3 +176,60 @@ def test_a_report_repeating_its_recipient_acts_once(world: DeskWorld, copies: in
     assert len(world.ticket(1)["events"]) == 4  # created, acknowledged, bounce, requester_bounced
     told = world.smtp.messages[before:]
     assert sorted(m.rcpt_tos for m in told) == [(ALICE,), (CAROL_AGENT,)]  # the team, once
+
+
+# --------------------------------------------------------------------------- a long history
+
+
+def history(world: DeskWorld, number: int, messages: int, chars: int) -> None:
+    """``messages`` earlier replies of ``chars`` characters each on ticket ``number``, as the
+    daemon kept them (a customer may write as often and as long as they like)."""
+    with world.db.transaction() as session:
+        for n in range(messages):
+            session.add(
+                Message(
+                    ticket_id=number,
+                    message_id=f"reply-{n}@customer.test",
+                    sender=CUSTOMER,
+                    subject="Re: Printer broken",
+                    text="Still broken. " * (chars // 14),
+                    created_at=world.clock(),
+                )
+            )
+
+
+def follow_up_peak(world: DeskWorld, earlier: int) -> int:
+    """The daemon's peak of Python memory, bytes, to handle one more reply on a ticket with
+    ``earlier`` replies of 100,000 characters before it."""
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER))
+    world.run_once()
+    ack = world.mails_to(CUSTOMER)[-1]
+    number = len(world.tickets())
+    history(world, number, earlier, 100_000)
+    world.deliver(customer_mail("Re: Printer broken", "Any news?", reply_to=ack))
+    tracemalloc.start()
+    try:
+        world.run_once()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        messages = world.ticket(number)["messages"]
+        assert (len(messages), messages[-1]["text"]) == (earlier + 2, "Any news?")
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_reply_costs_the_daemon_the_same_however_long_the_tickets_history(
+    world: DeskWorld,
+) -> None:
+    """Every mail about a ticket (the notice of a reply, the agent's answer) names the thread's
+    last Message-IDs; they were found by loading every message of the ticket, text and all. A
+    customer who wrote 160 long replies made each next mail on it cost the daemon 16 MB more
+    (64 MB in characters outside Latin-1), and more with every reply."""
+    short, long = follow_up_peak(world, 20), follow_up_peak(world, 20 * GROWTH)
+
+    print(f"\nhistory: {short / 1e6:.1f} MB, then {long / 1e6:.1f} MB")
+    assert long < short + 2_000_000, f"{short / 1e6:.1f} MB, then {long / 1e6:.1f} MB"
+    [notice] = [m for m in world.mails_to(ALICE) if "Any news?" in text_of(m)][-1:]
+    references = str(notice.message["References"]).split()
+    assert references[-2:] == [f"<reply-{20 * GROWTH - 1}@customer.test>", references[-1]]
+    assert len(references) == 10  # the thread's last ten Message-IDs, as before
