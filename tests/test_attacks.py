@@ -9,8 +9,10 @@ answered in time, the ticket's timeline, the daemon's memory, nothing forged.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,3 +235,49 @@ def test_a_reply_costs_the_daemon_the_same_however_long_the_tickets_history(
     references = str(notice.message["References"]).split()
     assert references[-2:] == [f"<reply-{20 * GROWTH - 1}@customer.test>", references[-1]]
     assert len(references) == 10  # the thread's last ten Message-IDs, as before
+
+
+# --------------------------------------------------------------------------- what comes back
+
+DAEMON_MEMORY_MB = 300
+
+
+def daemon_peak_mb(pid: int) -> float:
+    """The daemon process's own resident high-water mark (its parse workers are not in it)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def html_alternative(megabytes: int) -> bytes:
+    """A short plain-text mail with an HTML alternative of ``megabytes`` MB (one emoji in it,
+    so Python keeps each of its characters in four bytes)."""
+    html = ("<p>" + "Lorem ipsum dolor sit amet. " * 36 + "</p>\n") * (megabytes * 1000)
+    data = base64.encodebytes(f"{html}<p>\U0001f600</p>".encode()).replace(b"\n", b"\r\n")
+    return (
+        (
+            b"From: Mallory <mallory@poison.test>\r\nTo: support@example.com\r\n"
+            b"Subject: Newsletter\r\nMessage-ID: <big-html@poison.test>\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+            b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello, the printer.\r\n"
+            b"--b\r\nContent-Type: text/html; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+        )
+        + data
+        + b"--b--\r\n"
+    )
+
+
+@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+@pytest.mark.parametrize("world", [limits(parse_seconds=60)], indirect=True, ids=["60s"])
+def test_the_parsed_mail_handed_to_the_daemon_is_bounded(world: DeskWorld, daemon: Daemon) -> None:
+    """The parse worker handed the daemon the whole HTML alternative of a mail, which nothing
+    reads (its text is converted from the first 512 KB at most): 34 MB of HTML with one emoji
+    came back as 136 MB of characters into the daemon's memory."""
+    world.deliver(html_alternative(34))
+    world.wait_mails_to("mallory@poison.test", 1, timeout=90)
+
+    peak = daemon_peak_mb(daemon.process.pid)
+    print(f"\nHTML alternative of 34 MB: daemon peak {peak:.0f} MB")
+    assert peak < DAEMON_MEMORY_MB
+    [ticket] = [t for t in world.tickets() if t["requester"] == "mallory@poison.test"]
+    assert ticket["messages"][0]["text"] == "Hello, the printer."
