@@ -10,6 +10,7 @@ answered in time, the ticket's timeline, the daemon's memory, nothing forged.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -18,14 +19,17 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from maildesk import commands
+from maildesk.inbound import Inbound, parse
 from maildesk.mailworld import SmtpServer
 from maildesk.models import Message
+from maildesk.routing import Identity, classify
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -36,9 +40,10 @@ from tests.desk import (
     text_of,
     wait_until,
 )
+from tests.poison import GROWTH, LINEAR_BOUND, growth
 from tests.servers import ImapAccount
 
-GROWTH = 8  # a hostile shape is weighed at n and at 8 n
+REF_PATTERN = r"\[#(?P<number>\d{1,12})\]"
 A_FEW_SECONDS = 5.0  # what the ordinary mail behind a poison may take beyond parse_seconds
 
 
@@ -281,3 +286,103 @@ def test_the_parsed_mail_handed_to_the_daemon_is_bounded(world: DeskWorld, daemo
     assert peak < DAEMON_MEMORY_MB
     [ticket] = [t for t in world.tickets() if t["requester"] == "mallory@poison.test"]
     assert ticket["messages"][0]["text"] == "Hello, the printer."
+
+
+# --------------------------------------------------------------------------- agents' commands
+
+
+def forged_command_line(ack: Any, dots: int) -> bytes:
+    """Mail in Alice's name (no token, no verdict: anyone can send it) threaded to the sender's
+    own ticket, whose first line is a command with one long word of punctuation."""
+    message = customer_mail(
+        "Re: Printer broken",
+        "#tag " + "." * dots + "x\n",
+        sender=ALICE,
+        reply_to=ack,
+    )
+    return message.as_bytes()
+
+
+@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+@pytest.mark.parametrize("world", [limits(parse_seconds=2)], indirect=True, ids=["2s"])
+def test_a_forged_command_line_costs_the_daemon_no_more_than_its_length(
+    world: DeskWorld, daemon: Daemon
+) -> None:
+    """The commands of an agent's mail are read before the mail is known to be the agent's.
+    Trailing punctuation was cut from each word by a pattern that is quadratic in a word of
+    punctuation: a word of 150,000 dots held the mailbox for about a minute."""
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER))
+    [ack] = world.wait_mails_to(CUSTOMER, 1)
+    waited = poison_then_ordinary(world, forged_command_line(ack, 150_000), 2)
+
+    assert waited < 2 + A_FEW_SECONDS, f"the ordinary mail waited {waited:.1f} s"
+    assert daemon.process.poll() is None, "the daemon died"
+
+    def forged_note() -> list[dict[str, Any]]:
+        return [m for m in world.ticket(2)["messages"] if m["from"] == ALICE]
+
+    [kept] = wait_until(forged_note, 10, "the forged mail kept on the ticket")
+    assert kept["internal"] and kept["unverified"]  # an unverified note, nothing applied
+    assert world.ticket(2)["tags"] == []
+
+
+# --------------------------------------------------------------------------- the daemon's patterns
+# What the daemon reads of a parsed mail (routing, agents' commands) runs outside any budget:
+# its work must grow with the mail, no faster. Weighed as in ``tests.poison``: CPU time at n
+# against 8 n, the mail parsed once beforehand (that part is the worker's).
+
+
+def daemon_work(
+    build: Callable[[int], bytes], work: Callable[[Inbound], object]
+) -> Callable[[int], Callable[[], object]]:
+    def at(n: int) -> Callable[[], object]:
+        inbound = parse(build(n))
+        assert inbound.fatal is None
+        return functools.partial(work, inbound)
+
+    return at
+
+
+def plain_mail(sender: str, subject: str, body: str, *headers: str) -> bytes:
+    """A mail written as it is sent, long header lines and all (no folding, no encoding)."""
+    head = "".join(f"{h}\r\n" for h in headers)
+    return (
+        f"From: {sender}\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{os.urandom(8).hex()}@sender.test>\r\n{head}\r\n{body}\r\n"
+    ).encode()
+
+
+def auto_submitted(n: int) -> bytes:
+    """``Auto-Submitted:`` holding ``n`` comments that never close."""
+    return plain_mail(CUSTOMER, "Hello", "Hi", "Auto-Submitted: " + "(" * n)
+
+
+def punctuation_word(n: int) -> bytes:
+    """An agent's mail whose command line holds a word of ``n`` dots."""
+    return plain_mail(ALICE, "Re: [#1] Printer", "#tag " + "." * n + "x")
+
+
+def test_routing_reads_auto_submitted_in_linear_time(world_identity: Identity) -> None:
+    assert classify(parse(auto_submitted(10)), world_identity).automatic
+    work = daemon_work(auto_submitted, lambda m: classify(m, world_identity))
+    assert growth(work, 2_000) < LINEAR_BOUND
+
+
+def test_agents_commands_are_read_in_linear_time() -> None:
+    def commands_of(inbound: Inbound) -> commands.Parsed:
+        return commands.parse(inbound.subject, inbound.reply_text, REF_PATTERN, ("support",))
+
+    [tag] = commands_of(parse(punctuation_word(3))).commands
+    assert tag.args == ("...x",)
+    assert growth(daemon_work(punctuation_word, commands_of), 2_000) < LINEAR_BOUND
+
+
+@pytest.fixture
+def world_identity() -> Identity:
+    return Identity(
+        address="support@example.com",
+        secret=b"s" * 32,
+        loop_id="loop",
+        ref_pattern=REF_PATTERN,
+        agents=frozenset({ALICE}),
+    )
