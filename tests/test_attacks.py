@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from maildesk import commands
+from maildesk import daemon as daemon_module
 from maildesk.inbound import Inbound, parse
 from maildesk.mailworld import SmtpServer
 from maildesk.models import Message
@@ -35,6 +37,7 @@ from tests.desk import (
     CAROL_AGENT,
     CUSTOMER,
     DeskWorld,
+    agent_reply,
     customer_mail,
     delivery_report,
     text_of,
@@ -386,3 +389,49 @@ def world_identity() -> Identity:
         ref_pattern=REF_PATTERN,
         agents=frozenset({ALICE}),
     )
+
+
+# --------------------------------------------------------------------------- a database outage
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+@pytest.mark.parametrize(
+    "world",
+    ['[lifecycle]\nremind_pending_after = "1h"\nclose_pending_after = "3h"\n'],
+    indirect=True,
+    ids=["1h"],
+)
+def test_a_database_outage_longer_than_the_busy_timeout_stops_neither_mail_nor_timers(
+    world: DeskWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds SQLite's write lock past its busy timeout (10 s), as a database
+    that is down: the leases the mailbox and the timers renew failed outside any handler, so
+    the mailbox loop ended the daemon with a traceback and the timers stopped for good while
+    the daemon went on. After the outage, mail is answered and the timers run again."""
+    monkeypatch.setattr(daemon_module, "BACKOFF_BASE", 0.02)
+    monkeypatch.setattr(daemon_module, "TIMER_SECONDS", 0.2)
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    world.run_once()
+    world.deliver(agent_reply(world.mails_to(ALICE)[-1], ALICE, "Which model is it?"))
+    world.run_once()
+    assert world.ticket(1)["status"] == "pending"
+    sent = len(world.mails_to(CUSTOMER))
+    world.start()
+
+    holder = sqlite3.connect(world.settings.database_url.split("///", 1)[1], timeout=1)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        world.deliver(customer_mail("During the outage", "Hello", sender="during@x.test"))
+        time.sleep(12)  # the outage itself: the lock is held past the busy timeout
+    finally:
+        holder.rollback()
+        holder.close()
+
+    world.wait_mails_to("during@x.test", 1, timeout=30)
+    world.clock.advance(hours=1, minutes=1)  # the pending ticket's reminder is due
+    [reminder] = [
+        m
+        for m in world.wait_mails_to(CUSTOMER, sent + 1, timeout=30)[sent:]
+        if "waiting" in str(m.message["Subject"])
+    ]
+    assert world._thread is not None and world._thread.is_alive()
