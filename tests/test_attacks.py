@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -435,3 +436,60 @@ def test_a_database_outage_longer_than_the_busy_timeout_stops_neither_mail_nor_t
         if "waiting" in str(m.message["Subject"])
     ]
     assert world._thread is not None and world._thread.is_alive()
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def ingest_with_room_for(world: DeskWorld, raw: bytes, file_bytes: int) -> int:
+    """``maildesk ingest`` as an MTA runs it, on a disk where no file may grow past
+    ``file_bytes`` (``RLIMIT_FSIZE``: each write past it fails, as on a full disk); its exit
+    status."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "ingest"],
+        input=raw,
+        env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
+        capture_output=True,
+        timeout=60,
+        preexec_fn=limit,
+    )
+    return done.returncode
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_message_the_disk_cannot_take_leaves_nothing_behind(world: DeskWorld) -> None:
+    """A 3 MB message (kept on disk, not in the database) while the disk is full: each try
+    left its partial copy behind, a hidden file nothing removes, so an MTA retrying every few
+    minutes filled again whatever room the admin made."""
+    big = customer_mail("Scans", "Attached.", sender=CUSTOMER)
+    big.add_attachment(os.urandom(3_000_000), maintype="application", subtype="pdf")
+    raw = big.as_bytes()
+    data = Path(world.settings.desk.data_dir)
+
+    codes = [ingest_with_room_for(world, raw, 1_000_000) for _ in range(3)]
+
+    assert codes == [75, 75, 75]  # EX_TEMPFAIL: the MTA keeps it and tries again
+    left = [p for p in data.rglob("*") if p.is_file() and p.suffix == ".tmp"]
+    assert left == [], [p.stat().st_size for p in left]
+    assert ingest_with_room_for(world, raw, 1 << 30) == 0  # room again: taken, nothing lost
+    assert [t["subject"] for t in world.tickets()] == ["Scans"]
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_secret_the_disk_could_not_take_is_made_again(world: DeskWorld) -> None:
+    """The first start makes the desk's secret; on a full disk it failed but left the file
+    behind empty, and every start after the admin made room read the empty secret: a
+    traceback each time (``the desk secret is empty``), the desk down for good."""
+    secret = Path(world.settings.desk.data_dir) / "secret"
+    secret.unlink()  # a desk starting for the first time
+    mail = customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER)
+
+    assert ingest_with_room_for(world, mail.as_bytes(), 0) == 75  # no room: the MTA keeps it
+
+    assert ingest_with_room_for(world, mail.as_bytes(), 1 << 30) == 0  # room again
+    assert [t["subject"] for t in world.tickets()] == ["Printer broken"]
+    assert len(secret.read_text().strip()) >= 32
