@@ -10,6 +10,7 @@ answered in time, the ticket's timeline, the daemon's memory, nothing forged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from maildesk import commands
+from maildesk import commands, parsing
 from maildesk import daemon as daemon_module
 from maildesk.inbound import Inbound, parse
 from maildesk.mailworld import SmtpServer
@@ -493,3 +494,69 @@ def test_a_secret_the_disk_could_not_take_is_made_again(world: DeskWorld) -> Non
     assert ingest_with_room_for(world, mail.as_bytes(), 1 << 30) == 0  # room again
     assert [t["subject"] for t in world.tickets()] == ["Printer broken"]
     assert len(secret.read_text().strip()) >= 32
+
+
+# --------------------------------------------------------------------------- stopped processes
+
+
+def descendants(ancestor: int) -> list[int]:
+    found: list[int] = []
+    pending = [ancestor]
+    while pending:
+        pid = pending.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            pending.extend(kids)
+            found.extend(kids)
+    return found
+
+
+def running(pid: int, what: bytes) -> bool:
+    """Whether ``pid`` runs a command line holding ``what`` (False once it is gone)."""
+    try:
+        return what in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def named(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def zygote_and_worker() -> tuple[int, int] | None:
+    """The parse zygote below this process and its one idle worker, once there are."""
+    mine = descendants(os.getpid())
+    workers = [p for p in mine if named(p) == "maildesk-parse"]
+    zygotes = [p for p in mine if running(p, b"maildesk.parsing") and p not in workers]
+    return (zygotes[0], workers[0]) if len(zygotes) == len(workers) == 1 else None
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_stopped_parse_zygote_is_replaced_and_mail_goes_on(
+    world: DeskWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zygote forks every new parse worker. Stopped (SIGSTOP, or stuck), the daemon waited
+    for its answer for ever, alive and idle: no mail was handled again. Now it is given
+    ``FORK_SECONDS``, then killed and a new one started."""
+    monkeypatch.setattr(parsing, "FORK_SECONDS", 2.0)
+    world.start()
+    world.deliver(customer_mail("Hello", "Just checking in.", sender="first@customer.test"))
+    world.wait_mails_to("first@customer.test", 1, timeout=30)
+    zygote, worker = wait_until(zygote_and_worker, 10, "the zygote and its idle worker")
+
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        os.kill(worker, signal.SIGKILL)  # the next message needs a new worker
+        world.deliver(customer_mail("Printer jammed", "Page 2.", sender="dana@ok.test"))
+        world.wait_mails_to("dana@ok.test", 1, timeout=2 + 3 * A_FEW_SECONDS)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed for not answering, as it should
+            os.kill(zygote, signal.SIGCONT)
+    assert [t["subject"] for t in world.tickets()] == ["Hello", "Printer jammed"]
+    wait_until(lambda: not running(zygote, b"maildesk.parsing"), 10, "the stopped one gone")
