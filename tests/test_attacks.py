@@ -590,3 +590,22 @@ def test_a_forged_sender_is_not_made_known_by_its_own_forged_mail(world: DeskWor
     assert len(world.tickets()) == 12  # every ticket is made, the agents told
     acks = sum(len(world.mails_to(a)) for a in victims)
     assert acks <= 2, f"{acks} acknowledgments to forged senders, with the cap at 2"
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+@pytest.mark.parametrize(
+    "world", [limits(auto_replies_per_address_per_hour=1)], indirect=True, ids=["1-an-hour"]
+)
+def test_forged_senders_over_the_loop_cap_alert_the_admin_once_an_hour(world: DeskWorld) -> None:
+    """The loop guard holds automatic mail to an address past its hourly cap and alerts the
+    admin: once per address. A forger writing twice in the name of each of 6 addresses gave
+    the admin 6 alerts; of 1,000 addresses, 1,000."""
+    victims = [f"victim{i}@victims.test" for i in range(6)]
+    for _ in range(2):
+        for address in victims:
+            world.deliver(customer_mail("Claim your prize", "You won!", sender=address))
+    world.run_once()
+
+    assert [len(world.mails_to(a)) for a in victims] == [1] * 6  # each held at the cap
+    alerts = world.mails_to("admin@example.com")
+    assert len(alerts) == 1, [str(m.message["Subject"]) for m in alerts]
