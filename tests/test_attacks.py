@@ -17,11 +17,13 @@ import os
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import tracemalloc
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ import pytest
 from maildesk import commands, parsing
 from maildesk import daemon as daemon_module
 from maildesk.inbound import Inbound, parse
-from maildesk.mailworld import SmtpServer
+from maildesk.mailworld import SmtpServer, free_port
 from maildesk.models import Message
 from maildesk.routing import Identity, classify
 from tests.desk import (
@@ -609,3 +611,52 @@ def test_forged_senders_over_the_loop_cap_alert_the_admin_once_an_hour(world: De
     assert [len(world.mails_to(a)) for a in victims] == [1] * 6  # each held at the cap
     alerts = world.mails_to("admin@example.com")
     assert len(alerts) == 1, [str(m.message["Subject"]) for m in alerts]
+
+
+# --------------------------------------------------------------------------- the metrics port
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+def healthz(port: int) -> int:
+    """The status of ``/healthz``; 0 when the connection was closed without an answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return int(answer.status)
+    except OSError:
+        return 0
+
+
+METRICS_PORT = free_port()
+
+
+@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+@pytest.mark.parametrize(
+    "world",
+    [f'\n[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'],
+    indirect=True,
+    ids=["metrics"],
+)
+def test_idle_connections_to_the_metrics_port_cost_the_daemon_nothing_lasting(
+    world: DeskWorld, daemon: Daemon
+) -> None:
+    """Whoever reaches ``/metrics`` held one of the daemon's threads per connection for as long
+    as they kept it open and said nothing: 80 idle connections, 80 threads more, for ever
+    (and at some thousands the daemon could start no thread for its own work)."""
+    before = threads_of(daemon.process.pid)
+    idle = []
+    try:
+        for _ in range(80):
+            idle.append(socket.create_connection(("127.0.0.1", METRICS_PORT)))
+            idle[-1].sendall(b"GET /metr")  # a request begun, never finished
+        wait_until(lambda: threads_of(daemon.process.pid) <= before + 32, 20, "threads let go")
+        assert wait_until(lambda: healthz(METRICS_PORT) == 200, 20, "/healthz answers")
+    finally:
+        for connection in idle:
+            connection.close()
+    world.deliver(customer_mail("Printer jammed", "Page 2.", sender="dana@ok.test"))
+    world.wait_mails_to("dana@ok.test", 1, timeout=30)
