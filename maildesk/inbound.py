@@ -1594,9 +1594,11 @@ _COPY_MARKER = re.compile(
     r"returned message|message follows|below this line|undelivered message",
     re.I,
 )
+# possessive runs of white space: two of them side by side, tried at every split of a long run
+# that ends in something else, were quadratic (40,000 spaces: half a minute)
 _BOUNCE_ADDRESS = re.compile(
-    r"^\s*<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
-    r"\s*(?:\([^)]*\))?\s*(:.*)?$"
+    r"^\s*+<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
+    r"\s*+(?:\([^)]*+\))?\s*+(:.*)?$"
 )
 
 
