@@ -973,12 +973,20 @@ def unverified_notice(
         "agent_unverified",
         now,
         reason=proof.reason,
-        commands=[c.source for c in parsed.commands],
+        commands=listed_commands(parsed),
         text=text,
         count=held + 1,
         tickets=[desk.settings.desk.ref(number) for number in sorted(numbers)],
     )
     return replace(mail, held_back=HELD_BACK) if recent else mail
+
+
+def listed_commands(parsed: commands.Parsed) -> list[str]:
+    """The commands a notice names: as many as a message may carry, then how many more (a
+    forged mail of thousands of command lines would make the notice as long as the mail)."""
+    shown = [c.source for c in parsed.commands[: commands.MAX_COMMANDS]]
+    more = len(parsed.commands) - len(shown)
+    return [*shown, f"and {more:,} more"] if more else shown
 
 
 # Built once: the outbox rows of the notice to one agent (index on recipient and created_at).

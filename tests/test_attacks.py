@@ -36,6 +36,7 @@ from maildesk.inbound import Inbound, parse
 from maildesk.mailworld import SmtpServer, free_port
 from maildesk.models import Message
 from maildesk.routing import Identity, classify
+from maildesk.tickets import NOTICE_TEXT_CHARS
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -660,3 +661,26 @@ def test_idle_connections_to_the_metrics_port_cost_the_daemon_nothing_lasting(
             connection.close()
     world.deliver(customer_mail("Printer jammed", "Page 2.", sender="dana@ok.test"))
     world.wait_mails_to("dana@ok.test", 1, timeout=30)
+
+
+def unverified_notices(world: DeskWorld) -> list[Any]:
+    return [m for m in world.mails_to(ALICE) if "could not verify you" in str(m.message["Subject"])]
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_forged_mail_of_many_commands_gives_the_agent_a_short_notice(world: DeskWorld) -> None:
+    """The notice about unverified mail quotes at most 20,000 characters of its text, but it
+    listed every command the mail held, on one line: 25,000 command lines (175,000
+    characters) went into the agent's notice whole."""
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    forged = customer_mail("Re: Printer broken", "#tag a\n" * 25_000, sender=ALICE, reply_to=ack)
+    world.deliver(forged)
+    world.run_once()
+
+    [notice] = unverified_notices(world)
+    text = text_of(notice)
+    assert len(text) < NOTICE_TEXT_CHARS + 5_000, len(text)
+    assert "Commands not carried out: #tag a, #tag a" in text
+    assert "and 24,980 more" in text
