@@ -276,6 +276,11 @@ def role_of(sender: str | None, ticket: TicketView, desk: Identity) -> Role:
     return Role.OTHER
 
 
+# Distinct ticket refs of a subject looked up, at most: each lookup reads the ticket and its
+# participants, and a subject of 998 characters holds 166 refs.
+MAX_REFS = 10
+
+
 def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketView, str] | None:
     """The ticket this message continues, and how we know; None for a new conversation.
 
@@ -288,8 +293,10 @@ def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketVi
         found = threads.by_message_ids(list(dict.fromkeys(ids)))
         if found is not None:
             return found, "headers"
-    for match in re.finditer(desk.ref_pattern, inbound.subject):
-        ticket = threads.by_number(int(match.group("number")))
+    refs = re.finditer(desk.ref_pattern, inbound.subject)
+    numbers = list(dict.fromkeys(int(match.group("number")) for match in refs))
+    for number in numbers[:MAX_REFS]:
+        ticket = threads.by_number(number)
         if ticket is not None and role_of(inbound.sender, ticket, desk) is not Role.OTHER:
             return ticket, "ref"
     return None

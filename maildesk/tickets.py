@@ -449,6 +449,12 @@ def notify_owner(
     return notify_team(desk, ticket, kind, template, now, **ctx)
 
 
+# The Cc of a new ticket's first mail kept as its participants (who may follow up by ref): a
+# mail to a crowd is not a conversation with it, and each participant is read again for every
+# mail that names the ticket (a header block of 256 KB holds 18,000 addresses).
+MAX_PARTICIPANTS = 50
+
+
 def attachment_notes(inbound: Inbound) -> list[dict[str, Any]]:
     return [{"filename": a.filename, "size": a.size} for a in inbound.attachments if a.dropped]
 
@@ -493,6 +499,8 @@ def open_ticket(
     session.flush()
     agents = desk.identity.agents
     for address in inbound.cc:
+        if len(ticket.participants) >= MAX_PARTICIPANTS:
+            break
         if address not in agents and address != desk.settings.desk.address and address != requester:
             ticket.participants.append(Participant(address=address))
     add_message(

@@ -24,19 +24,20 @@ import sys
 import time
 import tracemalloc
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from maildesk import commands, parsing
 from maildesk import daemon as daemon_module
 from maildesk.inbound import Inbound, parse
 from maildesk.mailworld import SmtpServer, free_port
-from maildesk.models import Message
-from maildesk.routing import Identity, classify
-from maildesk.tickets import NOTICE_TEXT_CHARS
+from maildesk.models import Message, Participant
+from maildesk.routing import Identity, TicketView, classify, route
+from maildesk.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -684,3 +685,64 @@ def test_a_forged_mail_of_many_commands_gives_the_agent_a_short_notice(world: De
     assert len(text) < NOTICE_TEXT_CHARS + 5_000, len(text)
     assert "Commands not carried out: #tag a, #tag a" in text
     assert "and 24,980 more" in text
+
+
+# --------------------------------------------------------------------------- refs and Cc
+
+
+class CountingThreads:
+    """``routing.Threads`` over tickets of ``participants`` addresses each, counting the
+    addresses it hands out: the work of reading them (a fake at the protocol the daemon's
+    session implements, to weigh the lookups routing makes)."""
+
+    def __init__(self, participants: int) -> None:
+        self.addresses = frozenset(f"p{i}@x.test" for i in range(participants))
+        self.read = 0
+
+    def by_message_ids(self, message_ids: Sequence[str]) -> TicketView | None:
+        return None
+
+    def by_number(self, number: int) -> TicketView | None:
+        self.read += len(self.addresses)
+        return TicketView(number, "dana@customer.test", self.addresses, "open")
+
+
+def test_a_subject_full_of_refs_costs_the_lookups_of_a_few(world_identity: Identity) -> None:
+    """Each ref in a subject looked its ticket up, participants and all: ``[#1]`` 160 times
+    in a subject (998 characters allow 166) on a ticket Cc'd to 18,000 addresses cost the
+    daemon 38 s, for every such mail."""
+
+    def read(refs: int) -> int:
+        threads = CountingThreads(1_000)
+        mail = plain_mail("stranger@x.test", "".join(f"[#{n % 3 + 1}]" for n in range(refs)), "hi")
+        assert route(parse(mail), classify(parse(mail), world_identity), threads, world_identity)
+        return threads.read
+
+    assert read(20 * GROWTH) == read(20) == 3_000  # each of the three tickets named, once
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_mail_cc_to_thousands_keeps_a_few_participants(world: DeskWorld) -> None:
+    """Every Cc of a new ticket's first mail became a participant (who may follow up by ref):
+    a header block of 256 KB holds 18,000 addresses, each a row, each read again for every
+    mail that names the ticket."""
+    cc = [f"person{i}@cc.test" for i in range(3_000)]
+    headers = [f"Cc: {', '.join(cc[i : i + 500])}" for i in range(0, len(cc), 500)]
+    world.deliver(plain_mail(CUSTOMER, "Printer broken", "It prints blank pages.", *headers))
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    ref = str(ack.message["Subject"]).split()[0]
+
+    for sender, subject in ((cc[0], "first"), (cc[-1], "last")):
+        world.deliver(customer_mail(f"Re: {ref} {subject}", "Me too.", sender=sender))
+    world.run_once()
+
+    [ticket, other] = world.tickets()
+    assert [m["from"] for m in ticket["messages"]] == [CUSTOMER, cc[0]]  # the first Cc follows up
+    assert other["requester"] == cc[-1]  # the 3,000th is a stranger to it: a ticket of their own
+    assert len(participant_rows(world)) == MAX_PARTICIPANTS
+
+
+def participant_rows(world: DeskWorld) -> list[str]:
+    with world.db.transaction() as session:
+        return list(session.scalars(select(Participant.address)))
