@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import re
-import resource
 import signal
 import socket
 import sqlite3
@@ -446,21 +445,25 @@ def test_a_database_outage_longer_than_the_busy_timeout_stops_neither_mail_nor_t
 # --------------------------------------------------------------------------- a full disk
 
 
+# ``maildesk ingest`` started under a file size limit (set before the interpreter starts, not in
+# a ``preexec_fn``, which is unsafe in this threaded test process)
+WITH_FILE_LIMIT = (
+    "import os, resource, sys; size = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_FSIZE, (size, size));"
+    " os.execv(sys.executable, [sys.executable, '-m', 'maildesk', 'ingest'])"
+)
+
+
 def ingest_with_room_for(world: DeskWorld, raw: bytes, file_bytes: int) -> int:
     """``maildesk ingest`` as an MTA runs it, on a disk where no file may grow past
     ``file_bytes`` (``RLIMIT_FSIZE``: each write past it fails, as on a full disk); its exit
     status."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-
     done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "ingest"],
+        [sys.executable, "-c", WITH_FILE_LIMIT, str(file_bytes)],
         input=raw,
         env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
         capture_output=True,
         timeout=60,
-        preexec_fn=limit,
     )
     return done.returncode
 
