@@ -200,12 +200,19 @@ class _Results:
 
 def _comment_end(value: str, i: int) -> tuple[int, bool]:
     """The index after the comment opening at ``i`` (nested, with quoted-pairs), and whether
-    it was closed; an unterminated comment runs to the end of the value."""
+    it was closed; an unterminated comment runs to the end of the value.
+
+    A quote inside a comment makes it unreadable: a comment holds no quoted strings (RFC 5322),
+    but an MTA that repeats a quoted envelope sender in its SPF comment writes one, and then a
+    ``)`` of the sender's (``"x);dmarc=pass header.from=example.com;("@evil.test``) would end
+    the comment and make the rest read as the MTA's own results."""
     depth, n = 0, len(value)
     while i < n:
         if value[i] == "\\":
             i += 2
             continue
+        if value[i] == '"':
+            return n, False
         depth += {"(": 1, ")": -1}.get(value[i], 0)
         i += 1
         if depth == 0:
@@ -255,8 +262,10 @@ def _lex(value: str) -> tuple[list[tuple[str, str]], bool]:
     while i < n:
         char = value[i]
         closed = True
-        if char in _SPACE or char == ")":  # a stray ")" closes nothing
+        if char in _SPACE:
             i += 1
+        elif char == ")":  # a stray ")": what was meant to be a comment here is unclear
+            i, closed = i + 1, False
         elif char == "(":
             i, closed = _comment_end(value, i)
         elif tokens and tokens[-1][0] == "=" and char != ";":

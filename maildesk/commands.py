@@ -23,7 +23,9 @@ MAX_TAG_CHARS = 40
 # A command word: "#" starting a whitespace-separated word, then a letter (so "#1042" is a ticket
 # number, not a command); sentence punctuation right after the verb is tolerated.
 _VERB_WORD = re.compile(r"#([A-Za-z][A-Za-z0-9_-]*)[.,;:!?]*")
-_TRAILING_PUNCTUATION = re.compile(r"[.,;:!?]+$")
+# sentence punctuation cut from the end of a word (``str.rstrip``: a pattern anchored at the end
+# of a word, tried from each of its characters, is quadratic in a word of punctuation)
+_TRAILING_PUNCTUATION = ".,;:!?"
 _TAG_WORD = re.compile(rf"[a-z0-9_-]{{1,{MAX_TAG_CHARS}}}")
 
 # Reply and forward prefixes of common clients and languages (Re, AW, SV, Antw, Fwd, WG, TR, RV,
@@ -106,7 +108,7 @@ def _group(words: Sequence[str]) -> list[Command]:
 
     def flush() -> None:
         if verb is not None:
-            cleaned = [_TRAILING_PUNCTUATION.sub("", arg) for arg in args]
+            cleaned = [arg.rstrip(_TRAILING_PUNCTUATION) for arg in args]
             source = " ".join([written, *args])
             commands.append(Command(verb, tuple(arg for arg in cleaned if arg), source))
 
@@ -114,7 +116,7 @@ def _group(words: Sequence[str]) -> list[Command]:
         found = _verb_of(word)
         if found is not None:
             flush()
-            verb, written, args = found, _TRAILING_PUNCTUATION.sub("", word), []
+            verb, written, args = found, word.rstrip(_TRAILING_PUNCTUATION), []
         elif verb is not None:
             args.append(word)
     flush()
@@ -170,13 +172,13 @@ def _line_commands(line: str, teams: _Teams) -> tuple[list[Command], int | None]
         while end < len(words) and _verb_of(words[end][0]) is None:
             end += 1
         args = [word for word, _ in words[index + 1 : end]]
-        cleaned = [_TRAILING_PUNCTUATION.sub("", arg) for arg in args]
+        cleaned = [arg.rstrip(_TRAILING_PUNCTUATION) for arg in args]
         keep = len(args)
         if verb in TEXT_AFTER:
             keep = 0
         elif verb == "escalate" and args:
             keep = teams.words(cleaned)
-        source = " ".join([_TRAILING_PUNCTUATION.sub("", written), *args[:keep]])
+        source = " ".join([written.rstrip(_TRAILING_PUNCTUATION), *args[:keep]])
         named = tuple(arg for arg in cleaned[:keep] if arg)
         commands.append(Command(verb, named, source, in_body=True))
         rest = [

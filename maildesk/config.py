@@ -548,16 +548,42 @@ def _desk_secret(t: _Table, base: Path, data_dir: Path) -> bytes:
         return given.encode()
     path = data_dir / "secret"
     try:
-        if path.exists():
-            return path.read_text().strip().encode()
-        private.make_dirs(data_dir)
-        with os.fdopen(private.open_new(path, os.O_EXCL), "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-        return path.read_text().strip().encode()
+        if not path.exists():
+            private.make_dirs(data_dir)
+            _keep_new_secret(path)
+        kept = path.read_text().strip()
     except OSError as exc:
         raise t.fail(
             "secret", f"none given and cannot keep one in {path}: {exc.strerror}"
         ) from None
+    if len(kept) < 16:  # never one maildesk wrote: it writes the whole file or none of it
+        raise t.fail(
+            "secret",
+            f"none given and {path} holds {len(kept)} characters, too few for one: remove it to "
+            "have a new one made (reply tokens and bounce addresses already sent stop working)",
+        )
+    return kept.encode()
+
+
+def _keep_new_secret(path: Path) -> None:
+    """A new random secret in ``path``, whole or not at all: written to a file of its own,
+    then linked into place (a full disk, or a kill, left an empty secret that every start
+    after read). Another process making one at the same moment wins; its secret is kept."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with os.fdopen(private.open_new(temporary, os.O_EXCL), "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: moved into place, whole all the same
+            if not path.exists():
+                os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _read_team(t: _Table) -> TeamSettings:

@@ -119,7 +119,9 @@ class Inbound:
     headers: tuple[tuple[str, str], ...]  # (lower-case name, cleaned value), top first
     text: str  # the body as readable text (HTML-only mail converted)
     reply_text: str  # ``text`` with quoted history and signatures of replies stripped
-    html: str | None  # the raw HTML alternative, never echoed as HTML
+    # the HTML alternative as it came, never echoed as HTML: its first ``_MAX_HTML`` characters,
+    # what is converted (the raw mail keeps it whole; nothing bigger need cross to the daemon)
+    html: str | None
     attachments: tuple[Attachment, ...]
     report: Report | None
     defects: tuple[str, ...]
@@ -1592,9 +1594,11 @@ _COPY_MARKER = re.compile(
     r"returned message|message follows|below this line|undelivered message",
     re.I,
 )
+# possessive runs of white space: two of them side by side, tried at every split of a long run
+# that ends in something else, were quadratic (40,000 spaces: half a minute)
 _BOUNCE_ADDRESS = re.compile(
-    r"^\s*<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
-    r"\s*(?:\([^)]*\))?\s*(:.*)?$"
+    r"^\s*+<?([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
+    r"\s*+(?:\([^)]*+\))?\s*+(:.*)?$"
 )
 
 
@@ -1661,13 +1665,15 @@ def _copied_identity(copy: list[str], body: _Body) -> tuple[str | None, tuple[st
 
 
 def _texts(body: _Body, limits: Limits, defects: _Defects) -> tuple[str, str | None, str]:
-    """(text, raw html, reply text) of the message body.
+    """(text, the start of the raw html, reply text) of the message body.
 
     The text is at most ``max_text_chars`` characters; the rest of a longer one is dropped and a
     last line says so (the raw mail is kept whole). HTML-only mail is converted up to that cap.
     """
     cap = limits.max_text_chars
     html = "\n".join(body.html) if body.html else None
+    whole = len(html) if html is not None else 0
+    html = html[:_MAX_HTML] if html is not None else None  # all that is read of it, below
     if any(part.strip() for part in body.plain):
         text = _clean_text("\n\n".join(t.strip("\r\n") for t in body.plain))
         if len(text) <= cap:
@@ -1678,7 +1684,7 @@ def _texts(body: _Body, limits: Limits, defects: _Defects) -> tuple[str, str | N
         return text + marker, html, strip_quoted_history(text) + marker
     if html is None:
         return "", None, ""
-    if len(html) > _MAX_HTML:
+    if whole > _MAX_HTML:
         defects.add(f"HTML body over {_MAX_HTML} characters: only the start was converted")
     source = _parseable(html)
     converted = _html_to_text(source, cap)

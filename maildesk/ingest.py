@@ -326,8 +326,8 @@ def bounce(
     others = [r for r in listed if r.address.lower() != recipient]
     if not listed:  # nothing readable in it: arriving at the VERP address says it failed
         proven = [ReportRecipient(recipient, "failed", "5.0.0")]
-    for entry in proven:
-        act_on_bounce(session, desk, ticket, row, entry, now)
+    if proven:  # one mail, one recipient: a block repeated (thousands of times) says no more
+        act_on_bounce(session, desk, ticket, row, _gravest(proven), now)
     reason = f"about <{row.message_id}>"
     if others:
         reason += f"; {len(others)} other address(es) recorded only: not the recipient of that mail"
@@ -335,6 +335,13 @@ def bounce(
             why = f"not the recipient of <{row.message_id}>"
             record_unproven(session, ticket, inbound, others, row.message_id, why, now)
     return Outcome("bounce", ticket.id if ticket else None, reason, inbound.message_id)
+
+
+def _gravest(entries: Sequence[ReportRecipient]) -> ReportRecipient:
+    """The first permanent failure among a report's blocks for one address, else the first."""
+    return next(
+        (e for e in entries if e.action == "failed" or e.status.startswith("5")), entries[0]
+    )
 
 
 def act_on_bounce(

@@ -363,17 +363,43 @@ class MetricsServer:
         self.thread.join(5.0)
 
 
+# Connections served at once, each in a thread of the daemon's; more are closed at once (a
+# scraper tries again). A connection that sends nothing for ``REQUEST_SECONDS`` is closed: an
+# idle one held its thread for as long as its client liked.
+MAX_CONNECTIONS = 16
+REQUEST_SECONDS = 5.0
+
+
 class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # connections the kernel holds until they are taken (or closed)
     tick: Callable[[], None] | None = None
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def service_actions(self) -> None:  # socketserver's hook, called on each turn of its loop
         if self.tick is not None:
             self.tick()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
     server_version = "maildesk"
+    timeout = REQUEST_SECONDS
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
         path = self.path.split("?", 1)[0]

@@ -338,26 +338,32 @@ class Mailer:
         return None
 
     def _first_throttled(self, session: Any, mail: Mail, now: datetime) -> bool:
-        """Whether this is the first mail to ``mail.to`` held back by the hourly cap lately."""
+        """Whether this is the first mail held back by the hourly cap in the last hour, to any
+        address: a forger writing in the names of a thousand addresses makes a thousand hit
+        it, and one alert says as much as a thousand."""
         earlier = session.scalar(
-            select(func.count(Outbox.id)).where(
-                Outbox.recipient == mail.to.lower(),
+            select(Outbox.id)
+            .where(
                 Outbox.status == OutboxStatus.SUPPRESSED,
                 Outbox.last_error.startswith(LOOP_PROTECTION),
                 Outbox.created_at > now - timedelta(hours=1),
             )
+            .limit(1)
         )
-        return not earlier
+        return earlier is None
 
     def _alert_throttled(self, session: Any, mail: Mail, why: str, now: datetime) -> None:
-        """One alert to the admin when an address hits the cap (a loop, or a mail storm)."""
+        """One alert to the admin when an address hits the cap (a loop, or a mail storm); at
+        most one an hour, whichever addresses hit it."""
         admin = self.settings.desk.admin_address
         if not admin:
             return
         text = (
             f"Automatic mail to {clean_header(mail.to, 320)} is held back: {why}.\n"
             "This usually means an autoresponder is answering our acknowledgments. "
-            "Mail from that address is still recorded on its tickets; agents are not throttled."
+            "Mail from that address is still recorded on its tickets; agents are not throttled.\n"
+            "Other addresses held back within the hour are not alerted again: the outbox keeps "
+            "their mail as suppressed (loop protection)."
         )
         alert = Mail(
             kind="alert",

@@ -3,10 +3,11 @@
 Beside ``ingest.process`` in the flow: the daemon (``imap.Mailbox.fetch`` gives such a message's
 size and its header block, never its body) and ``maildesk ingest`` (which reads no more of
 stdin than the limit) hand it here instead. Its identity comes from the header block by the
-same parse as any mail's; in one transaction the quarantine entry records its sender and
-subject, its sender gets one notice (``too_large``) an hour unless the mail is automatic, and
-the admin one alert an hour, counting the messages held back since the last one. Nobody hears
-of it twice when the same message comes again (a crash before it was moved).
+same parse as any mail's, in a parse worker within the same budget; in one transaction the
+quarantine entry records its sender and subject, its sender gets one notice (``too_large``) an
+hour unless the mail is automatic, and the admin one alert an hour, counting the messages held
+back since the last one. Nobody hears of it twice when the same message comes again (a crash
+before it was moved).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk import ingest, routing, tickets
+from maildesk import ingest, parsing, routing, tickets
 from maildesk.inbound import Inbound
 from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
 from maildesk.outbox import Mail
@@ -112,6 +113,8 @@ def _tell_sender(session: Session, desk: Desk, inbound: Inbound, size: int, now:
 def silence(desk: Desk, inbound: Inbound) -> str | None:
     """Why a message's sender gets no notice: there is nobody to answer, or it is automatic mail
     (a bounce, an auto-reply, a list), or it asked for no automatic answer; None: they get one."""
+    if inbound.fatal == parsing.REASON:  # its header block broke the budget: who sent it, unread
+        return f"its header block could not be read ({parsing.REASON})"
     requester = inbound.requester
     if not requester or routing.is_desk_address(requester, desk.settings.desk.address):
         return "no address to answer"

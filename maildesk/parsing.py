@@ -54,6 +54,9 @@ RECYCLE_BYTES = 32 << 20
 # then only happen past the budget, where the peak gives it away.
 HEADROOM = 1 / 8
 MAX_LOG_RECORDS = 20  # per message: hostile mail must not flood the daemon's log
+# How long the zygote may take to answer a request for a worker (it forks at once; a fresh one
+# imports first, about a second). One that does not answer (stopped, stuck) is replaced.
+FORK_SECONDS = 20.0
 _MB = 1 << 20
 
 
@@ -141,6 +144,7 @@ class Parser:
 
     def _take(self, budget: Budget) -> _Worker:
         """An idle worker, else the one starting, else a new one."""
+        fresh = False  # a new zygote was asked already
         while True:
             coming: Future[_Worker] | None = None
             with self._lock:
@@ -154,7 +158,13 @@ class Parser:
                 except OSError:  # the zygote died meanwhile: one more try on a fresh one
                     continue
             elif zygote is not None:
-                worker = zygote.fork(budget)
+                try:
+                    worker = zygote.fork(budget)
+                except OSError:
+                    if zygote.alive() or fresh:  # forking itself fails: the machine's problem
+                        raise
+                    fresh = True  # it died, or was killed for not answering: one new one
+                    continue
             assert worker is not None
             if worker.budget == budget and worker.idle():
                 return worker
@@ -360,11 +370,13 @@ class _Zygote:
                 stdout=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
+        ours.settimeout(FORK_SECONDS)
         self.control = ours
         self._lock = threading.Lock()
 
     def fork(self, budget: Budget) -> _Worker:
-        """A new worker for messages of ``budget`` (OSError when the zygote is gone)."""
+        """A new worker for messages of ``budget`` (OSError when the zygote is gone, or did not
+        answer within ``FORK_SECONDS``: then it is killed, so the next asks a new one)."""
         ours, theirs = socket.socketpair()
         note = _new_note()
         request = pickle.dumps((logging.getLogger().getEffectiveLevel(), budget))
@@ -372,9 +384,15 @@ class _Zygote:
             with self._lock:
                 socket.send_fds(self.control, [request], [theirs.fileno(), note])
                 answer, fds, _, _ = socket.recv_fds(self.control, 32, 1)
-        except OSError:
+        except OSError as exc:
             ours.close()
             os.close(note)
+            if isinstance(exc, TimeoutError):  # stopped or stuck: waiting longer fixes nothing
+                log.error(
+                    "the parse zygote did not answer within %g s; starting a new one", FORK_SECONDS
+                )
+                self.process.kill()
+                self.process.wait()
             raise
         finally:
             theirs.close()

@@ -199,7 +199,22 @@ AUTO_SUPPRESS = re.compile(r"\b(all|autoreply|oof)\b", re.I)
 
 
 def _strip_comments(value: str) -> str:
-    return re.sub(r"\([^)]*\)", "", value).strip().lower()
+    """``value`` without its comments (nested ones too), lower-case; an unclosed comment is
+    kept as it is. One pass: ``\\([^)]*\\)`` tried at each of many ``(`` is quadratic, and
+    a header value reaches 16,000 characters."""
+    kept: list[str] = []
+    depth = opened = 0
+    for index, char in enumerate(value):
+        if char == "(":
+            opened = index if depth == 0 else opened
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth == 0:
+            kept.append(char)
+    if depth:
+        kept.append(value[opened:])
+    return "".join(kept).strip().lower()
 
 
 def classify(inbound: Inbound, desk: Identity) -> Classification:
@@ -227,8 +242,9 @@ def classify(inbound: Inbound, desk: Identity) -> Classification:
     if SYSTEM_SENDER.match(sender) or not inbound.from_raw.strip():
         return Classification(Kind.AUTO_REPLY, f"system sender {sender or '(none)'}")
     for value in inbound.header("auto-submitted"):
-        if _strip_comments(value) not in ("", "no"):
-            return Classification(Kind.AUTO_REPLY, f"Auto-Submitted: {_strip_comments(value)}")
+        stripped = _strip_comments(value)
+        if stripped not in ("", "no"):
+            return Classification(Kind.AUTO_REPLY, f"Auto-Submitted: {stripped}")
     for name in ("precedence", "x-precedence"):
         for value in inbound.header(name):
             if BULK_PRECEDENCE.match(value):
@@ -260,6 +276,11 @@ def role_of(sender: str | None, ticket: TicketView, desk: Identity) -> Role:
     return Role.OTHER
 
 
+# Distinct ticket refs of a subject looked up, at most: each lookup reads the ticket and its
+# participants, and a subject of 998 characters holds 166 refs.
+MAX_REFS = 10
+
+
 def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketView, str] | None:
     """The ticket this message continues, and how we know; None for a new conversation.
 
@@ -272,8 +293,10 @@ def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketVi
         found = threads.by_message_ids(list(dict.fromkeys(ids)))
         if found is not None:
             return found, "headers"
-    for match in re.finditer(desk.ref_pattern, inbound.subject):
-        ticket = threads.by_number(int(match.group("number")))
+    refs = re.finditer(desk.ref_pattern, inbound.subject)
+    numbers = list(dict.fromkeys(int(match.group("number")) for match in refs))
+    for number in numbers[:MAX_REFS]:
+        ticket = threads.by_number(number)
         if ticket is not None and role_of(inbound.sender, ticket, desk) is not Role.OTHER:
             return ticket, "ref"
     return None

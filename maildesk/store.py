@@ -106,12 +106,17 @@ class Store:
         temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd = private.open_new(temp, os.O_EXCL)
         try:
-            _write_all(fd, data)
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
+            try:
+                _write_all(fd, data)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        except BaseException:
+            # a full disk: the part written would outlive every retry, taking the room freed
+            temp.unlink(missing_ok=True)
+            raise
         return relative
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from maildesk import auth, commands, outbox
 from maildesk.config import AgentSettings, Settings
@@ -222,17 +222,54 @@ def set_status(ticket: Ticket, status: Status, at: datetime) -> None:
         ticket.closed_at = None
 
 
+THREAD_IDS = 10  # the last Message-IDs of a thread a mail names in References
+
+
 def thread_ids(ticket: Ticket) -> tuple[str, ...]:
-    """Message-IDs of the customer-visible thread, oldest first (for References)."""
-    ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
-    return tuple(ids[-10:])
+    """Message-IDs of the customer-visible thread, oldest first (for References): the last
+    ``THREAD_IDS``, read as such. Loading the ticket's messages, text and all, made every mail
+    on a ticket cost the daemon its whole history, which a customer can grow at will."""
+    session = object_session(ticket)
+    if session is None or ticket.id is None:  # a ticket made up for a sample: all in memory
+        ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
+        return tuple(ids[-THREAD_IDS:])
+    found = session.scalars(_THREAD_IDS, {"ticket": ticket.id, "up_to": THREAD_IDS})
+    return tuple(reversed([message_id for message_id in found if message_id]))
 
 
 def last_customer_message_id(ticket: Ticket) -> str | None:
-    for message in reversed(ticket.messages):
-        if message.sender == ticket.requester and message.message_id:
-            return message.message_id
-    return None
+    session = object_session(ticket)
+    if session is None or ticket.id is None:
+        for message in reversed(ticket.messages):
+            if message.sender == ticket.requester and message.message_id:
+                return message.message_id
+        return None
+    return session.scalar(_LAST_FROM, {"ticket": ticket.id, "sender": ticket.requester})
+
+
+# Built once, with bound parameters; the newest first, as many as needed (index on ticket_id).
+_THREAD_IDS = (
+    select(Message.message_id)
+    .where(
+        Message.ticket_id == bindparam("ticket"),
+        Message.message_id.is_not(None),
+        Message.message_id != "",
+        Message.internal.is_(False),
+    )
+    .order_by(Message.id.desc())
+    .limit(bindparam("up_to"))
+)
+_LAST_FROM = (
+    select(Message.message_id)
+    .where(
+        Message.ticket_id == bindparam("ticket"),
+        Message.sender == bindparam("sender"),
+        Message.message_id.is_not(None),
+        Message.message_id != "",
+    )
+    .order_by(Message.id.desc())
+    .limit(1)
+)
 
 
 def ticket_context(desk: Desk, ticket: Ticket, *, to_agent: bool = False) -> dict[str, Any]:
@@ -412,6 +449,12 @@ def notify_owner(
     return notify_team(desk, ticket, kind, template, now, **ctx)
 
 
+# The Cc of a new ticket's first mail kept as its participants (who may follow up by ref): a
+# mail to a crowd is not a conversation with it, and each participant is read again for every
+# mail that names the ticket (a header block of 256 KB holds 18,000 addresses).
+MAX_PARTICIPANTS = 50
+
+
 def attachment_notes(inbound: Inbound) -> list[dict[str, Any]]:
     return [{"filename": a.filename, "size": a.size} for a in inbound.attachments if a.dropped]
 
@@ -456,6 +499,8 @@ def open_ticket(
     session.flush()
     agents = desk.identity.agents
     for address in inbound.cc:
+        if len(ticket.participants) >= MAX_PARTICIPANTS:
+            break
         if address not in agents and address != desk.settings.desk.address and address != requester:
             ticket.participants.append(Participant(address=address))
     add_message(
@@ -936,12 +981,20 @@ def unverified_notice(
         "agent_unverified",
         now,
         reason=proof.reason,
-        commands=[c.source for c in parsed.commands],
+        commands=listed_commands(parsed),
         text=text,
         count=held + 1,
         tickets=[desk.settings.desk.ref(number) for number in sorted(numbers)],
     )
     return replace(mail, held_back=HELD_BACK) if recent else mail
+
+
+def listed_commands(parsed: commands.Parsed) -> list[str]:
+    """The commands a notice names: as many as a message may carry, then how many more (a
+    forged mail of thousands of command lines would make the notice as long as the mail)."""
+    shown = [c.source for c in parsed.commands[: commands.MAX_COMMANDS]]
+    more = len(parsed.commands) - len(shown)
+    return [*shown, f"and {more:,} more"] if more else shown
 
 
 # Built once: the outbox rows of the notice to one agent (index on recipient and created_at).

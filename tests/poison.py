@@ -69,6 +69,19 @@ def blank_tail(n: int) -> bytes:
     return mail("Hello,\nthe printer is broken.\n" + " \n" * n)
 
 
+def bounce_line(n: int) -> bytes:
+    """A bounce without a report (read by its words): a line naming the address that failed,
+    and one that begins with an address and goes on in ``n`` spaces and then a word."""
+    return mail(
+        "Delivery to the following recipient failed:\n\nbob@example.org: 550 5.1.1 unknown\n"
+        + "carol@example.org"
+        + " " * n
+        + "x\n",
+        sender="MAILER-DAEMON@mx.example.org",
+        subject="Undelivered Mail Returned to Sender",
+    )
+
+
 # --------------------------------------------------------------------------- HTML
 
 

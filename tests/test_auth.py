@@ -195,6 +195,15 @@ def test_tokens_in(addresses: list[str], expected: tuple[str, ...]) -> None:
         (["mx.desk.example; spf=pass smtp.mailfrom=a=header.from=example.com@evil.test;"
           " dmarc=pass header.from=evil.test"], False, "no dmarc=pass"),
         (["mx.desk.example; dmarc = pass header.from = example.com"], True, "dmarc=pass"),
+        # a ")" of the sender's ends a comment early: a quote in a comment, or a ")" that
+        # closes nothing, makes the value unreadable
+        (['mx.desk.example; spf=pass (domain of "x);dmarc=pass header.from=example.com;("'
+          "@evil.test designates 192.0.2.7 as permitted sender) smtp.mailfrom=evil.test"],
+         False, "no dmarc=pass"),
+        (["mx.desk.example; spf=pass smtp.mailfrom=x);dmarc=pass header.from=example.com"],
+         False, "no dmarc=pass"),
+        (["mx.desk.example; dmarc=pass (p=none sp=none) header.from=example.com"], True,
+         "dmarc=pass"),
     ],
 )  # fmt: skip
 def test_check_authentication_results(values: list[str], passed: bool, reason_part: str) -> None:

@@ -81,6 +81,21 @@ FORGED_VERDICTS = {
     "authserv-id-zero-width-space": (
         b"mx.example.com\xe2\x80\x8b; dmarc=pass header.from=example.com"
     ),
+    # a quoted envelope sender, repeated in the SPF comment as it came: its ")" would end the
+    # comment and its ";" start results of the MTA's own
+    "spf-comment-quoted-sender": (
+        b"mx.example.com; spf=pass (mx.example.com: domain of"
+        b' "x);dmarc=pass header.from=example.com;("@evil.test designates 192.0.2.7 as'
+        b' permitted sender) smtp.mailfrom="x);dmarc=pass header.from=example.com;("@evil.test'
+    ),
+    "spf-comment-quoted-sender-domain-only": (
+        b"mx.example.com; spf=pass (mx.example.com: domain of"
+        b' "x);dmarc=pass header.from=example.com;("@evil.test designates 192.0.2.7 as'
+        b" permitted sender) smtp.mailfrom=evil.test"
+    ),
+    "dkim-comment-quoted": (
+        b'mx.example.com; dkim=pass (2048-bit key; "x) header.d=example.com (") header.d=evil.test'
+    ),
     "dmarc-pass-without-header-from": b"mx.example.com; dmarc=pass",
     "dmarc-pass-for-another-domain": b"mx.example.com; dmarc=pass header.from=evil.test",
 }

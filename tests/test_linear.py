@@ -52,6 +52,12 @@ def test_quoted_history_stripping_is_linear(
     assert growth(parsing(shape), n) < LINEAR_BOUND
 
 
+def test_a_bounce_without_a_report_is_read_in_linear_time() -> None:
+    report = parse(poison.bounce_line(10)).report
+    assert report is not None and [r.address for r in report.recipients] == ["bob@example.org"]
+    assert growth(parsing(poison.bounce_line), 2_000) < LINEAR_BOUND
+
+
 @pytest.mark.parametrize(
     "shape, n",
     [(poison.nested_quotes, 500), (poison.nested_lists, 500)],
