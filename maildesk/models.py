@@ -328,6 +328,18 @@ class Suppression(Base):
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class Contact(Base):
+    """An address that answered mail the desk sent it: its reply named that mail in
+    In-Reply-To or References. Only such a sender counts as one the desk has heard from for
+    ``[limits] new_sender_acks_per_hour``: anyone can write a From:, but a forger using the
+    address never saw the desk's mail to it."""
+
+    __tablename__ = "contacts"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class SmtpCapabilities(Base):
     """What an SMTP server announced when the delivery process last connected to it.
 
@@ -420,7 +432,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def _private_sqlite_files(path: Path) -> None:

@@ -23,6 +23,7 @@ from maildesk.config import AgentSettings, Settings
 from maildesk.inbound import Inbound
 from maildesk.models import (
     Attachment,
+    Contact,
     Event,
     Message,
     Outbox,
@@ -563,12 +564,25 @@ def acknowledgment(
 
 
 def first_contact(session: Session, ticket: Ticket) -> bool:
-    """Whether the desk had never heard from the ticket's requester: no message from that
-    address on any other ticket."""
-    # on the session's connection: what this transaction has not flushed yet is this
-    # ticket's own, which the question leaves out anyway (and a flush costs more than asking)
-    params = {"sender": ticket.requester, "ticket": ticket.id}
-    return session.connection().execute(_EARLIER, params).first() is None
+    """Whether the desk had never heard from the ticket's requester: the address never
+    answered mail the desk sent it (``Contact``). Mail that merely came From the address
+    does not count: a forger writes any From:, and would make each victim known with a
+    second forged mail."""
+    params = {"address": ticket.requester}
+    return session.connection().execute(_KNOWN, params).first() is None
+
+
+def answered_us(session: Session, inbound: Inbound, now: datetime) -> None:
+    """Remember the sender as a contact when the mail names, in In-Reply-To or References,
+    mail the desk sent to that very address: only someone who received it knows its
+    Message-ID."""
+    sender = inbound.sender
+    ids = list(dict.fromkeys([*inbound.in_reply_to, *inbound.references]))[:50]
+    if not sender or not ids:
+        return
+    answered = session.connection().execute(_SENT_TO, {"address": sender, "ids": ids}).first()
+    if answered is not None:
+        insert_row(session, Contact, {"address": sender, "since": now}, once=True)
 
 
 def recent_events(session: Session, kind: str, now: datetime, up_to: int, detail: str = "") -> int:
@@ -581,9 +595,14 @@ def recent_events(session: Session, kind: str, now: datetime, up_to: int, detail
 
 
 # Built once, with bound parameters: composing a statement costs more than running it.
-_EARLIER = (
-    select(Message.id)
-    .where(Message.sender == bindparam("sender"), Message.ticket_id != bindparam("ticket"))
+_KNOWN = select(Contact.address).where(Contact.address == bindparam("address"))
+_SENT_TO = (
+    select(Outbox.id)
+    .where(
+        Outbox.message_id.in_(bindparam("ids", expanding=True)),
+        Outbox.recipient == bindparam("address"),
+        Outbox.status == OutboxStatus.SENT,
+    )
     .limit(1)
 )
 
@@ -690,6 +709,7 @@ def customer_reply(
 ) -> Ticket:
     """A reply from the requester, a participant or anyone holding the thread's Message-IDs."""
     sender = inbound.sender or inbound.requester or ""  # who wrote, as far as the mail says
+    answered_us(session, inbound, now)
     text = inbound.reply_text.strip()
     heard_from(session, ticket, sender, now)
     if ticket.status == Status.CLOSED:

@@ -65,7 +65,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0006(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE contacts"))
+
+
 def _undo_0005(conn: Connection) -> None:
+    _undo_0006(conn)
     conn.execute(text("DROP TABLE pipe_counts"))
 
 
@@ -144,5 +149,63 @@ def test_a_database_at_the_fourth_revision_gains_the_pipe_counts(database_url: s
         db.upgrade()
         assert db.revision() == HEAD_REVISION
         assert "pipe_counts" in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
+
+
+def _a_customer_who_answered_and_one_who_did_not(conn: Connection) -> None:
+    for ticket, requester in ((1, "alice@example.com"), (2, "mallory@example.net")):
+        conn.execute(
+            text(
+                "INSERT INTO tickets (id, subject, requester, status, priority, team, mailbox,"
+                " created_at, updated_at, status_since, sla_breached)"
+                " VALUES (:id, 's', :who, 'open', 'medium', 'support', '',"
+                " '2026-01-01 10:00:00', '2026-01-01 10:00:00', '2026-01-01 10:00:00', '')"
+            ),
+            {"id": ticket, "who": requester},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO messages (ticket_id, sender, internal, unverified, subject, text,"
+                " defects, created_at)"
+                " VALUES (:id, :who, false, false, 's', 'first', '', '2026-01-01 10:00:00')"
+            ),
+            {"id": ticket, "who": requester},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outbox (ticket_id, message_id, kind, recipient, mail_from,"
+                " automatic, body, status, attempts, next_attempt_at, created_at, sent_at)"
+                " VALUES (:id, :mid, 'ack', :who, 'desk@example.com', true, :body, 'sent', 1,"
+                " '2026-01-01 10:00:01', '2026-01-01 10:00:01', '2026-01-01 10:00:02')"
+            ),
+            {"id": ticket, "mid": f"<ack{ticket}@desk>", "who": requester, "body": b"x"},
+        )
+    conn.execute(
+        text(
+            "INSERT INTO messages (ticket_id, sender, internal, unverified, subject, text,"
+            " defects, created_at)"
+            " VALUES (1, 'alice@example.com', false, false, 's', 'thanks', '',"
+            " '2026-01-01 11:00:00')"
+        )
+    )
+
+
+def test_a_database_at_the_fifth_revision_gains_the_contacts(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0006(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+            _a_customer_who_answered_and_one_who_did_not(conn)
+        assert "contacts" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        with db.engine.begin() as conn:
+            known = conn.execute(text("SELECT address FROM contacts")).scalars().all()
+        # the customer who wrote after the desk's acknowledgment went out stays known; the
+        # one who only ever wrote first does not become known by the upgrade
+        assert known == ["alice@example.com"]
     finally:
         db.dispose()
