@@ -20,10 +20,10 @@ from sqlalchemy import insert
 
 from benchmarks.world import customer_mail
 from maildesk import config as config_module
-from maildesk import ingest
+from maildesk.act import ingest
+from maildesk.act.outbox import Mail
+from maildesk.act.tickets import Desk
 from maildesk.models import Database, Event, Ledger, Message, Outbox, Ticket
-from maildesk.outbox import Mail
-from maildesk.tickets import Desk
 
 SEED_CHUNK = 50_000
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 from imapclient import IMAPClient
 
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.demo.world import Captured, SmtpServer
 from tests.servers import DovecotServer
 
 ROOT = Path(__file__).resolve().parent.parent

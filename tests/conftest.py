@@ -23,7 +23,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 
-from maildesk.mailworld import ImapServer, SmtpServer
+from maildesk.demo.world import ImapServer, SmtpServer
 from tests.servers import (
     DOVECOT,
     POSTGRES_BIN,
@@ -171,7 +171,7 @@ def pipe_python() -> Iterator[tuple[str, Path]]:
         try:
             runs = (
                 subprocess.run(
-                    [python, "-c", "import maildesk.cli"],
+                    [python, "-c", "import maildesk.ui.cli"],
                     env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
                     user=NOBODY,
                     group=NOBODY,

@@ -24,11 +24,12 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from maildesk import cli, config
-from maildesk.daemon import Daemon
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk import config
+from maildesk.act.tickets import Desk
+from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Database, Ticket
-from maildesk.tickets import Desk
+from maildesk.service.daemon import Daemon
+from maildesk.ui import views
 from tests.servers import ImapAccount
 
 SUPPORT_NAME = "Example Support"
@@ -207,7 +208,7 @@ class DeskWorld:
             from sqlalchemy import select
 
             return [
-                cli.ticket_detail(t, self.settings.desk.ref_format)
+                views.ticket_detail(t, self.settings.desk.ref_format)
                 for t in session.scalars(select(Ticket).order_by(Ticket.id))
             ]
 
@@ -215,7 +216,7 @@ class DeskWorld:
         with self.db.transaction() as session:
             ticket = session.get(Ticket, number)
             assert ticket is not None, f"no ticket {number}"
-            return cli.ticket_detail(ticket, self.settings.desk.ref_format)
+            return views.ticket_detail(ticket, self.settings.desk.ref_format)
 
     def mails_to(self, address: str) -> list[Captured]:
         return [m for m in self.smtp.messages if address in m.rcpt_tos]

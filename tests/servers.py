@@ -1,7 +1,7 @@
 """Real servers for the test fixtures: a throwaway Dovecot, self-signed certificates, a
 PostgreSQL cluster of a test's own, and a TCP relay that can stall.
 
-pymap and the SMTP capture live in ``maildesk.mailworld``; this module adds Dovecot (started
+pymap and the SMTP capture live in ``maildesk.demo.world``; this module adds Dovecot (started
 from its own config file in a temp dir, on its own port) with the same small interface as
 ``mailworld.ImapServer``, so a test can run unchanged against either.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from maildesk import mailworld
-from maildesk.imap import MailboxConfig
+from maildesk.demo import world as mailworld
+from maildesk.mail.imap import MailboxConfig
 
 DOVECOT = shutil.which("dovecot") or (
     "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None

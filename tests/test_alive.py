@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk.daemon import DATABASE_MAX_BACKOFF, EX_SOFTWARE, FATAL_GRACE, Loop
-from maildesk.mailworld import SmtpServer, free_port
+from maildesk.demo.world import SmtpServer, free_port
 from maildesk.models import PROBE_WAIT, Lease
+from maildesk.service.daemon import DATABASE_MAX_BACKOFF, EX_SOFTWARE, FATAL_GRACE, Loop
 from tests.desk import DeskWorld, LogReader, customer_mail, wait_until
 from tests.servers import ImapAccount, PostgresServer, Relay
 
@@ -300,7 +300,7 @@ def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
 
 def parse_zygote(pid: int) -> bool:
     try:
-        return b"maildesk.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"maildesk.mail.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

@@ -30,13 +30,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk import commands, parsing
-from maildesk import daemon as daemon_module
-from maildesk.inbound import Inbound, parse
-from maildesk.mailworld import SmtpServer, free_port
+from maildesk.act.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
+from maildesk.demo.world import SmtpServer, free_port
+from maildesk.desk import commands
+from maildesk.desk.routing import Identity, TicketView, classify, route
+from maildesk.mail import parsing
+from maildesk.mail.inbound import Inbound, parse
 from maildesk.models import Message, Participant
-from maildesk.routing import Identity, TicketView, classify, route
-from maildesk.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
+from maildesk.service import daemon as daemon_module
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -540,7 +541,7 @@ def zygote_and_worker() -> tuple[int, int] | None:
     """The parse zygote below this process and its one idle worker, once there are."""
     mine = descendants(os.getpid())
     workers = [p for p in mine if named(p) == "maildesk-parse"]
-    zygotes = [p for p in mine if running(p, b"maildesk.parsing") and p not in workers]
+    zygotes = [p for p in mine if running(p, b"maildesk.mail.parsing") and p not in workers]
     return (zygotes[0], workers[0]) if len(zygotes) == len(workers) == 1 else None
 
 
@@ -566,7 +567,7 @@ def test_a_stopped_parse_zygote_is_replaced_and_mail_goes_on(
         with contextlib.suppress(ProcessLookupError):  # killed for not answering, as it should
             os.kill(zygote, signal.SIGCONT)
     assert [t["subject"] for t in world.tickets()] == ["Hello", "Printer jammed"]
-    wait_until(lambda: not running(zygote, b"maildesk.parsing"), 10, "the stopped one gone")
+    wait_until(lambda: not running(zygote, b"maildesk.mail.parsing"), 10, "the stopped one gone")
 
 
 # --------------------------------------------------------------------------- amplification

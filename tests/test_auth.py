@@ -11,7 +11,7 @@ from types import FrameType
 
 import pytest
 
-from maildesk.auth import (
+from maildesk.desk.auth import (
     TOKEN_LENGTH,
     Proof,
     TokenCheck,

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maildesk import cli
-from maildesk.automation import add_working_time, human, working_time_between
+from maildesk.act.automation import human
 from maildesk.config import BusinessHours
-from maildesk.mailworld import Captured, ImapServer, SmtpServer
+from maildesk.demo.world import Captured, ImapServer, SmtpServer
+from maildesk.desk.sla import add_working_time, working_time_between
 from maildesk.models import Ticket
+from maildesk.ui import cli
 from tests.desk import (
     ALICE,
     BOB,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maildesk.commands import (
+from maildesk.desk.commands import (
     HELP,
     MAX_COMMANDS,
     PRIORITIES,

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maildesk import config
+from maildesk.act.outbox import Mail, Mailer, clean_header
 from maildesk.config import Settings
-from maildesk.outbox import Mail, Mailer, clean_header
-from maildesk.rendering import Templates
-from maildesk.routing import LOOP_HEADER
+from maildesk.desk.routing import LOOP_HEADER
+from maildesk.mail.rendering import Templates
 
 COMPOSE = settings(
     max_examples=int(os.environ.get("COMPOSE_EXAMPLES", "200")),

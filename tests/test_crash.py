@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from maildesk.daemon import CLAIM_LEASE, OUTBOX_CONNECTIONS, holder_alive
-from maildesk.mailworld import ImapServer, SmtpServer
+from maildesk.act.outbox import IN_FLIGHT
+from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.models import Ledger
-from maildesk.outbox import IN_FLIGHT
+from maildesk.service.daemon import CLAIM_LEASE, OUTBOX_CONNECTIONS, holder_alive
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 

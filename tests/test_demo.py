@@ -29,8 +29,8 @@ def test_demo_walks_a_ticket_through_its_whole_life() -> None:
 def test_demo_world_delivers_sent_mail_into_imap_mailboxes(tmp_path: Path) -> None:
     """With ``--keep`` a person uses real clients: what the SMTP server accepts lands in the
     recipients' IMAP mailboxes, and mail to the desk's address reaches the desk's INBOX."""
-    from maildesk import demo
-    from maildesk.mailworld import messages
+    from maildesk.demo import tour as demo
+    from maildesk.demo.world import messages
 
     world = demo.World(tmp_path)
     world.start()

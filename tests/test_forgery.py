@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Ledger, Outbox
 from tests.desk import (
     ALICE,

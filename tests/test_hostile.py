@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from maildesk.mailworld import SmtpServer
+from maildesk.act.tickets import NOTICE_TEXT_CHARS
+from maildesk.demo.world import SmtpServer
 from maildesk.models import Ledger
-from maildesk.tickets import NOTICE_TEXT_CHARS
 from tests import poison
 from tests.desk import (
     ALICE,

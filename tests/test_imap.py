@@ -1,4 +1,4 @@
-"""maildesk.imap against real IMAP servers on loopback (pymap, and Dovecot where installed)."""
+"""maildesk.mail.imap against real IMAP servers on loopback (pymap, and Dovecot where installed)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from maildesk import mailworld
-from maildesk.imap import Mailbox, MailboxError, MailboxLoginError, RawMail, probe
-from maildesk.mailworld import ImapServer
+from maildesk.demo import world as mailworld
+from maildesk.demo.world import ImapServer
+from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail, probe
 from tests.servers import DOVECOT, Certificate, DovecotServer, ImapAccount, fresh_user
 
 

@@ -15,7 +15,7 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maildesk.inbound import Inbound, Limits, parse, safe_filename, strip_quoted_history
+from maildesk.mail.inbound import Inbound, Limits, parse, safe_filename, strip_quoted_history
 
 FUZZ = settings(
     max_examples=int(os.environ.get("INBOUND_FUZZ_EXAMPLES", "120")),

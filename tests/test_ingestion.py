@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.mailworld import SmtpServer
+from maildesk.demo.world import SmtpServer
 from tests.desk import (
     ALICE,
     CAROL_AGENT,

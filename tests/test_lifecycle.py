@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.demo.world import Captured, SmtpServer
 from tests.desk import (
     ALICE,
     BOB,

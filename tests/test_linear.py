@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from maildesk.inbound import Inbound, Limits, parse
+from maildesk.mail.inbound import Inbound, Limits, parse
 from tests import poison
 from tests.poison import GROWTH, LINEAR_BOUND, growth, python_calls
 

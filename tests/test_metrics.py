@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from maildesk import daemon as daemon_module
-from maildesk.mailworld import ImapServer, SmtpServer, free_port
+from maildesk.demo.world import ImapServer, SmtpServer, free_port
+from maildesk.service import daemon as daemon_module
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount, fresh_user
 

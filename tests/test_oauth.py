@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from maildesk import config
-from maildesk import daemon as daemon_module
-from maildesk.mailworld import ImapServer, SmtpServer
-from maildesk.oauth import OAuthError, TokenSource
-from maildesk.tickets import Desk
+from maildesk.act.tickets import Desk
+from maildesk.demo.world import ImapServer, SmtpServer
+from maildesk.service import daemon as daemon_module
+from maildesk.service.oauth import OAuthError, TokenSource
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
 from tests.servers import ImapAccount, fresh_user
 

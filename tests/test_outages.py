@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk import cli, daemon
+from maildesk.act.outbox import Sender
 from maildesk.config import SmtpSettings
-from maildesk.imap import Mailbox, MailboxError
-from maildesk.mailworld import ImapServer, SmtpServer
+from maildesk.demo.world import ImapServer, SmtpServer
+from maildesk.mail.imap import Mailbox, MailboxError
 from maildesk.models import Outbox
-from maildesk.outbox import Sender
+from maildesk.service import daemon
+from maildesk.ui import cli
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
 from tests.servers import Certificate, ImapAccount, fresh_user
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from maildesk.mailworld import SmtpServer
-from maildesk.rendering import filesize
+from maildesk.demo.world import SmtpServer
+from maildesk.mail.rendering import filesize
 from tests.desk import CUSTOMER, Clock, DeskWorld, customer_mail, html_of, text_of
 from tests.servers import ImapAccount
 

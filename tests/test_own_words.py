@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.demo.world import Captured, SmtpServer
 from tests.desk import (
     ALICE,
     BOB,

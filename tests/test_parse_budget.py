@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from maildesk.mailworld import SmtpServer
+from maildesk.demo.world import SmtpServer
 from tests.desk import DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount
 
@@ -329,7 +329,7 @@ def test_a_daemon_killed_mid_parse_leaves_no_parse_process_behind(
 
     workers = wait_until(busy, 60, "a worker parsing the big message")
     zygote = int(Path(f"/proc/{workers[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert b"maildesk.parsing" in Path(f"/proc/{zygote}/cmdline").read_bytes()
+    assert b"maildesk.mail.parsing" in Path(f"/proc/{zygote}/cmdline").read_bytes()
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
 

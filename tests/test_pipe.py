@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.mailworld import Captured, SmtpServer, free_port
+from maildesk.demo.world import Captured, SmtpServer, free_port
 from maildesk.models import Ledger
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount

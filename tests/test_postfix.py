@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.mailworld import SmtpServer, free_port
+from maildesk.demo.world import SmtpServer, free_port
 from maildesk.models import Database, Ledger, Ticket
 from tests.desk import ALICE, CUSTOMER, agent_reply, customer_mail, reply_to_address, wait_until
 

@@ -24,10 +24,10 @@ from sqlalchemy import func, select
 
 import tests.test_ingestion as ingestion
 import tests.test_lifecycle as lifecycle
-from maildesk.daemon import OUTBOX_CONNECTIONS
-from maildesk.mailworld import SmtpServer
+from maildesk.act.outbox import Mail
+from maildesk.demo.world import SmtpServer
 from maildesk.models import Lease, Outbox, Ticket
-from maildesk.outbox import Mail
+from maildesk.service.daemon import OUTBOX_CONNECTIONS
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 

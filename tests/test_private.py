@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maildesk.mailworld import ImapServer, SmtpServer
+from maildesk.demo.world import ImapServer, SmtpServer
 from tests.desk import DeskWorld, config_text, customer_mail
 from tests.servers import ImapAccount, fresh_user
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk import outbox, roundtrip, routing
-from maildesk.inbound import Limits, parse
-from maildesk.ingest import Outcome
-from maildesk.mailworld import SmtpServer
+from maildesk.act import outbox
+from maildesk.act.ingest import Outcome
+from maildesk.demo.world import SmtpServer
+from maildesk.desk import routing
+from maildesk.mail.inbound import Limits, parse
 from maildesk.models import Ledger
+from maildesk.service import roundtrip
 from tests.desk import DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount, deliver_into
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from maildesk import cli, samples
-from maildesk.mailworld import SmtpServer
+from maildesk.act import samples
+from maildesk.demo.world import SmtpServer
+from maildesk.ui import cli
 from tests.desk import ALICE, CUSTOMER, DeskWorld, agent_reply, customer_mail, text_of
 from tests.servers import ImapAccount
 

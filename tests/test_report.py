@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from maildesk import cli, config
+from maildesk import config
 from maildesk.models import Database, Event, Status, Ticket
+from maildesk.ui import cli
 
 CONFIG = """
 [desk]

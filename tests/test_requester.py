@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Outbox, OutboxStatus
 from tests.desk import (
     ALICE,

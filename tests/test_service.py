@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from maildesk.mailworld import SmtpServer
+from maildesk.demo.world import SmtpServer
 from tests.desk import CUSTOMER, DeskWorld, LogReader, customer_mail, text_of, wait_until
 from tests.servers import ImapAccount
 
@@ -141,7 +141,7 @@ def children(pid: int) -> list[int]:
 
 def parse_zygote(pid: int) -> bool:
     try:
-        return b"maildesk.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"maildesk.mail.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -163,7 +163,7 @@ def test_the_delivery_process_is_started_again_and_dies_with_the_daemon(
     """``maildesk run`` sends from a process of its own: killed alone, it is started again and
     mail keeps going out, with every sent mail counted in the daemon's metrics; when the daemon
     is killed (SIGKILL, nothing to clean up), the delivery process goes with it."""
-    from maildesk.mailworld import free_port
+    from maildesk.demo.world import free_port
     from tests.test_metrics import get, sample
 
     port = free_port()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from maildesk import cli
-from maildesk.mailworld import SmtpServer
+from maildesk.demo.world import SmtpServer
+from maildesk.ui import cli
 from tests.desk import ALICE, CUSTOMER, Clock, DeskWorld, agent_reply, customer_mail
 from tests.servers import ImapAccount
 

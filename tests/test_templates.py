@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk import samples
-from maildesk.mailworld import Captured, SmtpServer
+from maildesk.act import samples
+from maildesk.demo.world import Captured, SmtpServer
+from maildesk.mail.rendering import shipped_templates
 from maildesk.models import Ledger
-from maildesk.rendering import shipped_templates
 from tests.desk import (
     CUSTOMER,
     SUPPORT_NAME,

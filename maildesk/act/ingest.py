@@ -23,8 +23,11 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk import bounces, routing, tickets
-from maildesk.inbound import Inbound, Limits, ReportRecipient
+from maildesk.act import bounces, tickets
+from maildesk.act.tickets import Desk, StoredMail
+from maildesk.desk import routing
+from maildesk.mail.inbound import Inbound, Limits, ReportRecipient
+from maildesk.mail.parsing import Budget
 from maildesk.models import (
     Database,
     DatabaseError,
@@ -35,10 +38,8 @@ from maildesk.models import (
     Ticket,
     insert_row,
 )
-from maildesk.parsing import Budget
-from maildesk.tickets import Desk, StoredMail
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.ingest")  # the logs name the job, not the module path
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ class of problem and never a path, a host or an error text. The details (every l
 traceback) go to syslog, facility ``mail``, where the MTA logs too.
 
 This module imports only the standard library, so that it can report maildesk itself failing
-to import; ``__main__`` sends the ``ingest`` command here and every other one to ``cli``.
+to import; ``__main__`` sends the ``ingest`` command here and every other one to ``cli``, and
+the command line itself comes in as ``run``, imported only once the pipe's promise holds.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import signal
 import sys
 import syslog
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -84,11 +85,15 @@ def handled() -> None:
     _State.handled = True
 
 
-def main(argv: Sequence[str]) -> int:
-    """Run ``maildesk ARGV`` (an ``ingest``) under the pipe's promise; the exit status."""
+Command = Callable[[list[str]], int]
+
+
+def main(argv: Sequence[str], run: Command) -> int:
+    """Run ``maildesk ARGV`` (an ``ingest``) with ``run``, the command line's main, under the
+    pipe's promise; the exit status."""
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
-        failure = _run(argv)
+        failure = _run(argv, run)
         failed = failure is not None and not _State.handled
         if failed:
             assert failure is not None
@@ -100,7 +105,7 @@ def main(argv: Sequence[str]) -> int:
             signal.signal(signum, handler)
 
 
-def _run(argv: Sequence[str]) -> BaseException | None:
+def _run(argv: Sequence[str], run: Command) -> BaseException | None:
     """The command, with what it writes kept for syslog; what stopped it, if anything."""
     _State.active, _State.handled, _State.stopped = True, False, None
     details = io.StringIO()
@@ -109,9 +114,7 @@ def _run(argv: Sequence[str]) -> BaseException | None:
     try:
         for signum in STOP_SIGNALS:
             signal.signal(signum, _stop)
-        from maildesk.cli import main as cli_main
-
-        code = cli_main(list(argv))
+        code = run(list(argv))
         if _State.stopped is not None and not _State.handled:
             failure = Stopped(_State.stopped)
         elif code != 0 and not _State.handled:

@@ -18,9 +18,13 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, object_session
 
-from maildesk import auth, commands, outbox
+from maildesk.act import outbox
+from maildesk.act.outbox import Mail, Mailer
 from maildesk.config import AgentSettings, Settings
-from maildesk.inbound import Inbound
+from maildesk.desk import auth, commands, sla
+from maildesk.desk.routing import Identity, TicketView, is_desk_address
+from maildesk.mail.inbound import Inbound
+from maildesk.mail.parsing import Parser
 from maildesk.models import (
     Attachment,
     Contact,
@@ -35,12 +39,9 @@ from maildesk.models import (
     Ticket,
     insert_row,
 )
-from maildesk.outbox import Mail, Mailer
-from maildesk.parsing import Parser
-from maildesk.routing import Identity, TicketView, is_desk_address
 from maildesk.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
 
 RATING = re.compile(
     r"^\s*(?:rating\s*[:=]?\s*)?([1-5])(?:\s*/\s*5)?(?![\d.,])\s*[-:.,!)]*\s*(.*)$", re.I | re.S
@@ -800,9 +801,7 @@ def escalate(
 
 def track_sla(desk: Desk, ticket: Ticket) -> None:
     """Keep the ticket's next SLA due time (``due_at``) current after a rule changed it."""
-    from maildesk import automation  # automation acts through these rules: import at call time
-
-    automation.refresh_due(ticket, desk.settings)
+    sla.refresh_due(ticket, desk.settings)
 
 
 # --------------------------------------------------------------------------- agents

@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.imap")  # the logs name the job, not the module path
 
 DELETED = b"\\Deleted"
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes

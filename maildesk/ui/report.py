@@ -28,9 +28,11 @@ from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk import automation, stats
+from maildesk.act import automation
 from maildesk.config import Settings
+from maildesk.desk import sla
 from maildesk.models import Event, Status, Ticket
+from maildesk.ui import stats
 
 # Time buckets for the distributions: upper bounds in seconds, and how they read.
 BUCKETS: tuple[tuple[float, str], ...] = (
@@ -233,10 +235,10 @@ def _backlog(session: Session) -> dict[str, dict[str, int]]:
 def _compliance(
     tickets: Sequence[Ticket], settings: Settings, now: datetime
 ) -> tuple[Compliance, ...]:
-    tally = {name: Counter[str]() for name in automation.TARGETS}
+    tally = {name: Counter[str]() for name in sla.TARGETS}
     for ticket in tickets:
-        for target in automation.targets(ticket, settings):
-            if target.missed(now) or target.name in automation.breached(ticket):
+        for target in sla.targets(ticket, settings):
+            if target.missed(now) or target.name in sla.breached(ticket):
                 tally[target.name]["missed"] += 1
             elif target.stopped_at is not None:
                 tally[target.name]["met"] += 1
@@ -357,7 +359,7 @@ def chart_sla(report: Report) -> str:
     if not report.sla:
         _empty(axes, "no SLA targets configured for these tickets")
         return _png(figure)
-    names = [automation.LABELS[c.target] for c in report.sla]
+    names = [sla.LABELS[c.target] for c in report.sla]
     left = [0.0] * len(report.sla)
     for part in ("met", "missed", "running"):
         shares = []
@@ -414,7 +416,7 @@ def render_html(report: Report) -> str:
     rated = sum(report.ratings)
     sla_tiles = [
         (
-            f"{automation.LABELS[c.target]} SLA",
+            f"{sla.LABELS[c.target]} SLA",
             _percent(c.rate),
             f"{c.met} of {c.met + c.missed} met in time",
         )
@@ -462,8 +464,7 @@ def render_html(report: Report) -> str:
             "SLA compliance",
             chart_sla(report),
             "; ".join(
-                f"{automation.LABELS[c.target]}: {c.met} met, {c.missed} missed, "
-                f"{c.running} running"
+                f"{sla.LABELS[c.target]}: {c.met} met, {c.missed} missed, {c.running} running"
                 for c in report.sla
             )
             or "no SLA targets configured",

@@ -20,14 +20,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk import ingest, parsing, routing, tickets
-from maildesk.inbound import Inbound
+from maildesk.act import ingest, tickets
+from maildesk.act.outbox import Mail
+from maildesk.act.tickets import Desk, StoredMail
+from maildesk.desk import routing
+from maildesk.mail import parsing
+from maildesk.mail.inbound import Inbound
+from maildesk.mail.rendering import filesize
 from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
-from maildesk.outbox import Mail
-from maildesk.rendering import filesize
-from maildesk.tickets import Desk, StoredMail
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.oversize")  # the logs name the job, not the module path
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")  # as ``inbound`` finds the end of a header block
 

@@ -35,6 +35,14 @@ from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from maildesk.config import Settings, SmtpSettings
+from maildesk.desk.routing import (
+    LOOP_HEADER,
+    bounce_address,
+    is_desk_address,
+    own_message_id,
+    probe_address,
+)
+from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
 from maildesk.models import (
     Database,
     Event,
@@ -45,16 +53,8 @@ from maildesk.models import (
     Ticket,
     insert_row,
 )
-from maildesk.rendering import Rendered, TemplateError, TemplateProblem, Templates
-from maildesk.routing import (
-    LOOP_HEADER,
-    bounce_address,
-    is_desk_address,
-    own_message_id,
-    probe_address,
-)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.outbox")  # the logs name the job, not the module path
 
 GIVE_UP_AFTER = timedelta(days=4)
 IN_FLIGHT = 2  # mails a connection may have sent but not yet recorded

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from maildesk.inbound import Inbound, Report
+from maildesk.mail.inbound import Inbound, Report
 
 LOOP_HEADER = "X-Maildesk-Loop"
 

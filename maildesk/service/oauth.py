@@ -33,7 +33,7 @@ from typing import Protocol
 
 from maildesk import private
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.oauth")  # the logs name the job, not the module path
 
 COMMAND_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0

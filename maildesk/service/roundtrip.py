@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from maildesk import outbox
+from maildesk.act import outbox
 from maildesk.config import MailboxSettings, Settings
-from maildesk.imap import Mailbox, MailboxError
+from maildesk.mail.imap import Mailbox, MailboxError
 from maildesk.models import Database, DatabaseError, Ledger
 
 POLL_SECONDS = 0.25  # between two searches of the mailboxes

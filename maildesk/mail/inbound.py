@@ -146,7 +146,7 @@ class Inbound:
         return values[0] if values else None
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.inbound")  # the logs name the job, not the module path
 
 _DEFAULT_LIMITS = Limits()
 _MAX_HTML = 512 * 1024  # html2text is pure Python (about 1.4 s per MB here): bound its work

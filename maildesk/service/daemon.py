@@ -43,20 +43,22 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk import automation, bounces, config, ingest, oauth, outbox, oversize, samples
+from maildesk import config
+from maildesk.act import automation, bounces, ingest, outbox, oversize, samples
+from maildesk.act.outbox import Mail
+from maildesk.act.tickets import Desk
 from maildesk.config import ConfigError, MailboxSettings, Settings
-from maildesk.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
-from maildesk.inbound import Inbound
+from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
+from maildesk.mail.inbound import Inbound
+from maildesk.mail.parsing import Parsing
 from maildesk.models import Database, DatabaseError, Lease, Outbox, Session
-from maildesk.outbox import Mail
-from maildesk.parsing import Parsing
-from maildesk.tickets import Desk
-from maildesk.watchdog import Notifier, Pulse, Watchdog
+from maildesk.service import oauth
+from maildesk.service.watchdog import Notifier, Pulse, Watchdog
 
 if TYPE_CHECKING:
-    from maildesk.metrics import Metrics, MetricsServer
+    from maildesk.service.metrics import Metrics, MetricsServer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.daemon")  # the logs name the job, not the module path
 
 ALERT_AFTER = 5
 MAX_BACKOFF = 300.0
@@ -610,7 +612,7 @@ class Daemon:
         listen = self.settings.metrics.listen
         if listen is None:
             return
-        from maildesk.metrics import Metrics  # prometheus_client only when asked for
+        from maildesk.service.metrics import Metrics  # prometheus_client only when asked for
 
         piped = [box.name for box in self.settings.mailboxes if not box.watched]
         self.metrics = Metrics(

@@ -10,7 +10,7 @@ worker. Either way the message comes back as an ``Inbound`` with ``fatal`` set t
 ``parse budget exceeded`` (the caller quarantines it) and the identity headers the worker
 reported before it read the body, so the quarantine shows who sent what.
 
-Workers are forked by a zygote (``python -m maildesk.parsing``), a fresh single-threaded
+Workers are forked by a zygote (``python -m maildesk.mail.parsing``), a fresh single-threaded
 interpreter that imports ``inbound`` once: a fork of the multi-threaded daemon could inherit a
 lock another thread held (logging, stdio) and hang. One-shot commands, which have no thread yet,
 fork their first worker themselves. The daemon hands each message to a worker as soon as it is
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
 
-from maildesk import inbound
-from maildesk.inbound import Inbound, Limits
+from maildesk.mail import inbound
+from maildesk.mail.inbound import Inbound, Limits
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.parsing")  # the logs name the job, not the module path
 
 REASON = "parse budget exceeded"
 # A worker whose peak resident memory grew this much over its start is replaced.
@@ -357,7 +357,7 @@ class _Channel:
 
 
 class _Zygote:
-    """``python -m maildesk.parsing FD``: a single-threaded process that has imported
+    """``python -m maildesk.mail.parsing FD``: a single-threaded process that has imported
     ``inbound`` and forks a worker for each socket the daemon sends it, answering with the
     worker's pid and a pidfd. It exits when the daemon closes its end, or dies."""
 
@@ -365,7 +365,7 @@ class _Zygote:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "maildesk.parsing", str(theirs.fileno())],
+                [sys.executable, "-m", "maildesk.mail.parsing", str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
@@ -743,7 +743,7 @@ class _Shipped(logging.Handler):
 
 
 if __name__ == "__main__":
-    # as maildesk.parsing, not __main__: what the workers unpickle must be this very module
-    from maildesk import parsing
+    # as maildesk.mail.parsing, not __main__: what the workers unpickle must be this very module
+    from maildesk.mail import parsing
 
     parsing._zygote_main(int(sys.argv[1]))

@@ -23,11 +23,12 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from maildesk import cli, config
-from maildesk.daemon import Daemon
-from maildesk.mailworld import Captured, ImapServer, SmtpServer
+from maildesk import config
+from maildesk.act.tickets import Desk
+from maildesk.demo.world import Captured, ImapServer, SmtpServer
 from maildesk.models import Database, Ticket
-from maildesk.tickets import Desk
+from maildesk.service.daemon import Daemon
+from maildesk.ui import views
 
 SUPPORT = "support@example.test"
 PASSWORD = "demo-password"
@@ -161,7 +162,7 @@ class World:
         with self.db.transaction() as session:
             ticket = session.get(Ticket, number)
             assert ticket is not None
-            return cli.ticket_detail(ticket, self.settings.desk.ref_format)
+            return views.ticket_detail(ticket, self.settings.desk.ref_format)
 
 
 def mail(
@@ -298,7 +299,7 @@ def walk(world: World) -> None:
     world.wait_handled(7)
 
     step("The ticket")
-    print(cli.render_ticket(world.ticket(number)))
+    print(views.render_ticket(world.ticket(number)))
 
 
 def main(*, keep: bool = False) -> int:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.watchdog")  # the logs name the job, not the module path
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,11 @@ from maildesk import config as config_module
 from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError, Settings
 from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket, add_pipe_count
+from maildesk.ui.views import iso, render_stats, render_ticket, table, ticket_detail, ticket_summary
 
 if TYPE_CHECKING:
-    from maildesk.daemon import Loop
-    from maildesk.tickets import Desk
+    from maildesk.act.tickets import Desk
+    from maildesk.service.daemon import Loop
 
 log = logging.getLogger("maildesk")
 
@@ -72,79 +73,6 @@ def setup_logging(fmt: str, level: str) -> None:
 # --------------------------------------------------------------------------- presenters
 
 
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def ticket_summary(ticket: Ticket, ref_format: str) -> dict[str, Any]:
-    return {
-        "ref": ref_format.format(number=ticket.id),
-        "number": ticket.id,
-        "subject": ticket.subject,
-        "status": ticket.status,
-        "priority": ticket.priority,
-        "requester": ticket.requester,
-        "assignee": ticket.assignee,
-        "team": ticket.team,
-        "tags": ticket.tag_names,
-        "created_at": iso(ticket.created_at),
-        "updated_at": iso(ticket.updated_at),
-        "due_at": iso(ticket.due_at),
-        "sla_breached": [s for s in ticket.sla_breached.split(",") if s],
-        "linked_to": ref_format.format(number=ticket.linked_to) if ticket.linked_to else None,
-        "requester_bounced": ticket.requester_bounced_at is not None,
-    }
-
-
-def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
-    data = ticket_summary(ticket, ref_format)
-    data["satisfaction"] = (
-        {"rating": ticket.rating, "comment": ticket.rating_comment}
-        if ticket.rating is not None
-        else None
-    )
-    data["messages"] = [
-        {
-            "from": m.sender,
-            "internal": m.internal,
-            "unverified": m.unverified,
-            "automatic": m.automatic,
-            "text": m.text,
-            "message_id": m.message_id,
-            "created_at": iso(m.created_at),
-            "attachments": [
-                {
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "sha256": a.sha256,
-                    **({"dropped": True} if a.dropped else {}),
-                }
-                for a in m.attachments
-            ],
-        }
-        for m in ticket.messages
-    ]
-    data["events"] = [
-        {
-            "kind": e.kind,
-            "actor": e.actor,
-            "at": iso(e.at),
-            "detail": json.loads(e.detail) if e.detail else {},
-        }
-        for e in ticket.events
-    ]
-    return data
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    widths[-1] = 0
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -166,8 +94,8 @@ def open_db(settings: Settings, *, upgrade: bool = True) -> Database:
 def checked_desk(settings: Settings) -> Desk:
     """The desk, its templates rendered with sample data first: a template that fails stops
     the command with one line naming the file and line (``ConfigError``, exit 78)."""
-    from maildesk import samples
-    from maildesk.tickets import Desk
+    from maildesk.act import samples
+    from maildesk.act.tickets import Desk
 
     desk = Desk(settings)
     samples.require(desk)
@@ -175,8 +103,8 @@ def checked_desk(settings: Settings) -> Desk:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from maildesk.daemon import Courier, Daemon
-    from maildesk.watchdog import Notifier
+    from maildesk.service.daemon import Courier, Daemon
+    from maildesk.service.watchdog import Notifier
 
     settings = load_settings(args)
     desk = checked_desk(settings)
@@ -223,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def injected_faults() -> frozenset[Loop]:
     """``MAILDESK_TEST_FAULTS``, for tests only: the loops (``daemon.Loop`` names, separated
     by commas) that raise an error as a bug would, to prove such an error stops the daemon."""
-    from maildesk.daemon import Loop
+    from maildesk.service.daemon import Loop
 
     names = [n.strip() for n in os.environ.get("MAILDESK_TEST_FAULTS", "").split(",")]
     try:
@@ -236,8 +164,8 @@ def _courier_main(
     settings: Settings, daemon_pid: int, *, once: bool, faults: frozenset[Loop]
 ) -> int:
     """The forked delivery process: its own database connections, the outbox loop."""
-    from maildesk.daemon import Daemon
-    from maildesk.tickets import Desk
+    from maildesk.act.tickets import Desk
+    from maildesk.service.daemon import Daemon
 
     db = delivery_db(settings)
     daemon = Daemon(settings, db, Desk(settings), once=once, faults=faults)
@@ -261,8 +189,8 @@ def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from maildesk.daemon import Daemon
-    from maildesk.tickets import Desk
+    from maildesk.act.tickets import Desk
+    from maildesk.service.daemon import Daemon
 
     settings = load_settings(args)
     db = delivery_db(settings)
@@ -279,8 +207,9 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """One message from stdin, for an MTA's pipe: returns 0 once it is handled (committed as
     a ticket, a follow-up, ignored or quarantined) and raises for anything else, which
-    ``maildesk.pipe`` turns into exit 75 and one line."""
-    from maildesk import ingest, pipe
+    ``maildesk.ui.pipe`` turns into exit 75 and one line."""
+    from maildesk.act import ingest
+    from maildesk.ui import pipe
 
     settings = load_settings(args)
     mailbox = settings.ingest_mailbox(args.mailbox).name
@@ -309,7 +238,7 @@ def too_large(db: Database, desk: Any, mailbox: str, start: bytes, rest: BinaryI
     """A piped message over ``max_message_bytes`` (``start`` is its first limit + 1 bytes):
     kept whole on disk, read in pieces, so ``quarantine replay`` takes it in once the limit is
     raised; quarantined from its header block, its sender and the admin told."""
-    from maildesk import ingest, oversize
+    from maildesk.act import ingest, oversize
 
     path, digest, size = desk.store.put_raw_stream(start, rest)
     head = start[: ingest.limits_of(desk).max_header_bytes]
@@ -321,7 +250,7 @@ def too_large(db: Database, desk: Any, mailbox: str, start: bytes, rest: BinaryI
 def count_piped(db: Database, mailbox: str, outcome: Any) -> None:
     """One more message for the daemon's ``/metrics`` (``PipeCount``); the message is handled
     already, so a failure here is only logged."""
-    from maildesk.metrics import reason_label
+    from maildesk.service.metrics import reason_label
 
     try:
         with db.transaction() as session:
@@ -384,37 +313,6 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_ticket(data: dict[str, Any]) -> str:
-    out = [
-        f"{data['ref']} {data['subject']}",
-        f"  status {data['status']}, priority {data['priority']}, team {data['team']}, "
-        f"assignee {data['assignee'] or 'nobody'}, tags {', '.join(data['tags']) or '-'}",
-        f"  requester {data['requester']}, opened {data['created_at']}",
-    ]
-    if data["satisfaction"]:
-        out.append(
-            f"  satisfaction {data['satisfaction']['rating']}/5 {data['satisfaction']['comment'] or ''}"
-        )
-    out.append("")
-    for m in data["messages"]:
-        label = "internal note" if m["internal"] else "message"
-        if m["unverified"]:
-            label += ", unverified"
-        out.append(f"--- {m['created_at']} {label} from {m['from']}")
-        out.extend("  " + line for line in (m["text"] or "").splitlines())
-        for a in m["attachments"]:
-            dropped = " (dropped: too large)" if a.get("dropped") else ""
-            out.append(
-                f"  [attachment] {a['filename']} {a['content_type']} {a['size']} bytes{dropped}"
-            )
-    out.append("")
-    out.append("Timeline:")
-    for e in data["events"]:
-        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in (None, "", []))
-        out.append(f"  {e['at']} {e['kind']:<16} {e['actor'] or '-'} {detail}")
-    return "\n".join(out)
-
-
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     open_db(settings, upgrade=True)
@@ -423,8 +321,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from maildesk import outbox, roundtrip
-    from maildesk.imap import MailboxError, probe
+    from maildesk.act import outbox
+    from maildesk.mail.imap import MailboxError, probe
+    from maildesk.service import roundtrip
 
     settings = load_settings(args, log_warnings=False)
     print(f"ok   config {settings.path}")
@@ -475,8 +374,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def check_templates(settings: Settings) -> int:
     """check-config's lines for the templates; returns how many failed."""
-    from maildesk import samples
-    from maildesk.tickets import Desk
+    from maildesk.act import samples
+    from maildesk.act.tickets import Desk
 
     checked = samples.check(Desk(settings))
     templates_dir = settings.desk.templates_dir
@@ -522,7 +421,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
-    from maildesk import ingest
+    from maildesk.act import ingest
 
     settings = load_settings(args)
     desk = checked_desk(settings)
@@ -551,7 +450,7 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
 
 def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int:
     """Handle each quarantined message of ``rows`` again; how many are still quarantined."""
-    from maildesk import ingest
+    from maildesk.act import ingest
 
     failed = 0
     for ledger_id, mailbox, uidvalidity, uid, raw_path in rows:
@@ -576,14 +475,14 @@ def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int
 
 
 async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:
-    from maildesk.daemon import Daemon
+    from maildesk.service.daemon import Daemon
 
     daemon = Daemon(settings, db, desk, once=True)
     await daemon.deliver()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from maildesk import demo
+    from maildesk.demo import tour as demo
 
     return demo.main(keep=args.keep)
 
@@ -596,7 +495,7 @@ def window(since: str) -> tuple[datetime, datetime]:
     """``--since`` ("7d", "2026-11-01") as (since, now)."""
     from datetime import UTC
 
-    from maildesk import stats
+    from maildesk.ui import stats
 
     now = datetime.now(UTC)
     try:
@@ -606,7 +505,7 @@ def window(since: str) -> tuple[datetime, datetime]:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from maildesk import stats
+    from maildesk.ui import stats
 
     settings = load_settings(args)
     since, now = window(args.since)
@@ -620,44 +519,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_stats(figures: Any) -> str:
-    from maildesk.stats import duration_text as d
-
-    satisfaction = (
-        f"{figures.satisfaction_average:.1f}/5 from {figures.satisfaction_count} rating"
-        + ("s" if figures.satisfaction_count != 1 else "")
-        if figures.satisfaction_count
-        else "no ratings"
-    )
-    statuses = ", ".join(f"{n} {s}" for s, n in figures.by_status.items())
-    out = [
-        f"From {iso(figures.since)} to {iso(figures.until)}:",
-        f"  opened                 {figures.opened} ({statuses})",
-        f"  closed                 {figures.closed}",
-        f"  backlog now            {figures.backlog} not closed",
-        f"  first response median  {d(figures.median_first_response)}",
-        f"  time to close median   {d(figures.median_close)}",
-        f"  satisfaction           {satisfaction}",
-        "",
-    ]
-    rows = [
-        (
-            t.team,
-            t.opened,
-            *(t.by_status.get(s, 0) for s in figures.by_status),
-            t.backlog,
-            d(t.median_first_response),
-            d(t.median_close),
-        )
-        for t in figures.teams
-    ]
-    headers = ("TEAM", "OPENED", *(s.upper() for s in figures.by_status), "BACKLOG")
-    out.append(table(rows, (*headers, "FIRST RESPONSE", "TO CLOSE")))
-    return "\n".join(out)
-
-
 def cmd_agents_list(args: argparse.Namespace) -> int:
-    from maildesk import stats
+    from maildesk.ui import stats
 
     settings = load_settings(args)
     db = open_db(settings)
@@ -681,7 +544,7 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
 
 
 def cmd_teams_list(args: argparse.Namespace) -> int:
-    from maildesk import stats
+    from maildesk.ui import stats
 
     settings = load_settings(args)
     db = open_db(settings)
@@ -708,7 +571,7 @@ def cmd_teams_list(args: argparse.Namespace) -> int:
 
 
 def cmd_canned_list(args: argparse.Namespace) -> int:
-    from maildesk.rendering import Templates
+    from maildesk.mail.rendering import Templates
 
     settings = load_settings(args)
     templates = Templates(settings.desk.templates_dir)
@@ -729,7 +592,7 @@ def cmd_canned_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from maildesk import report
+    from maildesk.ui import report
 
     settings = load_settings(args)
     since, now = window(args.since)
@@ -877,13 +740,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # first: nothing this process or its delivery process writes is readable by others
     private.set_umask()
-    from maildesk import pipe
+    from maildesk.ui import pipe
 
     if not pipe.active() and pipe.is_ingest(sys.argv[1:] if argv is None else argv):
-        return pipe.main(sys.argv[1:] if argv is None else argv)  # exit 0 or 75, one line
+        return pipe.main(sys.argv[1:] if argv is None else argv, main)  # exit 0 or 75
     args = build_parser().parse_args(argv)
     if args.func is cmd_ingest:
-        return int(args.func(args))  # maildesk.pipe turns what it raises into exit 75
+        return int(args.func(args))  # maildesk.ui.pipe turns what it raises into exit 75
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk import oversize, tickets
+from maildesk.act import oversize, tickets
+from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
+from maildesk.mail.rendering import HTML, TEXT, TemplateError, TemplateProblem
 from maildesk.models import Status, Tag, Ticket
-from maildesk.outbox import Mail
-from maildesk.rendering import HTML, TEXT, TemplateError, TemplateProblem
 
 REQUESTER = "jane.doe@example.org"
 CUSTOMER_TEXT = """\

@@ -23,7 +23,7 @@ from markupsafe import Markup, escape
 
 def shipped_templates() -> Path:
     """The templates directory shipped with maildesk (a source checkout or the installed copy)."""
-    source = Path(__file__).resolve().parent.parent / "templates"
+    source = Path(__file__).resolve().parents[2] / "templates"  # maildesk/mail/ -> the checkout
     if (source / "ack.txt.j2").is_file():
         return source
     return Path(str(resources.files("maildesk") / "templates"))

@@ -3,7 +3,7 @@
 Not part of the production flow: ``maildesk demo`` and the test suite start one so the real
 daemon can be pointed at real protocol servers on 127.0.0.1. Each server runs its own asyncio
 loop in a background thread, starts in milliseconds on a free port, and stops cleanly. Mail is
-put into and read out of the IMAP server through the real protocol, via ``maildesk.imap``.
+put into and read out of the IMAP server through the real protocol, via ``maildesk.mail.imap``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from pysasl.creds.server import ServerCredentials
 from pysasl.hashing import Cleartext
 from pysasl.mechanism.oauth import OAuth2Mechanism
 
-from maildesk.imap import Mailbox, MailboxConfig
+from maildesk.mail.imap import Mailbox, MailboxConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.mailworld")  # the logs name the job, not the module path
 
 LOOPBACK = "127.0.0.1"
 
@@ -304,7 +304,7 @@ class ImapServer(_Served):
         self._listener.start(create)
 
     def mailbox_config(self, username: str, **overrides: Any) -> MailboxConfig:
-        """Settings for ``maildesk.imap.Mailbox`` logging in as ``username`` (plain text)."""
+        """Settings for ``maildesk.mail.imap.Mailbox`` logging in as ``username`` (plain text)."""
         return mailbox_config(self.host, self.port, username, self.users[username], **overrides)
 
     def append(self, username: str, raw: bytes, folder: str = "INBOX") -> int | None:

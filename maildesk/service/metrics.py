@@ -39,7 +39,7 @@ from maildesk.models import (
     Ticket,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.metrics")  # the logs name the job, not the module path
 
 STALE_AFTER_POLLS = 3
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600)

@@ -20,11 +20,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk import commands, outbox, tickets
+from maildesk.act import outbox, tickets
+from maildesk.act.tickets import Desk
+from maildesk.desk import commands
 from maildesk.models import Outbox, Ticket
-from maildesk.tickets import Desk
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("maildesk.bounces")  # the logs name the job, not the module path
 
 _STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 
