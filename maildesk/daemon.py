@@ -70,6 +70,13 @@ EX_SOFTWARE = 70  # sysexits.h: a loop failed on an error that no outage explain
 FATAL_GRACE = 10.0
 STOP_GRACE = 30.0  # within the unit's TimeoutStopSec
 PULSE_REPORTS = 1.0  # seconds between the delivery process's reports of its progress
+# How the daemon tells its delivery process to finish the mails in hand and exit. Not SIGTERM:
+# systemd's default KillMode=control-group sends SIGTERM to every process of the service at
+# once, and the delivery process (like the parse zygote and workers) ignores it, so that the
+# daemon's own stop is the one stop. It starts with these signals blocked until it has set
+# what they do, so that none can end it halfway through its start.
+STOP_DELIVERY = signal.SIGUSR1
+OWN_STOP = frozenset({signal.SIGTERM, signal.SIGINT, STOP_DELIVERY})
 OUTBOX_BATCH = 200
 OUTBOX_CONNECTIONS = 8
 CLAIM_LEASE = timedelta(minutes=2)
@@ -112,7 +119,9 @@ class Courier:
 
     Forked at start-up, before any thread exists, it has nothing to import again: a fresh
     interpreter took about a second to get going, which a short ``run --once`` waited for.
-    When it has to be started again later (it died), it is spawned as ``maildesk deliver``."""
+    When it has to be started again later (it died), it is spawned as ``maildesk deliver``.
+    Either way it starts with ``OWN_STOP`` blocked: SIGTERM and SIGINT are the daemon's to act
+    on, ``STOP_DELIVERY`` from the daemon is its stop (``Daemon.deliver`` sets them up)."""
 
     def __init__(self, pid: int, wake_fd: int, report_fd: int) -> None:
         self.pid = pid
@@ -133,7 +142,10 @@ class Courier:
         report_r, report_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, OWN_STOP)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:  # the delivery process
             code = 70
             try:
@@ -165,6 +177,7 @@ class Courier:
                 list(argv),
                 dict(os.environ),
                 file_actions=[(os.POSIX_SPAWN_DUP2, wake_r, 0), (os.POSIX_SPAWN_DUP2, report_w, 1)],
+                setsigmask=OWN_STOP,
             )
         finally:
             os.close(wake_r)
@@ -185,11 +198,10 @@ class Courier:
                 self._wake_fd = None
 
     def terminate(self) -> None:
-        """Ask it to finish the mails in hand and exit; once (a second SIGTERM would make
-        it exit at once, with status 1)."""
+        """Ask it to finish the mails in hand and exit (``STOP_DELIVERY``), once."""
         if not self._terminated:
             self._terminated = True
-            self._signal(signal.SIGTERM)
+            self._signal(STOP_DELIVERY)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -558,10 +570,7 @@ class Daemon:
         helpers: list[asyncio.Task[None]] = []
         if supervised_by is not None:
             _die_with_parent(supervised_by)
-            # Ctrl-C reaches the whole process group: the daemon stops this process itself,
-            # after its own work, instead of seeing it quit early and starting it again
-            self.loop.remove_signal_handler(signal.SIGINT)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._obey_the_daemon()
             self.parent = _tell_parent
             helpers.append(asyncio.create_task(self._follow_parent()))
             helpers.append(self._task("progress reports", self._report_progress()))
@@ -575,6 +584,24 @@ class Daemon:
         if self.exit_code:
             return self.exit_code
         return 1 if self.unreachable else 0
+
+    def _obey_the_daemon(self) -> None:
+        """A delivery process stops when its daemon says so (``STOP_DELIVERY``), or when the
+        daemon is gone (the end of its standard input), never on a signal of its own: Ctrl-C
+        reaches the whole process group, and systemd's default ``KillMode=control-group``
+        sends SIGTERM to every process of the service. Quitting then, beside the daemon's
+        own stop, would cut a mail short and look like a crash to the daemon; instead the
+        daemon stops it after its own work. It was started with these signals blocked."""
+        assert self.loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        self.loop.add_signal_handler(STOP_DELIVERY, self._told_to_stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, OWN_STOP)
+
+    def _told_to_stop(self) -> None:
+        log.debug("the daemon stops delivery: finishing the mails in hand")
+        self.request_stop()
 
     async def _report_progress(self) -> None:
         """Tell the daemon how the delivery loop is doing, every second (for its watchdog)."""
@@ -714,6 +741,9 @@ class Daemon:
 
     def _on_signal(self, sig: int) -> None:
         if self.stop.is_set():
+            if sig == signal.SIGTERM:  # a stop is a stop: SIGKILL is there for "at once"
+                log.info("SIGTERM received again: still finishing the message in hand")
+                return
             log.warning("second %s: exiting at once", signal.Signals(sig).name)
             os._exit(1)
         log.info(
@@ -985,7 +1015,7 @@ class Daemon:
                 await self._database_answers(ELSEWHERE)
             if code == 0 and (self.once or self.intake_done.is_set() or self.stop.is_set()):
                 return
-            if self.stop.is_set() and code == -signal.SIGTERM:
+            if self.stop.is_set() and code in (-signal.SIGTERM, -STOP_DELIVERY):
                 return
             status = 128 - code if code < 0 else code
             if self.once:
