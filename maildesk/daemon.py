@@ -77,6 +77,9 @@ PULSE_REPORTS = 1.0  # seconds between the delivery process's reports of its pro
 # what they do, so that none can end it halfway through its start.
 STOP_DELIVERY = signal.SIGUSR1
 OWN_STOP = frozenset({signal.SIGTERM, signal.SIGINT, STOP_DELIVERY})
+# Without systemd's watchdog, how long a loop may go without progress before /healthz names it
+# (the unit's WatchdogSec); under it, its interval.
+STALLED_AFTER = 300.0
 OUTBOX_BATCH = 200
 OUTBOX_CONNECTIONS = 8
 CLAIM_LEASE = timedelta(minutes=2)
@@ -384,8 +387,12 @@ class Daemon:
     courier: Courier | None = None  # the delivery process, when already started
     # systemd's notification socket and watchdog (``Type=notify``), when it started the daemon
     notifier: Notifier | None = None
-    # fault injection (tests): these loops raise ``InjectedFault`` once they are running
+    # fault injection (tests): these loops raise ``InjectedFault`` once they are running ...
     faults: frozenset[Loop] = frozenset()
+    # ... and these (mailbox, timers, outbox) stop making progress, as if stuck, until stopped
+    stalls: frozenset[Loop] = frozenset()
+    # the clock the loops' progress is measured by (tests inject one)
+    monotonic: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -395,6 +402,7 @@ class Daemon:
         # or the daemon gone, for a delivery process): the outbox loop ends when idle
         self.intake_done = asyncio.Event()
         self.exit_code = 0
+        self.stuck: set[Loop] = set()  # the loops of ``stalls`` that got there
         self._tasks: set[asyncio.Task[None]] = set()
         # set when the daemon exits with loops still busy in threads (``run``'s caller must
         # then end the process without waiting for them)
@@ -410,11 +418,11 @@ class Daemon:
         self.pulses: dict[str, Pulse] = {}
         for box in self.settings.watched:  # a pipe mailbox is fed by ``ingest``, not watched
             self.health[f"mailbox:{box.name}"] = Health(box.name)
-            self.pulses[f"mailbox:{box.name}"] = Pulse(f"mailbox {box.name}")
+            self.pulses[f"mailbox:{box.name}"] = Pulse(f"mailbox {box.name}", clock=self.monotonic)
         self.health["smtp"] = Health("smtp")
         self.health["database"] = Health("database")
-        self.pulses["timers"] = Pulse("timers")
-        self.pulses["outbox"] = Pulse("delivery")
+        self.pulses["timers"] = Pulse("timers", clock=self.monotonic)
+        self.pulses["outbox"] = Pulse("delivery", clock=self.monotonic)
         self.database_up = asyncio.Event()  # cleared while this process finds it down
         self.database_up.set()
         self._database_watch: asyncio.Task[None] | None = None
@@ -545,6 +553,18 @@ class Daemon:
         if where in self.faults:
             raise InjectedFault(f"fault injected into the {where} loop")
 
+    async def _stall(self, where: Loop) -> None:
+        """Fault injection (tests): make no more progress here, as a loop stuck in a read or a
+        lock, until the daemon stops, when ``stalls`` names ``where``."""
+        if where in self.stalls:
+            self.stuck.add(where)
+            await self.stop.wait()
+
+    def stalled_after(self) -> float:
+        """Seconds a loop may go without progress: systemd's watchdog interval, if any."""
+        interval = self.notifier.interval if self.notifier is not None else None
+        return interval or STALLED_AFTER
+
     def _attempted(self, mailbox: str) -> None:
         """A mailbox loop made its first attempt (connected, or failed, or found the mailbox
         taken): once all have, the daemon is up, if only half (its health says which half)."""
@@ -647,6 +667,8 @@ class Daemon:
             self.desk.clock,
             piped,
             database_failed=self._database_failed_elsewhere,
+            loops=self.pulses.values,
+            stalled_after=self.stalled_after(),
         )
         try:
             self.metrics_server = self.metrics.serve(
@@ -826,6 +848,7 @@ class Daemon:
                 await asyncio.to_thread(mailbox.wait, wait)
                 pulse.beat()
                 self._fault(Loop.MAILBOX)
+                await self._stall(Loop.MAILBOX)
                 if not await asyncio.to_thread(take_lease, self.db, lease, self.holder):
                     log.warning("lost the lease on mailbox %s to another daemon", box.name)
                     return False
@@ -956,6 +979,7 @@ class Daemon:
             refresh = False
             pulse.beat()
             self._fault(Loop.TIMERS)
+            await self._stall(Loop.TIMERS)
             await self.pause(TIMER_SECONDS, pulse)
 
     async def timer_pass(self, *, refresh: bool = False) -> None:
@@ -1118,6 +1142,7 @@ class Daemon:
         await self._database_works()
         pulse.beat()
         self._fault(Loop.OUTBOX)
+        await self._stall(Loop.OUTBOX)
         if rows:
             results = await outbox.deliver_rows(
                 senders,

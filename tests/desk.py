@@ -139,8 +139,9 @@ class DeskWorld:
         daemon = Daemon(self.settings, self.db, self.desk, once=True)
         return asyncio.run(daemon.run())
 
-    def start(self, on_outcome: Callable[[str, Any], None] | None = None) -> Daemon:
-        daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome)
+    def start(self, on_outcome: Callable[[str, Any], None] | None = None, **options: Any) -> Daemon:
+        """The daemon in a thread of this process (``options`` for ``Daemon``)."""
+        daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome, **options)
         self._daemon = daemon
         self._thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)
         self._thread.start()

@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk.daemon import DATABASE_MAX_BACKOFF, EX_SOFTWARE, FATAL_GRACE, Loop
+from maildesk.daemon import DATABASE_MAX_BACKOFF, EX_SOFTWARE, FATAL_GRACE, STALLED_AFTER, Loop
 from maildesk.mailworld import SmtpServer, free_port
+from maildesk.metrics import stamp
 from maildesk.models import PROBE_WAIT, Lease, Outbox, OutboxStatus
 from tests.desk import DeskWorld, LogReader, customer_mail, wait_until
 from tests.servers import ImapAccount, PostgresServer, Relay
@@ -305,6 +306,45 @@ def parse_zygote(pid: int) -> bool:
         return b"maildesk.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+@pytest.mark.parametrize(
+    ("loop", "name"),
+    [(Loop.MAILBOX, "mailbox support"), (Loop.OUTBOX, "delivery"), (Loop.TIMERS, "timers")],
+    ids=str,
+)
+def test_healthz_names_a_loop_that_makes_no_progress(
+    world: DeskWorld, loop: Loop, name: str
+) -> None:
+    """One loop of the daemon stops making progress (stuck, as in a read that never returns:
+    the test hook holds it at its fault point), on a clock the test moves by hand. Once it
+    went ``STALLED_AFTER`` without progress (no systemd watchdog here), ``/healthz`` answers
+    503 naming that loop and when it last got anywhere, and nothing else is named: the other
+    loops go on. Names only: no host, port or error text."""
+    daemon = world.start(stalls=frozenset({loop}), monotonic=lambda: world.clock.now.timestamp())
+    try:
+        wait_until(lambda: loop in daemon.stuck, 20, f"the {loop} loop stuck")
+        assert healthz(world) == (200, "ok\n")  # not for long enough yet
+        last = world.clock.now  # the injected clock stands still: the stuck loop's last progress
+        world.clock.advance(seconds=STALLED_AFTER + 1)
+        # a stuck mailbox loop checks its mailbox no more either
+        mailbox = f"not checked since {stamp(last)}" if loop is Loop.MAILBOX else "ok"
+
+        def named() -> tuple[int, str] | None:
+            got = healthz(world)
+            stuck = [line for line in got[1].splitlines() if line.startswith("loop ")]
+            healthy = f"mailbox support: {mailbox}" in got[1] and "database: ok" in got[1]
+            return got if got[0] == 503 and healthy and len(stuck) == 1 else None
+
+        status, body = wait_until(named, 20, f"/healthz naming {name} alone")
+        assert body == (
+            f"mailbox support: {mailbox}\nloop {name}: no progress since {stamp(last)}\n"
+            "database: ok\n"
+        )
+        assert str(world.account.port) not in body and "127.0.0.1" not in body
+    finally:
+        world.stop()
 
 
 # --------------------------------------------------------------------------- systemd's watchdog
