@@ -40,6 +40,19 @@ class NoSuchMailbox(ConfigError):
         self.name = name
 
 
+class ForeignDataDir(ConfigError):
+    """Root runs a command on a data directory that belongs to another user (the service's):
+    what it wrote there would be root's, and the service could not write it."""
+
+    def __init__(self, path: Path, data_dir: Path, owner: str) -> None:
+        super().__init__(
+            f"{path}: [desk] data_dir: {data_dir} belongs to user {owner}; run maildesk as "
+            f"{owner} (runuser -u {owner} -- maildesk ...): files root made there would be "
+            f"root's, and maildesk running as {owner} could not write them"
+        )
+        self.owner = owner
+
+
 class Transport(enum.StrEnum):
     """How a mailbox's mail reaches maildesk: fetched over IMAP by ``run``, or handed to
     ``maildesk ingest`` by the MTA's pipe."""
@@ -510,6 +523,9 @@ def _read_desk(t: _Table, base: Path, present: bool) -> DeskSettings:
     name = t.get("name", str, required=True)
     address = t.address("address", required=True)
     data_dir = resolve(base, t.get("data_dir", str, required=True))
+    owner = private.foreign_owner(data_dir)
+    if owner is not None:  # before anything is written there (the secret, below)
+        raise ForeignDataDir(t.file, data_dir, owner)
     ref_format = t.get("ref_format", str, "[#{number}]")
     if ref_format.count("{number}") != 1 or re.search(r"\{(?!number\})", ref_format):
         raise t.fail("ref_format", 'must contain "{number}" exactly once and no other braces')

@@ -10,11 +10,17 @@ Files maildesk made itself (the SQLite database and its ``-wal``/``-shm``, the b
 directories, the generated secret) are tightened when found wider, with a log line saying so.
 What the admin made (the data directory itself, the config, password and token files) is never
 changed: ``config`` warns about it with the command that fixes it.
+
+Files are made by whoever runs the command, so root must not write into a data directory that
+belongs to the service's user: the database's journal, raw mail or attachments it left there
+would be root's, and the service would fail on them hours later. ``foreign_owner`` finds that
+case, and ``config`` refuses it before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -98,3 +104,24 @@ def open_to_others(path: Path) -> int | None:
         return None
     mask = OTHERS_ENTER if path.is_dir() else OTHERS_READ
     return mode if mode & mask else None
+
+
+def foreign_owner(path: Path) -> str | None:
+    """The user that ``path`` belongs to (or its nearest existing parent, when ``path`` is still
+    to be made), when this process runs as root and that user is not root; else None."""
+    if os.geteuid() != 0:
+        return None
+    for place in (path, *path.parents):
+        try:
+            uid = place.stat().st_uid
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None  # the command's own access to it fails, and says so
+        if uid == 0:
+            return None
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+    return None

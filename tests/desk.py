@@ -140,8 +140,9 @@ class DeskWorld:
         daemon = Daemon(self.settings, self.db, self.desk, once=True)
         return asyncio.run(daemon.run())
 
-    def start(self, on_outcome: Callable[[str, Any], None] | None = None) -> Daemon:
-        daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome)
+    def start(self, on_outcome: Callable[[str, Any], None] | None = None, **options: Any) -> Daemon:
+        """The daemon in a thread of this process (``options`` for ``Daemon``)."""
+        daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome, **options)
         self._daemon = daemon
         self._thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)
         self._thread.start()
@@ -186,15 +187,18 @@ class DeskWorld:
             timeout=60,
         )
 
-    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, group: bool = False, **env: str) -> subprocess.Popen[str]:
         """``maildesk --log-format json ARGS`` in the background (``env`` added to its
-        environment); its log lines on ``stderr``."""
+        environment); its log lines on ``stderr``. ``group``: in a process group of its own
+        (its pid is the group's), so that a signal can reach every process it starts, as
+        systemd's ``KillMode=control-group`` does."""
         return subprocess.Popen(
             [sys.executable, "-m", "maildesk", "--log-format", "json", *args],
             env={**os.environ, "MAILDESK_CONFIG": str(self.config_path), **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            process_group=0 if group else None,
         )
 
     def deliver(self, message: EmailMessage | bytes) -> None:

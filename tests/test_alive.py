@@ -11,6 +11,7 @@ network that went black stops the pings.
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import socket
@@ -18,6 +19,7 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +29,15 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.demo.world import SmtpServer, free_port
-from maildesk.models import PROBE_WAIT, Lease
-from maildesk.service.daemon import DATABASE_MAX_BACKOFF, EX_SOFTWARE, FATAL_GRACE, Loop
+from maildesk.models import PROBE_WAIT, Lease, Outbox, OutboxStatus
+from maildesk.service.daemon import (
+    DATABASE_MAX_BACKOFF,
+    EX_SOFTWARE,
+    FATAL_GRACE,
+    STALLED_AFTER,
+    Loop,
+)
+from maildesk.service.metrics import stamp
 from tests.desk import DeskWorld, LogReader, customer_mail, wait_until
 from tests.servers import ImapAccount, PostgresServer, Relay
 
@@ -305,6 +314,45 @@ def parse_zygote(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+@pytest.mark.parametrize(
+    ("loop", "name"),
+    [(Loop.MAILBOX, "mailbox support"), (Loop.OUTBOX, "delivery"), (Loop.TIMERS, "timers")],
+    ids=str,
+)
+def test_healthz_names_a_loop_that_makes_no_progress(
+    world: DeskWorld, loop: Loop, name: str
+) -> None:
+    """One loop of the daemon stops making progress (stuck, as in a read that never returns:
+    the test hook holds it at its fault point), on a clock the test moves by hand. Once it
+    went ``STALLED_AFTER`` without progress (no systemd watchdog here), ``/healthz`` answers
+    503 naming that loop and when it last got anywhere, and nothing else is named: the other
+    loops go on. Names only: no host, port or error text."""
+    daemon = world.start(stalls=frozenset({loop}), monotonic=lambda: world.clock.now.timestamp())
+    try:
+        wait_until(lambda: loop in daemon.stuck, 20, f"the {loop} loop stuck")
+        assert healthz(world) == (200, "ok\n")  # not for long enough yet
+        last = world.clock.now  # the injected clock stands still: the stuck loop's last progress
+        world.clock.advance(seconds=STALLED_AFTER + 1)
+        # a stuck mailbox loop checks its mailbox no more either
+        mailbox = f"not checked since {stamp(last)}" if loop is Loop.MAILBOX else "ok"
+
+        def named() -> tuple[int, str] | None:
+            got = healthz(world)
+            stuck = [line for line in got[1].splitlines() if line.startswith("loop ")]
+            healthy = f"mailbox support: {mailbox}" in got[1] and "database: ok" in got[1]
+            return got if got[0] == 503 and healthy and len(stuck) == 1 else None
+
+        status, body = wait_until(named, 20, f"/healthz naming {name} alone")
+        assert body == (
+            f"mailbox support: {mailbox}\nloop {name}: no progress since {stamp(last)}\n"
+            "database: ok\n"
+        )
+        assert str(world.account.port) not in body and "127.0.0.1" not in body
+    finally:
+        world.stop()
+
+
 # --------------------------------------------------------------------------- systemd's watchdog
 
 
@@ -414,3 +462,68 @@ def test_the_watchdog_is_fed_while_every_loop_makes_progress_and_not_while_one_i
         f"{silent_from - frozen:.1f} s after the network stalled until it flowed again "
         f"({resumed - frozen:.1f} s)"
     )
+
+
+# --------------------------------------------------------------------------- one stop
+
+
+def sent_once_or_pending(world: DeskWorld) -> dict[str, int]:
+    """Every outbox row was sent exactly once and is marked sent, or was not sent at all and
+    waits (pending, or held back on purpose); how many rows are in each status."""
+    captured = Counter(str(m.message["Message-ID"]).strip("<>") for m in world.smtp.messages)
+    with world.db.transaction() as session:
+        rows = [(r.message_id, r.status) for r in session.scalars(select(Outbox))]
+    wrong = [
+        (mid, status, captured[mid])
+        for mid, status in rows
+        if captured[mid] != (1 if status == OutboxStatus.SENT else 0)
+        or status == OutboxStatus.FAILED
+    ]
+    assert wrong == [], "sent but not marked, marked but not sent, or sent twice"
+    return Counter(status for _, status in rows)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_sigterm_to_every_process_of_the_daemon_is_one_orderly_stop(world: DeskWorld) -> None:
+    """systemd's default ``KillMode=control-group`` sends SIGTERM to every process of the
+    service at once: the daemon, its delivery process, the parse zygote and its workers. While
+    mail flows, that is the daemon's own orderly stop and nothing else: no process of it
+    reported as crashed or started again, no error logged, exit 0, and each mail claimed for
+    sending either sent once and marked sent, or left pending for the next start, which sends
+    it once. A second SIGTERM to the daemon changes nothing."""
+    senders = [f"flow{i}@x.test" for i in range(40)]
+    process = world.spawn("run", group=True)
+    assert process.stderr is not None
+    logs = LogReader(process.stderr)
+    try:
+        logs.wait_for("connected")
+        wait_until(
+            lambda: [p for p in processes_of(world) if parse_zygote(p)], 10, "the parse zygote"
+        )
+        for sender in senders:
+            world.deliver(customer_mail("Flowing", "Hello.", sender=sender))
+        wait_until(lambda: len(world.smtp.messages) >= 10, 30, "mail flowing")
+        os.killpg(process.pid, signal.SIGTERM)  # what systemctl stop does to the unit's group
+        logs.wait_for("SIGTERM received")
+        process.send_signal(signal.SIGTERM)  # and an impatient admin, to the daemon again
+        code = process.wait(40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    logs.finish()
+    complaints = [x["message"] for x in logs.lines if x["level"] not in ("debug", "info")]
+    assert complaints == []
+    assert code == 0
+    assert len(said(logs, "SIGTERM received:")) == 1  # the daemon's, and no other process's
+    wait_until(lambda: not processes_of(world), 5, "every process of the daemon gone")
+    sent_once_or_pending(world)
+
+    again = world.cli("run", "--once")
+    assert again.returncode == 0, again.stderr.decode()
+    statuses = sent_once_or_pending(world)
+    assert set(statuses) <= {OutboxStatus.SENT, OutboxStatus.SUPPRESSED}
+    assert sorted(t["requester"] for t in world.tickets()) == sorted(senders)
+    for sender in senders:  # each acknowledged once, whichever start sent it
+        assert len(world.mails_to(sender)) == 1, sender

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import smtplib
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +76,8 @@ class Site:
     desk_config: Path
     db: Database
     sbin: Path  # where postfix, postqueue and postmap are
+    python: str  # an interpreter nobody can run, with maildesk's libraries ...
+    code: Path  # ... and this checkout, for its PYTHONPATH
 
     def run(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``COMMAND -c CONF ARGS`` (postfix, postqueue, postmap) on this Postfix."""
@@ -221,7 +222,7 @@ def site(
         (conf / "vmailbox").write_text(f"{DESK} OK\n")
         transport = [*recipe["transport"], f"customer.test smtp:[127.0.0.1]:{customer_mx.port}"]
         (conf / "transport").write_text("\n".join(transport) + "\n")
-        here = Site(root, conf, port, config, db, Path(postfix_binary).parent)
+        here = Site(root, conf, port, config, db, Path(postfix_binary).parent, python, code)
         built = here.run("postmap", f"hash:{conf / 'transport'}")  # as README says to
         assert built.returncode == 0, built.stderr
         started = here.run("postfix", "start")
@@ -246,9 +247,15 @@ def _answers(port: int) -> bool:
 
 
 def deliver_outbox(site: Site) -> None:
-    """``maildesk deliver --once``: the acknowledgment and notices ``ingest`` queued."""
+    """``maildesk deliver --once``: the acknowledgment and notices ``ingest`` queued. As the
+    desk's user (nobody here), as the pipe runs: root is refused its data directory."""
     done = subprocess.run(
-        [sys.executable, "-m", "maildesk", "--config", str(site.desk_config), "deliver", "--once"],
+        [site.python, "-m", "maildesk", "--config", str(site.desk_config), "deliver", "--once"],
+        env={"PYTHONPATH": str(site.code), "PATH": "/usr/bin:/bin"},
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
         capture_output=True,
         timeout=60,
     )

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from maildesk.demo.world import ImapServer, SmtpServer
 from tests.desk import DeskWorld, config_text, customer_mail
 from tests.servers import ImapAccount, fresh_user
@@ -188,3 +190,92 @@ def test_check_config_names_what_others_could_read_before_it_connects(
     for secret in ("hunter2-db", account.password):
         assert secret not in done.stdout + done.stderr
     assert "warn" not in done.stderr and "by others" not in done.stderr  # printed once, not logged
+
+
+NOBODY = 65534  # the data directory's owner here: the service's user
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs maildesk as root")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("run", "--once"),
+        ("db", "upgrade"),
+        ("quarantine", "replay", "--all"),
+        ("deliver", "--once"),
+        ("check-config", "--no-probe"),
+        ("tickets", "list"),  # SQLite writes its -wal and -shm even to read
+        ("stats",),
+    ],
+    ids=" ".join,
+)
+def test_root_is_refused_a_data_dir_that_belongs_to_the_services_user(
+    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """An admin runs ``maildesk`` as root on the service's config: what it wrote into the data
+    directory (the database and its journal, raw mail, attachments, the secret) would be
+    root's, and the service, running as its own user, would fail on it later. One line names
+    the key and says how to run it as the owner; nothing is written."""
+    account = ImapAccount("pymap", pymap_server, *fresh_user())
+    deliver_attachments(account)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, NOBODY, NOBODY)
+    path = write_config(tmp_path / "maildesk.toml", config_text(account, smtp_server, data))
+
+    done = maildesk(path, *command)
+    assert done.returncode == 78
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"maildesk: config error: {path}: [desk] data_dir: {data} belongs to user nobody; "
+        "run maildesk as nobody (runuser -u nobody -- maildesk ...): files root made there "
+        "would be root's, and maildesk running as nobody could not write them\n"
+    )
+    assert list(data.iterdir()) == []
+    assert len(account.uids("INBOX")) == 2  # no mail taken
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs maildesk as root")
+def test_root_piping_mail_into_the_services_data_dir_is_a_temporary_failure(
+    smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    """An MTA's pipe running as root: exit 75 (the MTA keeps the mail and tries again once the
+    pipe runs as the right user) with a line that names the key and no path; nothing is
+    written, not even a data directory yet to be made under one of the service's."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, NOBODY, NOBODY)
+    data = home / "data"
+    text = f"""
+[desk]
+name = "Help"
+address = "support@example.com"
+data_dir = "{data}"
+
+[[mailboxes]]
+name = "support"
+transport = "pipe"
+team = "support"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_server.port}
+
+[[teams]]
+name = "support"
+"""
+    path = write_config(tmp_path / "maildesk.toml", text)
+    mail = customer_mail("Piped", "Hello.")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(path), "ingest"],
+        input=bytes(mail),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 75
+    assert done.stdout == b""
+    assert done.stderr == (
+        b"maildesk: temporary failure: run as user nobody, whose data_dir it is, not as root\n"
+    )
+    assert list(home.iterdir()) == []

@@ -17,7 +17,9 @@ fork their first worker themselves. The daemon hands each message to a worker as
 fetched (``Parser.begin``) and commits the one before meanwhile. A worker whose peak grew by
 more than ``RECYCLE_BYTES`` is replaced, since malloc keeps a process's high-water mark. Workers
 die with the zygote (``PR_SET_PDEATHSIG``), which exits when the daemon's end of its socket
-closes, even when the daemon is killed.
+closes, even when the daemon is killed. Neither stops on SIGTERM or SIGINT: those reach every
+process of the service at once (systemd's default ``KillMode=control-group``, Ctrl-C), and the
+daemon finishes the message in hand before it closes the zygote.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ MAX_LOG_RECORDS = 20  # per message: hostile mail must not flood the daemon's lo
 # imports first, about a second). One that does not answer (stopped, stuck) is replaced.
 FORK_SECONDS = 20.0
 _MB = 1 << 20
+# The zygote and the workers ignore these: the daemon stops them (by closing their sockets,
+# or with SIGKILL), after the message in hand.
+IGNORED = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,13 +368,19 @@ class _Zygote:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "maildesk.mail.parsing", str(theirs.fileno())],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-            )
+        # started with SIGTERM blocked (a new program inherits the starting thread's mask),
+        # until it ignores it: a stop of the whole service must not end it while it imports
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED)
+        try:
+            with theirs:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "maildesk.mail.parsing", str(theirs.fileno())],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
+                )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         ours.settimeout(FORK_SECONDS)
         self.control = ours
         self._lock = threading.Lock()
@@ -577,7 +588,7 @@ def _zygote_main(control_fd: int) -> None:
     """The zygote's loop: fork a worker on each socket received, answer with its pid and a
     pidfd; exit when the daemon's end closes."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us by closing the socket
+    _ignore_stops()  # the daemon stops us by closing the socket
     control = socket.socket(fileno=control_fd)
     while True:
         try:
@@ -622,8 +633,7 @@ def _serve(conn: _Channel, note: int, level: int, budget: Budget) -> None:
     """The worker's loop: a message in, its identity noted, the result out, until the daemon
     closes the socket. Exits after a message over budget: its heap is not worth keeping."""
     _tether()
-    # Ctrl-C reaches the whole process group; the daemon decides what to do with the message
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_stops()  # the daemon decides what to do with the message
     shipped = _Shipped(level)
     start = _peak_resident()
     _limit_memory(_address_space() + int(budget.memory_mb * _MB * (1 + HEADROOM)))
@@ -639,6 +649,15 @@ def _serve(conn: _Channel, note: int, level: int, budget: Budget) -> None:
             return
         if not _one(conn, raw, _Task(number, note, budget, start), shipped):
             return
+
+
+def _ignore_stops() -> None:
+    """SIGTERM and SIGINT reach every process of the service at once (systemd's default
+    ``KillMode=control-group``, Ctrl-C): the daemon's stop is the one stop, so they are
+    ignored here (and let through, where they were blocked until now)."""
+    for sig in IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED)
 
 
 def _limit_memory(cap: int) -> None:

@@ -72,6 +72,16 @@ EX_SOFTWARE = 70  # sysexits.h: a loop failed on an error that no outage explain
 FATAL_GRACE = 10.0
 STOP_GRACE = 30.0  # within the unit's TimeoutStopSec
 PULSE_REPORTS = 1.0  # seconds between the delivery process's reports of its progress
+# How the daemon tells its delivery process to finish the mails in hand and exit. Not SIGTERM:
+# systemd's default KillMode=control-group sends SIGTERM to every process of the service at
+# once, and the delivery process (like the parse zygote and workers) ignores it, so that the
+# daemon's own stop is the one stop. It starts with these signals blocked until it has set
+# what they do, so that none can end it halfway through its start.
+STOP_DELIVERY = signal.SIGUSR1
+OWN_STOP = frozenset({signal.SIGTERM, signal.SIGINT, STOP_DELIVERY})
+# Without systemd's watchdog, how long a loop may go without progress before /healthz names it
+# (the unit's WatchdogSec); under it, its interval.
+STALLED_AFTER = 300.0
 OUTBOX_BATCH = 200
 OUTBOX_CONNECTIONS = 8
 CLAIM_LEASE = timedelta(minutes=2)
@@ -114,7 +124,9 @@ class Courier:
 
     Forked at start-up, before any thread exists, it has nothing to import again: a fresh
     interpreter took about a second to get going, which a short ``run --once`` waited for.
-    When it has to be started again later (it died), it is spawned as ``maildesk deliver``."""
+    When it has to be started again later (it died), it is spawned as ``maildesk deliver``.
+    Either way it starts with ``OWN_STOP`` blocked: SIGTERM and SIGINT are the daemon's to act
+    on, ``STOP_DELIVERY`` from the daemon is its stop (``Daemon.deliver`` sets them up)."""
 
     def __init__(self, pid: int, wake_fd: int, report_fd: int) -> None:
         self.pid = pid
@@ -135,7 +147,10 @@ class Courier:
         report_r, report_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, OWN_STOP)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:  # the delivery process
             code = 70
             try:
@@ -167,6 +182,7 @@ class Courier:
                 list(argv),
                 dict(os.environ),
                 file_actions=[(os.POSIX_SPAWN_DUP2, wake_r, 0), (os.POSIX_SPAWN_DUP2, report_w, 1)],
+                setsigmask=OWN_STOP,
             )
         finally:
             os.close(wake_r)
@@ -187,11 +203,10 @@ class Courier:
                 self._wake_fd = None
 
     def terminate(self) -> None:
-        """Ask it to finish the mails in hand and exit; once (a second SIGTERM would make
-        it exit at once, with status 1)."""
+        """Ask it to finish the mails in hand and exit (``STOP_DELIVERY``), once."""
         if not self._terminated:
             self._terminated = True
-            self._signal(signal.SIGTERM)
+            self._signal(STOP_DELIVERY)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -374,8 +389,12 @@ class Daemon:
     courier: Courier | None = None  # the delivery process, when already started
     # systemd's notification socket and watchdog (``Type=notify``), when it started the daemon
     notifier: Notifier | None = None
-    # fault injection (tests): these loops raise ``InjectedFault`` once they are running
+    # fault injection (tests): these loops raise ``InjectedFault`` once they are running ...
     faults: frozenset[Loop] = frozenset()
+    # ... and these (mailbox, timers, outbox) stop making progress, as if stuck, until stopped
+    stalls: frozenset[Loop] = frozenset()
+    # the clock the loops' progress is measured by (tests inject one)
+    monotonic: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -385,6 +404,7 @@ class Daemon:
         # or the daemon gone, for a delivery process): the outbox loop ends when idle
         self.intake_done = asyncio.Event()
         self.exit_code = 0
+        self.stuck: set[Loop] = set()  # the loops of ``stalls`` that got there
         self._tasks: set[asyncio.Task[None]] = set()
         # set when the daemon exits with loops still busy in threads (``run``'s caller must
         # then end the process without waiting for them)
@@ -400,11 +420,11 @@ class Daemon:
         self.pulses: dict[str, Pulse] = {}
         for box in self.settings.watched:  # a pipe mailbox is fed by ``ingest``, not watched
             self.health[f"mailbox:{box.name}"] = Health(box.name)
-            self.pulses[f"mailbox:{box.name}"] = Pulse(f"mailbox {box.name}")
+            self.pulses[f"mailbox:{box.name}"] = Pulse(f"mailbox {box.name}", clock=self.monotonic)
         self.health["smtp"] = Health("smtp")
         self.health["database"] = Health("database")
-        self.pulses["timers"] = Pulse("timers")
-        self.pulses["outbox"] = Pulse("delivery")
+        self.pulses["timers"] = Pulse("timers", clock=self.monotonic)
+        self.pulses["outbox"] = Pulse("delivery", clock=self.monotonic)
         self.database_up = asyncio.Event()  # cleared while this process finds it down
         self.database_up.set()
         self._database_watch: asyncio.Task[None] | None = None
@@ -535,6 +555,18 @@ class Daemon:
         if where in self.faults:
             raise InjectedFault(f"fault injected into the {where} loop")
 
+    async def _stall(self, where: Loop) -> None:
+        """Fault injection (tests): make no more progress here, as a loop stuck in a read or a
+        lock, until the daemon stops, when ``stalls`` names ``where``."""
+        if where in self.stalls:
+            self.stuck.add(where)
+            await self.stop.wait()
+
+    def stalled_after(self) -> float:
+        """Seconds a loop may go without progress: systemd's watchdog interval, if any."""
+        interval = self.notifier.interval if self.notifier is not None else None
+        return interval or STALLED_AFTER
+
     def _attempted(self, mailbox: str) -> None:
         """A mailbox loop made its first attempt (connected, or failed, or found the mailbox
         taken): once all have, the daemon is up, if only half (its health says which half)."""
@@ -560,10 +592,7 @@ class Daemon:
         helpers: list[asyncio.Task[None]] = []
         if supervised_by is not None:
             _die_with_parent(supervised_by)
-            # Ctrl-C reaches the whole process group: the daemon stops this process itself,
-            # after its own work, instead of seeing it quit early and starting it again
-            self.loop.remove_signal_handler(signal.SIGINT)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._obey_the_daemon()
             self.parent = _tell_parent
             helpers.append(asyncio.create_task(self._follow_parent()))
             helpers.append(self._task("progress reports", self._report_progress()))
@@ -577,6 +606,24 @@ class Daemon:
         if self.exit_code:
             return self.exit_code
         return 1 if self.unreachable else 0
+
+    def _obey_the_daemon(self) -> None:
+        """A delivery process stops when its daemon says so (``STOP_DELIVERY``), or when the
+        daemon is gone (the end of its standard input), never on a signal of its own: Ctrl-C
+        reaches the whole process group, and systemd's default ``KillMode=control-group``
+        sends SIGTERM to every process of the service. Quitting then, beside the daemon's
+        own stop, would cut a mail short and look like a crash to the daemon; instead the
+        daemon stops it after its own work. It was started with these signals blocked."""
+        assert self.loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        self.loop.add_signal_handler(STOP_DELIVERY, self._told_to_stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, OWN_STOP)
+
+    def _told_to_stop(self) -> None:
+        log.debug("the daemon stops delivery: finishing the mails in hand")
+        self.request_stop()
 
     async def _report_progress(self) -> None:
         """Tell the daemon how the delivery loop is doing, every second (for its watchdog)."""
@@ -622,6 +669,8 @@ class Daemon:
             self.desk.clock,
             piped,
             database_failed=self._database_failed_elsewhere,
+            loops=self.pulses.values,
+            stalled_after=self.stalled_after(),
         )
         try:
             self.metrics_server = self.metrics.serve(
@@ -716,6 +765,9 @@ class Daemon:
 
     def _on_signal(self, sig: int) -> None:
         if self.stop.is_set():
+            if sig == signal.SIGTERM:  # a stop is a stop: SIGKILL is there for "at once"
+                log.info("SIGTERM received again: still finishing the message in hand")
+                return
             log.warning("second %s: exiting at once", signal.Signals(sig).name)
             os._exit(1)
         log.info(
@@ -798,6 +850,7 @@ class Daemon:
                 await asyncio.to_thread(mailbox.wait, wait)
                 pulse.beat()
                 self._fault(Loop.MAILBOX)
+                await self._stall(Loop.MAILBOX)
                 if not await asyncio.to_thread(take_lease, self.db, lease, self.holder):
                     log.warning("lost the lease on mailbox %s to another daemon", box.name)
                     return False
@@ -928,6 +981,7 @@ class Daemon:
             refresh = False
             pulse.beat()
             self._fault(Loop.TIMERS)
+            await self._stall(Loop.TIMERS)
             await self.pause(TIMER_SECONDS, pulse)
 
     async def timer_pass(self, *, refresh: bool = False) -> None:
@@ -987,7 +1041,7 @@ class Daemon:
                 await self._database_answers(ELSEWHERE)
             if code == 0 and (self.once or self.intake_done.is_set() or self.stop.is_set()):
                 return
-            if self.stop.is_set() and code == -signal.SIGTERM:
+            if self.stop.is_set() and code in (-signal.SIGTERM, -STOP_DELIVERY):
                 return
             status = 128 - code if code < 0 else code
             if self.once:
@@ -1090,6 +1144,7 @@ class Daemon:
         await self._database_works()
         pulse.beat()
         self._fault(Loop.OUTBOX)
+        await self._stall(Loop.OUTBOX)
         if rows:
             results = await outbox.deliver_rows(
                 senders,

@@ -5,9 +5,10 @@ arrival time, each delivery); mail that came through an MTA's pipe was handled b
 process (``maildesk ingest``), which counts it in the database (``PipeCount``), and what those
 counts grew by is added before each scrape; everything else (tickets by status, the outbox, mailbox health)
 is read when Prometheus scrapes, so the numbers never drift from the database. ``/healthz``
-answers 200 while every IMAP mailbox was checked within 3 x its ``poll_seconds`` and the database
-answers (and the daemon is in no database outage), 503 with each mailbox's state and the
-database's otherwise: names and states only,
+answers 200 while every IMAP mailbox was checked within 3 x its ``poll_seconds``, every loop of the
+daemon (each mailbox's, the delivery loop, the timers) made progress within the watchdog's
+interval and the database answers (and the daemon is in no database outage), 503 with each
+mailbox's state, each stuck loop and the database's state otherwise: names and states only,
 never a host, a port or an error text (whoever reaches the port reads them; the log has the
 details). The only module that imports prometheus_client.
 """
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -87,6 +88,14 @@ class Health(Protocol):
     def down_since(self) -> datetime | None: ...
 
 
+class Progress(Protocol):
+    """A loop's progress (``watchdog.Pulse``)."""
+
+    @property
+    def name(self) -> str: ...
+    def stalled(self, limit: float) -> float | None: ...
+
+
 class Watched(Protocol):
     """What the metrics read of a mailbox's settings."""
 
@@ -108,16 +117,21 @@ class Metrics:
         piped: Sequence[str] = (),
         *,
         database_failed: Callable[[str], None] | None = None,
+        loops: Callable[[], Iterable[Progress]] = tuple,
+        stalled_after: float = 300.0,
     ) -> None:
         """``health`` holds ``mailbox:NAME`` and ``database`` entries; ``database_failed`` is
         told each database error met here (the daemon logs and handles the outage), which
-        are otherwise logged once per outage here."""
+        are otherwise logged once per outage here. ``loops`` are the daemon's loops, each
+        named in ``/healthz`` once it made no progress for ``stalled_after`` seconds."""
         self.db = db
         self.mailboxes = tuple(mailboxes)
         self.piped = tuple(piped)  # the names of the mailboxes fed by ``maildesk ingest``
         self.health = health
         self.clock = clock
         self.database_failed = database_failed
+        self.loops = loops
+        self.stalled_after = stalled_after
         self.started = clock()
         self._database_down = False
         self.registry = CollectorRegistry()
@@ -203,6 +217,11 @@ class Metrics:
         """Healthy or not, and one line per mailbox and for the database with its state."""
         now = self.clock()
         states = [(f"mailbox {box.name}", self._mailbox_state(box, now)) for box in self.mailboxes]
+        for loop in self.loops():  # only those stuck: a loop has no state worth a line else
+            age = loop.stalled(self.stalled_after)
+            if age is not None:
+                since = now - timedelta(seconds=age)
+                states.append((f"loop {loop.name}", f"no progress since {stamp(since)}"))
         states.append(("database", self._database_state()))
         healthy = all(state == "ok" for _, state in states)
         return healthy, [f"{name}: {state}" for name, state in states]

@@ -160,12 +160,14 @@ def describe(exc: BaseException) -> str:
 def _maildesk_problem(exc: BaseException) -> str | None:
     """maildesk's own kinds of failure (imported late: maildesk may be what failed)."""
     try:
-        from maildesk.config import ConfigError, NoSuchMailbox
+        from maildesk.config import ConfigError, ForeignDataDir, NoSuchMailbox
         from maildesk.models import DatabaseError
     except Exception:  # noqa: BLE001 - then it is not one of them
         return None
     if isinstance(exc, NoSuchMailbox):
         return f"no mailbox named {exc.name!r} in the configuration"
+    if isinstance(exc, ForeignDataDir):
+        return f"run as user {exc.owner}, whose data_dir it is, not as root"
     if isinstance(exc, ConfigError):
         return "configuration problem (run maildesk check-config as this user)"
     if isinstance(exc, DatabaseError):
