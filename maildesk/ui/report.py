@@ -1,13 +1,14 @@
 """How the desk is doing over a window, as numbers and as one self-contained HTML page of charts.
 
-Read-only, beside the flow: ``build`` gathers the figures into a ``Report`` value (tickets opened
-and closed per day, the backlog by status now, time to first response and to close as
-distributions, SLA compliance, satisfaction); ``Report.as_json`` is what ``maildesk report
---json`` prints, and ``render_html`` draws the same numbers with matplotlib (``Figure`` objects
-rendered by Agg, never pyplot or a display) as base64 PNG images in one HTML page that needs
-nothing else to open offline: the page is the Jinja2 template ``report.html.j2`` beside this
-module, autoescaped, run by ``mail.rendering``. The headline figures come from ``stats``, so ``maildesk stats``
-and the report agree. The only module that imports matplotlib.
+Read-only, beside the flow, under ``cli``'s ``report``: ``build`` gathers the figures into a
+``DeskReport`` value (tickets opened and closed per day, the backlog by status now, time to
+first response and to close as distributions, SLA compliance, satisfaction);
+``DeskReport.as_json`` is what ``maildesk report --json`` prints, and ``render_html`` draws the
+same numbers with matplotlib (``Figure`` objects rendered by Agg, never pyplot or a display) as
+base64 PNG images in one HTML page that needs nothing else to open offline: the Jinja2 template
+``report.html.j2`` beside this module, autoescaped, run by ``mail.rendering``. The headline
+figures come from ``stats``, so ``maildesk stats`` and the report agree. The only module that
+imports matplotlib.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Compliance:
 
 
 @dataclass(frozen=True, slots=True)
-class Report:
+class DeskReport:
     desk: str
     since: datetime
     until: datetime
@@ -173,7 +174,7 @@ class Report:
 # --------------------------------------------------------------------------- gathering
 
 
-def build(session: Session, settings: Settings, since: datetime, until: datetime) -> Report:
+def build(session: Session, settings: Settings, since: datetime, until: datetime) -> DeskReport:
     """The figures for ``[since, until]``; days are counted in the business-hours zone."""
     zone: tzinfo = ZoneInfo(settings.business_hours.timezone) if settings.business_hours else UTC
     summary = stats.compute(session, since, until, [t.name for t in settings.teams])
@@ -195,7 +196,7 @@ def build(session: Session, settings: Settings, since: datetime, until: datetime
     days = _days(since, until, zone)
     opened_days = Counter(t.created_at.astimezone(zone).date() for t in opened)
     closed_days = Counter(t.closed_at.astimezone(zone).date() for t in closed if t.closed_at)
-    return Report(
+    return DeskReport(
         desk=settings.desk.name,
         since=since,
         until=until,
@@ -291,7 +292,7 @@ def _empty(axes: Axes, text: str = "nothing in this period") -> None:
     axes.set_yticks([])
 
 
-def chart_per_day(report: Report) -> str:
+def chart_per_day(report: DeskReport) -> str:
     figure, axes = _figure()
     x = list(range(len(report.days)))
     width = 0.4
@@ -314,7 +315,7 @@ def chart_per_day(report: Report) -> str:
     return _png(figure)
 
 
-def chart_backlog(report: Report) -> str:
+def chart_backlog(report: DeskReport) -> str:
     figure, axes = _figure(2.8)
     statuses = [s for s in OPEN_STATUSES]
     teams = sorted({team for by_team in report.backlog.values() for team in by_team})
@@ -356,7 +357,7 @@ def chart_distribution(distribution: Distribution, colour: str) -> str:
     return _png(figure)
 
 
-def chart_sla(report: Report) -> str:
+def chart_sla(report: DeskReport) -> str:
     figure, axes = _figure(2.0)
     if not report.sla:
         _empty(axes, "no SLA targets configured for these tickets")
@@ -384,7 +385,7 @@ def chart_sla(report: Report) -> str:
     return _png(figure)
 
 
-def chart_satisfaction(report: Report) -> str:
+def chart_satisfaction(report: DeskReport) -> str:
     figure, axes = _figure(2.4)
     if not sum(report.ratings):
         _empty(axes, "no ratings in this period")
@@ -412,7 +413,7 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.0f}%"
 
 
-def _tiles(report: Report) -> list[tuple[str, str, str]]:
+def _tiles(report: DeskReport) -> list[tuple[str, str, str]]:
     """The headline figures above the charts: (name, figure, what it counts)."""
     s = report.summary
     rated = sum(report.ratings)
@@ -439,7 +440,7 @@ def _tiles(report: Report) -> list[tuple[str, str, str]]:
     ]
 
 
-def _charts(report: Report) -> list[tuple[str, str, str]]:
+def _charts(report: DeskReport) -> list[tuple[str, str, str]]:
     """The six charts: (title, base64 PNG, caption)."""
     s = report.summary
     rated = sum(report.ratings)
@@ -486,7 +487,7 @@ def _charts(report: Report) -> list[tuple[str, str, str]]:
     ]
 
 
-def render_html(report: Report) -> str:
+def render_html(report: DeskReport) -> str:
     """One HTML page, charts embedded as base64 PNG: no scripts, fonts or links to fetch."""
     zone = ZoneInfo(report.zone)
     period = (
