@@ -1,9 +1,10 @@
-"""What one message may cost: structure limits checked on its bytes.
+"""What one message may cost: structure limits checked on its bytes, and its parse's budget.
 
 The first step of ``inbound.parse``: the header block is cut to ``max_headers`` and
 ``max_header_bytes``, and the MIME tree's depth, width and nesting of messages are bounded by a
 linear scan of the bytes before any recursive parser (the standard library's, mail-parser's)
-sees them; the walk (``mime``) checks the same limits on the tree it gets.
+sees them; the walk (``mime``) checks the same limits on the tree it gets. ``Budget`` adds the
+time and memory a parse worker may take (``maildesk.mail.parsing``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ class Limits:
     max_header_bytes: int = 256 * 1024
     max_nested_messages: int = 3
     max_text_chars: int = 200_000  # a body's text is cut here, with a line saying so
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one message may cost: the structure limits, seconds and megabytes of its parse."""
+
+    limits: Limits = Limits()
+    seconds: float = 10.0
+    memory_mb: int = 512
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
