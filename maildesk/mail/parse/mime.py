@@ -51,7 +51,6 @@ logging.getLogger("mailparser").setLevel(logging.ERROR)
 # matters is recorded as the message's defects instead.
 logging.getLogger("tnefparse").setLevel(logging.CRITICAL + 1)
 
-
 _TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 
 

@@ -23,8 +23,7 @@ from maildesk.mail.parse.limits import Limits
 from maildesk.mail.parse.text import NAME_BYTES, Defects, clean_line, decoded
 
 MIME_TYPES = mimetypes.MimeTypes()  # the built-in table only: same answer on every machine
-
-
+# parts a report is made of: read by ``dsn``, never shown as text or kept as attachments
 REPORT_PARTS = frozenset(
     {
         "message/delivery-status",

@@ -13,7 +13,7 @@ import unicodedata
 from email.header import decode_header
 
 _MAX_DEFECTS = 100
-NAME_BYTES = 255
+NAME_BYTES = 255  # a display name or a filename is cut to this
 
 
 class Defects:
