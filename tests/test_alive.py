@@ -309,7 +309,7 @@ def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
 
 def parse_zygote(pid: int) -> bool:
     try:
-        return b"maildesk.mail.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"maildesk.mail.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

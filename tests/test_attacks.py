@@ -541,7 +541,7 @@ def zygote_and_worker() -> tuple[int, int] | None:
     """The parse zygote below this process and its one idle worker, once there are."""
     mine = descendants(os.getpid())
     workers = [p for p in mine if named(p) == "maildesk-parse"]
-    zygotes = [p for p in mine if running(p, b"maildesk.mail.parsing") and p not in workers]
+    zygotes = [p for p in mine if running(p, b"maildesk.mail.zygote") and p not in workers]
     return (zygotes[0], workers[0]) if len(zygotes) == len(workers) == 1 else None
 
 
@@ -567,7 +567,7 @@ def test_a_stopped_parse_zygote_is_replaced_and_mail_goes_on(
         with contextlib.suppress(ProcessLookupError):  # killed for not answering, as it should
             os.kill(zygote, signal.SIGCONT)
     assert [t["subject"] for t in world.tickets()] == ["Hello", "Printer jammed"]
-    wait_until(lambda: not running(zygote, b"maildesk.mail.parsing"), 10, "the stopped one gone")
+    wait_until(lambda: not running(zygote, b"maildesk.mail.zygote"), 10, "the stopped one gone")
 
 
 # --------------------------------------------------------------------------- amplification

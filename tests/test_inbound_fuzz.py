@@ -15,7 +15,9 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maildesk.mail.inbound import Inbound, Limits, parse, safe_filename, strip_quoted_history
+from maildesk.mail.inbound import Inbound, Limits, parse
+from maildesk.mail.parse.parts import safe_filename
+from maildesk.mail.parse.text import strip_quoted_history
 
 FUZZ = settings(
     max_examples=int(os.environ.get("INBOUND_FUZZ_EXAMPLES", "120")),
