@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from maildesk import config
 from maildesk.act.outbox import Mail, Mailer, clean_header
 from maildesk.config import Settings
-from maildesk.desk.routing import LOOP_HEADER
+from maildesk.mail.marks import LOOP_HEADER
 from maildesk.mail.rendering import Templates
 
 COMPOSE = settings(

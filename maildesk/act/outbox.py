@@ -35,7 +35,7 @@ from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from maildesk.config import Settings, SmtpSettings
-from maildesk.desk.routing import (
+from maildesk.mail.marks import (
     LOOP_HEADER,
     bounce_address,
     is_desk_address,
