@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, object_session
 
-from maildesk.act import outbox
+from maildesk.act import guard
 from maildesk.act.outbox import Mail, Mailer
 from maildesk.config import AgentSettings, Settings
 from maildesk.desk import auth, commands, sla
@@ -875,7 +875,7 @@ def bounced_before(
     suppressed, because it bounced permanently. They are sent all the same; the agent is told."""
     if all(mail.automatic or mail.to_agent for mail in mails):
         return None
-    bounce = outbox.bounced(session, ticket.requester, now)
+    bounce = guard.bounced(session, ticket.requester, now)
     if bounce is None:
         return None
     on = f" on {utc_text(bounce.at)}" if bounce.at else ""

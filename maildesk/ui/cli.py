@@ -321,7 +321,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from maildesk.act import outbox
+    from maildesk.mail import smtp
     from maildesk.mail.imap import MailboxError, probe
     from maildesk.service import roundtrip
 
@@ -354,9 +354,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             failed += 1
     try:
         print(
-            f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(outbox.probe(settings.smtp))}"
+            f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(smtp.probe(settings.smtp))}"
         )
-    except outbox.SmtpError as exc:
+    except smtp.SmtpError as exc:
         print(f"FAIL smtp: {exc}")
         failed += 1
     sys.stdout.flush()
