@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.act.outbox import Sender
 from maildesk.config import SmtpSettings
 from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.mail.imap import Mailbox, MailboxError
+from maildesk.mail.smtp import Sender
 from maildesk.models import Outbox
 from maildesk.service import daemon
 from maildesk.ui import cli

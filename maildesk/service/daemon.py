@@ -48,6 +48,7 @@ from maildesk.act import automation, bounces, ingest, outbox, oversize, samples
 from maildesk.act.outbox import Mail
 from maildesk.act.tickets import Desk
 from maildesk.config import ConfigError, MailboxSettings, Settings
+from maildesk.mail import smtp
 from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parsing import Parsing
@@ -1094,7 +1095,7 @@ class Daemon:
             self._delivered([kind])
 
     def _undelivered(
-        self, session: Session, row: Outbox, result: outbox.Delivery, now: datetime
+        self, session: Session, row: Outbox, result: smtp.Delivery, now: datetime
     ) -> None:
         """A mail of a ticket given up on: its agents are told (in the recording transaction)."""
         bounces.refused(session, self.desk, row, result, now)
@@ -1110,7 +1111,7 @@ class Daemon:
         once intake is done, until nothing is due."""
         pulse = self.pulses["outbox"]
         senders = [
-            outbox.Sender(self.settings.smtp, self.smtp_token) for _ in range(OUTBOX_CONNECTIONS)
+            smtp.Sender(self.settings.smtp, self.smtp_token) for _ in range(OUTBOX_CONNECTIONS)
         ]
         released = False
         try:
@@ -1131,7 +1132,7 @@ class Daemon:
             for sender in senders:
                 await sender.close()
 
-    async def _outbox_round(self, senders: list[outbox.Sender], pulse: Pulse) -> bool:
+    async def _outbox_round(self, senders: list[smtp.Sender], pulse: Pulse) -> bool:
         """Claim what is due and send it, or wait for a wake-up; True when the loop is done."""
         health = self.health["smtp"]
         self.wake_outbox.clear()
@@ -1328,7 +1329,7 @@ class Daemon:
             to_agent=True,
         )
         mail_from, body = self.desk.mailer.compose_now(mail, self.desk.clock())
-        sender = outbox.Sender(self.settings.smtp, self.smtp_token)
+        sender = smtp.Sender(self.settings.smtp, self.smtp_token)
         try:
             result = await sender.send(mail_from, admin, body)
         finally:

@@ -17,7 +17,7 @@ from maildesk.ui.start import load_settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from maildesk.act import outbox
+    from maildesk.mail import smtp
     from maildesk.mail.imap import MailboxError, probe
     from maildesk.service import roundtrip
 
@@ -50,9 +50,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             failed += 1
     try:
         print(
-            f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(outbox.probe(settings.smtp))}"
+            f"ok   smtp {settings.smtp.host}:{settings.smtp.port}: {asyncio.run(smtp.probe(settings.smtp))}"
         )
-    except outbox.SmtpError as exc:
+    except smtp.SmtpError as exc:
         print(f"FAIL smtp: {exc}")
         failed += 1
     sys.stdout.flush()
