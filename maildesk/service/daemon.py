@@ -59,6 +59,9 @@ class Supervision:
 
 @dataclass
 class Daemon:
+    """``maildesk run``: the mailbox loops, the timers and delivery (here, or supervised in the
+    delivery process), the metrics server and systemd's watchdog, until the stop."""
+
     settings: Settings
     db: Database
     desk: Desk
@@ -121,10 +124,6 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.rt.request_stop()
-
-    def reload(self) -> bool:
-        """SIGHUP's reload (``Runtime.reload``)."""
-        return self.rt.reload()
 
     # ------------------------------------------------------------------ running
 

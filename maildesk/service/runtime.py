@@ -5,7 +5,8 @@ mailbox loops (``intake``), the delivery loop and its supervision (``delivery``)
 tracking (``outages``). The stop is one ``asyncio.Event``, given in or made here: whoever sets
 it (a signal, a failed loop, ``--once`` at its end, a test) stops every loop, and every wait
 of a loop is a wait for it with a deadline. Worker threads read it too (``is_set`` is a plain
-read). A reload swaps ``settings`` and ``desk`` here, for every part at once.
+read). SIGTERM and SIGINT set it (a second SIGINT exits at once, a second SIGTERM changes
+nothing); SIGHUP's reload swaps ``settings`` and ``desk`` here, for every part at once.
 """
 
 from __future__ import annotations
