@@ -65,5 +65,8 @@ def from_environment(environ: Mapping[str, str]) -> tuple[Faults, Timings]:
         raises = frozenset(Loop(name) for name in names if name)
     except ValueError as exc:
         raise ValueError(f"MAILDESK_TEST_FAULTS: {exc}") from None
-    seconds = float(environ.get("MAILDESK_LEASE_SECONDS", "30"))
+    try:
+        seconds = float(environ.get("MAILDESK_LEASE_SECONDS", "30"))
+    except ValueError as exc:
+        raise ValueError(f"MAILDESK_LEASE_SECONDS: {exc}") from None
     return Faults(crash_at, raises), Timings(lease_ttl=timedelta(seconds=seconds))
