@@ -37,7 +37,7 @@ from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
 from maildesk.mail.inbound import Inbound, parse
 from maildesk.models import Message, Participant
-from maildesk.service import daemon as daemon_module
+from maildesk.service.timings import Timings
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -408,14 +408,13 @@ def world_identity() -> Identity:
     ids=["1h"],
 )
 def test_a_database_outage_longer_than_the_busy_timeout_stops_neither_mail_nor_timers(
-    world: DeskWorld, monkeypatch: pytest.MonkeyPatch
+    world: DeskWorld,
 ) -> None:
     """Another process holds SQLite's write lock past its busy timeout (10 s), as a database
     that is down: the leases the mailbox and the timers renew failed outside any handler, so
     the mailbox loop ended the daemon with a traceback and the timers stopped for good while
     the daemon went on. After the outage, mail is answered and the timers run again."""
-    monkeypatch.setattr(daemon_module, "BACKOFF_BASE", 0.02)
-    monkeypatch.setattr(daemon_module, "TIMER_SECONDS", 0.2)
+    world.timings = Timings(backoff_base=0.02, timer_seconds=0.2)
     world.deliver(customer_mail("Printer broken", "It prints blank pages."))
     world.run_once()
     world.deliver(agent_reply(world.mails_to(ALICE)[-1], ALICE, "Which model is it?"))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from maildesk import private
-from maildesk.config import EX_CONFIG, ConfigError, Settings
+from maildesk.config import EX_CONFIG, ConfigError
 from maildesk.models import Database, DatabaseError, Status, add_pipe_count
 from maildesk.ui.check import cmd_check_config
 from maildesk.ui.listing import (
@@ -39,7 +39,8 @@ from maildesk.ui.start import UsageError, checked_desk, load_settings, open_db, 
 from maildesk.ui.views import render_stats
 
 if TYPE_CHECKING:
-    from maildesk.service.daemon import Loop
+    from maildesk.service.faults import Faults
+    from maildesk.service.timings import Timings
 
 log = logging.getLogger("maildesk")
 
@@ -50,31 +51,30 @@ EX_TEMPFAIL = 75
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from maildesk.service.daemon import Courier, Daemon
+    from maildesk.service import delivery
+    from maildesk.service.daemon import Daemon, Supervision
     from maildesk.service.watchdog import Notifier
 
     settings = load_settings(args)
     desk = checked_desk(settings)
     db = open_db(settings)
-    faults = injected_faults()
+    faults, timings = hooks = test_hooks()
     # systemd's variables, taken out of the environment before any child process inherits it
     notifier = None if args.once else Notifier.from_environment(os.environ)
-    daemon_pid = os.getpid()
     # no database connection is shared across the fork: the pool reopens them when needed
     db.dispose()
     # forked now, while this process has no other thread: it starts without importing again
-    courier = Courier.fork(
-        lambda: _courier_main(settings, daemon_pid, once=args.once, faults=faults)
-    )
+    courier = delivery.fork(settings, once=args.once, hooks=hooks)
+    argv = delivery.courier_argv(settings.path, args.log_format, once=args.once)
     daemon = Daemon(
         settings,
         db,
         desk,
         once=args.once,
-        courier_argv=courier_argv(args, settings),
-        courier=courier,
+        supervision=Supervision(courier, argv),
         notifier=notifier,
         faults=faults,
+        timings=timings,
     )
     runner = asyncio.Runner()
     try:
@@ -95,59 +95,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def injected_faults() -> frozenset[Loop]:
-    """``MAILDESK_TEST_FAULTS``, for tests only: the loops (``daemon.Loop`` names, separated
-    by commas) that raise an error as a bug would, to prove such an error stops the daemon."""
-    from maildesk.service.daemon import Loop
+def test_hooks() -> tuple[Faults, Timings]:
+    """The test hooks of the environment (``faults.from_environment``), read here alone."""
+    from maildesk.service import faults
 
-    names = [n.strip() for n in os.environ.get("MAILDESK_TEST_FAULTS", "").split(",")]
     try:
-        return frozenset(Loop(name) for name in names if name)
+        return faults.from_environment(os.environ)
     except ValueError as exc:
-        raise UsageError(f"MAILDESK_TEST_FAULTS: {exc}") from None
-
-
-def _courier_main(
-    settings: Settings, daemon_pid: int, *, once: bool, faults: frozenset[Loop]
-) -> int:
-    """The forked delivery process: its own database connections, the outbox loop."""
-    from maildesk.act.tickets import Desk
-    from maildesk.service.daemon import Daemon
-
-    db = delivery_db(settings)
-    daemon = Daemon(settings, db, Desk(settings), once=once, faults=faults)
-    return asyncio.run(daemon.deliver(supervised_by=daemon_pid))
-
-
-def delivery_db(settings: Settings) -> Database:
-    # a lost delivery outcome only sends that mail again: no flush to disk per commit
-    return Database(settings.database_url, flush_each_commit=False)
-
-
-def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...]:
-    """How ``run`` starts its delivery process: this maildesk, this config, this log format."""
-    argv = [sys.executable, "-m", "maildesk", "--config", str(settings.path)]
-    if args.log_format:
-        argv += ["--log-format", args.log_format]
-    argv += ["deliver", "--supervised-by", str(os.getpid())]
-    if args.once:
-        argv.append("--once")
-    return tuple(argv)
+        raise UsageError(str(exc)) from None
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from maildesk.act.tickets import Desk
-    from maildesk.service.daemon import Daemon
+    from maildesk.service import delivery
 
     settings = load_settings(args)
-    db = delivery_db(settings)
-    if args.supervised_by is None:
-        db.upgrade()
-    daemon = Daemon(settings, db, Desk(settings), once=args.once, faults=injected_faults())
-    code = asyncio.run(daemon.deliver(supervised_by=args.supervised_by))
-    for line in daemon.unreachable:
+    code, unreachable = delivery.main(
+        settings, once=args.once, supervised_by=args.supervised_by, hooks=test_hooks()
+    )
+    for line in unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
-    db.dispose()
     return code
 
 

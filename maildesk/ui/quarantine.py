@@ -107,7 +107,7 @@ def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int
 
 
 async def _deliver_now(settings: Settings, db: Database, desk: Any) -> None:
-    from maildesk.service.daemon import Daemon
+    from maildesk.service import delivery
+    from maildesk.service.runtime import Runtime
 
-    daemon = Daemon(settings, db, desk, once=True)
-    await daemon.deliver()
+    await delivery.deliver(Runtime(settings, db, desk, once=True))
