@@ -164,8 +164,8 @@ def _window(session: Session, since: datetime, now: datetime) -> _Window:
         select(Ticket.rating).where(Ticket.id.in_(rated), Ticket.rating.is_not(None))
     )
     return _Window(
-        opened=tuple(row.tuple() for row in opened),
-        closed=tuple(row.tuple() for row in closed),
+        opened=tuple((team, status, at, first) for team, status, at, first in opened),
+        closed=tuple((team, at, done) for team, at, done in closed),
         backlog={team: int(count) for team, count in backlog},
         ratings=tuple(r for r in ratings if r is not None),
     )
