@@ -23,7 +23,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 
-from maildesk.demo.world import ImapServer, SmtpServer
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import (
     DOVECOT,
     POSTGRES_BIN,
@@ -50,9 +50,9 @@ def _unavailable(what: str, variable: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def pymap_server() -> Iterator[ImapServer]:
+def pymap_server() -> Iterator[PymapServer]:
     """pymap (in-memory) on 127.0.0.1, shared by the session; add users per test."""
-    with ImapServer() as server:
+    with PymapServer() as server:
         yield server
 
 
@@ -108,9 +108,9 @@ def imap_server(request: pytest.FixtureRequest) -> Iterator[ImapAccount]:
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
+def smtp_server() -> Iterator[ScriptedSmtp]:
     """An SMTP capture on 127.0.0.1 (no AUTH); ``.messages``, ``.wait_for``, ``.script``."""
-    with SmtpServer() as server:
+    with ScriptedSmtp() as server:
         yield server
 
 

@@ -26,10 +26,11 @@ from typing import IO, Any, TypeVar
 
 from maildesk import config
 from maildesk.act.tickets import Desk
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
 from maildesk.ui import views
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 SUPPORT_NAME = "Example Support"
@@ -53,7 +54,11 @@ class Clock:
 
 
 def config_text(
-    account: ImapAccount, smtp: SmtpServer, data_dir: Path, extra: str = "", poll_seconds: float = 2
+    account: ImapAccount,
+    smtp: ScriptedSmtp,
+    data_dir: Path,
+    extra: str = "",
+    poll_seconds: float = 2,
 ) -> str:
     return f"""
 [desk]
@@ -106,7 +111,7 @@ class DeskWorld:
     def __init__(
         self,
         account: ImapAccount,
-        smtp: SmtpServer,
+        smtp: ScriptedSmtp,
         root: Path,
         *,
         extra_config: str = "",

@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.act.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
-from maildesk.demo.world import SmtpServer, free_port
+from maildesk.demo.world import free_port
 from maildesk.desk import commands
 from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
@@ -49,6 +49,7 @@ from tests.desk import (
     text_of,
     wait_until,
 )
+from tests.loopback import ScriptedSmtp
 from tests.poison import GROWTH, LINEAR_BOUND, growth
 from tests.servers import ImapAccount
 
@@ -91,7 +92,7 @@ class Daemon:
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, request: Any
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
 ) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=getattr(request, "param", ""))
     yield w

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from maildesk.act.automation import human
 from maildesk.config import BusinessHours
-from maildesk.demo.world import Captured, ImapServer, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.desk.sla import add_working_time, working_time_between
 from maildesk.models import Ticket
 from maildesk.ui import cli
@@ -35,6 +35,7 @@ from tests.desk import (
     customer_mail,
     text_of,
 )
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 UTC_HOURS = BusinessHours()  # Monday to Friday, 09:00-17:00, UTC
@@ -123,14 +124,14 @@ def test_durations_read_as_people_say_them() -> None:
 
 
 @pytest.fixture
-def account(pymap_server: ImapServer) -> ImapAccount:
+def account(pymap_server: PymapServer) -> ImapAccount:
     username, password = fresh_user()
     return ImapAccount("pymap", pymap_server, username, password)
 
 
 @pytest.fixture
 def make_world(
-    account: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    account: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> Iterator[type[DeskWorld]]:
     worlds: list[DeskWorld] = []
 
@@ -440,7 +441,7 @@ def test_canned_list_shows_the_replies(
 
 @pytest.mark.postgres
 def test_timers_on_postgresql(
-    account: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+    account: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
 ) -> None:
     world = DeskWorld(
         account,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -22,13 +21,16 @@ from tests.desk import (
     html_of,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
@@ -281,7 +283,7 @@ def test_crash_between_commit_and_move_neither_loses_nor_doubles(world: DeskWorl
 
 
 def test_idle_answers_a_new_message_within_moments(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     # polling every 60 s: only IDLE can answer within seconds
     world = DeskWorld(imap_server, smtp_server, tmp_path, poll_seconds=60)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     BOB,
@@ -20,11 +20,14 @@ from tests.desk import (
     reply_to_address,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server,
         smtp_server,

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import ImapServer, SmtpServer, free_port
+from maildesk.demo.world import free_port
 from maildesk.service import daemon as daemon_module
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 ADMIN = "admin@example.com"
@@ -50,14 +51,14 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def imap() -> Iterator[ImapServer]:
+def imap() -> Iterator[PymapServer]:
     """A pymap of this test's own: the test takes it down."""
-    with ImapServer() as server:
+    with PymapServer() as server:
         yield server
 
 
 @pytest.fixture
-def world(imap: ImapServer, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(imap: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path) -> Iterator[DeskWorld]:
     port = free_port()
     account = ImapAccount("pymap", imap, *fresh_user())
     w = DeskWorld(
@@ -133,7 +134,7 @@ def test_metrics_count_what_happened(world: DeskWorld) -> None:
 
 
 def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
-    world: DeskWorld, imap: ImapServer, monkeypatch: pytest.MonkeyPatch
+    world: DeskWorld, imap: PymapServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Backoff capped at 2 s instead of 5 min, so five failures (the alert) come in seconds.
     monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 2.0)
@@ -168,7 +169,7 @@ def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
 
 def test_healthz_names_the_mailbox_down_but_neither_its_server_nor_the_error(
     imap_server: ImapAccount,
-    smtp_server: SmtpServer,
+    smtp_server: ScriptedSmtp,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -20,10 +20,10 @@ import pytest
 
 from maildesk import config
 from maildesk.act.tickets import Desk
-from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.service import daemon as daemon_module
 from maildesk.service.oauth import OAuthError, TokenSource
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 CLIENT_ID = "maildesk-test-client"
@@ -242,10 +242,10 @@ auth = "xoauth2"
 @pytest.fixture
 def oauth_world(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[DeskWorld, ImapServer, SmtpServer, TokenEndpoint]]:
+) -> Iterator[tuple[DeskWorld, PymapServer, ScriptedSmtp, TokenEndpoint]]:
     monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 1.0)
-    imap = ImapServer(xoauth2=True)
-    smtp = SmtpServer(username="desk@example.test", oauth_token="smtp-token-1")
+    imap = PymapServer(xoauth2=True)
+    smtp = ScriptedSmtp(username="desk@example.test", oauth_token="smtp-token-1")
     endpoint = TokenEndpoint("refresh-0")
     account = ImapAccount("pymap", imap, *fresh_user())
     endpoint.on_issue = lambda token: imap.set_oauth_token(account.username, token)
@@ -277,7 +277,7 @@ def oauth_world(
 
 
 def test_an_xoauth2_mailbox_and_smtp_work_through_the_daemon_and_a_revoked_grant_alerts_once(
-    oauth_world: tuple[DeskWorld, ImapServer, SmtpServer, TokenEndpoint],
+    oauth_world: tuple[DeskWorld, PymapServer, ScriptedSmtp, TokenEndpoint],
 ) -> None:
     world, imap, smtp, endpoint = oauth_world
     assert not world.settings.mailboxes[0].password  # no password anywhere: tokens only

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from maildesk.mail.rendering import filesize
 from tests.desk import CUSTOMER, Clock, DeskWorld, customer_mail, html_of, text_of
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 ADMIN = "admin@example.com"
@@ -28,7 +28,9 @@ LIMIT = 200_000
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server,
         smtp_server,

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from tests.desk import DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 REASON = "parse budget exceeded"
@@ -149,7 +149,7 @@ class Daemon:
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, request: Any
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
 ) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=request.param)
     yield w

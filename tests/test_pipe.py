@@ -23,9 +23,10 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.demo.world import Captured, SmtpServer, free_port
+from maildesk.demo.world import Captured, free_port
 from maildesk.models import Ledger
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 PIPE_MAILBOX = """
@@ -40,7 +41,9 @@ DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=PIPE_MAILBOX)
     yield w
     w.close()

@@ -25,10 +25,10 @@ from sqlalchemy import func, select
 import tests.test_ingestion as ingestion
 import tests.test_lifecycle as lifecycle
 from maildesk.act.outbox import Mail
-from maildesk.demo.world import SmtpServer
 from maildesk.models import Lease, Outbox, Ticket
 from maildesk.service.daemon import OUTBOX_CONNECTIONS
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 
 TRUSTED = '[security]\ntrusted_authserv_ids = ["mx.example.com"]\n'
@@ -36,7 +36,7 @@ TRUSTED = '[security]\ntrusted_authserv_ids = ["mx.example.com"]\n'
 
 @pytest.fixture
 def pg_world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
 ) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server, smtp_server, tmp_path, database_url=postgres_url, extra_config=TRUSTED
@@ -69,7 +69,7 @@ def test_end_to_end_flows_on_postgres(
 
 @pytest.fixture
 def dovecot_world(
-    dovecot_server: DovecotServer, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+    dovecot_server: DovecotServer, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
 ) -> Iterator[DeskWorld]:
     username, password = fresh_user()
     account = ImapAccount("dovecot", dovecot_server, username, password)

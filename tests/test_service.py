@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from tests.desk import CUSTOMER, DeskWorld, LogReader, customer_mail, text_of, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,9 @@ def test_the_unit_is_hardened_and_passes_systemd_analyze_verify(tmp_path: Path) 
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
