@@ -4,7 +4,8 @@ IMAP servers are started once per session; each test gets a fresh user (and so a
 mailbox). ``imap_server`` runs a test against pymap and Dovecot alike. Dovecot tests skip when
 the binary is missing, unless ``MAILDESK_REQUIRE_DOVECOT=1`` (CI), where they fail instead; the
 same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1`` and Postfix with
-``MAILDESK_REQUIRE_POSTFIX=1``.
+``MAILDESK_REQUIRE_POSTFIX=1``. ``database_url`` runs a test on SQLite, and on PostgreSQL too
+where the test asks for both.
 """
 
 from __future__ import annotations
@@ -133,6 +134,17 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The desk's ``[database] url``: None (SQLite in the data_dir) unless the test is
+    parametrised with ``"postgresql"`` (``tests.desk.ON_BOTH_DATABASES``), then a fresh
+    PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 # --------------------------------------------------------------------------- Postfix

@@ -17,12 +17,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+import pytest
 
 from maildesk import config
 from maildesk.act.tickets import Desk
@@ -38,6 +42,10 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 CAROL_AGENT = "carol@example.com"
 CUSTOMER = "dana@customer.test"
+
+# An end-to-end flow that runs on SQLite and again on a fresh PostgreSQL database: the test's
+# world takes the ``database_url`` fixture (conftest.py).
+ON_BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 class Clock:
@@ -403,3 +411,31 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.02)  # polling interval of a condition with a deadline
+
+
+# --------------------------------------------------------------------------- HTTP (/healthz, /metrics)
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str) -> tuple[int, str]:
+    """Status and body; status 0 while nothing listens yet."""
+    try:
+        with _DIRECT.open(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in Prometheus text format (labels in any order)."""
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if found == labels:
+            return float(match.group(3))
+    return None

@@ -7,8 +7,6 @@ import logging
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,37 +15,11 @@ import pytest
 
 from maildesk.demo.world import free_port
 from maildesk.service import daemon as daemon_module
-from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.desk import CUSTOMER, DeskWorld, customer_mail, get, sample, wait_until
 from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 ADMIN = "admin@example.com"
-
-
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def get(url: str) -> tuple[int, str]:
-    """Status and body; status 0 while nothing listens yet."""
-    try:
-        with DIRECT.open(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one series in Prometheus text format (labels in any order)."""
-    for line in text.splitlines():
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return None
 
 
 @pytest.fixture

@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.desk import CUSTOMER, DeskWorld, LogReader, customer_mail, text_of, wait_until
+from tests.desk import (
+    CUSTOMER,
+    DeskWorld,
+    LogReader,
+    customer_mail,
+    get,
+    sample,
+    text_of,
+    wait_until,
+)
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
@@ -166,7 +175,6 @@ def test_the_delivery_process_is_started_again_and_dies_with_the_daemon(
     mail keeps going out, with every sent mail counted in the daemon's metrics; when the daemon
     is killed (SIGKILL, nothing to clean up), the delivery process goes with it."""
     from maildesk.demo.world import free_port
-    from tests.test_metrics import get, sample
 
     port = free_port()
     with world.config_path.open("a") as config:
