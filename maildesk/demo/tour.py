@@ -25,6 +25,7 @@ from typing import Any
 
 from maildesk import config
 from maildesk.act.tickets import Desk
+from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
@@ -36,48 +37,37 @@ CUSTOMER = "carol@customer.test"
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
-CONFIG = """\
-[desk]
-name = "Example Support"
-address = "{support}"
-data_dir = "data"
-admin_address = "admin@example.test"
 
-[[mailboxes]]
-name = "support"
-host = "127.0.0.1"
-port = {imap_port}
-security = "none"
-username = "{support}"
-password = "{password}"
-poll_seconds = 5
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-
-[security]
-# The demo's agents prove themselves with the reply tokens of their notifications.
-token_days = 180
-
-[[teams]]
-name = "support"
-
-[[teams]]
-name = "engineering"
-
-[[agents]]
-email = "{alice}"
-name = "Alice Agent"
-teams = ["support"]
-
-[[agents]]
-email = "{bob}"
-name = "Bob Builder"
-teams = ["engineering"]
-"""
+def config_tables(imap_port: int, smtp_port: int) -> dict[str, Any]:
+    """The demo desk's config: one mailbox, two teams, an agent in each."""
+    return {
+        "desk": {
+            "name": "Example Support",
+            "address": SUPPORT,
+            "data_dir": "data",
+            "admin_address": "admin@example.test",
+        },
+        "mailboxes": [
+            {
+                "name": "support",
+                "host": "127.0.0.1",
+                "port": imap_port,
+                "security": "none",
+                "username": SUPPORT,
+                "password": PASSWORD,
+                "poll_seconds": 5,
+                "team": "support",
+            }
+        ],
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none"},
+        # The demo's agents prove themselves with the reply tokens of their notifications.
+        "security": {"token_days": 180},
+        "teams": [{"name": "support"}, {"name": "engineering"}],
+        "agents": [
+            {"email": ALICE, "name": "Alice Agent", "teams": ["support"]},
+            {"email": BOB, "name": "Bob Builder", "teams": ["engineering"]},
+        ],
+    }
 
 
 class World:
@@ -88,16 +78,7 @@ class World:
         self.imap = ImapServer({SUPPORT: PASSWORD})
         self.smtp = SmtpServer()
         path = root / "maildesk.toml"
-        path.write_text(
-            CONFIG.format(
-                support=SUPPORT,
-                password=PASSWORD,
-                alice=ALICE,
-                bob=BOB,
-                imap_port=self.imap.port,
-                smtp_port=self.smtp.port,
-            )
-        )
+        path.write_text(config_text(**config_tables(self.imap.port, self.smtp.port)))
         path.chmod(0o600)
         self.config_path = path
         self.settings = config.load(path)
@@ -217,6 +198,18 @@ def step(title: str) -> None:
 
 
 def walk(world: World) -> None:
+    """The ticket's whole life, each stage printed with the mails it caused."""
+    number, notice = customer_writes_in(world)
+    sent = alice_takes_it(world, notice)
+    note = customer_answers(world, sent)
+    sent = alice_escalates(world, note)
+    bob_closes_and_customer_rates(world, sent)
+    step("The ticket")
+    print(views.render_ticket(world.ticket(number)))
+
+
+def customer_writes_in(world: World) -> tuple[int, Captured]:
+    """Step 1; the ticket's number and Alice's notice."""
     step("1. A customer writes in, with an attachment")
     first = mail(
         CUSTOMER,
@@ -236,7 +229,10 @@ def walk(world: World) -> None:
     ack = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
     notice = next(m for m in sent if m.rcpt_tos[0] == ALICE)
     number = int(re.search(r"\d+", str(ack.message["Subject"])).group())  # type: ignore[union-attr]
+    return number, notice
 
+
+def alice_takes_it(world: World, notice: Captured) -> list[Captured]:
     step("2. Alice takes it and answers the customer (commands at the top of her reply)")
     world.deliver(
         agent_reply(
@@ -250,7 +246,11 @@ def walk(world: World) -> None:
     )
     sent = world.wait_mail(2)
     show(sent)
+    return sent
 
+
+def customer_answers(world: World, sent: list[Captured]) -> Captured:
+    """Step 3; the notice of the customer's answer, which Alice replies to."""
     step("3. The customer answers; Alice keeps an internal note")
     reply = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
     world.deliver(
@@ -266,11 +266,14 @@ def walk(world: World) -> None:
     show(sent)
     world.deliver(agent_reply(sent[0], ALICE, "#note\nFuser unit looks dead; needs engineering."))
     show(world.wait_mail(1))
+    return sent[0]
 
+
+def alice_escalates(world: World, notice: Captured) -> list[Captured]:
     step("4. Alice escalates to engineering with a summary (the customer sees no internal text)")
     world.deliver(
         agent_reply(
-            sent[0],
+            notice,
             ALICE,
             "Printer 4711 fuser failure, needs a replacement part.",
             subject_extra=" #escalate engineering",
@@ -278,7 +281,10 @@ def walk(world: World) -> None:
     )
     sent = world.wait_mail(3)
     show(sent)
+    return sent
 
+
+def bob_closes_and_customer_rates(world: World, sent: list[Captured]) -> None:
     step("5. Bob in engineering closes it with the resolution; the customer rates it")
     bob_notice = next(m for m in sent if m.rcpt_tos[0] == BOB)
     world.deliver(
@@ -297,9 +303,6 @@ def walk(world: World) -> None:
         )
     )
     world.wait_handled(7)
-
-    step("The ticket")
-    print(views.render_ticket(world.ticket(number)))
 
 
 def main(*, keep: bool = False) -> int:
