@@ -30,6 +30,8 @@ import pytest
 
 from maildesk import config
 from maildesk.act.tickets import Desk
+from maildesk.demo import configs
+from maildesk.demo.configs import merged
 from maildesk.demo.world import Captured
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
@@ -61,58 +63,57 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def config_text(
-    account: ImapAccount,
-    smtp: ScriptedSmtp,
-    data_dir: Path,
-    extra: str = "",
-    poll_seconds: float = 2,
-) -> str:
-    return f"""
-[desk]
-name = "{SUPPORT_NAME}"
-address = "{account.username}"
-data_dir = "{data_dir}"
-admin_address = "admin@example.com"
+def desk_tables(
+    account: ImapAccount, smtp_port: int, data_dir: Path, *, poll_seconds: float = 2
+) -> dict[str, Any]:
+    """The harness's desk: one mailbox on ``account``, two teams, three agents (as
+    ``maildesk.demo.configs.config_text`` takes them)."""
+    return {
+        "desk": {
+            "name": SUPPORT_NAME,
+            "address": account.username,
+            "data_dir": data_dir,
+            "admin_address": "admin@example.com",
+        },
+        "mailboxes": [
+            {
+                "name": "support",
+                "host": account.host,
+                "port": account.port,
+                "security": "none",
+                "username": account.username,
+                "password": account.password,
+                "poll_seconds": poll_seconds,
+                "team": "support",
+            }
+        ],
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 5},
+        "teams": [{"name": "support"}, {"name": "engineering"}],
+        "agents": [
+            {"email": ALICE, "name": "Alice Smith", "teams": ["support"]},
+            {"email": BOB, "name": "Bob Jones", "teams": ["engineering"]},
+            {"email": CAROL_AGENT, "name": "Carol White", "teams": ["support", "engineering"]},
+        ],
+    }
 
-[[mailboxes]]
-name = "support"
-host = "{account.host}"
-port = {account.port}
-security = "none"
-username = "{account.username}"
-password = "{account.password}"
-poll_seconds = {poll_seconds}
-team = "support"
 
-[smtp]
-host = "127.0.0.1"
-port = {smtp.port}
-security = "none"
-timeout = 5
+def with_changes(tables: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``configs.merged``, and ``mailbox`` changes the support mailbox key by key."""
+    changes = dict(changes)
+    mailbox = changes.pop("mailbox", None)
+    result = merged(tables, changes)
+    if mailbox:
+        [first, *rest] = result["mailboxes"]
+        support = {k: v for k, v in {**first, **mailbox}.items() if v is not None}
+        result["mailboxes"] = [support, *rest]
+    return result
 
-[[teams]]
-name = "support"
 
-[[teams]]
-name = "engineering"
-
-[[agents]]
-email = "{ALICE}"
-name = "Alice Smith"
-teams = ["support"]
-
-[[agents]]
-email = "{BOB}"
-name = "Bob Jones"
-teams = ["engineering"]
-
-[[agents]]
-email = "{CAROL_AGENT}"
-name = "Carol White"
-teams = ["support", "engineering"]
-{extra}
-"""
+def config_text(account: ImapAccount, smtp: ScriptedSmtp, data_dir: Path, **changes: Any) -> str:
+    """The harness's config file, with ``changes`` (``configs.merged``: ``limits={...}`` sets
+    keys, ``mailboxes=[...]`` adds mailboxes, ``mailbox={...}`` changes the support mailbox)."""
+    tables = with_changes(desk_tables(account, smtp.port, data_dir), changes)
+    return configs.config_text(**tables)
 
 
 class DeskWorld:
@@ -122,23 +123,21 @@ class DeskWorld:
         smtp: ScriptedSmtp,
         root: Path,
         *,
-        extra_config: str = "",
+        tables: dict[str, Any] | None = None,
         database_url: str | None = None,
         clock: Clock | None = None,
         poll_seconds: float = 2,
     ) -> None:
+        """``tables``: changes to the harness's config (as ``config_text`` takes them)."""
         self.account = account
         self.smtp = smtp
         self.root = root
         self.clock = clock or Clock(datetime.now(UTC))
-        text = config_text(account, smtp, root / "data", extra_config, poll_seconds)
+        self.tables = desk_tables(account, smtp.port, root / "data", poll_seconds=poll_seconds)
         if database_url:
-            text = text.replace(
-                "[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1
-            )
+            self.tables["database"] = {"url": database_url}
         self.config_path = root / "maildesk.toml"
-        self.config_path.write_text(text)
-        self.config_path.chmod(0o600)
+        self.rewrite_config(**(tables or {}))
         self.settings = config.load(self.config_path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
@@ -146,6 +145,13 @@ class DeskWorld:
         self.address = account.username
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
+
+    def rewrite_config(self, **changes: Any) -> None:
+        """Write the config file again with ``changes`` (as ``config_text`` takes them), as an
+        operator edits it; ``settings`` stay as they were until loaded again."""
+        self.tables = with_changes(self.tables, changes)
+        self.config_path.write_text(configs.config_text(**self.tables))
+        self.config_path.chmod(0o600)
 
     # ------------------------------------------------------------------ driving
 
@@ -178,13 +184,7 @@ class DeskWorld:
     def use_templates(self, directory: Path) -> None:
         """Point ``[desk] templates_dir`` at ``directory`` and take the config in again, as an
         operator would (the templates are not checked: a test of the check does that)."""
-        text = re.sub(r'\ntemplates_dir = ".*"', "", self.config_path.read_text())
-        text = text.replace(
-            'admin_address = "admin@example.com"',
-            f'admin_address = "admin@example.com"\ntemplates_dir = "{directory}"',
-            1,
-        )
-        self.config_path.write_text(text)
+        self.rewrite_config(desk={"templates_dir": directory})
         self.settings = config.load(self.config_path)
         self.desk = Desk(self.settings, clock=self.clock)
 

@@ -57,7 +57,7 @@ def world_on(
         smtp,
         root,
         database_url=database_url,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
     )
     world.metrics_port = port  # type: ignore[attr-defined]
     return world
@@ -286,8 +286,7 @@ def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
     relay = Relay(imap_server.port)
     relay.freeze()
     world = DeskWorld(imap_server, smtp_server, tmp_path)
-    text = world.config_path.read_text()
-    world.config_path.write_text(text.replace(f"port = {imap_server.port}", f"port = {relay.port}"))
+    world.rewrite_config(mailbox={"port": relay.port})
     began = time.monotonic()
     process = world.spawn("run", MAILDESK_TEST_FAULTS=str(Loop.TIMERS))
     assert process.stderr is not None
@@ -410,8 +409,7 @@ def test_the_watchdog_is_fed_while_every_loop_makes_progress_and_not_while_one_i
     relay = Relay(imap_server.port)
     notify = NotifySocket()
     world = DeskWorld(imap_server, smtp_server, tmp_path)
-    text = world.config_path.read_text()
-    world.config_path.write_text(text.replace(f"port = {imap_server.port}", f"port = {relay.port}"))
+    world.rewrite_config(mailbox={"port": relay.port})
     process = world.spawn(
         "run", NOTIFY_SOCKET=notify.address, WATCHDOG_USEC=str(int(interval * 1e6))
     )

@@ -37,7 +37,7 @@ def world(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n',
+        tables={"security": {"trusted_authserv_ids": ["mx.example.com"]}},
     )
     yield w
     w.close()

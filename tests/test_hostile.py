@@ -45,15 +45,12 @@ CPYTHON_MAIL = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "
 def world(
     imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=LIMITS)
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=LIMITS)
     yield w
     w.close()
 
 
-LIMITS = """
-[limits]
-max_attachment_bytes = 20000
-"""
+LIMITS = {"limits": {"max_attachment_bytes": 20000}}
 
 
 def files_under(root: Path) -> set[Path]:

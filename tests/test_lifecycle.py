@@ -36,7 +36,7 @@ def world(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n',
+        tables={"security": {"trusted_authserv_ids": ["mx.example.com"]}},
         database_url=database_url,
     )
     assert w.db.engine.dialect.name == ("postgresql" if database_url else "sqlite")

@@ -256,7 +256,7 @@ def test_forged_new_senders_get_at_most_the_hourly_acknowledgments(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config="[limits]\nnew_sender_acks_per_hour = 10\n",
+        tables={"limits": {"new_sender_acks_per_hour": 10}},
         clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
     )
     try:

@@ -37,12 +37,10 @@ def world(imap: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path) -> Itera
         account,
         smtp_server,
         tmp_path,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
         clock=lambda: datetime.now(UTC),  # type: ignore[arg-type]
+        poll_seconds=1,
     )
-    text = w.config_path.read_text().replace("poll_seconds = 2", "poll_seconds = 1")
-    w.config_path.write_text(text)
-    w.settings = daemon_module.config.load(w.config_path)
     w.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     yield w
     w.close()
@@ -151,7 +149,7 @@ def test_healthz_names_the_mailbox_down_but_neither_its_server_nor_the_error(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
         clock=lambda: datetime.now(UTC),  # type: ignore[arg-type]
         poll_seconds=1,
     )

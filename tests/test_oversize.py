@@ -35,7 +35,7 @@ def world(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config=f"[limits]\nmax_message_bytes = {LIMIT}\n",
+        tables={"limits": {"max_message_bytes": LIMIT}},
         clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
     )
     yield w
@@ -222,10 +222,7 @@ def test_oversized_mail_piped_in_is_answered_the_same(world: DeskWorld) -> None:
     replay = world.cli("quarantine", "replay", str(entry["id"]))
     assert replay.returncode == 1  # still over the limit: quarantined again, nothing lost
     assert b"quarantined" in replay.stdout
-    text = world.config_path.read_text().replace(
-        f"max_message_bytes = {LIMIT}", f"max_message_bytes = {LIMIT * 10}"
-    )
-    world.config_path.write_text(text)
+    world.rewrite_config(limits={"max_message_bytes": LIMIT * 10})
     replay = world.cli("quarantine", "replay", str(entry["id"]))
     assert replay.returncode == 0, replay.stdout + replay.stderr
     [ticket] = world.tickets()

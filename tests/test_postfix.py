@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from maildesk.demo import configs
 from maildesk.demo.world import free_port
 from maildesk.models import Database, Ledger, Ticket
 from tests.desk import ALICE, CUSTOMER, agent_reply, customer_mail, reply_to_address, wait_until
@@ -118,35 +119,19 @@ class Site:
 
 
 def desk_config(data_dir: Path, database_url: str, smtp_port: int) -> str:
-    return f"""
-[desk]
-name = "Example Support"
-address = "{DESK}"
-data_dir = "{data_dir}"
-secret = "{secrets.token_hex(16)}"
-
-[database]
-url = "{database_url}"
-
-[[mailboxes]]
-name = "support"
-transport = "pipe"
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-timeout = 5
-
-[[teams]]
-name = "support"
-
-[[agents]]
-email = "{ALICE}"
-name = "Alice Smith"
-teams = ["support"]
-"""
+    return configs.config_text(
+        desk={
+            "name": "Example Support",
+            "address": DESK,
+            "data_dir": data_dir,
+            "secret": secrets.token_hex(16),
+        },
+        database={"url": database_url},
+        mailboxes=[{"name": "support", "transport": "pipe", "team": "support"}],
+        smtp={"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 5},
+        teams=[{"name": "support"}],
+        agents=[{"email": ALICE, "name": "Alice Smith", "teams": ["support"]}],
+    )
 
 
 def main_cf(root: Path, recipe: list[str]) -> str:

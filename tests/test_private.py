@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from maildesk.demo import configs
 from tests.desk import DeskWorld, config_text, customer_mail
 from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
@@ -159,13 +160,16 @@ def test_check_config_names_what_others_could_read_before_it_connects(
     password_file.chmod(0o644)
     # trust authentication on the test server: the password in the url is never asked for
     url = postgres_url.replace("postgres@", "postgres:hunter2-db@")
-    text = config_text(account, smtp_server, data)
-    text = text.replace(f'password = "{account.password}"', f'password_file = "{password_file}"')
     # 0.0.0.0 is not a loopback address, so the password would go unencrypted to "another
     # machine" as far as the config says; Linux connects to 0.0.0.0 on this machine, over
     # loopback, so the check that follows reaches the test server and nothing else.
-    text = text.replace(f'host = "{account.host}"', 'host = "0.0.0.0"', 1)
-    text = text.replace("[[mailboxes]]", f'[database]\nurl = "{url}"\n\n[[mailboxes]]', 1)
+    text = config_text(
+        account,
+        smtp_server,
+        data,
+        mailbox={"password": None, "password_file": password_file, "host": "0.0.0.0"},
+        database={"url": url},
+    )
     path = write_config(tmp_path / "maildesk.toml", text)
 
     done = maildesk(path, "check-config", "--no-probe")
@@ -246,24 +250,12 @@ def test_root_piping_mail_into_the_services_data_dir_is_a_temporary_failure(
     home.mkdir(mode=0o700)
     os.chown(home, NOBODY, NOBODY)
     data = home / "data"
-    text = f"""
-[desk]
-name = "Help"
-address = "support@example.com"
-data_dir = "{data}"
-
-[[mailboxes]]
-name = "support"
-transport = "pipe"
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_server.port}
-
-[[teams]]
-name = "support"
-"""
+    text = configs.config_text(
+        desk={"name": "Help", "address": "support@example.com", "data_dir": data},
+        mailboxes=[{"name": "support", "transport": "pipe", "team": "support"}],
+        smtp={"host": "127.0.0.1", "port": smtp_server.port},
+        teams=[{"name": "support"}],
+    )
     path = write_config(tmp_path / "maildesk.toml", text)
     mail = customer_mail("Piped", "Hello.")
 

@@ -141,8 +141,8 @@ def test_a_ticket_without_an_address_takes_replies_notes_escalation_and_closing(
 def test_an_sla_escalation_on_a_ticket_without_an_address_goes_through(
     imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
-    sla = '[sla.medium]\nfirst_response = "30m"\nescalate_to = "engineering"\n'
-    world = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=sla)
+    sla = {"sla": {"medium": {"first_response": "30m", "escalate_to": "engineering"}}}
+    world = DeskWorld(imap_server, smtp_server, tmp_path, tables=sla)
     try:
         world.deliver(raw_mail("Printer broken", "From: Carol Customer"))
         world.run_once()

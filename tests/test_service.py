@@ -114,16 +114,14 @@ def test_sighup_reloads_the_config_and_refuses_a_bad_one(world: DeskWorld) -> No
         world.deliver(customer_mail("Before", "One."))
         assert "Example Support" in text_of(world.wait_mails_to(CUSTOMER, 1)[-1])
 
-        original = world.config_path.read_text()
-        world.config_path.write_text(
-            original.replace('name = "Example Support"', 'name = "Acme Help"')
-        )
+        world.rewrite_config(desk={"name": "Acme Help"})
         process.send_signal(signal.SIGHUP)
         logs.wait_for("configuration reloaded")
         world.deliver(customer_mail("After", "Two."))
         assert "Acme Help" in text_of(world.wait_mails_to(CUSTOMER, 2)[-1])
 
-        world.config_path.write_text(original.replace("[[teams]]", "[[teams]\n", 1))
+        with world.config_path.open("a") as config:
+            config.write("\n[[teams]\n")  # not valid TOML
         process.send_signal(signal.SIGHUP)
         refused = logs.wait_for("reload refused")
         assert refused["level"] == "error" and "not valid TOML" in refused["message"]
@@ -177,8 +175,7 @@ def test_the_delivery_process_is_started_again_and_dies_with_the_daemon(
     from maildesk.demo.world import free_port
 
     port = free_port()
-    with world.config_path.open("a") as config:
-        config.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    world.rewrite_config(metrics={"listen": f"127.0.0.1:{port}"})
     before = len(world.smtp.messages)
 
     def all_counted(mails: int) -> bool:
