@@ -35,6 +35,7 @@ from maildesk.demo.configs import merged
 from maildesk.demo.world import Captured
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
+from maildesk.service.timings import Timings
 from maildesk.ui import views
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
@@ -145,6 +146,7 @@ class DeskWorld:
         self.address = account.username
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
+        self.timings = Timings()  # the daemons' waits (tests shorten them)
 
     def rewrite_config(self, **changes: Any) -> None:
         """Write the config file again with ``changes`` (as ``config_text`` takes them), as an
@@ -156,11 +158,12 @@ class DeskWorld:
     # ------------------------------------------------------------------ driving
 
     def run_once(self) -> int:
-        daemon = Daemon(self.settings, self.db, self.desk, once=True)
+        daemon = Daemon(self.settings, self.db, self.desk, once=True, timings=self.timings)
         return asyncio.run(daemon.run())
 
     def start(self, on_outcome: Callable[[str, Any], None] | None = None, **options: Any) -> Daemon:
         """The daemon in a thread of this process (``options`` for ``Daemon``)."""
+        options.setdefault("timings", self.timings)
         daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome, **options)
         self._daemon = daemon
         self._thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)

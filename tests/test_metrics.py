@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from maildesk.demo.world import free_port
-from maildesk.service import daemon as daemon_module
+from maildesk.service.timings import Timings
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, get, sample, wait_until
 from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
@@ -104,10 +104,10 @@ def test_metrics_count_what_happened(world: DeskWorld) -> None:
 
 
 def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
-    world: DeskWorld, imap: PymapServer, monkeypatch: pytest.MonkeyPatch
+    world: DeskWorld, imap: PymapServer
 ) -> None:
     # Backoff capped at 2 s instead of 5 min, so five failures (the alert) come in seconds.
-    monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 2.0)
+    world.timings = Timings(max_backoff=2.0)
     url: str = world.url  # type: ignore[attr-defined]
     world.start()
     wait_until(lambda: get(url + "/healthz")[0] == 200, 10, "healthy at start")

@@ -20,8 +20,8 @@ import pytest
 
 from maildesk import config
 from maildesk.demo import configs
-from maildesk.service import daemon as daemon_module
 from maildesk.service.oauth import OAuthError, TokenSource
+from maildesk.service.timings import Timings
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
 from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
@@ -234,9 +234,8 @@ def test_config_presets_and_missing_keys(tmp_path: Path, endpoint: TokenEndpoint
 
 @pytest.fixture
 def oauth_world(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> Iterator[tuple[DeskWorld, PymapServer, ScriptedSmtp, TokenEndpoint]]:
-    monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 1.0)
     imap = PymapServer(xoauth2=True)
     smtp = ScriptedSmtp(username="desk@example.test", oauth_token="smtp-token-1")
     endpoint = TokenEndpoint("refresh-0")
@@ -258,6 +257,7 @@ def oauth_world(
         "oauth_token_command": f"cat {tmp_path / 'smtp-token'}",
     }
     world = DeskWorld(account, smtp, tmp_path, tables={"mailbox": mailbox, "smtp": smtp_auth})
+    world.timings = Timings(max_backoff=1.0)
     yield world, imap, smtp, endpoint
     world.close()
     endpoint.close()

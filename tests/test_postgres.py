@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from maildesk.act.outbox import Mail
 from maildesk.models import Lease, Outbox, Ticket
-from maildesk.service.daemon import OUTBOX_CONNECTIONS
+from maildesk.service.delivery import OUTBOX_CONNECTIONS
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
 from tests.loopback import ScriptedSmtp
 from tests.servers import DovecotServer, ImapAccount, fresh_user

@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, object_session
 
-from maildesk.act import outbox
+from maildesk.act import guard
 from maildesk.act.outbox import Mail, Mailer
 from maildesk.config import AgentSettings, Settings
 from maildesk.desk import auth, commands, sla
-from maildesk.desk.routing import Identity, TicketView, is_desk_address
+from maildesk.desk.routing import Identity, TicketView
+from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parsing import Parser
 from maildesk.models import (
@@ -357,7 +358,7 @@ def agent_mail(
         if isinstance(context.get(key), str):
             context[key] = notice_text(ticket, context[key])
     expires = now + timedelta(days=desk.settings.security.token_days)
-    token = auth.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
+    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
     return Mail(
         kind=kind,
         template=template,
@@ -371,7 +372,7 @@ def agent_mail(
         },
         automatic=True,
         to_agent=True,
-        reply_to=auth.reply_address(desk.settings.desk.address, token),
+        reply_to=marks.reply_address(desk.settings.desk.address, token),
         references=thread_ids(ticket),
     )
 
@@ -478,7 +479,7 @@ def open_ticket(
 ) -> Ticket:
     """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
     requester = inbound.requester or ""
-    if is_desk_address(requester, desk.settings.desk.address):
+    if marks.is_desk_address(requester, desk.settings.desk.address):
         requester = ""  # the desk is never its own customer
     ticket = Ticket(
         subject=inbound.subject or "(no subject)",
@@ -874,7 +875,7 @@ def bounced_before(
     suppressed, because it bounced permanently. They are sent all the same; the agent is told."""
     if all(mail.automatic or mail.to_agent for mail in mails):
         return None
-    bounce = outbox.bounced(session, ticket.requester, now)
+    bounce = guard.bounced(session, ticket.requester, now)
     if bounce is None:
         return None
     on = f" on {utc_text(bounce.at)}" if bounce.at else ""

@@ -198,18 +198,18 @@ def step(title: str) -> None:
 
 
 def walk(world: World) -> None:
-    """The ticket's whole life, each stage printed with the mails it caused."""
+    """The ticket's life, each step waiting for the mail the one before makes the desk send."""
     number, notice = customer_writes_in(world)
-    sent = alice_takes_it(world, notice)
-    note = customer_answers(world, sent)
-    sent = alice_escalates(world, note)
-    bob_closes_and_customer_rates(world, sent)
+    reply = alice_answers(world, notice)
+    customer_notice = customer_answers(world, reply)
+    bob_notice = alice_escalates(world, customer_notice)
+    bob_closes(world, bob_notice)
     step("The ticket")
     print(views.render_ticket(world.ticket(number)))
 
 
 def customer_writes_in(world: World) -> tuple[int, Captured]:
-    """Step 1; the ticket's number and Alice's notice."""
+    """Step 1; the ticket's number (from the acknowledgement) and Alice's notification."""
     step("1. A customer writes in, with an attachment")
     first = mail(
         CUSTOMER,
@@ -232,7 +232,8 @@ def customer_writes_in(world: World) -> tuple[int, Captured]:
     return number, notice
 
 
-def alice_takes_it(world: World, notice: Captured) -> list[Captured]:
+def alice_answers(world: World, notice: Captured) -> Captured:
+    """Step 2; the reply the customer gets."""
     step("2. Alice takes it and answers the customer (commands at the top of her reply)")
     world.deliver(
         agent_reply(
@@ -246,13 +247,12 @@ def alice_takes_it(world: World, notice: Captured) -> list[Captured]:
     )
     sent = world.wait_mail(2)
     show(sent)
-    return sent
+    return next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
 
 
-def customer_answers(world: World, sent: list[Captured]) -> Captured:
-    """Step 3; the notice of the customer's answer, which Alice replies to."""
+def customer_answers(world: World, reply: Captured) -> Captured:
+    """Step 3; Alice's notification of the customer's answer."""
     step("3. The customer answers; Alice keeps an internal note")
-    reply = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
     world.deliver(
         mail(
             CUSTOMER,
@@ -269,7 +269,8 @@ def customer_answers(world: World, sent: list[Captured]) -> Captured:
     return sent[0]
 
 
-def alice_escalates(world: World, notice: Captured) -> list[Captured]:
+def alice_escalates(world: World, notice: Captured) -> Captured:
+    """Step 4; Bob's notification of the escalation."""
     step("4. Alice escalates to engineering with a summary (the customer sees no internal text)")
     world.deliver(
         agent_reply(
@@ -281,14 +282,14 @@ def alice_escalates(world: World, notice: Captured) -> list[Captured]:
     )
     sent = world.wait_mail(3)
     show(sent)
-    return sent
+    return next(m for m in sent if m.rcpt_tos[0] == BOB)
 
 
-def bob_closes_and_customer_rates(world: World, sent: list[Captured]) -> None:
+def bob_closes(world: World, notice: Captured) -> None:
+    """Step 5, until the daemon has handled the rating too."""
     step("5. Bob in engineering closes it with the resolution; the customer rates it")
-    bob_notice = next(m for m in sent if m.rcpt_tos[0] == BOB)
     world.deliver(
-        agent_reply(bob_notice, BOB, "#close\nWe replaced the fuser unit; the printer works again.")
+        agent_reply(notice, BOB, "#close\nWe replaced the fuser unit; the printer works again.")
     )
     sent = world.wait_mail(2)
     show(sent)
