@@ -202,7 +202,7 @@ def memory(world: World, sizes: tuple[int, int], attachment: int) -> Figures:
         account.load([customer_mail(i, domain, attachment=attachment) for i in range(count)])
         work = world.workdir(f"memory-{count}")
         config = write_config(
-            work, account, world.smtp.port, limits="max_attachment_bytes = 30000000"
+            work, account, world.smtp.port, limits={"max_attachment_bytes": 30000000}
         )
         upgrade(config)
         done = maildesk(config, "run", "--once")

@@ -20,10 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from imapclient import IMAPClient
 
+from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, SmtpServer
 from tests.servers import DovecotServer
 
@@ -160,52 +162,38 @@ def write_config(
     smtp_port: int,
     *,
     database_url: str | None = None,
-    limits: str = "",
+    limits: dict[str, Any] | None = None,
 ) -> Path:
     """A maildesk config for one mailbox on ``account``, one team with one agent; ``limits``:
-    more ``[limits]`` keys, one a line."""
-    database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
-    text = f"""
-[desk]
-name = "Example Support"
-address = "{account.username}"
-data_dir = "{directory / "data"}"
-secret = "{secrets.token_hex(16)}"
-
-{database}
-[[mailboxes]]
-name = "support"
-host = "{account.host}"
-port = {account.port}
-security = "none"
-username = "{account.username}"
-password = "{account.password}"
-poll_seconds = 5
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-timeout = 30
-
-[[teams]]
-name = "support"
-
-[[agents]]
-email = "{AGENT}"
-name = "Agent"
-teams = ["support"]
-
-[log]
-level = "WARNING"
-
-[limits]
-# every customer of a run writes for the first time, within the hour: far more first contacts
-# than a desk's cap on their acknowledgments, which is not what is measured
-new_sender_acks_per_hour = 1000000
-{limits}
-"""
+    more ``[limits]`` keys."""
+    text = config_text(
+        desk={
+            "name": "Example Support",
+            "address": account.username,
+            "data_dir": directory / "data",
+            "secret": secrets.token_hex(16),
+        },
+        database={"url": database_url} if database_url else None,
+        mailboxes=[
+            {
+                "name": "support",
+                "host": account.host,
+                "port": account.port,
+                "security": "none",
+                "username": account.username,
+                "password": account.password,
+                "poll_seconds": 5,
+                "team": "support",
+            }
+        ],
+        smtp={"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 30},
+        teams=[{"name": "support"}],
+        agents=[{"email": AGENT, "name": "Agent", "teams": ["support"]}],
+        log={"level": "WARNING"},
+        # every customer of a run writes for the first time, within the hour: far more first
+        # contacts than a desk's cap on their acknowledgments, which is not what is measured
+        limits={"new_sender_acks_per_hour": 1000000, **(limits or {})},
+    )
     path = directory / "maildesk.toml"
     path.write_text(text)
     path.chmod(0o600)

@@ -4,7 +4,8 @@ IMAP servers are started once per session; each test gets a fresh user (and so a
 mailbox). ``imap_server`` runs a test against pymap and Dovecot alike. Dovecot tests skip when
 the binary is missing, unless ``MAILDESK_REQUIRE_DOVECOT=1`` (CI), where they fail instead; the
 same goes for PostgreSQL with ``MAILDESK_REQUIRE_POSTGRES=1`` and Postfix with
-``MAILDESK_REQUIRE_POSTFIX=1``.
+``MAILDESK_REQUIRE_POSTFIX=1``. ``database_url`` runs a test on SQLite, and on PostgreSQL too
+where the test asks for both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 
-from maildesk.demo.world import ImapServer, SmtpServer
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import (
     DOVECOT,
     POSTGRES_BIN,
@@ -50,9 +51,9 @@ def _unavailable(what: str, variable: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def pymap_server() -> Iterator[ImapServer]:
+def pymap_server() -> Iterator[PymapServer]:
     """pymap (in-memory) on 127.0.0.1, shared by the session; add users per test."""
-    with ImapServer() as server:
+    with PymapServer() as server:
         yield server
 
 
@@ -108,9 +109,9 @@ def imap_server(request: pytest.FixtureRequest) -> Iterator[ImapAccount]:
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
+def smtp_server() -> Iterator[ScriptedSmtp]:
     """An SMTP capture on 127.0.0.1 (no AUTH); ``.messages``, ``.wait_for``, ``.script``."""
-    with SmtpServer() as server:
+    with ScriptedSmtp() as server:
         yield server
 
 
@@ -133,6 +134,17 @@ def postgres_url() -> Iterator[str]:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The desk's ``[database] url``: None (SQLite in the data_dir) unless the test is
+    parametrised with ``"postgresql"`` (``tests.desk.ON_BOTH_DATABASES``), then a fresh
+    PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 # --------------------------------------------------------------------------- Postfix

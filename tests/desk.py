@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -24,13 +26,18 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import pytest
+
 from maildesk import config
 from maildesk.act.tickets import Desk
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo import configs
+from maildesk.demo.configs import merged
+from maildesk.demo.world import Captured
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
 from maildesk.service.timings import Timings
 from maildesk.ui import views
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 SUPPORT_NAME = "Example Support"
@@ -38,6 +45,10 @@ ALICE = "alice@example.com"
 BOB = "bob@example.com"
 CAROL_AGENT = "carol@example.com"
 CUSTOMER = "dana@customer.test"
+
+# An end-to-end flow that runs on SQLite and again on a fresh PostgreSQL database: the test's
+# world takes the ``database_url`` fixture (conftest.py).
+ON_BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 class Clock:
@@ -53,80 +64,81 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def config_text(
-    account: ImapAccount, smtp: SmtpServer, data_dir: Path, extra: str = "", poll_seconds: float = 2
-) -> str:
-    return f"""
-[desk]
-name = "{SUPPORT_NAME}"
-address = "{account.username}"
-data_dir = "{data_dir}"
-admin_address = "admin@example.com"
+def desk_tables(
+    account: ImapAccount, smtp_port: int, data_dir: Path, *, poll_seconds: float = 2
+) -> dict[str, Any]:
+    """The harness's desk: one mailbox on ``account``, two teams, three agents (as
+    ``maildesk.demo.configs.config_text`` takes them)."""
+    return {
+        "desk": {
+            "name": SUPPORT_NAME,
+            "address": account.username,
+            "data_dir": data_dir,
+            "admin_address": "admin@example.com",
+        },
+        "mailboxes": [
+            {
+                "name": "support",
+                "host": account.host,
+                "port": account.port,
+                "security": "none",
+                "username": account.username,
+                "password": account.password,
+                "poll_seconds": poll_seconds,
+                "team": "support",
+            }
+        ],
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 5},
+        "teams": [{"name": "support"}, {"name": "engineering"}],
+        "agents": [
+            {"email": ALICE, "name": "Alice Smith", "teams": ["support"]},
+            {"email": BOB, "name": "Bob Jones", "teams": ["engineering"]},
+            {"email": CAROL_AGENT, "name": "Carol White", "teams": ["support", "engineering"]},
+        ],
+    }
 
-[[mailboxes]]
-name = "support"
-host = "{account.host}"
-port = {account.port}
-security = "none"
-username = "{account.username}"
-password = "{account.password}"
-poll_seconds = {poll_seconds}
-team = "support"
 
-[smtp]
-host = "127.0.0.1"
-port = {smtp.port}
-security = "none"
-timeout = 5
+def with_changes(tables: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``configs.merged``, and ``mailbox`` changes the support mailbox key by key."""
+    changes = dict(changes)
+    mailbox = changes.pop("mailbox", None)
+    result = merged(tables, changes)
+    if mailbox:
+        [first, *rest] = result["mailboxes"]
+        support = {k: v for k, v in {**first, **mailbox}.items() if v is not None}
+        result["mailboxes"] = [support, *rest]
+    return result
 
-[[teams]]
-name = "support"
 
-[[teams]]
-name = "engineering"
-
-[[agents]]
-email = "{ALICE}"
-name = "Alice Smith"
-teams = ["support"]
-
-[[agents]]
-email = "{BOB}"
-name = "Bob Jones"
-teams = ["engineering"]
-
-[[agents]]
-email = "{CAROL_AGENT}"
-name = "Carol White"
-teams = ["support", "engineering"]
-{extra}
-"""
+def config_text(account: ImapAccount, smtp: ScriptedSmtp, data_dir: Path, **changes: Any) -> str:
+    """The harness's config file, with ``changes`` (``configs.merged``: ``limits={...}`` sets
+    keys, ``mailboxes=[...]`` adds mailboxes, ``mailbox={...}`` changes the support mailbox)."""
+    tables = with_changes(desk_tables(account, smtp.port, data_dir), changes)
+    return configs.config_text(**tables)
 
 
 class DeskWorld:
     def __init__(
         self,
         account: ImapAccount,
-        smtp: SmtpServer,
+        smtp: ScriptedSmtp,
         root: Path,
         *,
-        extra_config: str = "",
+        tables: dict[str, Any] | None = None,
         database_url: str | None = None,
         clock: Clock | None = None,
         poll_seconds: float = 2,
     ) -> None:
+        """``tables``: changes to the harness's config (as ``config_text`` takes them)."""
         self.account = account
         self.smtp = smtp
         self.root = root
         self.clock = clock or Clock(datetime.now(UTC))
-        text = config_text(account, smtp, root / "data", extra_config, poll_seconds)
+        self.tables = desk_tables(account, smtp.port, root / "data", poll_seconds=poll_seconds)
         if database_url:
-            text = text.replace(
-                "[[mailboxes]]", f'[database]\nurl = "{database_url}"\n\n[[mailboxes]]', 1
-            )
+            self.tables["database"] = {"url": database_url}
         self.config_path = root / "maildesk.toml"
-        self.config_path.write_text(text)
-        self.config_path.chmod(0o600)
+        self.rewrite_config(**(tables or {}))
         self.settings = config.load(self.config_path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
@@ -135,6 +147,13 @@ class DeskWorld:
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
         self.timings = Timings()  # the daemons' waits (tests shorten them)
+
+    def rewrite_config(self, **changes: Any) -> None:
+        """Write the config file again with ``changes`` (as ``config_text`` takes them), as an
+        operator edits it; ``settings`` stay as they were until loaded again."""
+        self.tables = with_changes(self.tables, changes)
+        self.config_path.write_text(configs.config_text(**self.tables))
+        self.config_path.chmod(0o600)
 
     # ------------------------------------------------------------------ driving
 
@@ -168,13 +187,7 @@ class DeskWorld:
     def use_templates(self, directory: Path) -> None:
         """Point ``[desk] templates_dir`` at ``directory`` and take the config in again, as an
         operator would (the templates are not checked: a test of the check does that)."""
-        text = re.sub(r'\ntemplates_dir = ".*"', "", self.config_path.read_text())
-        text = text.replace(
-            'admin_address = "admin@example.com"',
-            f'admin_address = "admin@example.com"\ntemplates_dir = "{directory}"',
-            1,
-        )
-        self.config_path.write_text(text)
+        self.rewrite_config(desk={"templates_dir": directory})
         self.settings = config.load(self.config_path)
         self.desk = Desk(self.settings, clock=self.clock)
 
@@ -401,3 +414,31 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.02)  # polling interval of a condition with a deadline
+
+
+# --------------------------------------------------------------------------- HTTP (/healthz, /metrics)
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str) -> tuple[int, str]:
+    """Status and body; status 0 while nothing listens yet."""
+    try:
+        with _DIRECT.open(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in Prometheus text format (labels in any order)."""
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if found == labels:
+            return float(match.group(3))
+    return None

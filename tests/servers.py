@@ -1,9 +1,9 @@
 """Real servers for the test fixtures: a throwaway Dovecot, self-signed certificates, a
 PostgreSQL cluster of a test's own, and a TCP relay that can stall.
 
-pymap and the SMTP capture live in ``maildesk.demo.world``; this module adds Dovecot (started
-from its own config file in a temp dir, on its own port) with the same small interface as
-``mailworld.ImapServer``, so a test can run unchanged against either.
+pymap and the SMTP capture live in ``tests.loopback`` (the demo world's servers, with what tests
+vary); this module adds Dovecot (started from its own config file in a temp dir, on its own port)
+with the same small interface as ``PymapServer``, so a test can run unchanged against either.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def deliver_into(account: ImapAccount) -> Callable[[mailworld.Captured], None]:
 
 
 class ImapTestServer(Protocol):
-    """What ``mailworld.ImapServer`` and ``DovecotServer`` have in common."""
+    """What ``PymapServer`` and ``DovecotServer`` have in common."""
 
     host: str
     users: dict[str, str]

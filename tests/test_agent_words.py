@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     CUSTOMER,
@@ -28,13 +28,16 @@ from tests.desk import (
     ref_number,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 AUTOMATIC_HEADERS = ("Auto-Submitted", "Precedence", "X-Auto-Response-Suppress")
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server, smtp_server, tmp_path, clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
     )

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk.demo.world import SmtpServer, free_port
+from maildesk.demo.world import free_port
 from maildesk.models import PROBE_WAIT, Lease, Outbox, OutboxStatus
 from maildesk.service.daemon import FATAL_GRACE
 from maildesk.service.faults import Faults, Loop
@@ -36,6 +36,7 @@ from maildesk.service.metrics import stamp
 from maildesk.service.runtime import EX_SOFTWARE
 from maildesk.service.timings import DATABASE_MAX_BACKOFF, STALLED_AFTER
 from tests.desk import DeskWorld, LogReader, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount, PostgresServer, Relay
 
 ADMIN = "admin@example.com"
@@ -44,7 +45,7 @@ SQLITE_BUSY_SECONDS = 10  # models' busy_timeout: a statement waits this long fo
 
 
 def world_on(
-    account: ImapAccount, smtp: SmtpServer, root: Path, database_url: str | None = None
+    account: ImapAccount, smtp: ScriptedSmtp, root: Path, database_url: str | None = None
 ) -> DeskWorld:
     """A desk serving ``/healthz`` (its port as ``world.metrics_port``)."""
     port = free_port()
@@ -53,14 +54,16 @@ def world_on(
         smtp,
         root,
         database_url=database_url,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
     )
     world.metrics_port = port  # type: ignore[attr-defined]
     return world
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = world_on(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
@@ -196,7 +199,7 @@ def test_sqlite_locked_longer_than_every_timeout_is_an_outage_that_ends_by_itsel
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_postgresql_stopped_and_started_mid_run_is_an_outage_that_ends_by_itself(
     imap_server: ImapAccount,
-    smtp_server: SmtpServer,
+    smtp_server: ScriptedSmtp,
     tmp_path: Path,
     private_postgres: PostgresServer,
 ) -> None:
@@ -272,7 +275,7 @@ def test_an_error_escaping_any_loop_stops_the_daemon_and_all_it_started(
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """The timers fail while the mailbox loop waits for a server that never greets (a network
     that went black: the read gives up only after 30 s). The daemon gives the loops
@@ -280,8 +283,7 @@ def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
     relay = Relay(imap_server.port)
     relay.freeze()
     world = DeskWorld(imap_server, smtp_server, tmp_path)
-    text = world.config_path.read_text()
-    world.config_path.write_text(text.replace(f"port = {imap_server.port}", f"port = {relay.port}"))
+    world.rewrite_config(mailbox={"port": relay.port})
     began = time.monotonic()
     process = world.spawn("run", MAILDESK_TEST_FAULTS=str(Loop.TIMERS))
     assert process.stderr is not None
@@ -396,7 +398,7 @@ class NotifySocket:
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_the_watchdog_is_fed_while_every_loop_makes_progress_and_not_while_one_is_stuck(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """The daemon reaches the IMAP server through a relay that can stall: connections stay
     open and nothing passes, as when a network path goes black. Its IMAP reads then wait (up
@@ -406,8 +408,7 @@ def test_the_watchdog_is_fed_while_every_loop_makes_progress_and_not_while_one_i
     relay = Relay(imap_server.port)
     notify = NotifySocket()
     world = DeskWorld(imap_server, smtp_server, tmp_path)
-    text = world.config_path.read_text()
-    world.config_path.write_text(text.replace(f"port = {imap_server.port}", f"port = {relay.port}"))
+    world.rewrite_config(mailbox={"port": relay.port})
     process = world.spawn(
         "run", NOTIFY_SOCKET=notify.address, WATCHDOG_USEC=str(int(interval * 1e6))
     )

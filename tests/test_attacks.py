@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.act.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
-from maildesk.demo.world import SmtpServer, free_port
+from maildesk.demo.world import free_port
 from maildesk.desk import commands
 from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
@@ -49,6 +49,7 @@ from tests.desk import (
     text_of,
     wait_until,
 )
+from tests.loopback import ScriptedSmtp
 from tests.poison import GROWTH, LINEAR_BOUND, growth
 from tests.servers import ImapAccount
 
@@ -56,8 +57,8 @@ REF_PATTERN = r"\[#(?P<number>\d{1,12})\]"
 A_FEW_SECONDS = 5.0  # what the ordinary mail behind a poison may take beyond parse_seconds
 
 
-def limits(**values: Any) -> str:
-    return "\n[limits]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+def limits(**values: Any) -> dict[str, Any]:
+    return {"limits": values}
 
 
 def quarantined(world: DeskWorld) -> list[dict[str, Any]]:
@@ -91,9 +92,9 @@ class Daemon:
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, request: Any
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
 ) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=getattr(request, "param", ""))
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=getattr(request, "param", None))
     yield w
     w.close()
 
@@ -403,7 +404,7 @@ def world_identity() -> Identity:
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 @pytest.mark.parametrize(
     "world",
-    ['[lifecycle]\nremind_pending_after = "1h"\nclose_pending_after = "3h"\n'],
+    [{"lifecycle": {"remind_pending_after": "1h", "close_pending_after": "3h"}}],
     indirect=True,
     ids=["1h"],
 )
@@ -638,7 +639,7 @@ METRICS_PORT = free_port()
 @pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
 @pytest.mark.parametrize(
     "world",
-    [f'\n[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\n'],
+    [{"metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"}}],
     indirect=True,
     ids=["metrics"],
 )

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from maildesk.act.automation import human
 from maildesk.config import BusinessHours
-from maildesk.demo.world import Captured, ImapServer, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.desk.sla import add_working_time, working_time_between
 from maildesk.models import Ticket
 from maildesk.ui import cli
@@ -35,6 +36,7 @@ from tests.desk import (
     customer_mail,
     text_of,
 )
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 UTC_HOURS = BusinessHours()  # Monday to Friday, 09:00-17:00, UTC
@@ -123,23 +125,23 @@ def test_durations_read_as_people_say_them() -> None:
 
 
 @pytest.fixture
-def account(pymap_server: ImapServer) -> ImapAccount:
+def account(pymap_server: PymapServer) -> ImapAccount:
     username, password = fresh_user()
     return ImapAccount("pymap", pymap_server, username, password)
 
 
 @pytest.fixture
 def make_world(
-    account: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    account: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> Iterator[type[DeskWorld]]:
     worlds: list[DeskWorld] = []
 
-    def make(extra: str, start: datetime | None = None) -> DeskWorld:
+    def make(tables: dict[str, Any], start: datetime | None = None) -> DeskWorld:
         world = DeskWorld(
             account,
             smtp_server,
             tmp_path,
-            extra_config=extra,
+            tables=tables,
             clock=Clock(start or datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
         )
         worlds.append(world)
@@ -165,7 +167,7 @@ def open_and_answer(world: DeskWorld, answer: str = "Which model is it?") -> Cap
     return world.mails_to(CUSTOMER)[-1]
 
 
-LIFECYCLE = '[lifecycle]\nremind_pending_after = "1h"\nclose_pending_after = "3h"\n'
+LIFECYCLE = {"lifecycle": {"remind_pending_after": "1h", "close_pending_after": "3h"}}
 
 
 def test_a_pending_ticket_is_reminded_once_then_closes_by_itself(make_world) -> None:  # type: ignore[no-untyped-def]
@@ -235,15 +237,12 @@ def test_a_customer_reply_restarts_the_pending_clock(make_world) -> None:  # typ
     assert world.ticket(1)["status"] == "pending"
 
 
-SLA = """
-[sla.medium]
-first_response = "30m"
-resolution = "1d"
-escalate_to = "engineering"
-
-[sla.high]
-first_response = "1h"
-"""
+SLA = {
+    "sla": {
+        "medium": {"first_response": "30m", "resolution": "1d", "escalate_to": "engineering"},
+        "high": {"first_response": "1h"},
+    }
+}
 
 
 def test_a_missed_first_response_is_flagged_told_and_escalated(make_world) -> None:  # type: ignore[no-untyped-def]
@@ -316,9 +315,15 @@ def test_an_answer_in_time_meets_the_target_and_without_escalate_to_nothing_move
 
 def test_business_hours_move_a_due_time_across_the_weekend(make_world) -> None:  # type: ignore[no-untyped-def]
     world = make_world(
-        '[sla.medium]\nfirst_response = "4h"\n\n[business_hours]\n'
-        'days = ["mon", "tue", "wed", "thu", "fri"]\nstart = "09:00"\nend = "17:00"\n'
-        'timezone = "UTC"\n',
+        {
+            "sla": {"medium": {"first_response": "4h"}},
+            "business_hours": {
+                "days": ["mon", "tue", "wed", "thu", "fri"],
+                "start": "09:00",
+                "end": "17:00",
+                "timezone": "UTC",
+            },
+        },
         start=FRIDAY_4PM,
     )
     world.deliver(customer_mail("Printer broken", "It prints blank pages."))
@@ -400,7 +405,7 @@ def test_a_ticket_whose_timers_fail_is_reported_once_and_stops_no_other(
 
 
 def test_a_canned_reply_reaches_the_customer(make_world) -> None:  # type: ignore[no-untyped-def]
-    world = make_world("")
+    world = make_world({})
     world.deliver(customer_mail("Cannot sign in", "I forgot my password."))
     world.run_once()
     notice = world.mails_to(ALICE)[-1]
@@ -425,7 +430,7 @@ def test_canned_list_shows_the_replies(
     make_world,  # type: ignore[no-untyped-def]
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    world = make_world("")
+    world = make_world({})
     assert cli.main(["--config", str(world.config_path), "canned", "list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["NAME", "FIRST", "LINE"]
@@ -440,13 +445,13 @@ def test_canned_list_shows_the_replies(
 
 @pytest.mark.postgres
 def test_timers_on_postgresql(
-    account: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+    account: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
 ) -> None:
     world = DeskWorld(
         account,
         smtp_server,
         tmp_path,
-        extra_config=LIFECYCLE + SLA,
+        tables=LIFECYCLE | SLA,
         database_url=postgres_url,
         clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
     )

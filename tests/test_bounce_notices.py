@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     BOB,
@@ -30,6 +30,7 @@ from tests.desk import (
     delivery_report,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 USER_UNKNOWN = (
@@ -39,7 +40,9 @@ EVERYONE = (ALICE, CAROL_AGENT, BOB, CUSTOMER, "admin@example.com")
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server, smtp_server, tmp_path, clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
     )

@@ -25,11 +25,11 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.act.outbox import IN_FLIGHT
-from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.models import Ledger
 from maildesk.service.delivery import CLAIM_LEASE, OUTBOX_CONNECTIONS
 from maildesk.service.leases import holder_alive
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 
 BACKLOG = 60
@@ -39,7 +39,7 @@ CRASH_POINTS = ("after_fetch", "after_commit", "after_move", "after_send")
 
 @pytest.fixture
 def pymap_world(
-    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> Iterator[DeskWorld]:
     username, password = fresh_user()
     account = ImapAccount("pymap", pymap_server, username, password)
@@ -113,7 +113,7 @@ def finish_claims(world: DeskWorld) -> None:
 
 
 def test_each_crash_point_in_turn_then_restart_loses_and_doubles_nothing(
-    dovecot_server: DovecotServer, smtp_server: SmtpServer, tmp_path: Path
+    dovecot_server: DovecotServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """Killed at after_fetch, after_commit, after_move and after_send in turn (one ``run --once``
     each, against Dovecot), then a clean restart."""

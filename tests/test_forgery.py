@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.models import Ledger, Outbox
 from tests.desk import (
     ALICE,
@@ -25,16 +25,19 @@ from tests.desk import (
     delivery_report,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n',
+        tables={"security": {"trusted_authserv_ids": ["mx.example.com"]}},
     )
     yield w
     w.close()

@@ -22,7 +22,6 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.act.tickets import NOTICE_TEXT_CHARS
-from maildesk.demo.world import SmtpServer
 from maildesk.models import Ledger
 from tests import poison
 from tests.desk import (
@@ -35,6 +34,7 @@ from tests.desk import (
     text_of,
     wait_until,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 
 MAIL = Path(__file__).parent / "mail"
@@ -42,16 +42,15 @@ CPYTHON_MAIL = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=LIMITS)
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=LIMITS)
     yield w
     w.close()
 
 
-LIMITS = """
-[limits]
-max_attachment_bytes = 20000
-"""
+LIMITS = {"limits": {"max_attachment_bytes": 20000}}
 
 
 def files_under(root: Path) -> set[Path]:
@@ -210,7 +209,7 @@ def hostile_batch() -> list[bytes]:
 
 
 def test_a_batch_of_hostile_and_odd_mail_is_each_handled_or_quarantined(
-    dovecot_server: DovecotServer, smtp_server: SmtpServer, tmp_path: Path
+    dovecot_server: DovecotServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """The team's corpus, CPython's test_email data and generated monsters, one batch through
     the real daemon against Dovecot: every message gets exactly one ledger entry and leaves

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from maildesk.demo import world as mailworld
-from maildesk.demo.world import ImapServer
 from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail, probe
+from tests.loopback import PymapServer
 from tests.servers import DOVECOT, Certificate, DovecotServer, ImapAccount, fresh_user
 
 
@@ -167,7 +167,7 @@ DOVECOT_WITHOUT_MOVE = (
 @pytest.fixture(params=["pymap", "dovecot"])
 def server_without_move(request: pytest.FixtureRequest) -> Iterator[ImapAccount]:
     if request.param == "pymap":
-        with ImapServer(move=False) as pymap:
+        with PymapServer(move=False) as pymap:
             yield ImapAccount("pymap", pymap, *fresh_user())
         return
     if DOVECOT is None:
@@ -246,7 +246,7 @@ def test_interrupt_ends_a_wait_from_another_thread(mailbox: Mailbox) -> None:
 
 
 def test_without_idle_wait_polls_every_poll_seconds() -> None:
-    with ImapServer(idle=False) as server:
+    with PymapServer(idle=False) as server:
         username, password = fresh_user()
         server.add_user(username, password)
         box = Mailbox(server.mailbox_config(username, poll_seconds=0.2))
@@ -274,7 +274,7 @@ def test_connection_refused_is_one_clear_line() -> None:
     assert not box.connected
 
 
-def test_wrong_password_on_pymap_is_a_login_error(pymap_server: ImapServer) -> None:
+def test_wrong_password_on_pymap_is_a_login_error(pymap_server: PymapServer) -> None:
     username, password = fresh_user()
     pymap_server.add_user(username, password)
     box = Mailbox(pymap_server.mailbox_config(username, password="not-" + password))
@@ -394,7 +394,7 @@ def test_certificate_trusted_by_the_context_is_accepted(
 
 def test_pymap_starttls_verifies_the_certificate(certificate: Certificate) -> None:
     username, password = fresh_user()
-    with ImapServer({username: password}, tls_context=certificate.server_context()) as server:
+    with PymapServer({username: password}, tls_context=certificate.server_context()) as server:
         refused = Mailbox(server.mailbox_config(username, security="starttls"))
         with pytest.raises(MailboxError) as caught:
             refused.connect()
@@ -406,7 +406,7 @@ def test_pymap_starttls_verifies_the_certificate(certificate: Certificate) -> No
 
 
 def test_starttls_missing_on_the_server_is_an_error_not_a_plain_login(
-    pymap_server: ImapServer,
+    pymap_server: PymapServer,
 ) -> None:
     username, password = fresh_user()
     pymap_server.add_user(username, password)

@@ -12,28 +12,36 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
     CUSTOMER,
+    ON_BOTH_DATABASES,
     DeskWorld,
     customer_mail,
     html_of,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path)
+def world(
+    imap_server: ImapAccount,
+    smtp_server: ScriptedSmtp,
+    tmp_path: Path,
+    database_url: str | None,
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path, database_url=database_url)
+    assert w.db.engine.dialect.name == ("postgresql" if database_url else "sqlite")
     yield w
     w.close()
 
 
+@ON_BOTH_DATABASES
 def test_new_mail_becomes_a_ticket_with_one_threaded_acknowledgment(world: DeskWorld) -> None:
     msg = customer_mail(
         "Printer prints blank pages", "Hello,\nthe printer on floor 3 is broken.\nDana"
@@ -82,6 +90,7 @@ def test_new_mail_becomes_a_ticket_with_one_threaded_acknowledgment(world: DeskW
     assert len(world.smtp.messages) == sent
 
 
+@ON_BOTH_DATABASES
 def test_attachments_are_kept_whole(world: DeskWorld) -> None:
     msg = customer_mail("Two files", "See attached.")
     pdf = os.urandom(50_000)
@@ -126,6 +135,7 @@ def test_html_only_and_encoded_subjects_become_readable(world: DeskWorld) -> Non
     assert "<b>" not in text and "<p>" not in text
 
 
+@ON_BOTH_DATABASES
 def test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_strangers(
     world: DeskWorld,
 ) -> None:
@@ -215,6 +225,7 @@ def test_corpus_messages_become_tickets(world: DeskWorld) -> None:
     assert world.account.uids("INBOX") == []
 
 
+@ON_BOTH_DATABASES
 def test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx(
     world: DeskWorld,
 ) -> None:
@@ -281,7 +292,7 @@ def test_crash_between_commit_and_move_neither_loses_nor_doubles(world: DeskWorl
 
 
 def test_idle_answers_a_new_message_within_moments(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     # polling every 60 s: only IDLE can answer within seconds
     world = DeskWorld(imap_server, smtp_server, tmp_path, poll_seconds=60)

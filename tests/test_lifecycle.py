@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     BOB,
     CAROL_AGENT,
     CUSTOMER,
+    ON_BOTH_DATABASES,
     DeskWorld,
     agent_reply,
     customer_mail,
@@ -20,17 +21,25 @@ from tests.desk import (
     reply_to_address,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount,
+    smtp_server: ScriptedSmtp,
+    tmp_path: Path,
+    database_url: str | None,
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config='[security]\ntrusted_authserv_ids = ["mx.example.com"]\n',
+        tables={"security": {"trusted_authserv_ids": ["mx.example.com"]}},
+        database_url=database_url,
     )
+    assert w.db.engine.dialect.name == ("postgresql" if database_url else "sqlite")
     yield w
     w.close()
 
@@ -47,6 +56,7 @@ def kinds(ticket: dict) -> list[str]:
     return [e["kind"] for e in ticket["events"]]
 
 
+@ON_BOTH_DATABASES
 def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
     ack, notice = open_ticket(world)
     assert "[#1]" in ack.message["Subject"]
@@ -170,6 +180,7 @@ def test_full_lifecycle_by_mail(world: DeskWorld) -> None:
         assert expected in kinds(t), expected
 
 
+@ON_BOTH_DATABASES
 def test_reply_after_reopen_window_opens_a_linked_ticket(world: DeskWorld) -> None:
     _ack, notice = open_ticket(world)
     world.deliver(agent_reply(notice, ALICE, "#close\nDone."))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -27,13 +27,16 @@ from tests.desk import (
     delivery_report,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
@@ -247,13 +250,13 @@ def test_a_delayed_delivery_report_is_only_recorded(world: DeskWorld) -> None:
 
 
 def test_forged_new_senders_get_at_most_the_hourly_acknowledgments(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     world = DeskWorld(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config="[limits]\nnew_sender_acks_per_hour = 10\n",
+        tables={"limits": {"new_sender_acks_per_hour": 10}},
         clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
     )
     try:

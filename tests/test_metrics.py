@@ -7,70 +7,40 @@ import logging
 import re
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from maildesk import config
-from maildesk.demo.world import ImapServer, SmtpServer, free_port
+from maildesk.demo.world import free_port
 from maildesk.service.timings import Timings
-from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.desk import CUSTOMER, DeskWorld, customer_mail, get, sample, wait_until
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 ADMIN = "admin@example.com"
 
 
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def get(url: str) -> tuple[int, str]:
-    """Status and body; status 0 while nothing listens yet."""
-    try:
-        with DIRECT.open(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one series in Prometheus text format (labels in any order)."""
-    for line in text.splitlines():
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return None
-
-
 @pytest.fixture
-def imap() -> Iterator[ImapServer]:
+def imap() -> Iterator[PymapServer]:
     """A pymap of this test's own: the test takes it down."""
-    with ImapServer() as server:
+    with PymapServer() as server:
         yield server
 
 
 @pytest.fixture
-def world(imap: ImapServer, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(imap: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path) -> Iterator[DeskWorld]:
     port = free_port()
     account = ImapAccount("pymap", imap, *fresh_user())
     w = DeskWorld(
         account,
         smtp_server,
         tmp_path,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
         clock=lambda: datetime.now(UTC),  # type: ignore[arg-type]
+        poll_seconds=1,
     )
-    text = w.config_path.read_text().replace("poll_seconds = 2", "poll_seconds = 1")
-    w.config_path.write_text(text)
-    w.settings = config.load(w.config_path)
     w.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     yield w
     w.close()
@@ -134,7 +104,7 @@ def test_metrics_count_what_happened(world: DeskWorld) -> None:
 
 
 def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
-    world: DeskWorld, imap: ImapServer
+    world: DeskWorld, imap: PymapServer
 ) -> None:
     # Backoff capped at 2 s instead of 5 min, so five failures (the alert) come in seconds.
     world.timings = Timings(max_backoff=2.0)
@@ -169,7 +139,7 @@ def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
 
 def test_healthz_names_the_mailbox_down_but_neither_its_server_nor_the_error(
     imap_server: ImapAccount,
-    smtp_server: SmtpServer,
+    smtp_server: ScriptedSmtp,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -179,7 +149,7 @@ def test_healthz_names_the_mailbox_down_but_neither_its_server_nor_the_error(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n',
+        tables={"metrics": {"listen": f"127.0.0.1:{port}"}},
         clock=lambda: datetime.now(UTC),  # type: ignore[arg-type]
         poll_seconds=1,
     )

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from maildesk import config
-from maildesk.act.tickets import Desk
-from maildesk.demo.world import ImapServer, SmtpServer
+from maildesk.demo import configs
 from maildesk.service.oauth import OAuthError, TokenSource
 from maildesk.service.timings import Timings
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 CLIENT_ID = "maildesk-test-client"
@@ -204,34 +204,27 @@ def test_token_command_prints_the_token_and_its_failures_are_one_line(tmp_path: 
 
 
 def test_config_presets_and_missing_keys(tmp_path: Path, endpoint: TokenEndpoint) -> None:
-    account_lines = """
-[desk]
-name = "Support"
-address = "support@example.com"
-data_dir = "data"
-
-[[teams]]
-name = "support"
-
-[smtp]
-host = "127.0.0.1"
-
-[[mailboxes]]
-name = "gmail"
-host = "127.0.0.1"
-username = "support@example.com"
-team = "support"
-auth = "xoauth2"
-"""
+    account = {
+        "desk": {"name": "Support", "address": "support@example.com", "data_dir": "data"},
+        "teams": [{"name": "support"}],
+        "smtp": {"host": "127.0.0.1"},
+    }
+    gmail = {
+        "name": "gmail",
+        "host": "127.0.0.1",
+        "username": "support@example.com",
+        "team": "support",
+        "auth": "xoauth2",
+        "oauth_client_id": "x",
+    }
     path = tmp_path / "maildesk.toml"
-    path.write_text(account_lines + 'oauth_provider = "google"\noauth_client_id = "x"\n')
+    path.write_text(
+        configs.config_text(**account, mailboxes=[{**gmail, "oauth_provider": "google"}])
+    )
     with pytest.raises(config.ConfigError, match="oauth_refresh_token_file: required"):
         config.load(path)
-    path.write_text(
-        account_lines
-        + 'oauth_provider = "microsoft"\noauth_client_id = "x"\n'
-        + 'oauth_refresh_token_file = "refresh"\n'
-    )
+    microsoft = {**gmail, "oauth_provider": "microsoft", "oauth_refresh_token_file": "refresh"}
+    path.write_text(configs.config_text(**account, mailboxes=[microsoft]))
     box = config.load(path).mailboxes[0]
     assert box.oauth_token_url == "https://login.microsoftonline.com/common/oauth2/v2.0/token"
 
@@ -242,33 +235,29 @@ auth = "xoauth2"
 @pytest.fixture
 def oauth_world(
     tmp_path: Path,
-) -> Iterator[tuple[DeskWorld, ImapServer, SmtpServer, TokenEndpoint]]:
-    imap = ImapServer(xoauth2=True)
-    smtp = SmtpServer(username="desk@example.test", oauth_token="smtp-token-1")
+) -> Iterator[tuple[DeskWorld, PymapServer, ScriptedSmtp, TokenEndpoint]]:
+    imap = PymapServer(xoauth2=True)
+    smtp = ScriptedSmtp(username="desk@example.test", oauth_token="smtp-token-1")
     endpoint = TokenEndpoint("refresh-0")
     account = ImapAccount("pymap", imap, *fresh_user())
     endpoint.on_issue = lambda token: imap.set_oauth_token(account.username, token)
-    world = DeskWorld(account, smtp, tmp_path)
-    world.timings = Timings(max_backoff=1.0)
     secret, refresh = grant_files(tmp_path, "refresh-0")
     (tmp_path / "smtp-token").write_text("smtp-token-1\n")
-    text = world.config_path.read_text()
-    text = text.replace(
-        f'password = "{account.password}"\n',
-        'auth = "xoauth2"\n'
-        f'oauth_client_id = "{CLIENT_ID}"\n'
-        f'oauth_client_secret_file = "{secret}"\n'
-        f'oauth_refresh_token_file = "{refresh}"\n'
-        f'oauth_token_url = "{endpoint.url}"\n',
-    )
-    text = text.replace(
-        "timeout = 5\n",
-        'timeout = 5\nusername = "desk@example.test"\nauth = "xoauth2"\n'
-        f'oauth_token_command = "cat {tmp_path / "smtp-token"}"\n',
-    )
-    world.config_path.write_text(text)
-    world.settings = config.load(world.config_path)
-    world.desk = Desk(world.settings, clock=world.clock)
+    mailbox = {
+        "password": None,
+        "auth": "xoauth2",
+        "oauth_client_id": CLIENT_ID,
+        "oauth_client_secret_file": secret,
+        "oauth_refresh_token_file": refresh,
+        "oauth_token_url": endpoint.url,
+    }
+    smtp_auth = {
+        "username": "desk@example.test",
+        "auth": "xoauth2",
+        "oauth_token_command": f"cat {tmp_path / 'smtp-token'}",
+    }
+    world = DeskWorld(account, smtp, tmp_path, tables={"mailbox": mailbox, "smtp": smtp_auth})
+    world.timings = Timings(max_backoff=1.0)
     yield world, imap, smtp, endpoint
     world.close()
     endpoint.close()
@@ -277,7 +266,7 @@ def oauth_world(
 
 
 def test_an_xoauth2_mailbox_and_smtp_work_through_the_daemon_and_a_revoked_grant_alerts_once(
-    oauth_world: tuple[DeskWorld, ImapServer, SmtpServer, TokenEndpoint],
+    oauth_world: tuple[DeskWorld, PymapServer, ScriptedSmtp, TokenEndpoint],
 ) -> None:
     world, imap, smtp, endpoint = oauth_world
     assert not world.settings.mailboxes[0].password  # no password anywhere: tokens only

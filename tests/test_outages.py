@@ -24,7 +24,6 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.config import SmtpSettings
-from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.mail.imap import Mailbox, MailboxError
 from maildesk.mail.smtp import Sender
 from maildesk.models import Outbox
@@ -32,6 +31,7 @@ from maildesk.service.outages import Dependency
 from maildesk.service.timings import Timings
 from maildesk.ui import cli
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import Certificate, ImapAccount, fresh_user
 
 ADMIN = "admin@example.com"
@@ -42,7 +42,7 @@ SERVER_LOGGERS = ("pymap", "mail.log", "aiosmtpd")
 @pytest.fixture
 def world(
     imap_server: ImapAccount,
-    smtp_server: SmtpServer,
+    smtp_server: ScriptedSmtp,
     tmp_path: Path,
 ) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
@@ -150,13 +150,13 @@ def test_a_locked_database_delays_but_loses_nothing(
 # --------------------------------------------------------------------------- TLS and secrets
 
 
-def smtp_settings(server: SmtpServer, **overrides: object) -> SmtpSettings:
+def smtp_settings(server: ScriptedSmtp, **overrides: object) -> SmtpSettings:
     base = SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=5)
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def test_smtp_certificate_is_verified_by_default(certificate: Certificate) -> None:
-    with SmtpServer(
+    with ScriptedSmtp(
         username="desk", password=SECRET, tls_context=certificate.server_context()
     ) as server:
         settings = smtp_settings(server, security="starttls", username="desk", password=SECRET)
@@ -177,7 +177,7 @@ def test_starttls_missing_is_an_error_and_no_auth_is_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with SmtpServer(username="desk", password=SECRET) as server:  # offers no STARTTLS
+    with ScriptedSmtp(username="desk", password=SECRET) as server:  # offers no STARTTLS
         settings = smtp_settings(server, security="starttls", username="desk", password=SECRET)
         result = asyncio.run(
             Sender(settings).send("desk@x.test", "c@x.test", b"Subject: x\r\n\r\nx")
@@ -189,12 +189,12 @@ def test_starttls_missing_is_an_error_and_no_auth_is_sent(
 
 
 def test_passwords_never_reach_the_logs(
-    pymap_server: ImapServer, caplog: pytest.LogCaptureFixture
+    pymap_server: PymapServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     username, password = fresh_user()
     imap_server = ImapAccount("pymap", pymap_server, username, password)
     caplog.set_level(logging.DEBUG)
-    with SmtpServer(username="desk", password="the-right-one") as server:
+    with ScriptedSmtp(username="desk", password="the-right-one") as server:
         settings = smtp_settings(server, username="desk", password=SECRET)
         result = asyncio.run(
             Sender(settings).send("desk@x.test", "c@x.test", b"Subject: x\r\n\r\nx")
@@ -235,7 +235,7 @@ def test_a_config_with_a_password_readable_by_others_is_warned_about(
 
 
 def test_sigterm_in_idle_and_in_an_smtp_retry_wait_exits_0_quickly(
-    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """Against pymap only: what matters is the daemon's wait, not the server's IDLE."""
     username, password = fresh_user()

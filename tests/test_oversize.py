@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from maildesk.mail.rendering import filesize
 from tests.desk import CUSTOMER, Clock, DeskWorld, customer_mail, html_of, text_of
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 ADMIN = "admin@example.com"
@@ -28,12 +28,14 @@ LIMIT = 200_000
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(
         imap_server,
         smtp_server,
         tmp_path,
-        extra_config=f"[limits]\nmax_message_bytes = {LIMIT}\n",
+        tables={"limits": {"max_message_bytes": LIMIT}},
         clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
     )
     yield w
@@ -220,10 +222,7 @@ def test_oversized_mail_piped_in_is_answered_the_same(world: DeskWorld) -> None:
     replay = world.cli("quarantine", "replay", str(entry["id"]))
     assert replay.returncode == 1  # still over the limit: quarantined again, nothing lost
     assert b"quarantined" in replay.stdout
-    text = world.config_path.read_text().replace(
-        f"max_message_bytes = {LIMIT}", f"max_message_bytes = {LIMIT * 10}"
-    )
-    world.config_path.write_text(text)
+    world.rewrite_config(limits={"max_message_bytes": LIMIT * 10})
     replay = world.cli("quarantine", "replay", str(entry["id"]))
     assert replay.returncode == 0, replay.stdout + replay.stderr
     [ticket] = world.tickets()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
     BOB,
@@ -23,6 +23,7 @@ from tests.desk import (
     html_of,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
@@ -30,7 +31,9 @@ FULLWIDTH_HASH = "\uff03"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from tests.desk import DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 REASON = "parse budget exceeded"
@@ -71,16 +71,14 @@ def attachment_poison(
     )
 
 
-def limits(**values: Any) -> str:
-    return "\n[limits]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+def limits(**values: Any) -> dict[str, Any]:
+    return {"limits": values}
 
 
 def set_limit(world: DeskWorld, key: str, value: Any) -> None:
     """Change one ``[limits]`` key in the config file, as an admin would."""
-    text = world.config_path.read_text()
-    text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
-    assert count == 1, key
-    world.config_path.write_text(text)
+    assert key in world.tables["limits"], key
+    world.rewrite_config(limits={key: value})
 
 
 def quarantined(world: DeskWorld) -> list[dict[str, Any]]:
@@ -149,9 +147,9 @@ class Daemon:
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, request: Any
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
 ) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=request.param)
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=request.param)
     yield w
     w.close()
 

@@ -23,25 +23,24 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.demo.world import Captured, SmtpServer, free_port
+from maildesk.demo import configs
+from maildesk.demo.world import Captured, free_port
 from maildesk.models import Ledger
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
-PIPE_MAILBOX = """
-[[mailboxes]]
-name = "help"
-transport = "pipe"
-team = "engineering"
-"""
+PIPE_MAILBOX = {"name": "help", "transport": "pipe", "team": "engineering"}
 
 TEMPORARY = "maildesk: temporary failure: "
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=PIPE_MAILBOX)
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables={"mailboxes": [PIPE_MAILBOX]})
     yield w
     w.close()
 
@@ -84,8 +83,7 @@ def mail(subject: str = "Printer broken", **kwargs: object) -> bytes:
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_every_handled_outcome_exits_0_filed_under_the_pipe_mailbox(world: DeskWorld) -> None:
-    text = world.config_path.read_text() + "\n[limits]\nmax_headers = 40\n"
-    world.config_path.write_text(text)
+    world.rewrite_config(limits={"max_headers": 40})
 
     new = ingest(world.config_path, input=mail())
     follow_up = ingest(world.config_path, input=mail("Re: [#1] Printer broken"))
@@ -154,7 +152,11 @@ def test_a_missing_or_invalid_config_or_an_unknown_mailbox_exits_75(world: DeskW
     )
 
     good = world.config_path.read_text()
-    world.config_path.write_text(good.replace('transport = "pipe"', 'transport = "smtp"'))
+    support, _ = world.tables["mailboxes"]
+    smtp_help = {**PIPE_MAILBOX, "transport": "smtp"}
+    world.config_path.write_text(
+        configs.config_text(**{**world.tables, "mailboxes": [support, smtp_help]})
+    )
     invalid = ingest(world.config_path, input=mail())
     assert one_line(invalid, world.config_path).startswith("configuration problem")
     world.config_path.write_text(good + "\n[desk\n")
@@ -166,11 +168,8 @@ def test_a_missing_or_invalid_config_or_an_unknown_mailbox_exits_75(world: DeskW
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_a_database_down_or_not_a_database_exits_75(world: DeskWorld, tmp_path: Path) -> None:
-    good = world.config_path.read_text()
     nobody_listens = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/desk"
-    world.config_path.write_text(
-        good.replace("[[mailboxes]]", f'[database]\nurl = "{nobody_listens}"\n\n[[mailboxes]]', 1)
-    )
+    world.rewrite_config(database={"url": nobody_listens})
     down = ingest(world.config_path, input=mail())
     assert one_line(down, world.config_path) == "database unavailable"
 
@@ -178,14 +177,10 @@ def test_a_database_down_or_not_a_database_exits_75(world: DeskWorld, tmp_path: 
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not an SQLite file\n" * 200)
     garbage.chmod(0o600)
-    world.config_path.write_text(
-        good.replace(
-            "[[mailboxes]]", f'[database]\nurl = "sqlite:///{garbage}"\n\n[[mailboxes]]', 1
-        )
-    )
+    world.rewrite_config(database={"url": f"sqlite:///{garbage}"})
     crashed = ingest(world.config_path, input=mail())
     assert re.fullmatch(r"internal error \(\w+\)|database unavailable", one_line(crashed, garbage))
-    world.config_path.write_text(good)
+    world.rewrite_config(database=None)
     assert world.tickets() == []
 
 
@@ -272,8 +267,7 @@ def test_running_out_of_memory_exits_75(world: DeskWorld) -> None:
     used = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
     waiting.kill()
     waiting.communicate()
-    text = world.config_path.read_text() + "\n[limits]\nmax_message_bytes = 400000000\n"
-    world.config_path.write_text(text)
+    world.rewrite_config(limits={"max_message_bytes": 400000000})
     argv = [sys.executable, "-m", "maildesk", "--config", str(world.config_path), "ingest"]
     process = subprocess.Popen(
         ["prlimit", f"--as={used + (64 << 20)}", *argv],
@@ -306,34 +300,27 @@ def test_running_out_of_memory_exits_75(world: DeskWorld) -> None:
 
 
 def test_a_pipe_mailbox_refuses_imap_keys_and_needs_a_team(tmp_path: Path) -> None:
-    base = f"""
-[desk]
-name = "Help"
-address = "help@example.test"
-data_dir = "{tmp_path / "data"}"
-
-[smtp]
-host = "127.0.0.1"
-
-[[teams]]
-name = "support"
-"""
+    base = {
+        "desk": {"name": "Help", "address": "help@example.test", "data_dir": tmp_path / "data"},
+        "smtp": {"host": "127.0.0.1"},
+        "teams": [{"name": "support"}],
+    }
+    help_box = {"name": "help", "transport": "pipe", "team": "support"}
     path = tmp_path / "maildesk.toml"
-    path.write_text(base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\nteam = "support"\n')
+    path.write_text(configs.config_text(**base, mailboxes=[help_box]))
     settings = config.load(path)
     assert [(b.name, b.watched) for b in settings.mailboxes] == [("help", False)]
     assert settings.watched == () and settings.ingest_mailbox(None).name == "help"
 
     path.write_text(
-        base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\nteam = "support"\n'
-        'host = "imap.example.test"\n'
+        configs.config_text(**base, mailboxes=[{**help_box, "host": "imap.example.test"}])
     )
     with pytest.raises(config.ConfigError) as refused:
         config.load(path)
     assert str(refused.value) == (
         f'{path}: [[mailboxes]] #1 host: not used by a mailbox with transport = "pipe"; remove it'
     )
-    path.write_text(base + '[[mailboxes]]\nname = "help"\ntransport = "pipe"\n')
+    path.write_text(configs.config_text(**base, mailboxes=[{**help_box, "team": None}]))
     with pytest.raises(config.ConfigError, match=r"\[\[mailboxes\]\] #1 team: missing"):
         config.load(path)
 
@@ -348,9 +335,8 @@ def test_a_desk_with_only_a_pipe_mailbox_runs_and_sends_what_ingest_queued(
     """``run`` watches no mailbox then: it delivers the outbox (what ``ingest`` queued) and
     runs the timers until stopped; ``/healthz`` needs only the database."""
     port = free_port()
-    text = re.sub(r"\[\[mailboxes\]\]\nname = \"support\".*?team = \"support\"\n", "",
-                  world.config_path.read_text(), count=1, flags=re.S)  # fmt: skip
-    world.config_path.write_text(text + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    world.tables["mailboxes"] = [PIPE_MAILBOX]  # the support mailbox goes
+    world.rewrite_config(metrics={"listen": f"127.0.0.1:{port}"})
     assert [b.name for b in config.load(world.config_path).mailboxes] == ["help"]
     daemon = subprocess.Popen(
         [sys.executable, "-m", "maildesk", "--config", str(world.config_path), "run"],
@@ -402,9 +388,7 @@ def test_piped_mail_is_counted_in_the_running_daemons_metrics(world: DeskWorld) 
     """``ingest`` is another process: it counts each message in the database, and the daemon
     serves what was counted since it started, labelled by the pipe mailbox."""
     port = free_port()
-    world.config_path.write_text(
-        world.config_path.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-    )
+    world.rewrite_config(metrics={"listen": f"127.0.0.1:{port}"})
     world.settings = config.load(world.config_path)
     assert ingest(world.config_path, input=mail("Before the start")).returncode == 0
     world.start()

@@ -27,9 +27,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.demo.world import SmtpServer, free_port
+from maildesk.demo import configs
+from maildesk.demo.world import free_port
 from maildesk.models import Database, Ledger, Ticket
 from tests.desk import ALICE, CUSTOMER, agent_reply, customer_mail, reply_to_address, wait_until
+from tests.loopback import ScriptedSmtp
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOBODY = 65534
@@ -117,35 +119,19 @@ class Site:
 
 
 def desk_config(data_dir: Path, database_url: str, smtp_port: int) -> str:
-    return f"""
-[desk]
-name = "Example Support"
-address = "{DESK}"
-data_dir = "{data_dir}"
-secret = "{secrets.token_hex(16)}"
-
-[database]
-url = "{database_url}"
-
-[[mailboxes]]
-name = "support"
-transport = "pipe"
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-timeout = 5
-
-[[teams]]
-name = "support"
-
-[[agents]]
-email = "{ALICE}"
-name = "Alice Smith"
-teams = ["support"]
-"""
+    return configs.config_text(
+        desk={
+            "name": "Example Support",
+            "address": DESK,
+            "data_dir": data_dir,
+            "secret": secrets.token_hex(16),
+        },
+        database={"url": database_url},
+        mailboxes=[{"name": "support", "transport": "pipe", "team": "support"}],
+        smtp={"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 5},
+        teams=[{"name": "support"}],
+        agents=[{"email": ALICE, "name": "Alice Smith", "teams": ["support"]}],
+    )
 
 
 def main_cf(root: Path, recipe: list[str]) -> str:
@@ -192,15 +178,15 @@ def site(
     postfix_binary: str,
     pipe_python: tuple[str, Path],
     postgres_url: str,
-    smtp_server: SmtpServer,
-) -> Iterator[tuple[Site, SmtpServer]]:
+    smtp_server: ScriptedSmtp,
+) -> Iterator[tuple[Site, ScriptedSmtp]]:
     """Postfix with README's recipe, the desk's config for user nobody, and the customer's MTA
     (a capture): yields the site and that capture. The desk's own mail goes to ``smtp_server``."""
     python, code = pipe_python
     recipe = readme_recipe()
     root = Path(tempfile.mkdtemp(prefix="maildesk-postfix-"))
     root.chmod(0o755)  # the pipe's user must reach the desk's config and data in here
-    customer_mx = SmtpServer()
+    customer_mx = ScriptedSmtp()
     db = Database(database_url := postgres_url)
     db.upgrade()
     try:
@@ -263,7 +249,7 @@ def deliver_outbox(site: Site) -> None:
 
 
 def test_readmes_postfix_recipe_turns_mail_into_tickets_and_defers_on_our_faults(
-    site: tuple[Site, SmtpServer], smtp_server: SmtpServer
+    site: tuple[Site, ScriptedSmtp], smtp_server: ScriptedSmtp
 ) -> None:
     here, customer_mx = site
     assert "inet_interfaces = loopback-only" in (here.conf / "main.cf").read_text()

@@ -1,7 +1,7 @@
-"""PostgreSQL: everything SQLite does, and several daemons on one database doubling nothing.
+"""PostgreSQL: several daemons on one database doubling nothing.
 
-The end-to-end flows of the ingestion and lifecycle tests run again with ``[database] url`` on a
-fresh PostgreSQL database. Then real ``maildesk run`` subprocesses share one mailbox (one
+(The end-to-end flows of the ingestion and lifecycle tests run on PostgreSQL too: they are
+marked ``ON_BOTH_DATABASES``.) Real ``maildesk run`` subprocesses share one mailbox (one
 consumer at a time through the lease) and one outbox (rows claimed with SKIP LOCKED): every
 ticket and every mail exists exactly once, and a second daemon takes over the mailbox when the
 first is killed (at once for a dead process on this host; after the lease's TTL for a holder on
@@ -22,54 +22,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-import tests.test_ingestion as ingestion
-import tests.test_lifecycle as lifecycle
 from maildesk.act.outbox import Mail
-from maildesk.demo.world import SmtpServer
 from maildesk.models import Lease, Outbox, Ticket
 from maildesk.service.delivery import OUTBOX_CONNECTIONS
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import DovecotServer, ImapAccount, fresh_user
-
-TRUSTED = '[security]\ntrusted_authserv_ids = ["mx.example.com"]\n'
-
-
-@pytest.fixture
-def pg_world(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
-) -> Iterator[DeskWorld]:
-    w = DeskWorld(
-        imap_server, smtp_server, tmp_path, database_url=postgres_url, extra_config=TRUSTED
-    )
-    yield w
-    w.close()
-
-
-@pytest.mark.parametrize(
-    "flow",
-    [
-        ingestion.test_new_mail_becomes_a_ticket_with_one_threaded_acknowledgment,
-        ingestion.test_attachments_are_kept_whole,
-        ingestion.test_follow_ups_join_by_header_or_by_ref_from_the_requester_but_not_from_strangers,
-        ingestion.test_outbound_retries_on_4xx_with_the_same_message_id_and_fails_on_5xx,
-        lifecycle.test_full_lifecycle_by_mail,
-        lifecycle.test_reply_after_reopen_window_opens_a_linked_ticket,
-    ],
-    ids=lambda f: f.__name__.removeprefix("test_"),
-)
-def test_end_to_end_flows_on_postgres(
-    flow: Callable[[DeskWorld], None], pg_world: DeskWorld
-) -> None:
-    assert pg_world.db.engine.dialect.name == "postgresql"
-    flow(pg_world)
-
 
 # --------------------------------------------------------------------------- several daemons
 
 
 @pytest.fixture
 def dovecot_world(
-    dovecot_server: DovecotServer, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+    dovecot_server: DovecotServer, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
 ) -> Iterator[DeskWorld]:
     username, password = fresh_user()
     account = ImapAccount("dovecot", dovecot_server, username, password)

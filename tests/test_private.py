@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.demo.world import ImapServer, SmtpServer
+from maildesk.demo import configs
 from tests.desk import DeskWorld, config_text, customer_mail
+from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import ImapAccount, fresh_user
 
 SCAN_BYTES = 900_000  # random: over 1.2 MB once base64-encoded, so the raw mail goes to disk
@@ -83,7 +84,7 @@ def assert_kept(files: dict[str, str]) -> None:
 
 
 def test_run_once_started_under_umask_022_keeps_every_file_private(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     path = write_config(tmp_path / "maildesk.toml", config_text(imap_server, smtp_server, data))
@@ -98,7 +99,7 @@ def test_run_once_started_under_umask_022_keeps_every_file_private(
 
 
 def test_the_database_wal_and_shm_are_private_whatever_the_umask(
-    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """In a process that kept umask 022 (no ``maildesk`` start): the modes are given, not left
     to the umask. Looked at while the database is open, when its -wal and -shm exist."""
@@ -117,7 +118,7 @@ def test_the_database_wal_and_shm_are_private_whatever_the_umask(
 
 
 def test_an_older_installation_keeps_working_its_own_files_tightened_the_admins_named(
-    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     account = ImapAccount("pymap", pymap_server, *fresh_user())
     data = tmp_path / "data"
@@ -148,7 +149,7 @@ def test_an_older_installation_keeps_working_its_own_files_tightened_the_admins_
 
 
 def test_check_config_names_what_others_could_read_before_it_connects(
-    pymap_server: ImapServer, smtp_server: SmtpServer, postgres_url: str, tmp_path: Path
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, postgres_url: str, tmp_path: Path
 ) -> None:
     account = ImapAccount("pymap", pymap_server, *fresh_user())
     data = tmp_path / "data"
@@ -159,13 +160,16 @@ def test_check_config_names_what_others_could_read_before_it_connects(
     password_file.chmod(0o644)
     # trust authentication on the test server: the password in the url is never asked for
     url = postgres_url.replace("postgres@", "postgres:hunter2-db@")
-    text = config_text(account, smtp_server, data)
-    text = text.replace(f'password = "{account.password}"', f'password_file = "{password_file}"')
     # 0.0.0.0 is not a loopback address, so the password would go unencrypted to "another
     # machine" as far as the config says; Linux connects to 0.0.0.0 on this machine, over
     # loopback, so the check that follows reaches the test server and nothing else.
-    text = text.replace(f'host = "{account.host}"', 'host = "0.0.0.0"', 1)
-    text = text.replace("[[mailboxes]]", f'[database]\nurl = "{url}"\n\n[[mailboxes]]', 1)
+    text = config_text(
+        account,
+        smtp_server,
+        data,
+        mailbox={"password": None, "password_file": password_file, "host": "0.0.0.0"},
+        database={"url": url},
+    )
     path = write_config(tmp_path / "maildesk.toml", text)
 
     done = maildesk(path, "check-config", "--no-probe")
@@ -210,7 +214,7 @@ NOBODY = 65534  # the data directory's owner here: the service's user
     ids=" ".join,
 )
 def test_root_is_refused_a_data_dir_that_belongs_to_the_services_user(
-    pymap_server: ImapServer, smtp_server: SmtpServer, tmp_path: Path, command: tuple[str, ...]
+    pymap_server: PymapServer, smtp_server: ScriptedSmtp, tmp_path: Path, command: tuple[str, ...]
 ) -> None:
     """An admin runs ``maildesk`` as root on the service's config: what it wrote into the data
     directory (the database and its journal, raw mail, attachments, the secret) would be
@@ -237,7 +241,7 @@ def test_root_is_refused_a_data_dir_that_belongs_to_the_services_user(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs maildesk as root")
 def test_root_piping_mail_into_the_services_data_dir_is_a_temporary_failure(
-    smtp_server: SmtpServer, tmp_path: Path
+    smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
     """An MTA's pipe running as root: exit 75 (the MTA keeps the mail and tries again once the
     pipe runs as the right user) with a line that names the key and no path; nothing is
@@ -246,24 +250,12 @@ def test_root_piping_mail_into_the_services_data_dir_is_a_temporary_failure(
     home.mkdir(mode=0o700)
     os.chown(home, NOBODY, NOBODY)
     data = home / "data"
-    text = f"""
-[desk]
-name = "Help"
-address = "support@example.com"
-data_dir = "{data}"
-
-[[mailboxes]]
-name = "support"
-transport = "pipe"
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_server.port}
-
-[[teams]]
-name = "support"
-"""
+    text = configs.config_text(
+        desk={"name": "Help", "address": "support@example.com", "data_dir": data},
+        mailboxes=[{"name": "support", "transport": "pipe", "team": "support"}],
+        smtp={"host": "127.0.0.1", "port": smtp_server.port},
+        teams=[{"name": "support"}],
+    )
     path = write_config(tmp_path / "maildesk.toml", text)
     mail = customer_mail("Piped", "Hello.")
 

@@ -19,18 +19,20 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.act.ingest import Outcome
-from maildesk.demo.world import SmtpServer
 from maildesk.desk import routing
 from maildesk.mail import compose
 from maildesk.mail.inbound import Limits, parse
 from maildesk.models import Ledger
 from maildesk.service import roundtrip
 from tests.desk import DeskWorld, customer_mail, wait_until
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount, deliver_into
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from maildesk.act import samples
-from maildesk.demo.world import SmtpServer
 from maildesk.ui import cli
 from tests.desk import ALICE, CUSTOMER, DeskWorld, agent_reply, customer_mail, text_of
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 MAIL = Path(__file__).parent / "mail"
@@ -41,7 +41,7 @@ def deep_multipart(depth: int) -> bytes:
 @pytest.fixture
 def world(
     imap_server: ImapAccount,
-    smtp_server: SmtpServer,
+    smtp_server: ScriptedSmtp,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[DeskWorld]:

@@ -19,45 +19,35 @@ from pathlib import Path
 import pytest
 
 from maildesk import config
+from maildesk.demo import configs
 from maildesk.models import Database, Event, Status, Ticket
 from maildesk.ui import cli
 
-CONFIG = """
-[desk]
-name = "Example Support"
-address = "support@example.com"
-data_dir = "data"
-secret = "0123456789abcdef0123"
-
-[[mailboxes]]
-name = "support"
-host = "127.0.0.1"
-port = 1143
-security = "none"
-username = "support@example.com"
-password = "pw"
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = 1025
-security = "none"
-
-[[teams]]
-name = "support"
-
-[[teams]]
-name = "engineering"
-
-[sla.medium]
-first_response = "4h"
-resolution = "3d"
-
-[sla.high]
-first_response = "1h"
-resolution = "1d"
-escalate_to = "engineering"
-"""
+CONFIG = configs.config_text(
+    desk={
+        "name": "Example Support",
+        "address": "support@example.com",
+        "data_dir": "data",
+        "secret": "0123456789abcdef0123",
+    },
+    mailboxes=[
+        {
+            "name": "support",
+            "host": "127.0.0.1",
+            "port": 1143,
+            "security": "none",
+            "username": "support@example.com",
+            "password": "pw",
+            "team": "support",
+        }
+    ],
+    smtp={"host": "127.0.0.1", "port": 1025, "security": "none"},
+    teams=[{"name": "support"}, {"name": "engineering"}],
+    sla={
+        "medium": {"first_response": "4h", "resolution": "3d"},
+        "high": {"first_response": "1h", "resolution": "1d", "escalate_to": "engineering"},
+    },
+)
 
 
 def make_config(tmp_path: Path) -> tuple[Path, Database]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.models import Outbox, OutboxStatus
 from tests.desk import (
     ALICE,
@@ -26,6 +26,7 @@ from tests.desk import (
     agent_reply,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 AGENTS = {ALICE, BOB, CAROL_AGENT, "admin@example.com"}
@@ -33,7 +34,9 @@ JOSE = "José.Núñez@exämple.test"  # as written: a UTF-8 local part keeps its
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
@@ -136,10 +139,10 @@ def test_a_ticket_without_an_address_takes_replies_notes_escalation_and_closing(
 
 
 def test_an_sla_escalation_on_a_ticket_without_an_address_goes_through(
-    imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
 ) -> None:
-    sla = '[sla.medium]\nfirst_response = "30m"\nescalate_to = "engineering"\n'
-    world = DeskWorld(imap_server, smtp_server, tmp_path, extra_config=sla)
+    sla = {"sla": {"medium": {"first_response": "30m", "escalate_to": "engineering"}}}
+    world = DeskWorld(imap_server, smtp_server, tmp_path, tables=sla)
     try:
         world.deliver(raw_mail("Printer broken", "From: Carol Customer"))
         world.run_once()
@@ -180,7 +183,7 @@ def test_a_non_ascii_requester_is_answered_as_written_over_smtputf8(world: DeskW
 def test_without_smtputf8_a_non_ascii_requester_fails_once_with_the_reason(
     imap_server: ImapAccount, tmp_path: Path
 ) -> None:
-    with SmtpServer(smtputf8=False) as smtp:
+    with ScriptedSmtp(smtputf8=False) as smtp:
         world = DeskWorld(imap_server, smtp, tmp_path)
         try:
             world.deliver(raw_mail("Impresora rota", f"From: José Núñez <{JOSE}>", "No imprime."))

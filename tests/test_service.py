@@ -17,8 +17,17 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
-from tests.desk import CUSTOMER, DeskWorld, LogReader, customer_mail, text_of, wait_until
+from tests.desk import (
+    CUSTOMER,
+    DeskWorld,
+    LogReader,
+    customer_mail,
+    get,
+    sample,
+    text_of,
+    wait_until,
+)
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +68,9 @@ def test_the_unit_is_hardened_and_passes_systemd_analyze_verify(tmp_path: Path) 
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()
@@ -103,16 +114,14 @@ def test_sighup_reloads_the_config_and_refuses_a_bad_one(world: DeskWorld) -> No
         world.deliver(customer_mail("Before", "One."))
         assert "Example Support" in text_of(world.wait_mails_to(CUSTOMER, 1)[-1])
 
-        original = world.config_path.read_text()
-        world.config_path.write_text(
-            original.replace('name = "Example Support"', 'name = "Acme Help"')
-        )
+        world.rewrite_config(desk={"name": "Acme Help"})
         process.send_signal(signal.SIGHUP)
         logs.wait_for("configuration reloaded")
         world.deliver(customer_mail("After", "Two."))
         assert "Acme Help" in text_of(world.wait_mails_to(CUSTOMER, 2)[-1])
 
-        world.config_path.write_text(original.replace("[[teams]]", "[[teams]\n", 1))
+        with world.config_path.open("a") as config:
+            config.write("\n[[teams]\n")  # not valid TOML
         process.send_signal(signal.SIGHUP)
         refused = logs.wait_for("reload refused")
         assert refused["level"] == "error" and "not valid TOML" in refused["message"]
@@ -164,11 +173,9 @@ def test_the_delivery_process_is_started_again_and_dies_with_the_daemon(
     mail keeps going out, with every sent mail counted in the daemon's metrics; when the daemon
     is killed (SIGKILL, nothing to clean up), the delivery process goes with it."""
     from maildesk.demo.world import free_port
-    from tests.test_metrics import get, sample
 
     port = free_port()
-    with world.config_path.open("a") as config:
-        config.write(f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    world.rewrite_config(metrics={"listen": f"127.0.0.1:{port}"})
     before = len(world.smtp.messages)
 
     def all_counted(mails: int) -> bool:

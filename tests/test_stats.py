@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from maildesk.demo.world import SmtpServer
 from maildesk.ui import cli
 from tests.desk import ALICE, CUSTOMER, Clock, DeskWorld, agent_reply, customer_mail
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 EVE = "eve@customer.test"
@@ -21,7 +21,9 @@ OLD = "old@customer.test"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path, clock=Clock(datetime.now(UTC)))
     yield w
     w.close()

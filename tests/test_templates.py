@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.act import samples
-from maildesk.demo.world import Captured, SmtpServer
+from maildesk.demo.world import Captured
 from maildesk.mail.rendering import shipped_templates
 from maildesk.models import Ledger
 from tests.desk import (
@@ -28,6 +28,7 @@ from tests.desk import (
     html_of,
     text_of,
 )
+from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,9 @@ ADMIN = "admin@example.com"
 
 
 @pytest.fixture
-def world(imap_server: ImapAccount, smtp_server: SmtpServer, tmp_path: Path) -> Iterator[DeskWorld]:
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
     w = DeskWorld(imap_server, smtp_server, tmp_path)
     yield w
     w.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 from maildesk import config
 from maildesk.act.tickets import Desk
+from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
@@ -36,48 +37,37 @@ CUSTOMER = "carol@customer.test"
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
-CONFIG = """\
-[desk]
-name = "Example Support"
-address = "{support}"
-data_dir = "data"
-admin_address = "admin@example.test"
 
-[[mailboxes]]
-name = "support"
-host = "127.0.0.1"
-port = {imap_port}
-security = "none"
-username = "{support}"
-password = "{password}"
-poll_seconds = 5
-team = "support"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "none"
-
-[security]
-# The demo's agents prove themselves with the reply tokens of their notifications.
-token_days = 180
-
-[[teams]]
-name = "support"
-
-[[teams]]
-name = "engineering"
-
-[[agents]]
-email = "{alice}"
-name = "Alice Agent"
-teams = ["support"]
-
-[[agents]]
-email = "{bob}"
-name = "Bob Builder"
-teams = ["engineering"]
-"""
+def config_tables(imap_port: int, smtp_port: int) -> dict[str, Any]:
+    """The demo desk's config: one mailbox, two teams, an agent in each."""
+    return {
+        "desk": {
+            "name": "Example Support",
+            "address": SUPPORT,
+            "data_dir": "data",
+            "admin_address": "admin@example.test",
+        },
+        "mailboxes": [
+            {
+                "name": "support",
+                "host": "127.0.0.1",
+                "port": imap_port,
+                "security": "none",
+                "username": SUPPORT,
+                "password": PASSWORD,
+                "poll_seconds": 5,
+                "team": "support",
+            }
+        ],
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none"},
+        # The demo's agents prove themselves with the reply tokens of their notifications.
+        "security": {"token_days": 180},
+        "teams": [{"name": "support"}, {"name": "engineering"}],
+        "agents": [
+            {"email": ALICE, "name": "Alice Agent", "teams": ["support"]},
+            {"email": BOB, "name": "Bob Builder", "teams": ["engineering"]},
+        ],
+    }
 
 
 class World:
@@ -88,16 +78,7 @@ class World:
         self.imap = ImapServer({SUPPORT: PASSWORD})
         self.smtp = SmtpServer()
         path = root / "maildesk.toml"
-        path.write_text(
-            CONFIG.format(
-                support=SUPPORT,
-                password=PASSWORD,
-                alice=ALICE,
-                bob=BOB,
-                imap_port=self.imap.port,
-                smtp_port=self.smtp.port,
-            )
-        )
+        path.write_text(config_text(**config_tables(self.imap.port, self.smtp.port)))
         path.chmod(0o600)
         self.config_path = path
         self.settings = config.load(path)

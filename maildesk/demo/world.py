@@ -1,48 +1,42 @@
 """A throwaway mail world on loopback: an IMAP server (pymap) and an SMTP capture (aiosmtpd).
 
-Not part of the production flow: ``maildesk demo`` and the test suite start one so the real
-daemon can be pointed at real protocol servers on 127.0.0.1. Each server runs its own asyncio
-loop in a background thread, starts in milliseconds on a free port, and stops cleanly. Mail is
-put into and read out of the IMAP server through the real protocol, via ``maildesk.mail.imap``.
+Not part of the production flow: ``maildesk demo`` starts one so the real daemon can be pointed
+at real protocol servers on 127.0.0.1 (the test suite builds on the same servers, adding what
+only tests vary). Each server runs its own asyncio loop in a background thread, starts in
+milliseconds on a free port, and stops cleanly. Mail is put into and read out of the IMAP server
+through the real protocol, via ``maildesk.mail.imap``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import email.policy
 import logging
-import re
 import socket
 import ssl
 import threading
 import uuid
 import warnings
 from argparse import Namespace
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, Envelope, LoginPassword, Session
 from proxyprotocol.sock import SocketInfo
 from pymap.backend.dict import Config as _DictConfig
 from pymap.backend.dict import DictBackend, Identity, Login
 from pymap.backend.dict.mailbox import MailboxData
 from pymap.concurrent import Event, Subsystem
-from pymap.exceptions import InvalidAuth
 from pymap.imap import IMAPServer
 from pymap.selected import SelectedMailbox
 from pymap.user import UserMetadata
 from pysasl import SASLAuth
-from pysasl.creds.external import ExternalCredentials, ExternalVerificationRequired
-from pysasl.creds.server import ServerCredentials
 from pysasl.hashing import Cleartext
-from pysasl.mechanism.oauth import OAuth2Mechanism
 
 from maildesk.mail.imap import Mailbox, MailboxConfig
 
@@ -135,25 +129,21 @@ async def _update_selected_without_lost_wakeups(
     return await _pymap_update_selected(self, selected, wait_on=wait_on)
 
 
-MailboxData.update_selected = _update_selected_without_lost_wakeups  # type: ignore[method-assign]
+def _mend_pymap_idle() -> None:
+    """Make pymap's IDLE report changes that landed before it waited. Without it the desk hears
+    of a message only at its next poll, and the demo's every step waits seconds for nothing.
+    Done when the first server starts (not at import), once."""
+    if MailboxData.update_selected is not _update_selected_without_lost_wakeups:
+        MailboxData.update_selected = _update_selected_without_lost_wakeups  # type: ignore[method-assign]
 
 
-class _PymapConfig(_DictConfig):
-    """pymap's in-memory backend config, with capabilities that tests can take away."""
+class PymapConfig(_DictConfig):
+    """pymap's in-memory backend config, quick to answer on loopback."""
 
-    def __init__(
-        self, args: Namespace, *, without: frozenset[bytes], xoauth2: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, args: Namespace, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
-        self._without = without
         # pysasl scans the installed entry points for mechanisms on every connection (~20 ms)
         self._sasl = SASLAuth.defaults()
-        if xoauth2:
-            self._sasl = SASLAuth([*self._sasl.server_mechanisms, OAuth2Mechanism()])
-
-    @property
-    def login_capability(self) -> Sequence[bytes]:
-        return [c for c in super().login_capability if c not in self._without]
 
     @property
     def tls_auth(self) -> SASLAuth:
@@ -165,29 +155,22 @@ class _PymapConfig(_DictConfig):
         return b"maildesk test IMAP server ready"
 
 
-class _TokenLogin(Login):
-    """pymap's login, also accepting XOAUTH2 with a bearer token the test server expects."""
-
-    def __init__(self, config: _PymapConfig) -> None:
-        super().__init__(config)
-        self.bearer_tokens: dict[str, str] = {}
-        self.attempts: list[tuple[str, bool]] = []  # (user, accepted), XOAUTH2 only
-
-    async def authenticate(self, credentials: ServerCredentials) -> Identity:
-        if not isinstance(credentials, ExternalCredentials):
-            return await super().authenticate(credentials)
-        user = credentials.authzid
-        expected = self.bearer_tokens.get(user)
-        token: str | None = None
-        try:
-            credentials.verify(None)
-        except ExternalVerificationRequired as exc:  # how pysasl hands the bearer token over
-            token = exc.token
-        ok = expected is not None and token == expected
-        self.attempts.append((user, ok))
-        if not ok:
-            raise InvalidAuth()
-        return Identity(user, self, None, frozenset())
+def pymap_options(port: int) -> dict[str, Any]:
+    """The keyword arguments of pymap's config for a plain-text server on loopback."""
+    return {
+        "host": LOOPBACK,
+        "port": port,
+        "demo_data": False,
+        "demo_user": "",
+        "demo_password": "",
+        "tls_enabled": False,
+        "ssl_context": ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        "hash_context": Cleartext(),
+        "cpu_subsystem": Subsystem.for_asyncio(),
+        "invalid_user_sleep": 0.0,
+        "reject_dnsbl": False,
+        "bad_command_limit": None,
+    }
 
 
 class _Served:
@@ -222,52 +205,30 @@ class _Served:
 class ImapServer(_Served):
     """pymap with its in-memory backend on 127.0.0.1: users and passwords given by the caller.
 
-    Plain-text LOGIN is allowed from loopback. ``idle=False`` or ``move=False`` take the IDLE or
-    MOVE capability away (to exercise polling and the COPY + UID EXPUNGE fallback).
-    ``tls_context`` (a server-side context holding a certificate) turns STARTTLS on.
-    ``xoauth2=True`` offers AUTHENTICATE XOAUTH2, accepting the bearer token given to
-    ``set_oauth_token(user, token)`` (``oauth_attempts`` lists what was tried).
-    The stored mail survives ``stop()``/``start()``, like a real server's restart.
+    Plain-text LOGIN is allowed from loopback. The stored mail survives ``stop()``/``start()``,
+    like a real server's restart. ``_pymap_config`` and ``_pymap_login`` build pymap's parts; a
+    subclass may build its own kinds.
     """
 
-    def __init__(
-        self,
-        users: Mapping[str, str] | None = None,
-        *,
-        port: int = 0,
-        idle: bool = True,
-        move: bool = True,
-        tls_context: ssl.SSLContext | None = None,
-        xoauth2: bool = False,
-    ) -> None:
+    def __init__(self, users: Mapping[str, str] | None = None, *, port: int = 0) -> None:
+        _mend_pymap_idle()
         self.host = LOOPBACK
         self.users: dict[str, str] = {}
         self._loop = _LoopThread("pymap")
         self._listener = _Listener(self._loop, port)
-        without = frozenset(name for name, keep in ((b"IDLE", idle), (b"MOVE", move)) if not keep)
         args = Namespace(passlib_cfg=None, proxy_protocol=None, inherited_sockets=None)
-        self._config = _PymapConfig(
-            args,
-            without=without,
-            xoauth2=xoauth2,
-            host=LOOPBACK,
-            port=port,
-            demo_data=False,
-            demo_user="",
-            demo_password="",
-            tls_enabled=tls_context is not None,
-            ssl_context=tls_context or ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
-            hash_context=Cleartext(),
-            cpu_subsystem=Subsystem.for_asyncio(),
-            invalid_user_sleep=0.0,
-            reject_dnsbl=False,
-            bad_command_limit=None,
-        )
-        self._login = _TokenLogin(self._config)
+        self._config = self._pymap_config(args, pymap_options(port))
+        self._login = self._pymap_login(self._config)
         self._backend = DictBackend(self._login, self._config)
         for username, password in (users or {}).items():
             self.add_user(username, password)
         self.start()
+
+    def _pymap_config(self, args: Namespace, options: dict[str, Any]) -> PymapConfig:
+        return PymapConfig(args, **options)
+
+    def _pymap_login(self, config: PymapConfig) -> Login:
+        return Login(config)
 
     def add_user(self, username: str, password: str) -> None:
         """Create (or replace) a user with an empty INBOX."""
@@ -278,15 +239,6 @@ class ImapServer(_Served):
 
         self._loop.call(add())
         self.users[username] = password
-
-    def set_oauth_token(self, username: str, token: str) -> None:
-        """The bearer token XOAUTH2 accepts for ``username`` from now on."""
-        self._login.bearer_tokens[username] = token
-
-    @property
-    def oauth_attempts(self) -> list[tuple[str, bool]]:
-        """XOAUTH2 logins seen: (user, accepted)."""
-        return list(self._login.attempts)
 
     def start(self) -> None:
         """Listen (again) on the server's port."""
@@ -370,8 +322,6 @@ def uids(config: MailboxConfig, folder: str = "INBOX") -> list[int]:
 
 # --------------------------------------------------------------------------- SMTP (aiosmtpd)
 
-Stage = Literal["mail", "rcpt", "data"]
-
 
 @dataclass(frozen=True, slots=True)
 class Captured:
@@ -382,57 +332,21 @@ class Captured:
     raw: bytes
     message: EmailMessage
     auth_user: str | None = None
-    tls: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class AuthAttempt:
-    """One AUTH command seen by the capture server (the password is not kept)."""
-
-    mechanism: str
-    username: str
-    success: bool
-    tls: bool
-
-
-_XOAUTH2 = re.compile(rb"^user=(?P<user>[^\x01]*)\x01auth=Bearer (?P<token>[^\x01]*)\x01\x01$")
-
-
-class _Handler:
-    """aiosmtpd hooks: record accepted mail, answer with scripted replies first."""
+class CaptureHandler:
+    """aiosmtpd hooks: accept every command unless the server's ``refusal`` says otherwise,
+    and record what arrives."""
 
     def __init__(self, owner: SmtpServer) -> None:
         self._owner = owner
 
-    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
-        """AUTH XOAUTH2 with its initial response; offered only with ``oauth_token``."""
-        user, token = "", ""
-        if len(args) == 2:
-            try:
-                found = _XOAUTH2.match(base64.b64decode(args[1], validate=True))
-            except (binascii.Error, ValueError):
-                found = None
-            if found is not None:
-                user = found["user"].decode("utf-8", "replace")
-                token = found["token"].decode("utf-8", "replace")
-        owner = self._owner
-        ok = bool(token) and user == owner.username and token == owner._oauth_token
-        with owner._lock:
-            owner._auth_attempts.append(
-                AuthAttempt("XOAUTH2", user, ok, getattr(server.session, "ssl", None) is not None)
-            )
-        if not ok:
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
-
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if self._owner.username is not None and not session.authenticated:
-            return "530 5.7.0 Authentication required"
-        scripted = self._owner._next_reply("mail")
-        if scripted:
-            return scripted
+        refused = self._owner.refusal("mail", session)
+        if refused:
+            return refused
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -440,9 +354,9 @@ class _Handler:
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        scripted = self._owner._next_reply("rcpt")
-        if scripted:
-            return scripted
+        refused = self._owner.refusal("rcpt", session)
+        if refused:
+            return refused
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 OK"
@@ -450,9 +364,9 @@ class _Handler:
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        scripted = self._owner._next_reply("data")
-        if scripted:
-            return scripted
+        refused = self._owner.refusal("data", session)
+        if refused:
+            return refused
         raw = envelope.original_content or b""
         parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
         assert isinstance(parsed, EmailMessage)
@@ -464,75 +378,34 @@ class _Handler:
                 raw=raw,
                 message=parsed,
                 auth_user=auth.login.decode() if isinstance(auth, LoginPassword) else None,
-                tls=session.ssl is not None or self._owner.implicit_tls,
             )
         )
         return "250 Message accepted for delivery"
 
 
 class SmtpServer(_Served):
-    """An aiosmtpd capture server on 127.0.0.1 that records every accepted message.
-
-    ``script("rcpt", "451 4.3.0 try later", ...)`` queues replies given instead of accepting
-    (one per command, in order) at MAIL, RCPT or DATA. ``stop()`` refuses connections until
-    ``start()``. With ``username``/``password``, AUTH PLAIN and LOGIN are offered (without TLS
-    unless ``tls_context`` is given, in which case only after STARTTLS) and required.
-    ``implicit_tls`` serves SMTPS on the port with ``tls_context`` instead of STARTTLS.
-    With ``username`` and ``oauth_token``, AUTH XOAUTH2 is offered too and accepts exactly that
-    bearer token for that user (``set_oauth_token`` changes it). ``smtputf8=False`` stops
-    announcing SMTPUTF8, as a server without RFC 6531 support does.
+    """An aiosmtpd capture server on 127.0.0.1 that records every accepted message (no AUTH,
+    no TLS). ``stop()`` refuses connections until ``start()``. ``on_message`` is called with
+    each accepted message, off the SMTP loop (to deliver it into IMAP mailboxes, say).
+    A subclass may refuse commands (``refusal``), pass aiosmtpd more options
+    (``_smtp_options``: STARTTLS, AUTH) or hooks (``_new_handler``).
     """
 
-    def __init__(
-        self,
-        *,
-        port: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-        tls_context: ssl.SSLContext | None = None,
-        implicit_tls: bool = False,
-        require_starttls: bool = False,
-        oauth_token: str | None = None,
-        smtputf8: bool = True,
-    ) -> None:
+    def __init__(self, *, port: int = 0) -> None:
         self.host = LOOPBACK
-        self.smtputf8 = smtputf8
-        self.username = username
-        self._password = password
-        self._oauth_token = oauth_token
-        self._tls_context = tls_context
-        self.implicit_tls = implicit_tls and tls_context is not None
-        self._require_starttls = require_starttls
         self._lock = threading.Condition()
         self._captured: list[Captured] = []
-        self._auth_attempts: list[AuthAttempt] = []
-        self._replies: dict[str, list[str]] = {"mail": [], "rcpt": [], "data": []}
-        self._connections = 0
-        # called with each accepted message (e.g. to deliver it into IMAP mailboxes)
         self.on_message: Callable[[Captured], None] | None = None
-        self._handler = _Handler(self)
+        self._handler = self._new_handler()
         self._loop = _LoopThread("aiosmtpd")
         self._listener = _Listener(self._loop, port)
         self.start()
-
-    # -- what tests read
 
     @property
     def messages(self) -> list[Captured]:
         """A snapshot of the accepted messages, in arrival order."""
         with self._lock:
             return list(self._captured)
-
-    @property
-    def auth_attempts(self) -> list[AuthAttempt]:
-        with self._lock:
-            return list(self._auth_attempts)
-
-    @property
-    def connections(self) -> int:
-        """How many connections were accepted so far."""
-        with self._lock:
-            return self._connections
 
     def wait_for(
         self, predicate: Callable[[list[Captured]], bool], timeout: float = 10.0
@@ -554,24 +427,10 @@ class SmtpServer(_Served):
     def clear(self) -> None:
         with self._lock:
             self._captured.clear()
-            self._auth_attempts.clear()
 
-    # -- scripting
-
-    def script(self, stage: Stage, *replies: str) -> None:
-        """Answer the next commands of ``stage`` with ``replies`` (e.g. ``"451 4.3.0 later"``)."""
-        with self._lock:
-            self._replies[stage].extend(replies)
-
-    def set_oauth_token(self, token: str) -> None:
-        """The bearer token AUTH XOAUTH2 accepts from now on."""
-        with self._lock:
-            self._oauth_token = token
-
-    def _next_reply(self, stage: Stage) -> str | None:
-        with self._lock:
-            queue = self._replies[stage]
-            return queue.pop(0) if queue else None
+    def refusal(self, stage: str, session: Session) -> str | None:
+        """The reply refusing this MAIL, RCPT or DATA command (``stage``), or None to accept."""
+        return None
 
     def _record(self, captured: Captured) -> None:
         with self._lock:
@@ -580,52 +439,30 @@ class SmtpServer(_Served):
         if self.on_message is not None:  # off the SMTP loop: it may talk to other servers
             threading.Thread(target=self.on_message, args=(captured,), daemon=True).start()
 
-    def _authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        ok = False
-        user = ""
-        if isinstance(data, LoginPassword):
-            user = data.login.decode("utf-8", "replace")
-            ok = (
-                self.username is not None
-                and self._password is not None
-                and data.login == self.username.encode()
-                and data.password == self._password.encode()
-            )
-        with self._lock:
-            self._auth_attempts.append(AuthAttempt(mechanism, user, ok, session.ssl is not None))
-        return AuthResult(success=ok, auth_data=data if ok else None)
+    def _new_handler(self) -> object:
+        return CaptureHandler(self)
 
-    # -- lifecycle
-
-    def _factory(self) -> SMTP:
-        auth = self.username is not None
-        kwargs: dict[str, Any] = {
+    def _smtp_options(self) -> dict[str, Any]:
+        return {
             "hostname": "maildesk-test-smtp",
             "decode_data": False,
-            "enable_SMTPUTF8": self.smtputf8,
-            "auth_require_tls": self._tls_context is not None and not self.implicit_tls,
-            "auth_required": False,  # enforced at MAIL, without aiosmtpd's warning
-            "authenticator": self._authenticate if auth else None,
-            "auth_exclude_mechanism": [] if self._oauth_token is not None else ["XOAUTH2"],
+            "enable_SMTPUTF8": True,
+            "auth_require_tls": False,
+            "auth_required": False,
+            "authenticator": None,
+            "auth_exclude_mechanism": ["XOAUTH2"],
             "timeout": 30,
         }
-        if self._tls_context is not None and not self.implicit_tls:
-            kwargs["tls_context"] = self._tls_context
-            kwargs["require_starttls"] = self._require_starttls
-        with self._lock:
-            self._connections += 1
-        smtp = _TrackedSMTP(self._handler, listener=self._listener, **kwargs)
-        return smtp
+
+    def _factory(self) -> SMTP:
+        return _TrackedSMTP(self._handler, listener=self._listener, **self._smtp_options())
 
     def start(self) -> None:
         """Listen (again) on the server's port."""
-        ssl_context = self._tls_context if self.implicit_tls else None
 
         async def create(port: int) -> asyncio.Server:
             loop = asyncio.get_running_loop()
-            return await loop.create_server(self._factory, LOOPBACK, port, ssl=ssl_context)
+            return await loop.create_server(self._factory, LOOPBACK, port)
 
         self._listener.start(create)
 
@@ -666,31 +503,3 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class MailWorld:
-    """An IMAP server and an SMTP capture side by side, as ``maildesk demo`` needs them."""
-
-    def __init__(
-        self,
-        imap_users: Mapping[str, str],
-        *,
-        smtp_username: str | None = None,
-        smtp_password: str | None = None,
-    ) -> None:
-        self.imap = ImapServer(imap_users)
-        try:
-            self.smtp = SmtpServer(username=smtp_username, password=smtp_password)
-        except BaseException:
-            self.imap.close()
-            raise
-
-    def close(self) -> None:
-        self.smtp.close()
-        self.imap.close()
-
-    def __enter__(self) -> MailWorld:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
