@@ -21,8 +21,8 @@ from sqlalchemy import insert
 from benchmarks.world import customer_mail
 from maildesk import config as config_module
 from maildesk.act import ingest
+from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
-from maildesk.act.tickets import Desk
 from maildesk.models import Database, Event, Ledger, Message, Outbox, Ticket
 
 SEED_CHUNK = 50_000

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from maildesk import config
-from maildesk.act.tickets import Desk
+from maildesk.act.means import Desk
 from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon

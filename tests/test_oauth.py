@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from maildesk import config
-from maildesk.act.tickets import Desk
+from maildesk.act.means import Desk
 from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.service import daemon as daemon_module
 from maildesk.service.oauth import OAuthError, TokenSource

@@ -24,10 +24,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import tickets
+from maildesk.act.apply import Scene, carry_out, state_of
+from maildesk.act.means import Desk
+from maildesk.act.notices import admin_alert, customer_mail, enqueue, notify_owner
 from maildesk.act.outbox import Mail
+from maildesk.act.timeline import event, set_status, utc_text
 from maildesk.config import Settings
-from maildesk.desk import sla
+from maildesk.desk import sla, verbs
+from maildesk.desk.plans import Plan
 from maildesk.models import Database, DatabaseError, Event, Status, Ticket
 
 log = logging.getLogger("maildesk.automation")  # the logs name the job, not the module path
@@ -124,19 +128,19 @@ def when(moment: datetime, settings: Settings) -> str:
     return moment.astimezone(zone).strftime("%a %d %b %Y %H:%M %Z")
 
 
-def carry_out(
-    session: Session, desk: tickets.Desk, ticket: Ticket, decision: Decision, now: datetime
+def act_on(
+    session: Session, desk: Desk, ticket: Ticket, decision: Decision, now: datetime
 ) -> list[Mail]:
-    """Apply one decision to ``ticket``; returns the mail it causes (for ``tickets.send``)."""
+    """Apply one decision to ``ticket``; returns the mail it causes (for ``notices.enqueue``)."""
     settings = desk.settings
     match decision:
         case Remind(waited=waited):
             ticket.reminded_at = now
-            tickets.event(session, ticket, "reminded", "", now, waited=human(waited))
+            event(session, ticket, "reminded", "", now, waited=human(waited))
             close_after = settings.lifecycle.close_pending_after
             closes_at = ticket.status_since + close_after if close_after is not None else None
             return [
-                tickets.customer_mail(
+                customer_mail(
                     desk,
                     ticket,
                     "reminder",
@@ -147,53 +151,50 @@ def carry_out(
                 )
             ]
         case AutoClose(waited=waited):
-            tickets.set_status(ticket, Status.CLOSED, now)
-            tickets.event(session, ticket, "auto_closed", "", now, waited=human(waited))
-            return [
-                tickets.customer_mail(
-                    desk, ticket, "auto_closed", "auto_closed", waited=human(waited)
-                )
-            ]
+            set_status(ticket, Status.CLOSED, now)
+            event(session, ticket, "auto_closed", "", now, waited=human(waited))
+            return [customer_mail(desk, ticket, "auto_closed", "auto_closed", waited=human(waited))]
         case Hold(since=since):
             ticket.reminded_at = now  # this pending period's reminder is dealt with: held
-            tickets.event(
+            event(
                 session,
                 ticket,
                 "timers_held",
                 "",
                 now,
                 reason=f"the requester's address {ticket.requester} bounced permanently on "
-                f"{tickets.utc_text(since)}: no reminder and no auto-close until they write again",
+                f"{utc_text(since)}: no reminder and no auto-close until they write again",
             )
             return []
-        case Breach(target=target, escalate_to=team):
-            ticket.sla_breached = ",".join([*sla.breached(ticket), target.name])
-            tickets.event(
-                session, ticket, "sla_breached", "", now, target=target.name, due=iso(target.due)
-            )
-            mails = tickets.notify_owner(
-                desk,
-                ticket,
-                "notice",
-                "agent_sla",
-                now,
-                target=target.label,
-                due=when(target.due, settings),
-                escalate_to=team if team != ticket.team else None,
-            )
-            if team is not None and team != ticket.team:
-                mails += tickets.escalate(
-                    session,
-                    desk,
-                    ticket,
-                    team,
-                    actor="",
-                    by=f"{settings.desk.name} (missed the {target.label} target)",
-                    summary=f"The {target.label} target ({when(target.due, settings)}) was missed.",
-                    now=now,
-                )
-            return mails
+        case Breach():
+            return breach(Scene(session, desk, ticket, None, None, now), decision)
     raise AssertionError(f"unhandled decision {decision!r}")
+
+
+def breach(scene: Scene, decision: Breach) -> list[Mail]:
+    """A missed SLA target: recorded, the owner told; with ``escalate_to``, escalated."""
+    ticket, settings, now = scene.ticket, scene.desk.settings, scene.now
+    target, team = decision.target, decision.escalate_to
+    ticket.sla_breached = ",".join([*sla.breached(ticket), target.name])
+    event(scene.session, ticket, "sla_breached", "", now, target=target.name, due=iso(target.due))
+    mails = notify_owner(
+        scene.desk,
+        ticket,
+        "notice",
+        "agent_sla",
+        now,
+        target=target.label,
+        due=when(target.due, settings),
+        escalate_to=team if team != ticket.team else None,
+    )
+    if team is not None and team != ticket.team:
+        summary = f"The {target.label} target ({when(target.due, settings)}) was missed."
+        by = f"{settings.desk.name} (missed the {target.label} target)"
+        _, steps = verbs.escalation(
+            state_of(ticket), team, scene.desk.directory, verbs.Escalator("", by, summary, summary)
+        )
+        mails += carry_out(scene, Plan(steps))
+    return mails
 
 
 def iso(moment: datetime) -> str:
@@ -237,7 +238,7 @@ def candidates(session: Session, settings: Settings, now: datetime) -> list[int]
 KEYS = {Remind: "reminded", AutoClose: "closed", Breach: "breached", Hold: "held"}
 
 
-def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> PassResult:
+def run_pass(db: Database, desk: Desk, *, refresh: bool = False) -> PassResult:
     """One pass of the timers over every ticket with something due, a transaction each.
 
     ``refresh`` first recomputes ``due_at`` of every ticket not closed (at start: the SLA
@@ -267,9 +268,7 @@ def run_pass(db: Database, desk: tickets.Desk, *, refresh: bool = False) -> Pass
     return PassResult(**counts)
 
 
-def report_failure(
-    db: Database, desk: tickets.Desk, ticket_id: int, exc: Exception, now: datetime
-) -> None:
+def report_failure(db: Database, desk: Desk, ticket_id: int, exc: Exception, now: datetime) -> None:
     """A ticket's timers failed (rolled back, tried again every pass). The first time with
     this error: one log line, a ``timer_failed`` event on the ticket and one alert to the
     admin. After that each pass only notes it at debug level, so a ticket that always fails
@@ -295,17 +294,15 @@ def report_failure(
     log.debug("timers: %s failed", ref, exc_info=exc, extra={"ticket": ref})
 
 
-def _report_once(
-    db: Database, desk: tickets.Desk, ticket_id: int, error: str, now: datetime
-) -> bool:
+def _report_once(db: Database, desk: Desk, ticket_id: int, error: str, now: datetime) -> bool:
     """The event and the admin's alert, unless this error on this ticket had them already."""
     ref = desk.settings.desk.ref(ticket_id)
     with db.transaction() as session:
         ticket = session.get(Ticket, ticket_id)
         if ticket is None or _reported(session, ticket_id, error):
             return False
-        tickets.event(session, ticket, "timer_failed", "", now, error=error)
-        alert = tickets.admin_alert(
+        event(session, ticket, "timer_failed", "", now, error=error)
+        alert = admin_alert(
             desk,
             f"timers fail on {ref}",
             f"The reminders, auto-close and SLA clocks of ticket {ref} fail:\n\n  {error}\n\n"
@@ -341,19 +338,17 @@ def _reported(session: Session, ticket_id: int, error: str) -> bool:
     return last is not None and json.loads(last).get("error") == error
 
 
-def _act_on(
-    session: Session, desk: tickets.Desk, ticket_id: int, now: datetime
-) -> tuple[Decision, ...]:
+def _act_on(session: Session, desk: Desk, ticket_id: int, now: datetime) -> tuple[Decision, ...]:
     ticket = session.get(Ticket, ticket_id, with_for_update=True)
     if ticket is None:
         return ()
     decisions = decide(ticket, desk.settings, now)
     mails: list[Mail] = []
     for decision in decisions:
-        mails += carry_out(session, desk, ticket, decision, now)
+        mails += act_on(session, desk, ticket, decision, now)
         log.info("%s: %s", desk.ref(ticket), describe(decision), extra={"ticket": desk.ref(ticket)})
     sla.refresh_due(ticket, desk.settings)
-    tickets.send(session, desk, mails, now)
+    enqueue(session, desk, mails, now)
     return decisions
 
 

@@ -20,8 +20,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import outbox, tickets
-from maildesk.act.tickets import Desk
+from maildesk.act import outbox
+from maildesk.act.means import Desk
+from maildesk.act.notices import CUSTOMER_MAILS, enqueue, notify_owner
+from maildesk.act.timeline import event, utc_text
 from maildesk.desk import commands
 from maildesk.models import Outbox, Ticket
 
@@ -55,7 +57,7 @@ def undelivered(
         return  # the desk's mail to agents or the admin: told to no one, so nothing loops
     if what.address_refused and ticket.requester_bounced_at is None:
         ticket.requester_bounced_at = now
-        tickets.event(
+        event(
             session,
             ticket,
             "requester_bounced",
@@ -65,17 +67,17 @@ def undelivered(
             status=what.status,
             effect="no reminder and no auto-close until the customer writes again",
         )
-    notices = tickets.notify_owner(
+    notices = notify_owner(
         desk,
         ticket,
         "notice",
         "agent_bounce",
         now,
         mail={
-            "kind": tickets.CUSTOMER_MAILS.get(row.kind, row.kind),
+            "kind": CUSTOMER_MAILS.get(row.kind, row.kind),
             # the customer's mail showed their subject as written: not so to an agent
             "subject": commands.defang(outbox.subject_of(row.body)),
-            "date": tickets.utc_text(row.sent_at or now),
+            "date": utc_text(row.sent_at or now),
         },
         address=what.address,
         status=what.status,
@@ -83,7 +85,7 @@ def undelivered(
         via=what.via,
         requester_bounced=ticket.requester_bounced_at is not None,
     )
-    tickets.send(session, desk, notices, now)
+    enqueue(session, desk, notices, now)
     log.info(
         "%s: %s <%s> to %s did not arrive (%s): %s told",
         desk.ref(ticket),
@@ -99,7 +101,7 @@ def undelivered(
 def to_customer(desk: Desk, ticket: Ticket, row: Outbox) -> bool:
     """Whether ``row`` is one of the ticket's mails to its customer (not to an agent)."""
     return (
-        row.kind in tickets.CUSTOMER_MAILS
+        row.kind in CUSTOMER_MAILS
         and row.recipient.lower() == ticket.requester.lower()
         and desk.settings.agent(row.recipient) is None
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from maildesk import config
-from maildesk.act.tickets import Desk
+from maildesk.act.means import Desk
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon

@@ -45,8 +45,8 @@ from sqlalchemy.exc import IntegrityError
 
 from maildesk import config
 from maildesk.act import automation, bounces, ingest, outbox, oversize, samples
+from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
-from maildesk.act.tickets import Desk
 from maildesk.config import ConfigError, MailboxSettings, Settings
 from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
 from maildesk.mail.inbound import Inbound

@@ -28,7 +28,7 @@ from maildesk.models import Database, DatabaseError, Ledger, Status, Ticket, add
 from maildesk.ui.views import iso, render_stats, render_ticket, table, ticket_detail, ticket_summary
 
 if TYPE_CHECKING:
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
     from maildesk.service.daemon import Loop
 
 log = logging.getLogger("maildesk")
@@ -95,7 +95,7 @@ def checked_desk(settings: Settings) -> Desk:
     """The desk, its templates rendered with sample data first: a template that fails stops
     the command with one line naming the file and line (``ConfigError``, exit 78)."""
     from maildesk.act import samples
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
 
     desk = Desk(settings)
     samples.require(desk)
@@ -164,7 +164,7 @@ def _courier_main(
     settings: Settings, daemon_pid: int, *, once: bool, faults: frozenset[Loop]
 ) -> int:
     """The forked delivery process: its own database connections, the outbox loop."""
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
     from maildesk.service.daemon import Daemon
 
     db = delivery_db(settings)
@@ -189,7 +189,7 @@ def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
     from maildesk.service.daemon import Daemon
 
     settings = load_settings(args)
@@ -375,7 +375,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def check_templates(settings: Settings) -> int:
     """check-config's lines for the templates; returns how many failed."""
     from maildesk.act import samples
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
 
     checked = samples.check(Desk(settings))
     templates_dir = settings.desk.templates_dir
