@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from maildesk import config
-from maildesk.act.means import Desk
 from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
+from maildesk.service.wiring import desk_for
 from maildesk.ui import views
 from tests.servers import ImapAccount
 
@@ -129,7 +129,7 @@ class DeskWorld:
         self.settings = config.load(self.config_path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
-        self.desk = Desk(self.settings, clock=self.clock)
+        self.desk = desk_for(self.settings, clock=self.clock)
         self.address = account.username
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
@@ -173,7 +173,7 @@ class DeskWorld:
         )
         self.config_path.write_text(text)
         self.settings = config.load(self.config_path)
-        self.desk = Desk(self.settings, clock=self.clock)
+        self.desk = desk_for(self.settings, clock=self.clock)
 
     def cli(
         self, *args: str, input: bytes | None = None, **env: str

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from maildesk import config
-from maildesk.act.means import Desk
 from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.service import daemon as daemon_module
 from maildesk.service.oauth import OAuthError, TokenSource
+from maildesk.service.wiring import desk_for
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
 from tests.servers import ImapAccount, fresh_user
 
@@ -268,7 +268,7 @@ def oauth_world(
     )
     world.config_path.write_text(text)
     world.settings = config.load(world.config_path)
-    world.desk = Desk(world.settings, clock=world.clock)
+    world.desk = desk_for(world.settings, clock=world.clock)
     yield world, imap, smtp, endpoint
     world.close()
     endpoint.close()

@@ -86,7 +86,7 @@ class Threads:
         )
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- opening
 
 # The Cc of a new ticket's first mail kept as its participants (who may follow up by ref): a
 # mail to a crowd is not a conversation with it, and each participant is read again for every

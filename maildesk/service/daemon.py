@@ -54,6 +54,7 @@ from maildesk.mail.parsing import Parsing
 from maildesk.models import Database, DatabaseError, Lease, Outbox, Session
 from maildesk.service import oauth
 from maildesk.service.watchdog import Notifier, Pulse, Watchdog
+from maildesk.service.wiring import desk_for
 
 if TYPE_CHECKING:
     from maildesk.service.metrics import Metrics, MetricsServer
@@ -720,7 +721,7 @@ class Daemon:
         """
         try:
             settings = config.load(self.settings.path)
-            desk = Desk(
+            desk = desk_for(
                 settings, store=self.desk.store, clock=self.desk.clock, parser=self.desk.parser
             )
             # every template rendered with sample data before the first mail needs one

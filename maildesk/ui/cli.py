@@ -95,9 +95,9 @@ def checked_desk(settings: Settings) -> Desk:
     """The desk, its templates rendered with sample data first: a template that fails stops
     the command with one line naming the file and line (``ConfigError``, exit 78)."""
     from maildesk.act import samples
-    from maildesk.act.means import Desk
+    from maildesk.service.wiring import desk_for
 
-    desk = Desk(settings)
+    desk = desk_for(settings)
     samples.require(desk)
     return desk
 
@@ -164,11 +164,11 @@ def _courier_main(
     settings: Settings, daemon_pid: int, *, once: bool, faults: frozenset[Loop]
 ) -> int:
     """The forked delivery process: its own database connections, the outbox loop."""
-    from maildesk.act.means import Desk
     from maildesk.service.daemon import Daemon
+    from maildesk.service.wiring import desk_for
 
     db = delivery_db(settings)
-    daemon = Daemon(settings, db, Desk(settings), once=once, faults=faults)
+    daemon = Daemon(settings, db, desk_for(settings), once=once, faults=faults)
     return asyncio.run(daemon.deliver(supervised_by=daemon_pid))
 
 
@@ -189,14 +189,14 @@ def courier_argv(args: argparse.Namespace, settings: Settings) -> tuple[str, ...
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from maildesk.act.means import Desk
     from maildesk.service.daemon import Daemon
+    from maildesk.service.wiring import desk_for
 
     settings = load_settings(args)
     db = delivery_db(settings)
     if args.supervised_by is None:
         db.upgrade()
-    daemon = Daemon(settings, db, Desk(settings), once=args.once, faults=injected_faults())
+    daemon = Daemon(settings, db, desk_for(settings), once=args.once, faults=injected_faults())
     code = asyncio.run(daemon.deliver(supervised_by=args.supervised_by))
     for line in daemon.unreachable:
         print(f"maildesk: {line}", file=sys.stderr)
@@ -375,9 +375,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def check_templates(settings: Settings) -> int:
     """check-config's lines for the templates; returns how many failed."""
     from maildesk.act import samples
-    from maildesk.act.means import Desk
+    from maildesk.service.wiring import desk_for
 
-    checked = samples.check(Desk(settings))
+    checked = samples.check(desk_for(settings))
     templates_dir = settings.desk.templates_dir
     where = f", {checked.overridden} from {templates_dir}" if templates_dir else ""
     if not checked.problems:
