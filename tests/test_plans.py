@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.config import AgentSettings
-from maildesk.desk import auth, commands, customers, routing, verbs
+from maildesk.config import AgentSettings, DeskSettings, Settings, SmtpSettings, TeamSettings
+from maildesk.desk import auth, commands, customers, routing, sla, timers, verbs
 from maildesk.desk.customers import Case, Written
-from maildesk.desk.plans import Keep, Plan, Rate, TicketState, Whom, mailed, preview
+from maildesk.desk.plans import (
+    Keep,
+    MarkBreached,
+    MarkReminded,
+    Plan,
+    Rate,
+    TicketState,
+    Whom,
+    mailed,
+    preview,
+)
 from maildesk.desk.routing import Identity, Ignored, Role, TicketView
 from maildesk.mail.inbound import Inbound, parse
 from maildesk.models import Status
@@ -349,3 +359,55 @@ def test_an_ambiguous_from_claiming_an_agent_is_routed_as_the_agent_to_be_refuse
     route = routed(mail(two, "Re: Printer", "In-Reply-To: <ours@example.com>"), threads)
     assert isinstance(route, routing.FollowUp)
     assert (route.role, route.sender) == (Role.AGENT, ALICE.email)
+
+
+# --------------------------------------------------------------------------- timers
+
+SETTINGS = Settings(
+    path=Path("maildesk.toml"),
+    desk=DeskSettings("Example Support", DESK, Path("data"), IDENTITY.secret),
+    database_url="sqlite://",
+    mailboxes=(),
+    smtp=SmtpSettings("smtp.example.com"),
+    teams=(TeamSettings("support"), TeamSettings("billing")),
+    agents=(ALICE, BOB, CAROL),
+)
+PENDING = OPEN.but(status=Status.PENDING, status_since=NOW - timedelta(days=3))
+
+
+def test_a_reminder_goes_to_the_customer_and_says_when_the_ticket_closes() -> None:
+    plan = timers.plan(timers.Remind(timedelta(days=3)), PENDING, SETTINGS, DIRECTORY)
+    assert MarkReminded() in plan.steps
+    assert mailed(plan) == ((Whom.REQUESTER, "reminder"),)
+    [reminder] = plan.mails()
+    assert reminder.context["waited"] == "3 days"
+    assert reminder.context["closes_after"] == "7 days"
+    assert preview(PENDING, plan).status is Status.PENDING
+
+
+def test_auto_close_closes_and_tells_the_customer() -> None:
+    plan = timers.plan(timers.AutoClose(timedelta(days=7)), PENDING, SETTINGS, DIRECTORY)
+    assert preview(PENDING, plan).status is Status.CLOSED
+    assert mailed(plan) == ((Whom.REQUESTER, "auto_closed"),)
+
+
+def test_a_bounced_requester_holds_the_timers_and_nobody_is_mailed() -> None:
+    plan = timers.plan(timers.Hold(NOW - timedelta(days=1)), PENDING, SETTINGS, DIRECTORY)
+    assert MarkReminded() in plan.steps
+    assert mailed(plan) == ()
+    assert preview(PENDING, plan) == PENDING
+
+
+def test_a_missed_target_tells_the_owner_and_escalates_where_the_priority_says() -> None:
+    target = sla.Target("first_response", NOW - timedelta(hours=1), None)
+    told = timers.plan(timers.Breach(target, None), OPEN, SETTINGS, DIRECTORY)
+    assert MarkBreached(("first_response",)) in told.steps
+    assert mailed(told) == ((Whom.OWNER, "notice"),)
+    escalated = timers.plan(timers.Breach(target, "billing"), OPEN, SETTINGS, DIRECTORY)
+    after = preview(OPEN, escalated)
+    assert (after.team, after.status) == ("billing", Status.ESCALATED)
+    assert mailed(escalated) == (
+        (Whom.OWNER, "notice"),
+        (Whom.TEAM, "notice"),
+        (Whom.REQUESTER, "escalated"),
+    )

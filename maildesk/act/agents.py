@@ -21,10 +21,10 @@ from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
 from maildesk.act.outbox import Mail
-from maildesk.act.timeline import utc_text
 from maildesk.config import AgentSettings
 from maildesk.desk import auth, commands, verbs
 from maildesk.desk.plans import Plan, Record
+from maildesk.desk.timers import utc_text
 from maildesk.mail.inbound import Inbound
 from maildesk.models import Outbox, OutboxStatus, Ticket
 

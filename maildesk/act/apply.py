@@ -51,6 +51,7 @@ def state_of(ticket: Ticket) -> TicketState:
         tags=tuple(t.tag for t in ticket.tags),
         closed_at=ticket.closed_at,
         status_since=ticket.status_since,
+        sla_breached=tuple(sla.breached(ticket)),
     )
 
 
@@ -128,6 +129,10 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
             return [reply(scene, step)]
         case plans.Close():
             return close(scene, step)
+        case plans.MarkReminded():
+            ticket.reminded_at = now
+        case plans.MarkBreached(targets=targets):
+            ticket.sla_breached = ",".join(targets)
         case plans.TrackSla():
             sla.refresh_due(ticket, scene.desk.settings)
     return []

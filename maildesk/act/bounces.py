@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 from maildesk.act import outbox
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, enqueue, notify_owner
-from maildesk.act.timeline import event, utc_text
+from maildesk.act.timeline import event
 from maildesk.desk import commands
+from maildesk.desk.timers import utc_text
 from maildesk.models import Outbox, Ticket
 
 log = logging.getLogger("maildesk.bounces")  # the logs name the job, not the module path

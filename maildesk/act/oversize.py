@@ -24,8 +24,8 @@ from maildesk.act import ingest
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import admin_alert
 from maildesk.act.outbox import Mail
-from maildesk.act.timeline import utc_text
 from maildesk.desk import routing
+from maildesk.desk.timers import utc_text
 from maildesk.mail import parsing
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.rendering import filesize

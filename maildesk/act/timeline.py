@@ -7,7 +7,7 @@ The lowest step of the act layer: every writer records what happened to a ticket
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -31,11 +31,6 @@ def event(
             "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True) if detail else "",
         },
     )
-
-
-def utc_text(moment: datetime) -> str:
-    """A moment as agents read it in receipts and notices: ``2026-11-26 09:00 UTC``."""
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def set_status(ticket: Ticket, status: Status, at: datetime) -> None:

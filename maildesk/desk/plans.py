@@ -29,6 +29,7 @@ class TicketState:
     tags: tuple[str, ...] = ()
     closed_at: datetime | None = None
     status_since: datetime | None = None
+    sla_breached: tuple[str, ...] = ()  # the SLA targets reported missed already
 
     def but(self, **changes: Any) -> TicketState:
         return replace(self, **changes)
@@ -137,6 +138,18 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class MarkReminded:
+    """This pending period's reminder is dealt with (sent, or held)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkBreached:
+    """The SLA targets reported missed, all of them."""
+
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TrackSla:
     """Bring the ticket's next SLA due time up to date."""
 
@@ -154,6 +167,8 @@ Step = (
     | Notify
     | Reply
     | Close
+    | MarkReminded
+    | MarkBreached
     | TrackSla
 )
 

@@ -28,9 +28,8 @@ from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.act import automation
 from maildesk.config import Settings
-from maildesk.desk import sla
+from maildesk.desk import sla, timers
 from maildesk.models import Event, Status, Ticket
 from maildesk.ui import stats
 
@@ -145,8 +144,8 @@ class Report:
         rated = sum(self.ratings)
         return {
             "desk": self.desk,
-            "since": automation.iso(self.since),
-            "until": automation.iso(self.until),
+            "since": timers.iso(self.since),
+            "until": timers.iso(self.until),
             "timezone": self.zone,
             "summary": self.summary.as_json(),
             "per_day": [
