@@ -127,7 +127,7 @@ def process(
             stored = keep_raw(session, desk, raw, kept)
             now = desk.clock()
             kind = routing.classify(inbound, desk.identity)
-            route = routing.route(inbound, kind, tickets.Threads(session), desk.identity)
+            route = routing.route(inbound, kind, tickets.Lookups(session), desk.identity)
             outcome = handle(session, desk, source, route, inbound, stored, now)
             write_ledger(session, source, inbound, stored, outcome, now, replay=replay)
     except DatabaseError:
@@ -221,7 +221,7 @@ def already_handled(
             uid=source.uid,
             message_id=inbound.message_id,
             sha256=digest,
-            outcome=Became.DUPLICATE,
+            outcome=Became.DUPLICATE.value,
             reason=f"same message as ledger entry {row.id}",
             ticket_id=row.ticket_id,
             raw_path=row.raw_path,
@@ -253,7 +253,7 @@ _BY_CONTENT = (
     .where(
         Ledger.mailbox == bindparam("mailbox"),
         Ledger.sha256 == bindparam("sha256"),
-        Ledger.outcome != "quarantined",
+        Ledger.outcome != Became.QUARANTINED.value,
     )
     .limit(1)
 )
@@ -475,7 +475,7 @@ def write_ledger(
     values: dict[str, Any] = {
         "message_id": inbound.message_id,
         "sha256": stored.sha256 or "",
-        "outcome": outcome.kind,
+        "outcome": outcome.kind.value,
         "reason": outcome.reason[:2000],
         "ticket_id": outcome.ticket_id,
         "raw_path": stored.raw_path,
@@ -541,7 +541,7 @@ def record_quarantine(
     values: dict[str, Any] = {
         "message_id": mid,
         "sha256": stored.sha256 or "",
-        "outcome": Became.QUARANTINED,
+        "outcome": Became.QUARANTINED.value,
         "reason": reason[:2000],
         "ticket_id": None,
         "raw_path": stored.raw_path,

@@ -210,7 +210,7 @@ _QUARANTINED = select(Ledger.reason).where(
     Ledger.mailbox == bindparam("mailbox"),
     Ledger.uidvalidity == bindparam("uidvalidity"),
     Ledger.uid == bindparam("uid"),
-    Ledger.outcome == "quarantined",
+    Ledger.outcome == ingest.Became.QUARANTINED.value,
 )
 _LAST_NOTICE = select(func.max(Outbox.created_at)).where(
     Outbox.recipient == bindparam("address"), Outbox.kind == NOTICE

@@ -257,10 +257,7 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
 
 def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
     agent, new, worked, escalated = make.agent, make.new, make.worked, make.escalated
-    due, expired = (
-        "Thu 26 Nov 2026 13:00 UTC",
-        "The reply token has expired; reply to a newer notification.",
-    )
+    due = "Thu 26 Nov 2026 13:00 UTC"
     replied = {"text": CUSTOMER_TEXT, "sender": REQUESTER}
     return {
         "agent_new": [
@@ -274,61 +271,12 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(escalated, "agent_escalated", summary="Needs a new fuser.", by=agent.name),
             make.notice(escalated, "agent_escalated", summary="", by=agent.name),
         ],
-        "agent_receipt": [
-            make.receipt(
-                worked,
-                agents.Receipt(
-                    applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")
-                ),
-            ),
-            make.receipt(
-                new,
-                agents.Receipt(
-                    refused=("#priority hgih: not a priority (low, medium, high, urgent)",),
-                    kept_as_note=True,
-                ),
-            ),
-            make.receipt(
-                new,
-                agents.Receipt(
-                    applied=("closed",),
-                    not_mailed="the ticket has no usable address of the customer",
-                ),
-            ),
-            make.receipt(
-                worked,
-                agents.Receipt(
-                    applied=("closed",),
-                    held=("the closing mail: loop protection: 10 automatic mails in the hour",),
-                    bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); "
-                    "sent anyway",
-                ),
-            ),
-        ],
+        "agent_receipt": _receipts(make),
         "agent_bounce": [
             make.notice(worked, "agent_bounce", **_bounce(make, requester_bounced=True)),
             make.notice(new, "agent_bounce", **_bounce(make, requester_bounced=False)),
         ],
-        "agent_unverified": [
-            make.notice(
-                worked,
-                "agent_unverified",
-                reason=expired,
-                commands=["#close"],
-                text="Fixed, closing.",
-                count=1,
-                tickets=[desk_ref(make, worked)],
-            ),
-            make.notice(
-                worked,
-                "agent_unverified",
-                reason=expired,
-                commands=[],
-                text="Fixed.",
-                count=12,
-                tickets=[desk_ref(make, worked), desk_ref(make, new)],
-            ),
-        ],
+        "agent_unverified": _unverified(make),
         "agent_sla": [
             make.notice(
                 worked, "agent_sla", target="first response", due=due, escalate_to=make.other_team
@@ -336,6 +284,65 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(worked, "agent_sla", target="resolution", due=due, escalate_to=None),
         ],
     }
+
+
+def _receipts(make: _Maker) -> list[dict[str, Any]]:
+    """A receipt of applied commands, of refused ones, and of mail not sent or held."""
+    agent, new, worked = make.agent, make.new, make.worked
+    return [
+        make.receipt(
+            worked,
+            agents.Receipt(applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")),
+        ),
+        make.receipt(
+            new,
+            agents.Receipt(
+                refused=("#priority hgih: not a priority (low, medium, high, urgent)",),
+                kept_as_note=True,
+            ),
+        ),
+        make.receipt(
+            new,
+            agents.Receipt(
+                applied=("closed",),
+                not_mailed="the ticket has no usable address of the customer",
+            ),
+        ),
+        make.receipt(
+            worked,
+            agents.Receipt(
+                applied=("closed",),
+                held=("the closing mail: loop protection: 10 automatic mails in the hour",),
+                bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); sent anyway",
+            ),
+        ),
+    ]
+
+
+def _unverified(make: _Maker) -> list[dict[str, Any]]:
+    """The notice of unverified mail in an agent's name: the first, and one counting more."""
+    worked, new = make.worked, make.new
+    expired = "The reply token has expired; reply to a newer notification."
+    return [
+        make.notice(
+            worked,
+            "agent_unverified",
+            reason=expired,
+            commands=["#close"],
+            text="Fixed, closing.",
+            count=1,
+            tickets=[desk_ref(make, worked)],
+        ),
+        make.notice(
+            worked,
+            "agent_unverified",
+            reason=expired,
+            commands=[],
+            text="Fixed.",
+            count=12,
+            tickets=[desk_ref(make, worked), desk_ref(make, new)],
+        ),
+    ]
 
 
 def variables(desk: Desk) -> dict[str, list[str]]:

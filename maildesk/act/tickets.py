@@ -3,7 +3,7 @@
 Reached from ``ingest.handle`` once routing has decided what a message is: a new ticket is
 opened (and acknowledged, within the hourly cap for first contacts), a customer's follow-up is
 planned by ``desk.customers`` and carried out by ``act.apply``, automatic mail is kept. Also
-here: ``Threads``, routing's ticket lookups on a session.
+here: ``Lookups``, routing's ticket lookups (``routing.Threads``) on a session.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the mo
 # --------------------------------------------------------------------------- lookups
 
 
-class Threads:
+class Lookups:
     """``routing.Threads`` on a session: indexed lookups by Message-ID and number."""
 
     def __init__(self, session: Session) -> None:

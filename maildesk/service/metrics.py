@@ -46,14 +46,16 @@ STALE_AFTER_POLLS = 3
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600)
 
 
-class Outcome(Protocol):
+class Ingested(Protocol):
+    """What the metrics read of what became of a message (``ingest.Outcome``)."""
+
     @property
     def kind(self) -> str: ...
     @property
     def ignored(self) -> Ignored | None: ...
 
 
-def reason_label(outcome: Outcome) -> str:
+def reason_label(outcome: Ingested) -> str:
     """The ``reason`` label of an outcome: why it was ignored (``routing.Ignored``), else empty."""
     if outcome.kind != "ignored":
         return ""
@@ -157,7 +159,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ what the daemon reports
 
-    def message(self, mailbox: str, outcome: Outcome, arrived: float | None) -> None:
+    def message(self, mailbox: str, outcome: Ingested, arrived: float | None) -> None:
         """One message committed (or quarantined) at this moment; ``arrived`` is unix time."""
         self.ingested.labels(mailbox, outcome.kind, reason_label(outcome)).inc()
         if arrived is not None and outcome.kind != "duplicate":
