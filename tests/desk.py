@@ -28,6 +28,7 @@ from maildesk import config
 from maildesk.demo.world import Captured, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
+from maildesk.service.timings import Timings
 from maildesk.service.wiring import desk_for
 from maildesk.ui import views
 from tests.servers import ImapAccount
@@ -133,15 +134,17 @@ class DeskWorld:
         self.address = account.username
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
+        self.timings = Timings()  # the daemons' waits (tests shorten them)
 
     # ------------------------------------------------------------------ driving
 
     def run_once(self) -> int:
-        daemon = Daemon(self.settings, self.db, self.desk, once=True)
+        daemon = Daemon(self.settings, self.db, self.desk, once=True, timings=self.timings)
         return asyncio.run(daemon.run())
 
     def start(self, on_outcome: Callable[[str, Any], None] | None = None, **options: Any) -> Daemon:
         """The daemon in a thread of this process (``options`` for ``Daemon``)."""
+        options.setdefault("timings", self.timings)
         daemon = Daemon(self.settings, self.db, self.desk, on_outcome=on_outcome, **options)
         self._daemon = daemon
         self._thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)

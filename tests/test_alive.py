@@ -30,14 +30,11 @@ from sqlalchemy import select
 
 from maildesk.demo.world import SmtpServer, free_port
 from maildesk.models import PROBE_WAIT, Lease, Outbox, OutboxStatus
-from maildesk.service.daemon import (
-    DATABASE_MAX_BACKOFF,
-    EX_SOFTWARE,
-    FATAL_GRACE,
-    STALLED_AFTER,
-    Loop,
-)
+from maildesk.service.daemon import FATAL_GRACE
+from maildesk.service.faults import Faults, Loop
 from maildesk.service.metrics import stamp
+from maildesk.service.runtime import EX_SOFTWARE
+from maildesk.service.timings import DATABASE_MAX_BACKOFF, STALLED_AFTER
 from tests.desk import DeskWorld, LogReader, customer_mail, wait_until
 from tests.servers import ImapAccount, PostgresServer, Relay
 
@@ -309,7 +306,7 @@ def test_a_loop_stuck_in_a_read_does_not_keep_a_failed_daemon_alive(
 
 def parse_zygote(pid: int) -> bool:
     try:
-        return b"maildesk.mail.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"maildesk.mail.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -328,7 +325,9 @@ def test_healthz_names_a_loop_that_makes_no_progress(
     went ``STALLED_AFTER`` without progress (no systemd watchdog here), ``/healthz`` answers
     503 naming that loop and when it last got anywhere, and nothing else is named: the other
     loops go on. Names only: no host, port or error text."""
-    daemon = world.start(stalls=frozenset({loop}), monotonic=lambda: world.clock.now.timestamp())
+    daemon = world.start(
+        faults=Faults(stalls=frozenset({loop})), monotonic=lambda: world.clock.now.timestamp()
+    )
     try:
         wait_until(lambda: loop in daemon.stuck, 20, f"the {loop} loop stuck")
         assert healthz(world) == (200, "ok\n")  # not for long enough yet

@@ -38,7 +38,7 @@ from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
 from maildesk.mail.inbound import Inbound, parse
 from maildesk.models import Message, Participant
-from maildesk.service import daemon as daemon_module
+from maildesk.service.timings import Timings
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
@@ -409,14 +409,13 @@ def world_identity() -> Identity:
     ids=["1h"],
 )
 def test_a_database_outage_longer_than_the_busy_timeout_stops_neither_mail_nor_timers(
-    world: DeskWorld, monkeypatch: pytest.MonkeyPatch
+    world: DeskWorld,
 ) -> None:
     """Another process holds SQLite's write lock past its busy timeout (10 s), as a database
     that is down: the leases the mailbox and the timers renew failed outside any handler, so
     the mailbox loop ended the daemon with a traceback and the timers stopped for good while
     the daemon went on. After the outage, mail is answered and the timers run again."""
-    monkeypatch.setattr(daemon_module, "BACKOFF_BASE", 0.02)
-    monkeypatch.setattr(daemon_module, "TIMER_SECONDS", 0.2)
+    world.timings = Timings(backoff_base=0.02, timer_seconds=0.2)
     world.deliver(customer_mail("Printer broken", "It prints blank pages."))
     world.run_once()
     world.deliver(agent_reply(world.mails_to(ALICE)[-1], ALICE, "Which model is it?"))
@@ -542,7 +541,7 @@ def zygote_and_worker() -> tuple[int, int] | None:
     """The parse zygote below this process and its one idle worker, once there are."""
     mine = descendants(os.getpid())
     workers = [p for p in mine if named(p) == "maildesk-parse"]
-    zygotes = [p for p in mine if running(p, b"maildesk.mail.parsing") and p not in workers]
+    zygotes = [p for p in mine if running(p, b"maildesk.mail.zygote") and p not in workers]
     return (zygotes[0], workers[0]) if len(zygotes) == len(workers) == 1 else None
 
 
@@ -568,7 +567,7 @@ def test_a_stopped_parse_zygote_is_replaced_and_mail_goes_on(
         with contextlib.suppress(ProcessLookupError):  # killed for not answering, as it should
             os.kill(zygote, signal.SIGCONT)
     assert [t["subject"] for t in world.tickets()] == ["Hello", "Printer jammed"]
-    wait_until(lambda: not running(zygote, b"maildesk.mail.parsing"), 10, "the stopped one gone")
+    wait_until(lambda: not running(zygote, b"maildesk.mail.zygote"), 10, "the stopped one gone")
 
 
 # --------------------------------------------------------------------------- amplification

@@ -11,14 +11,10 @@ from types import FrameType
 
 import pytest
 
-from maildesk.desk.auth import (
+from maildesk.desk.auth import Claim, Proof, Trust, authenticate, check_authentication_results
+from maildesk.mail.marks import (
     TOKEN_LENGTH,
-    Claim,
-    Proof,
     TokenCheck,
-    Trust,
-    authenticate,
-    check_authentication_results,
     check_token,
     make_token,
     reply_address,

@@ -21,10 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maildesk import config
-from maildesk.act.outbox import Mail, Mailer, clean_header
+from maildesk.act.outbox import Mail, Mailer
 from maildesk.config import Settings
-from maildesk.desk.routing import LOOP_HEADER
-from maildesk.mail.rendering import Templates
+from maildesk.mail.compose import clean_header
+from maildesk.mail.compose import compose as compose_draft
+from maildesk.mail.marks import LOOP_HEADER
+from maildesk.mail.rendering import Rendered, Templates
 
 COMPOSE = settings(
     max_examples=int(os.environ.get("COMPOSE_EXAMPLES", "200")),
@@ -83,7 +85,8 @@ def compose(
 ) -> bytes:
     if name is not None:
         desk = dataclasses.replace(desk, desk=dataclasses.replace(desk.desk, name=name))
-    return Mailer(desk, Templates())._compose(mail, subject, text, html, MESSAGE_ID, NOW)
+    draft = Mailer(desk, Templates()).draft(mail, Rendered(subject, text, html), MESSAGE_ID, NOW)
+    return compose_draft(draft)
 
 
 def read(raw: bytes) -> EmailMessage:

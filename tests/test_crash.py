@@ -27,7 +27,8 @@ from sqlalchemy import func, select
 from maildesk.act.outbox import IN_FLIGHT
 from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.models import Ledger
-from maildesk.service.daemon import CLAIM_LEASE, OUTBOX_CONNECTIONS, holder_alive
+from maildesk.service.delivery import CLAIM_LEASE, OUTBOX_CONNECTIONS
+from maildesk.service.leases import holder_alive
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 

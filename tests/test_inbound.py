@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.mail.inbound import Inbound, Limits, Report, ReportRecipient, parse, safe_filename
-from maildesk.mail.inbound import strip_quoted_history as strip
+from maildesk.mail.inbound import Inbound, Limits, Report, ReportRecipient, parse
+from maildesk.mail.parse.parts import safe_filename
+from maildesk.mail.parse.text import strip_quoted_history as strip
 
 MAIL = Path(__file__).parent / "mail"
 

@@ -15,7 +15,9 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maildesk.mail.inbound import Inbound, Limits, parse, safe_filename, strip_quoted_history
+from maildesk.mail.inbound import Inbound, Limits, parse
+from maildesk.mail.parse.parts import safe_filename
+from maildesk.mail.parse.text import strip_quoted_history
 
 FUZZ = settings(
     max_examples=int(os.environ.get("INBOUND_FUZZ_EXAMPLES", "120")),
@@ -140,7 +142,10 @@ def assert_sound(m: Inbound) -> None:
         assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in value), repr(value)
     assert len(m.subject) <= 998
     for address in (*m.to, *m.cc, *m.delivered_to, *([m.sender] if m.sender else [])):
-        assert address == address.lower() and "@" in address
+        # ASCII addresses are lowercased; a non-ASCII local part is kept as written (SMTPUTF8)
+        local, at, domain = address.rpartition("@")
+        assert at and domain == domain.lower()
+        assert local == local.lower() or not local.isascii()
     assert "\r" not in m.text and "\x00" not in m.text
     for a in m.attachments:
         assert a.filename and "/" not in a.filename and "\\" not in a.filename

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from maildesk import config
 from maildesk.demo.world import ImapServer, SmtpServer, free_port
-from maildesk.service import daemon as daemon_module
+from maildesk.service.timings import Timings
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, wait_until
 from tests.servers import ImapAccount, fresh_user
 
@@ -69,7 +70,7 @@ def world(imap: ImapServer, smtp_server: SmtpServer, tmp_path: Path) -> Iterator
     )
     text = w.config_path.read_text().replace("poll_seconds = 2", "poll_seconds = 1")
     w.config_path.write_text(text)
-    w.settings = daemon_module.config.load(w.config_path)
+    w.settings = config.load(w.config_path)
     w.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     yield w
     w.close()
@@ -133,10 +134,10 @@ def test_metrics_count_what_happened(world: DeskWorld) -> None:
 
 
 def test_healthz_turns_red_when_imap_goes_away_alerts_once_and_recovers(
-    world: DeskWorld, imap: ImapServer, monkeypatch: pytest.MonkeyPatch
+    world: DeskWorld, imap: ImapServer
 ) -> None:
     # Backoff capped at 2 s instead of 5 min, so five failures (the alert) come in seconds.
-    monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 2.0)
+    world.timings = Timings(max_backoff=2.0)
     url: str = world.url  # type: ignore[attr-defined]
     world.start()
     wait_until(lambda: get(url + "/healthz")[0] == 200, 10, "healthy at start")

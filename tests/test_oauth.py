@@ -20,8 +20,8 @@ import pytest
 
 from maildesk import config
 from maildesk.demo.world import ImapServer, SmtpServer
-from maildesk.service import daemon as daemon_module
 from maildesk.service.oauth import OAuthError, TokenSource
+from maildesk.service.timings import Timings
 from maildesk.service.wiring import desk_for
 from tests.desk import CUSTOMER, DeskWorld, customer_mail
 from tests.servers import ImapAccount, fresh_user
@@ -241,15 +241,15 @@ auth = "xoauth2"
 
 @pytest.fixture
 def oauth_world(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> Iterator[tuple[DeskWorld, ImapServer, SmtpServer, TokenEndpoint]]:
-    monkeypatch.setattr(daemon_module, "MAX_BACKOFF", 1.0)
     imap = ImapServer(xoauth2=True)
     smtp = SmtpServer(username="desk@example.test", oauth_token="smtp-token-1")
     endpoint = TokenEndpoint("refresh-0")
     account = ImapAccount("pymap", imap, *fresh_user())
     endpoint.on_issue = lambda token: imap.set_oauth_token(account.username, token)
     world = DeskWorld(account, smtp, tmp_path)
+    world.timings = Timings(max_backoff=1.0)
     secret, refresh = grant_files(tmp_path, "refresh-0")
     (tmp_path / "smtp-token").write_text("smtp-token-1\n")
     text = world.config_path.read_text()

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.act.outbox import Sender
 from maildesk.config import SmtpSettings
 from maildesk.demo.world import ImapServer, SmtpServer
 from maildesk.mail.imap import Mailbox, MailboxError
+from maildesk.mail.smtp import Sender
 from maildesk.models import Outbox
-from maildesk.service import daemon
+from maildesk.service.outages import Dependency
+from maildesk.service.timings import Timings
 from maildesk.ui import cli
 from tests.desk import CUSTOMER, DeskWorld, customer_mail, text_of, wait_until
 from tests.servers import Certificate, ImapAccount, fresh_user
@@ -43,10 +44,9 @@ def world(
     imap_server: ImapAccount,
     smtp_server: SmtpServer,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[DeskWorld]:
-    monkeypatch.setattr(daemon, "BACKOFF_BASE", 0.02)
     w = DeskWorld(imap_server, smtp_server, tmp_path)
+    w.timings = Timings(backoff_base=0.02)
     yield w
     w.close()
 
@@ -119,7 +119,7 @@ def test_smtp_outage_is_one_line_one_alert_and_everything_goes_out_after(
     assert len(ids) == len(set(ids))
 
 
-def daemon_health(world: DeskWorld) -> daemon.Health:
+def daemon_health(world: DeskWorld) -> Dependency:
     running = world._daemon
     assert running is not None
     return running.health["smtp"]

@@ -329,7 +329,7 @@ def test_a_daemon_killed_mid_parse_leaves_no_parse_process_behind(
 
     workers = wait_until(busy, 60, "a worker parsing the big message")
     zygote = int(Path(f"/proc/{workers[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert b"maildesk.mail.parsing" in Path(f"/proc/{zygote}/cmdline").read_bytes()
+    assert b"maildesk.mail.zygote" in Path(f"/proc/{zygote}/cmdline").read_bytes()
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
 

@@ -29,6 +29,7 @@ from maildesk.desk.plans import (
     preview,
 )
 from maildesk.desk.routing import Identity, Ignored, Role, TicketView
+from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound, parse
 from maildesk.models import Status
 
@@ -194,8 +195,8 @@ def test_agent_mail_without_proof_is_refused_and_only_kept_as_an_unverified_note
 
 def test_agent_mail_with_its_reply_token_is_proven() -> None:
     trust = auth.Trust(IDENTITY.secret, DESK, (), "token")
-    token = auth.make_token(IDENTITY.secret, ALICE.email, 1042, NOW + timedelta(days=1))
-    to = (auth.reply_address(DESK, token),)
+    token = marks.make_token(IDENTITY.secret, ALICE.email, 1042, NOW + timedelta(days=1))
+    to = (marks.reply_address(DESK, token),)
     assert auth.authenticate(trust, auth.Claim(ALICE.email, 1042, to, ()), NOW).ok
     assert not auth.authenticate(trust, auth.Claim(ALICE.email, 7, to, ()), NOW).ok
 
@@ -324,8 +325,8 @@ def test_a_delivery_report_is_a_bounce_not_a_ticket() -> None:
 
 
 def test_a_bounce_at_our_verp_address_names_our_mail() -> None:
-    ours = routing.own_message_id(IDENTITY.secret, "example.com")
-    verp = routing.bounce_address(IDENTITY.secret, DESK, ours)
+    ours = marks.own_message_id(IDENTITY.secret, "example.com")
+    verp = marks.bounce_address(IDENTITY.secret, DESK, ours)
     raw = f"Delivered-To: {verp}\r\n".encode() + (MAIL / "bounce-dsn-postfix.eml").read_bytes()
     route = routed(parse(raw))
     assert isinstance(route, routing.Bounce)

@@ -27,7 +27,7 @@ import tests.test_lifecycle as lifecycle
 from maildesk.act.outbox import Mail
 from maildesk.demo.world import SmtpServer
 from maildesk.models import Lease, Outbox, Ticket
-from maildesk.service.daemon import OUTBOX_CONNECTIONS
+from maildesk.service.delivery import OUTBOX_CONNECTIONS
 from tests.desk import ALICE, CAROL_AGENT, DeskWorld, customer_mail, wait_until
 from tests.servers import DovecotServer, ImapAccount, fresh_user
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from maildesk.act import outbox
 from maildesk.act.ingest import Outcome
 from maildesk.demo.world import SmtpServer
 from maildesk.desk import routing
+from maildesk.mail import compose
 from maildesk.mail.inbound import Limits, parse
 from maildesk.models import Ledger
 from maildesk.service import roundtrip
@@ -154,7 +154,7 @@ def test_a_running_daemon_leaves_the_probe_to_check_config(world: DeskWorld) -> 
 def test_the_daemon_ignores_a_probe_and_moves_it_to_processed(world: DeskWorld) -> None:
     """What a running daemon does with a probe it sees first (check-config then finds it in
     the processed folder): recorded as ignored, no ticket, no mail."""
-    probe = outbox.probe_mail(world.settings, datetime.now(UTC))
+    probe = compose.probe_mail(world.settings, datetime.now(UTC))
     world.deliver(f"Delivered-To: {probe.to}\r\n".encode() + probe.body)
     assert world.run_once() == 0
     assert world.tickets() == [] and world.smtp.messages == []
@@ -167,7 +167,7 @@ def test_the_daemon_ignores_a_probe_and_moves_it_to_processed(world: DeskWorld) 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_only_our_signed_probe_is_recognised(world: DeskWorld) -> None:
     """A stranger writing to support+probe-<anything>@ is a customer like any other."""
-    probe = outbox.probe_mail(world.settings, datetime.now(UTC))
+    probe = compose.probe_mail(world.settings, datetime.now(UTC))
     ours = parse(probe.body, Limits())
     assert routing.classify(ours, world.desk.identity).reason == "our own check-config probe"
     forged_id = probe.body.replace(
@@ -182,7 +182,7 @@ def test_only_our_signed_probe_is_recognised(world: DeskWorld) -> None:
 def test_a_probe_a_daemon_moved_is_found_in_processed_and_only_it_is_deleted(
     world: DeskWorld,
 ) -> None:
-    probe = outbox.probe_mail(world.settings, datetime.now(UTC))
+    probe = compose.probe_mail(world.settings, datetime.now(UTC))
     other = customer_mail("Printer", "It jams.").as_bytes()
     world.account.append(other, "Processed")
     world.account.append(probe.body, "Processed")

@@ -141,7 +141,7 @@ def children(pid: int) -> list[int]:
 
 def parse_zygote(pid: int) -> bool:
     try:
-        return b"maildesk.mail.parsing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"maildesk.mail.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import outbox
+from maildesk.act import guard
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
@@ -97,7 +97,7 @@ def bounced_before(
     suppressed, because it bounced permanently. They are sent all the same; the agent is told."""
     if all(mail.automatic or mail.to_agent for mail in mails):
         return None
-    bounce = outbox.bounced(session, ticket.requester, now)
+    bounce = guard.bounced(session, ticket.requester, now)
     if bounce is None:
         return None
     on = f" on {utc_text(bounce.at)}" if bounce.at else ""

@@ -20,12 +20,14 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import outbox
+from maildesk.act import guard
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, enqueue, notify_owner
 from maildesk.act.timeline import event
 from maildesk.desk import commands
 from maildesk.desk.timers import utc_text
+from maildesk.mail.compose import subject_of
+from maildesk.mail.smtp import Delivery
 from maildesk.models import Outbox, Ticket
 
 log = logging.getLogger("maildesk.bounces")  # the logs name the job, not the module path
@@ -52,7 +54,7 @@ def undelivered(
     """``row`` will not arrive: suppress the address if it was refused, mark the ticket if it
     is its requester's, and tell the assignee (else the team) which mail, where, and why."""
     if what.address_refused:
-        outbox.suppress(session, what.address, what.status, now)
+        guard.suppress(session, what.address, what.status, now)
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
     if ticket is None or not to_customer(desk, ticket, row):
         return  # the desk's mail to agents or the admin: told to no one, so nothing loops
@@ -77,7 +79,7 @@ def undelivered(
         mail={
             "kind": CUSTOMER_MAILS.get(row.kind, row.kind),
             # the customer's mail showed their subject as written: not so to an agent
-            "subject": commands.defang(outbox.subject_of(row.body)),
+            "subject": commands.defang(subject_of(row.body)),
             "date": utc_text(row.sent_at or now),
         },
         address=what.address,
@@ -108,9 +110,7 @@ def to_customer(desk: Desk, ticket: Ticket, row: Outbox) -> bool:
     )
 
 
-def refused(
-    session: Session, desk: Desk, row: Outbox, result: outbox.Delivery, now: datetime
-) -> None:
+def refused(session: Session, desk: Desk, row: Outbox, result: Delivery, now: datetime) -> None:
     """The delivery process gave up on ``row``: the SMTP server refused it for good, or it
     could not be sent for days. Called by ``outbox.record_many`` in its transaction."""
     status = _STATUS.search(result.detail)

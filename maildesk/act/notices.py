@@ -18,7 +18,8 @@ from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
 from maildesk.config import AgentSettings
-from maildesk.desk import auth, commands
+from maildesk.desk import commands
+from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.models import Message, Ticket
 
@@ -155,7 +156,7 @@ def agent_mail(
         if isinstance(context.get(key), str):
             context[key] = notice_text(ticket, context[key])
     expires = now + timedelta(days=desk.settings.security.token_days)
-    token = auth.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
+    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
     return Mail(
         kind=kind,
         template=template,
@@ -169,7 +170,7 @@ def agent_mail(
         },
         automatic=True,
         to_agent=True,
-        reply_to=auth.reply_address(desk.settings.desk.address, token),
+        reply_to=marks.reply_address(desk.settings.desk.address, token),
         references=thread_ids(ticket),
     )
 

@@ -26,7 +26,7 @@ from maildesk.act.notices import admin_alert
 from maildesk.act.outbox import Mail
 from maildesk.desk import routing
 from maildesk.desk.timers import utc_text
-from maildesk.mail import parsing
+from maildesk.mail import marks, parsing
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.rendering import filesize
 from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
@@ -121,7 +121,7 @@ def silence(desk: Desk, inbound: Inbound) -> str | None:
     if inbound.fatal == parsing.REASON:  # its header block broke the budget: who sent it, unread
         return f"its header block could not be read ({parsing.REASON})"
     requester = inbound.requester
-    if not requester or routing.is_desk_address(requester, desk.settings.desk.address):
+    if not requester or marks.is_desk_address(requester, desk.settings.desk.address):
         return "no address to answer"
     if inbound.content_type == "multipart/report":  # the report itself was not downloaded
         return "automatic mail (a delivery or other report)"

@@ -287,7 +287,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
 
 
 def _receipts(make: _Maker) -> list[dict[str, Any]]:
-    """A receipt of applied commands, of refused ones, and of mail not sent or held."""
+    """A receipt with commands applied, one refused, one not mailed, one held and bounced."""
     agent, new, worked = make.agent, make.new, make.worked
     return [
         make.receipt(
@@ -320,9 +320,9 @@ def _receipts(make: _Maker) -> list[dict[str, Any]]:
 
 
 def _unverified(make: _Maker) -> list[dict[str, Any]]:
-    """The notice of unverified mail in an agent's name: the first, and one counting more."""
-    worked, new = make.worked, make.new
+    """The notice of commands not carried out: for one message, and for a run of them."""
     expired = "The reply token has expired; reply to a newer notification."
+    new, worked = make.new, make.worked
     return [
         make.notice(
             worked,

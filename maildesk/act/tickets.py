@@ -32,7 +32,8 @@ from maildesk.act.timeline import event
 from maildesk.desk import customers, sla
 from maildesk.desk.customers import Case
 from maildesk.desk.plans import Keep
-from maildesk.desk.routing import TicketView, is_desk_address
+from maildesk.desk.routing import TicketView
+from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.models import (
     Contact,
@@ -118,7 +119,7 @@ def open_ticket(
 ) -> Ticket:
     """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
     requester = inbound.requester or ""
-    if is_desk_address(requester, desk.settings.desk.address):
+    if marks.is_desk_address(requester, desk.settings.desk.address):
         requester = ""  # the desk is never its own customer
     linked_to = opening.linked_to
     ticket = Ticket(

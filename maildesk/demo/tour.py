@@ -219,6 +219,18 @@ def step(title: str) -> None:
 
 
 def walk(world: World) -> None:
+    """The ticket's life, each step waiting for the mail the one before makes the desk send."""
+    number, notice = customer_writes_in(world)
+    reply = alice_answers(world, notice)
+    customer_notice = customer_answers(world, reply)
+    bob_notice = alice_escalates(world, customer_notice)
+    bob_closes(world, bob_notice)
+    step("The ticket")
+    print(views.render_ticket(world.ticket(number)))
+
+
+def customer_writes_in(world: World) -> tuple[int, Captured]:
+    """Step 1; the ticket's number (from the acknowledgement) and Alice's notification."""
     step("1. A customer writes in, with an attachment")
     first = mail(
         CUSTOMER,
@@ -238,7 +250,11 @@ def walk(world: World) -> None:
     ack = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
     notice = next(m for m in sent if m.rcpt_tos[0] == ALICE)
     number = int(re.search(r"\d+", str(ack.message["Subject"])).group())  # type: ignore[union-attr]
+    return number, notice
 
+
+def alice_answers(world: World, notice: Captured) -> Captured:
+    """Step 2; the reply the customer gets."""
     step("2. Alice takes it and answers the customer (commands at the top of her reply)")
     world.deliver(
         agent_reply(
@@ -252,9 +268,12 @@ def walk(world: World) -> None:
     )
     sent = world.wait_mail(2)
     show(sent)
+    return next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
 
+
+def customer_answers(world: World, reply: Captured) -> Captured:
+    """Step 3; Alice's notification of the customer's answer."""
     step("3. The customer answers; Alice keeps an internal note")
-    reply = next(m for m in sent if m.rcpt_tos[0] == CUSTOMER)
     world.deliver(
         mail(
             CUSTOMER,
@@ -268,11 +287,15 @@ def walk(world: World) -> None:
     show(sent)
     world.deliver(agent_reply(sent[0], ALICE, "#note\nFuser unit looks dead; needs engineering."))
     show(world.wait_mail(1))
+    return sent[0]
 
+
+def alice_escalates(world: World, notice: Captured) -> Captured:
+    """Step 4; Bob's notification of the escalation."""
     step("4. Alice escalates to engineering with a summary (the customer sees no internal text)")
     world.deliver(
         agent_reply(
-            sent[0],
+            notice,
             ALICE,
             "Printer 4711 fuser failure, needs a replacement part.",
             subject_extra=" #escalate engineering",
@@ -280,11 +303,14 @@ def walk(world: World) -> None:
     )
     sent = world.wait_mail(3)
     show(sent)
+    return next(m for m in sent if m.rcpt_tos[0] == BOB)
 
+
+def bob_closes(world: World, notice: Captured) -> None:
+    """Step 5, until the daemon has handled the rating too."""
     step("5. Bob in engineering closes it with the resolution; the customer rates it")
-    bob_notice = next(m for m in sent if m.rcpt_tos[0] == BOB)
     world.deliver(
-        agent_reply(bob_notice, BOB, "#close\nWe replaced the fuser unit; the printer works again.")
+        agent_reply(notice, BOB, "#close\nWe replaced the fuser unit; the printer works again.")
     )
     sent = world.wait_mail(2)
     show(sent)
@@ -299,9 +325,6 @@ def walk(world: World) -> None:
         )
     )
     world.wait_handled(7)
-
-    step("The ticket")
-    print(views.render_ticket(world.ticket(number)))
 
 
 def main(*, keep: bool = False) -> int:

@@ -2,45 +2,26 @@
 
 Sits between ``routing`` and ``tickets``: once a follow-up is known to come from an agent, the
 lifecycle asks ``authenticate`` whether the message proves it. ``From:`` alone never does. Proof
-is either a reply token (an HMAC with the desk secret, carried in the plus-address of the
-``Reply-To`` of every notification) or a verdict from a trusted ``Authentication-Results`` header
-(RFC 8601), read from the value as it arrived, showing DMARC pass for the From domain or DKIM
-pass aligned with it.
+is either a reply token (``mail.marks``: an HMAC with the desk secret, carried in the
+plus-address of the ``Reply-To`` of every notification) or a verdict from a trusted
+``Authentication-Results`` header (RFC 8601), read from the value as it arrived, showing DMARC
+pass for the From domain or DKIM pass aligned with it.
 
 Everything here is pure: no database, no network, no clock (``now`` is passed in). Checking
-never raises; only ``make_token`` refuses impossible input.
+never raises.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-TOKEN_VERSION = 1
-_MAC_BYTES = 17  # 136 bits: at least 128, and it makes the token a whole number of base32 chars
-_TAG_BYTES = 4
-_HEADER_BYTES = 1 + 4 + 4 + _TAG_BYTES  # version, ticket, expiry minutes, agent tag
-_RAW_BYTES = _HEADER_BYTES + _MAC_BYTES  # 30 bytes -> exactly 48 base32 characters
-TOKEN_LENGTH = _RAW_BYTES * 8 // 5
-_TOKEN_RE = re.compile(r"[a-z2-7]+")
-_MAC_CONTEXT = b"maildesk reply token\x00"
-_TAG_CONTEXT = b"maildesk agent tag\x00"
+from maildesk.mail.marks import check_token, tokens_in
 
 # Preference among failed tokens when a message carries several: the most helpful explanation.
 _FAILURE_RANK = {"expired": 0, "other_ticket": 1, "other_agent": 2, "altered": 3, "malformed": 4}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCheck:
-    """The verdict on one reply token."""
-
-    ok: bool
-    reason: str  # valid | missing | malformed | altered | expired | other_agent | other_ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,108 +37,6 @@ class Proof:
     reason: str
     token_reason: str = ""
     ar_reason: str = ""
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive datetimes are taken to be UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _normalise_agent(agent: str) -> bytes:
-    return agent.strip().lower().encode("utf-8", "surrogatepass")
-
-
-def _agent_tag(secret: bytes, agent: bytes) -> bytes:
-    # Keyed, so a third party who sees a token cannot test guessed addresses against it.
-    return hmac.new(secret, _TAG_CONTEXT + agent, hashlib.sha256).digest()[:_TAG_BYTES]
-
-
-def _mac(secret: bytes, header: bytes, agent: bytes) -> bytes:
-    return hmac.new(secret, _MAC_CONTEXT + header + agent, hashlib.sha256).digest()[:_MAC_BYTES]
-
-
-def make_token(secret: bytes, agent: str, ticket_number: int, expires: datetime) -> str:
-    """A reply token binding ``agent``, ``ticket_number`` and ``expires`` (to the minute).
-
-    48 characters of lowercase base32: version byte, ticket number, expiry in minutes since the
-    epoch, a 4-byte keyed tag of the agent address, and a 136-bit HMAC-SHA256 over all of it and
-    the full agent address.
-    """
-    if not secret:
-        raise ValueError("the desk secret is empty")
-    if not 0 <= ticket_number < 2**32:
-        raise ValueError(f"ticket number out of range: {ticket_number}")
-    minutes = int(_utc(expires).timestamp() // 60)
-    if not 0 <= minutes < 2**32:
-        raise ValueError(f"expiry out of range: {expires.isoformat()}")
-    who = _normalise_agent(agent)
-    header = (
-        bytes([TOKEN_VERSION])
-        + ticket_number.to_bytes(4, "big")
-        + minutes.to_bytes(4, "big")
-        + _agent_tag(secret, who)
-    )
-    raw = header + _mac(secret, header, who)
-    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
-
-
-def check_token(
-    secret: bytes, token: str, agent: str, ticket_number: int, now: datetime
-) -> TokenCheck:
-    """Check a token (any letter case) for this agent and ticket at ``now``; never raises."""
-    if not token:
-        return TokenCheck(False, "missing")
-    text = token.strip().lower()
-    if len(text) != TOKEN_LENGTH or not _TOKEN_RE.fullmatch(text):
-        return TokenCheck(False, "malformed")
-    raw = base64.b32decode(text.upper())
-    header, mac = raw[:_HEADER_BYTES], raw[_HEADER_BYTES:]
-    if header[0] != TOKEN_VERSION or not secret:
-        return TokenCheck(False, "malformed")
-    who = _normalise_agent(agent)
-    if not hmac.compare_digest(header[9:_HEADER_BYTES], _agent_tag(secret, who)):
-        return TokenCheck(False, "other_agent")
-    if not hmac.compare_digest(mac, _mac(secret, header, who)):
-        return TokenCheck(False, "altered")
-    if int.from_bytes(header[1:5], "big") != ticket_number:
-        return TokenCheck(False, "other_ticket")
-    expiry_minutes = int.from_bytes(header[5:9], "big")
-    if _utc(now).timestamp() >= expiry_minutes * 60:
-        return TokenCheck(False, "expired")
-    return TokenCheck(True, "valid")
-
-
-def _split_address(address: str) -> tuple[str, str]:
-    local, _, domain = address.strip().rpartition("@")
-    return local, domain
-
-
-def reply_address(desk_address: str, token: str) -> str:
-    """The plus-address carrying ``token``: ``support@example.com`` -> ``support+<token>@...``."""
-    local, domain = _split_address(desk_address)
-    return f"{local}+{token}@{domain}"
-
-
-def tokens_in(addresses: Iterable[str], desk_address: str) -> tuple[str, ...]:
-    """Tokens found in plus-addresses of the desk address, lower-cased, in order, once each.
-
-    ``addresses`` may be bare addresses or whole header values (``Support <support+x@...>, ...``);
-    the local part and domain compare case-insensitively, as mail systems fold them.
-    """
-    local, domain = _split_address(desk_address)
-    if not local or not domain:
-        return ()
-    pattern = re.compile(
-        rf"(?<![\w.+!#$%&'*/=?^`{{|}}~-]){re.escape(local)}\+([a-z0-9]{{1,200}})@{re.escape(domain)}(?![\w.-])",
-        re.IGNORECASE,
-    )
-    found: dict[str, None] = {}
-    for value in addresses:
-        if not isinstance(value, str):
-            continue
-        for match in pattern.finditer(value):
-            found.setdefault(match.group(1).lower(), None)
-    return tuple(found)
 
 
 # --- Authentication-Results (RFC 8601) -------------------------------------------------------

@@ -1,24 +1,26 @@
 """What a message *is*: automatic, a bounce, our own mail, a follow-up of which ticket, or new.
 
 Second stage of the flow: ``Inbound`` in, a ``Route`` value out. Nothing here writes; the ticket
-lookups go through the read-only ``Threads`` protocol the caller supplies. Also here: the marks
-that let us recognise our own mail when it comes back (signed Message-IDs and VERP addresses).
+lookups go through the read-only ``Threads`` protocol the caller supplies. Our own mail is
+recognised by the marks ``mail.marks`` makes (signed Message-IDs, VERP addresses, loop header).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from maildesk.mail.inbound import Inbound, Report
-
-LOOP_HEADER = "X-Maildesk-Loop"
+from maildesk.mail.marks import (
+    LOOP_HEADER,
+    bounced_message_id,
+    is_desk_address,
+    is_own_message_id,
+    is_own_probe,
+)
 
 
 class Kind(StrEnum):
@@ -130,79 +132,10 @@ class Identity:
     agents: frozenset[str]
 
 
-# --------------------------------------------------------------------------- our own marks
-
-
-def _mac(secret: bytes, purpose: str, value: str, length: int) -> str:
-    digest = hmac.new(secret, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
-    return digest[:length]
-
-
-def is_desk_address(address: str, desk_address: str) -> bool:
-    """The desk's address or one of its plus-addresses (reply tokens, VERP)."""
-    local, _, domain = address.lower().rpartition("@")
-    desk_local, _, desk_domain = desk_address.lower().rpartition("@")
-    return domain == desk_domain and (local == desk_local or local.startswith(desk_local + "+"))
-
-
-def own_message_id(secret: bytes, domain: str) -> str:
-    """A fresh Message-ID (no brackets) that only this desk can produce: ``md.<rand>.<mac>@dom``."""
-    nonce = secrets.token_hex(10)
-    return f"md.{nonce}.{_mac(secret, 'mid', nonce, 12)}@{domain}"
-
-
-OWN_ID = re.compile(r"^md\.([0-9a-f]{20})\.([0-9a-f]{12})@(.+)$")
-
-
-def is_own_message_id(secret: bytes, domain: str, message_id: str | None) -> bool:
-    match = OWN_ID.match(message_id or "")
-    if not match or match.group(3).lower() != domain.lower():
-        return False
-    return hmac.compare_digest(match.group(2), _mac(secret, "mid", match.group(1), 12))
-
-
-def bounce_address(secret: bytes, desk_address: str, message_id: str) -> str:
-    """The VERP envelope sender of the mail whose Message-ID is ``message_id`` (one of ours):
-    ``support+bounce-<nonce>-<mac>@dom``. A bounce that comes back to it names that mail."""
-    match = OWN_ID.match(message_id)
-    nonce = match.group(1) if match else hashlib.sha256(message_id.encode()).hexdigest()[:20]
-    local, domain = desk_address.rsplit("@", 1)
-    return f"{local}+bounce-{nonce}-{_mac(secret, 'verp', nonce, 10)}@{domain}"
-
-
-def probe_address(desk_address: str, message_id: str) -> str:
-    """Where ``check-config`` sends its probe with Message-ID ``message_id`` (one of ours):
-    ``support+probe-<nonce>@dom``, the nonce being the Message-ID's. It arrives only where
-    plus addressing reaches the desk's mailbox, as agents' replies and bounces must."""
-    match = OWN_ID.match(message_id)
-    nonce = match.group(1) if match else hashlib.sha256(message_id.encode()).hexdigest()[:20]
-    local, domain = desk_address.rsplit("@", 1)
-    return f"{local}+probe-{nonce}@{domain}"
-
-
 def is_probe(inbound: Inbound, desk: Identity) -> bool:
-    """``check-config``'s probe: our own signed Message-ID, sent to the probe address made from
-    it. Nobody without the desk's secret can make a message look like one."""
-    domain = desk.address.rsplit("@", 1)[1]
-    message_id = inbound.message_id
-    if message_id is None or not is_own_message_id(desk.secret, domain, message_id):
-        return False
-    address = probe_address(desk.address, message_id).lower()
-    return any(a.lower() == address for a in (*inbound.to, *inbound.delivered_to))
-
-
-def bounced_message_id(secret: bytes, desk_address: str, addresses: Sequence[str]) -> str | None:
-    """The Message-ID of our mail a bounce was sent back about, from a valid VERP address."""
-    local, domain = desk_address.lower().rsplit("@", 1)
-    pattern = re.compile(
-        rf"^{re.escape(local)}\+bounce-([0-9a-f]{{20}})-([0-9a-f]{{10}})@{re.escape(domain)}$"
-    )
-    for address in addresses:
-        match = pattern.match(address.lower())
-        if match and hmac.compare_digest(match.group(2), _mac(secret, "verp", match.group(1), 10)):
-            nonce = match.group(1)
-            return f"md.{nonce}.{_mac(secret, 'mid', nonce, 12)}@{desk_address.rsplit('@', 1)[1]}"
-    return None
+    """``check-config``'s probe (see ``marks.is_own_probe``)."""
+    recipients = (*inbound.to, *inbound.delivered_to)
+    return is_own_probe(desk.secret, desk.address, inbound.message_id, recipients)
 
 
 # --------------------------------------------------------------------------- classification

@@ -21,13 +21,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, TypeAlias
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
+
+from maildesk.config import MailboxSettings
 
 log = logging.getLogger("maildesk.imap")  # the logs name the job, not the module path
 
@@ -65,31 +67,6 @@ class MailboxLoginError(MailboxError):
     """Authentication failed: back off long and alert; retrying soon will not help."""
 
 
-class MailboxSettings(Protocol):
-    """What ``Mailbox`` reads from its settings (the config module's mailbox section)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def security(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def password(self) -> str: ...
-    @property
-    def folder(self) -> str: ...
-    @property
-    def processed_folder(self) -> str: ...
-    @property
-    def quarantine_folder(self) -> str: ...
-    @property
-    def poll_seconds(self) -> float: ...
-
-
 @dataclass(frozen=True, slots=True)
 class MailboxConfig:
     """Stand-alone mailbox settings (tests, the demo); mirrors ``[[mailboxes]]``."""
@@ -107,6 +84,10 @@ class MailboxConfig:
     auth: str = "password"  # or "xoauth2"
     oauth_token: Callable[[], str] | None = None
     ssl_context: ssl.SSLContext | None = None  # None: the system's trust store, verified
+
+
+# What a ``Mailbox`` is made from: a ``[[mailboxes]]`` section, or a stand-alone config.
+MailboxAccount: TypeAlias = MailboxSettings | MailboxConfig
 
 
 def default_ssl_context() -> ssl.SSLContext:
@@ -147,7 +128,7 @@ class Mailbox:
 
     def __init__(
         self,
-        config: MailboxSettings,
+        config: MailboxAccount,
         *,
         timeout: float = 30.0,
         max_message_bytes: int = 50 * 2**20,
@@ -238,7 +219,7 @@ class Mailbox:
             raise MailboxError(f"{self.where}: unknown security {security!r}")
         context: ssl.SSLContext | None = None
         if security != "none":  # loading the system trust store costs ~50 ms
-            context = getattr(self.config, "ssl_context", None) or default_ssl_context()
+            context = self.config.ssl_context or default_ssl_context()
         client = IMAPClient(
             self.config.host,
             self.config.port,
@@ -263,8 +244,8 @@ class Mailbox:
 
     def _authenticate(self, client: IMAPClient) -> None:
         config = self.config
-        if getattr(config, "auth", "password") == "xoauth2":
-            token_source = getattr(config, "oauth_token", None)
+        if config.auth == "xoauth2":
+            token_source = config.oauth_token
             if token_source is None:
                 raise MailboxLoginError(f"{self.where}: xoauth2 configured without a token source")
             client.oauth2_login(config.username, token_source())
@@ -310,10 +291,8 @@ class Mailbox:
                 client.idle_done()
             client.logout()
         except Exception:  # noqa: BLE001 - closing a connection that may be dead already
-            try:
+            with suppress(Exception):
                 client.shutdown()
-            except Exception:  # noqa: BLE001
-                pass
 
     def __enter__(self) -> Mailbox:
         self.connect()
@@ -585,18 +564,15 @@ def _unix_time(value: object) -> float | None:
     return value.timestamp()  # a naive value is local time, which timestamp() assumes
 
 
+_CHANGES = frozenset((b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT", b"VANISHED"))
+
+
 def _is_change(response: tuple[object, ...]) -> bool:
     """An untagged IDLE response that means the folder changed (not ``OK still here``)."""
-    return len(response) >= 2 and response[1] in (
-        b"EXISTS",
-        b"EXPUNGE",
-        b"FETCH",
-        b"RECENT",
-        b"VANISHED",
-    )
+    return len(response) >= 2 and response[1] in _CHANGES
 
 
-def probe(config: MailboxSettings, *, timeout: float = 15.0) -> str:
+def probe(config: MailboxAccount, *, timeout: float = 15.0) -> str:
     """Connect, log in, SELECT, LOGOUT: ``"ok: N messages waiting"`` or one-line MailboxError."""
     box = Mailbox(config, timeout=timeout)
     try:

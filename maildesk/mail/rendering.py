@@ -4,6 +4,8 @@ Used by ``outbox.Mailer`` to make each mail, and by ``samples`` to check every t
 maildesk uses one. Jinja2, sandboxed (``ImmutableSandboxedEnvironment``) with
 ``StrictUndefined``: customer text is only ever data here, never a template, and HTML is
 autoescaped. A failure is a ``TemplateError`` whose ``problem`` names the file and the line.
+``render_page`` draws maildesk's own pages that are no mail (the report's HTML) with the same
+engine, autoescaped, so Jinja2 stays in this one module.
 """
 
 from __future__ import annotations
@@ -242,6 +244,19 @@ def _problem(exc: BaseException, name: str) -> TemplateProblem:
         if frame.filename.endswith(".j2"):
             return TemplateProblem(frame.filename, frame.lineno, message)
     return TemplateProblem(name, None, message)
+
+
+def render_page(source: str, context: dict[str, Any]) -> str:
+    """One of maildesk's own HTML templates (not an operator's, not a mail) run with ``context``;
+    every value is escaped unless it is ``Markup``."""
+    env = jinja2.Environment(
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.from_string(source).render(context)
 
 
 def filesize(size: int) -> str:

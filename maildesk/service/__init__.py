@@ -1,4 +1,5 @@
-"""The running service: the asyncio shell, the delivery process, health, metrics, OAuth.
+"""The running service: the asyncio shell, the mailbox loops, the delivery process, leases,
+outages, health, metrics, OAuth.
 
 Wires the layers below from the config and keeps them going.
 """

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -63,6 +64,8 @@ def reason_label(outcome: Ingested) -> str:
 
 
 class Health(Protocol):
+    """What the metrics read of a dependency's health (``outages.Dependency``)."""
+
     @property
     def failures(self) -> int: ...
     @property
@@ -88,36 +91,50 @@ class Watched(Protocol):
     def poll_seconds(self) -> float: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the metrics read of the daemon: its watched mailboxes, the health of its
+    dependencies (``mailbox:NAME`` and ``database`` entries), the mailboxes fed by ``maildesk
+    ingest`` (``piped``) and its loops, each named in ``/healthz`` once it made no progress for
+    ``stalled_after`` seconds. ``database_failed`` is told each database error met here (the
+    daemon logs and handles the outage); without it they are logged once per outage here."""
+
+    mailboxes: Sequence[Watched]
+    health: Mapping[str, Health]
+    piped: Sequence[str] = ()
+    loops: Callable[[], Iterable[Progress]] = tuple
+    stalled_after: float = 300.0
+    database_failed: Callable[[str], None] | None = None
+
+
 class Metrics:
     """The daemon's counters and the collectors read at scrape time."""
 
-    def __init__(
-        self,
-        db: Database,
-        mailboxes: Sequence[Watched],
-        health: Mapping[str, Health],
-        clock: Callable[[], datetime],
-        piped: Sequence[str] = (),
-        *,
-        database_failed: Callable[[str], None] | None = None,
-        loops: Callable[[], Iterable[Progress]] = tuple,
-        stalled_after: float = 300.0,
-    ) -> None:
-        """``health`` holds ``mailbox:NAME`` and ``database`` entries; ``database_failed`` is
-        told each database error met here (the daemon logs and handles the outage), which
-        are otherwise logged once per outage here. ``loops`` are the daemon's loops, each
-        named in ``/healthz`` once it made no progress for ``stalled_after`` seconds."""
+    def __init__(self, db: Database, sources: Sources, clock: Callable[[], datetime]) -> None:
         self.db = db
-        self.mailboxes = tuple(mailboxes)
-        self.piped = tuple(piped)  # the names of the mailboxes fed by ``maildesk ingest``
-        self.health = health
+        self.mailboxes = tuple(sources.mailboxes)
+        self.piped = tuple(sources.piped)  # the names of the mailboxes fed by ``maildesk ingest``
+        self.health = sources.health
         self.clock = clock
-        self.database_failed = database_failed
-        self.loops = loops
-        self.stalled_after = stalled_after
+        self.database_failed = sources.database_failed
+        self.loops = sources.loops
+        self.stalled_after = sources.stalled_after
         self.started = clock()
         self._database_down = False
         self.registry = CollectorRegistry()
+        self._counters()
+        for box in self.mailboxes:  # so that rates exist before the first message
+            self._labels(box.name)
+            self.latency.labels(box.name)
+        for name in self.piped:
+            self._labels(name)
+        # what ``maildesk ingest`` counted before this start: counted from here on
+        self._piped_seen: dict[tuple[str, str, str], int] | None = None
+        self._piped_lock = threading.Lock()  # two scrapes at once must not count twice
+        self.count_piped()
+        self.registry.register(_ScrapeCollector(self))
+
+    def _counters(self) -> None:
         self.ingested = Counter(
             "maildesk_messages_ingested",
             "Messages taken from a mailbox, by what became of them.",
@@ -142,16 +159,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        for box in self.mailboxes:  # so that rates exist before the first message
-            self._labels(box.name)
-            self.latency.labels(box.name)
-        for name in self.piped:
-            self._labels(name)
-        # what ``maildesk ingest`` counted before this start: counted from here on
-        self._piped_seen: dict[tuple[str, str, str], int] | None = None
-        self._piped_lock = threading.Lock()  # two scrapes at once must not count twice
-        self.count_piped()
-        self.registry.register(_ScrapeCollector(self))
 
     def _labels(self, mailbox: str) -> None:
         for outcome in ("new_ticket", "follow_up", "bounce", "duplicate", "quarantined"):

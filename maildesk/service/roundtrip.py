@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from maildesk.act import outbox
 from maildesk.config import MailboxSettings, Settings
+from maildesk.mail import compose, smtp
 from maildesk.mail.imap import Mailbox, MailboxError
 from maildesk.models import Database, DatabaseError, Ledger
 
@@ -61,15 +61,15 @@ def run(
 ) -> Result:
     """Send the probe and wait up to ``wait`` seconds for it to arrive; delete it (from an
     IMAP mailbox)."""
-    probe = outbox.probe_mail(settings, datetime.now(UTC))
+    probe = compose.probe_mail(settings, datetime.now(UTC))
     piped = Piped(db, tuple(box.name for box in settings.mailboxes if not box.watched))
     try:
         with connected(settings.watched) as boxes:
             try:
-                asyncio.run(outbox.send_probe(settings.smtp, probe))
-            except outbox.SmtpRefused as exc:
+                asyncio.run(smtp.send_probe(settings.smtp, probe))
+            except smtp.SmtpRefused as exc:
                 return Result(False, refused(exc, probe))
-            except outbox.SmtpError as exc:
+            except smtp.SmtpError as exc:
                 return Result(False, f"could not send the probe: {exc}")
             sent = clock()
             found = arrival(boxes, piped, probe.message_id, sent + wait, clock)
@@ -122,7 +122,7 @@ class Piped:
             )
 
 
-def refused(exc: outbox.SmtpRefused, probe: outbox.ProbeMail) -> str:
+def refused(exc: smtp.SmtpRefused, probe: compose.ProbeMail) -> str:
     """The missing piece, named from the stage the server refused and its reply."""
     reply = f"{exc.code} {exc.reply}".strip()
     if exc.code < 500:

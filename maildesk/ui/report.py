@@ -1,24 +1,26 @@
 """How the desk is doing over a window, as numbers and as one self-contained HTML page of charts.
 
-Read-only, beside the flow: ``build`` gathers the figures into a ``Report`` value (tickets opened
-and closed per day, the backlog by status now, time to first response and to close as
-distributions, SLA compliance, satisfaction); ``Report.as_json`` is what ``maildesk report
---json`` prints, and ``render_html`` draws the same numbers with matplotlib (``Figure`` objects
-rendered by Agg, never pyplot or a display) as base64 PNG images in one HTML page that needs
-nothing else to open offline. The headline figures come from ``stats``, so ``maildesk stats``
-and the report agree. The only module that imports matplotlib.
+Read-only, beside the flow, under ``cli``'s ``report``: ``build`` gathers the figures into a
+``DeskReport`` value (tickets opened and closed per day, the backlog by status now, time to
+first response and to close as distributions, SLA compliance, satisfaction);
+``DeskReport.as_json`` is what ``maildesk report --json`` prints, and ``render_html`` draws the
+same numbers with matplotlib (``Figure`` objects rendered by Agg, never pyplot or a display) as
+base64 PNG images in one HTML page that needs nothing else to open offline: the Jinja2 template
+``report.html.j2`` beside this module, autoescaped, run by ``mail.rendering``. The headline
+figures come from ``stats``, so ``maildesk stats`` and the report agree. The only module that
+imports matplotlib.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
 from maildesk.desk import sla, timers
+from maildesk.mail import rendering
 from maildesk.models import Event, Status, Ticket
 from maildesk.ui import stats
 
@@ -121,7 +124,7 @@ class Compliance:
 
 
 @dataclass(frozen=True, slots=True)
-class Report:
+class DeskReport:
     desk: str
     since: datetime
     until: datetime
@@ -170,7 +173,7 @@ class Report:
 # --------------------------------------------------------------------------- gathering
 
 
-def build(session: Session, settings: Settings, since: datetime, until: datetime) -> Report:
+def build(session: Session, settings: Settings, since: datetime, until: datetime) -> DeskReport:
     """The figures for ``[since, until]``; days are counted in the business-hours zone."""
     zone: tzinfo = ZoneInfo(settings.business_hours.timezone) if settings.business_hours else UTC
     summary = stats.compute(session, since, until, [t.name for t in settings.teams])
@@ -192,7 +195,7 @@ def build(session: Session, settings: Settings, since: datetime, until: datetime
     days = _days(since, until, zone)
     opened_days = Counter(t.created_at.astimezone(zone).date() for t in opened)
     closed_days = Counter(t.closed_at.astimezone(zone).date() for t in closed if t.closed_at)
-    return Report(
+    return DeskReport(
         desk=settings.desk.name,
         since=since,
         until=until,
@@ -288,7 +291,7 @@ def _empty(axes: Axes, text: str = "nothing in this period") -> None:
     axes.set_yticks([])
 
 
-def chart_per_day(report: Report) -> str:
+def chart_per_day(report: DeskReport) -> str:
     figure, axes = _figure()
     x = list(range(len(report.days)))
     width = 0.4
@@ -311,7 +314,7 @@ def chart_per_day(report: Report) -> str:
     return _png(figure)
 
 
-def chart_backlog(report: Report) -> str:
+def chart_backlog(report: DeskReport) -> str:
     figure, axes = _figure(2.8)
     statuses = [s for s in OPEN_STATUSES]
     teams = sorted({team for by_team in report.backlog.values() for team in by_team})
@@ -353,7 +356,7 @@ def chart_distribution(distribution: Distribution, colour: str) -> str:
     return _png(figure)
 
 
-def chart_sla(report: Report) -> str:
+def chart_sla(report: DeskReport) -> str:
     figure, axes = _figure(2.0)
     if not report.sla:
         _empty(axes, "no SLA targets configured for these tickets")
@@ -381,7 +384,7 @@ def chart_sla(report: Report) -> str:
     return _png(figure)
 
 
-def chart_satisfaction(report: Report) -> str:
+def chart_satisfaction(report: DeskReport) -> str:
     figure, axes = _figure(2.4)
     if not sum(report.ratings):
         _empty(axes, "no ratings in this period")
@@ -409,8 +412,8 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.0f}%"
 
 
-def render_html(report: Report) -> str:
-    """One HTML page, charts embedded as base64 PNG: no scripts, fonts or links to fetch."""
+def _tiles(report: DeskReport) -> list[tuple[str, str, str]]:
+    """The headline figures above the charts: (name, figure, what it counts)."""
     s = report.summary
     rated = sum(report.ratings)
     sla_tiles = [
@@ -421,7 +424,7 @@ def render_html(report: Report) -> str:
         )
         for c in report.sla
     ] or [("SLA", "-", "no targets configured")]
-    tiles = [
+    return [
         ("Opened", str(s.opened), "new tickets"),
         ("Closed", str(s.closed), "in the period"),
         ("Backlog", str(s.backlog), "not closed, now"),
@@ -434,8 +437,14 @@ def render_html(report: Report) -> str:
             f"{rated} rating{'s' if rated != 1 else ''}",
         ),
     ]
+
+
+def _charts(report: DeskReport) -> list[tuple[str, str, str]]:
+    """The six charts: (title, base64 PNG, caption)."""
+    s = report.summary
+    rated = sum(report.ratings)
     fr, cl = report.first_response, report.close
-    charts = [
+    return [
         (
             "Tickets opened and closed per day",
             chart_per_day(report),
@@ -475,66 +484,24 @@ def render_html(report: Report) -> str:
             + (f"{s.satisfaction_average:.2f}" if s.satisfaction_average is not None else "-"),
         ),
     ]
-    esc = html.escape
+
+
+def render_html(report: DeskReport) -> str:
+    """One HTML page, charts embedded as base64 PNG: no scripts, fonts or links to fetch."""
+    zone = ZoneInfo(report.zone)
     period = (
-        f"{report.since.astimezone(ZoneInfo(report.zone)).strftime('%d %b %Y %H:%M')} – "
-        f"{report.until.astimezone(ZoneInfo(report.zone)).strftime('%d %b %Y %H:%M')} "
-        f"({report.zone})"
+        f"{report.since.astimezone(zone).strftime('%d %b %Y %H:%M')} – "
+        f"{report.until.astimezone(zone).strftime('%d %b %Y %H:%M')} ({report.zone})"
     )
-    tile_html = "\n".join(
-        f'<div class="tile"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div>'
-        f'<div class="n">{esc(n)}</div></div>'
-        for k, v, n in tiles
+    page = resources.files("maildesk.ui").joinpath("report.html.j2").read_text(encoding="utf-8")
+    return rendering.render_page(
+        page,
+        {
+            "title": f"{report.desk}: help desk report",
+            "desk": report.desk,
+            "period": period,
+            "tiles": _tiles(report),
+            "charts": _charts(report),
+            "generated": report.until.astimezone(zone).strftime("%d %b %Y %H:%M %Z"),
+        },
     )
-    chart_html = "\n".join(
-        f'<section class="card"><h2>{esc(title)}</h2>'
-        f'<img alt="{esc(title)}: {esc(caption)}" src="data:image/png;base64,{png}">'
-        f'<p class="cap">{esc(caption)}</p></section>'
-        for title, png, caption in charts
-    )
-    return PAGE.format(
-        title=esc(f"{report.desk}: help desk report"),
-        desk=esc(report.desk),
-        period=esc(period),
-        tiles=tile_html,
-        charts=chart_html,
-        generated=esc(report.until.astimezone(ZoneInfo(report.zone)).strftime("%d %b %Y %H:%M %Z")),
-    )
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ margin: 0; background: #f5f7fa; color: #1f2933;
-  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
-main {{ max-width: 1160px; margin: 0 auto; padding: 28px 24px 40px; }}
-h1 {{ font-size: 24px; margin: 0 0 4px; }}
-.period {{ color: #616e7c; margin: 0 0 22px; }}
-.tiles {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(120px, 1fr));
-  gap: 12px; margin-bottom: 22px; }}
-.tile {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 12px 14px; }}
-.tile .k {{ color: #616e7c; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }}
-.tile .v {{ font-size: 20px; font-weight: 600; margin: 2px 0; white-space: nowrap; }}
-.tile .n {{ color: #9aa5b1; font-size: 12px; }}
-.grid {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 16px; }}
-.card {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 14px 16px; }}
-.card h2 {{ font-size: 16px; margin: 0 0 8px; }}
-.card img {{ width: 100%; height: auto; display: block; }}
-.cap {{ color: #616e7c; font-size: 13px; margin: 6px 0 0; }}
-footer {{ color: #9aa5b1; font-size: 12px; margin-top: 22px; }}
-</style></head>
-<body><main>
-<h1>{desk}</h1>
-<p class="period">Help desk report, {period}</p>
-<div class="tiles">
-{tiles}
-</div>
-<div class="grid">
-{charts}
-</div>
-<footer>Generated by maildesk at {generated}. Times to respond and to close are calendar time
-from the customer's first message; SLA compliance counts the tickets opened in the period.</footer>
-</main></body></html>
-"""

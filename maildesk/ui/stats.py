@@ -100,85 +100,94 @@ def _median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def compute(session: Session, since: datetime, now: datetime, teams: Sequence[str] = ()) -> Stats:
-    """The figures for tickets in ``[since, now]``; ``teams`` lists configured teams first."""
-    opened = list(
-        session.execute(
-            select(Ticket.team, Ticket.status, Ticket.created_at, Ticket.first_response_at).where(
-                Ticket.created_at >= since, Ticket.created_at <= now
-            )
-        )
-    )
-    closed = list(
-        session.execute(
-            select(Ticket.team, Ticket.created_at, Ticket.closed_at).where(
-                Ticket.closed_at.is_not(None), Ticket.closed_at >= since, Ticket.closed_at <= now
-            )
-        )
-    )
-    backlog = dict(
-        session.execute(
-            select(Ticket.team, func.count())
-            .where(Ticket.status != Status.CLOSED)
-            .group_by(Ticket.team)
-        ).all()
-    )
-    rated = select(Event.ticket_id).where(
-        Event.kind == "rating", Event.at >= since, Event.at <= now
-    )
-    ratings = [
-        r
-        for r in session.scalars(
-            select(Ticket.rating).where(Ticket.id.in_(rated), Ticket.rating.is_not(None))
-        )
-        if r is not None
-    ]
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The rows one window's figures are counted from."""
 
-    def first_responses(team: str | None) -> list[float]:
+    opened: tuple[tuple[str, str, datetime, datetime | None], ...]  # team, status, times
+    closed: tuple[tuple[str, datetime, datetime | None], ...]  # team, created, closed
+    backlog: dict[str, int]  # team -> tickets not closed, now
+    ratings: tuple[int, ...]  # the latest rating of each ticket rated in the window
+
+    def first_responses(self, team: str | None) -> list[float]:
         return [
             (first - created).total_seconds()
-            for t, _, created, first in opened
+            for t, _, created, first in self.opened
             if first is not None and (team is None or t == team)
         ]
 
-    def closing(team: str | None) -> list[float]:
+    def closing(self, team: str | None) -> list[float]:
         return [
             (done - created).total_seconds()
-            for t, created, done in closed
+            for t, created, done in self.closed
             if done is not None and (team is None or t == team)
         ]
 
-    def statuses(team: str | None) -> dict[str, int]:
+    def statuses(self, team: str | None) -> dict[str, int]:
         counts = {s.value: 0 for s in Status}
-        for t, status, _, _ in opened:
+        for t, status, _, _ in self.opened:
             if team is None or t == team:
                 counts[status] = counts.get(status, 0) + 1
         return counts
 
-    names = list(dict.fromkeys([*teams, *(t for t, *_ in opened), *backlog]))
-    per_team = tuple(
-        TeamStats(
+    def team(self, name: str) -> TeamStats:
+        return TeamStats(
             team=name,
-            opened=sum(1 for t, *_ in opened if t == name),
-            by_status=statuses(name),
-            backlog=int(backlog.get(name, 0)),
-            median_first_response=_median(first_responses(name)),
-            median_close=_median(closing(name)),
+            opened=sum(1 for t, *_ in self.opened if t == name),
+            by_status=self.statuses(name),
+            backlog=int(self.backlog.get(name, 0)),
+            median_first_response=_median(self.first_responses(name)),
+            median_close=_median(self.closing(name)),
         )
-        for name in names
+
+
+def _window(session: Session, since: datetime, now: datetime) -> _Window:
+    opened = session.execute(
+        select(Ticket.team, Ticket.status, Ticket.created_at, Ticket.first_response_at).where(
+            Ticket.created_at >= since, Ticket.created_at <= now
+        )
     )
+    closed = session.execute(
+        select(Ticket.team, Ticket.created_at, Ticket.closed_at).where(
+            Ticket.closed_at.is_not(None), Ticket.closed_at >= since, Ticket.closed_at <= now
+        )
+    )
+    backlog = session.execute(
+        select(Ticket.team, func.count())
+        .where(Ticket.status != Status.CLOSED)
+        .group_by(Ticket.team)
+    )
+    rated = select(Event.ticket_id).where(
+        Event.kind == "rating", Event.at >= since, Event.at <= now
+    )
+    ratings = session.scalars(
+        select(Ticket.rating).where(Ticket.id.in_(rated), Ticket.rating.is_not(None))
+    )
+    return _Window(
+        opened=tuple(row.tuple() for row in opened),
+        closed=tuple(row.tuple() for row in closed),
+        backlog={team: int(count) for team, count in backlog},
+        ratings=tuple(r for r in ratings if r is not None),
+    )
+
+
+def compute(session: Session, since: datetime, now: datetime, teams: Sequence[str] = ()) -> Stats:
+    """The figures for tickets in ``[since, now]``; ``teams`` lists configured teams first."""
+    rows = _window(session, since, now)
+    names = dict.fromkeys([*teams, *(t for t, *_ in rows.opened), *rows.backlog])
+    ratings = rows.ratings
     return Stats(
         since=since,
         until=now,
-        opened=len(opened),
-        by_status=statuses(None),
-        backlog=int(sum(backlog.values())),
-        closed=len(closed),
-        median_first_response=_median(first_responses(None)),
-        median_close=_median(closing(None)),
+        opened=len(rows.opened),
+        by_status=rows.statuses(None),
+        backlog=sum(rows.backlog.values()),
+        closed=len(rows.closed),
+        median_first_response=_median(rows.first_responses(None)),
+        median_close=_median(rows.closing(None)),
         satisfaction_average=round(statistics.fmean(ratings), 2) if ratings else None,
         satisfaction_count=len(ratings),
-        teams=per_team,
+        teams=tuple(rows.team(name) for name in names),
     )
 
 

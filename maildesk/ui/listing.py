@@ -1,0 +1,145 @@
+"""The listing verbs: ``tickets list``, ``tickets show``, ``agents list``, ``teams list`` and
+``canned list``, as tables or ``--json``.
+
+Read-only verbs of the command line, under ``cli``: each reads the settings and opens one
+transaction (``start``), and shows tickets with the views shared with the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+from sqlalchemy import select
+
+from maildesk.config import Settings
+from maildesk.models import Ticket
+from maildesk.ui.start import load_settings, open_db
+from maildesk.ui.views import render_ticket, table, ticket_detail, ticket_summary
+
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        query = select(Ticket).order_by(Ticket.id)
+        if args.status:
+            query = query.where(Ticket.status == args.status)
+        if args.limit:
+            query = query.limit(args.limit)
+        tickets = [ticket_summary(t, settings.desk.ref_format) for t in session.scalars(query)]
+    if args.json:
+        print(json.dumps(tickets, indent=2, ensure_ascii=False))
+    else:
+        rows = [
+            (
+                t["ref"],
+                t["status"],
+                t["priority"],
+                t["team"],
+                t["assignee"],
+                t["requester"],
+                t["subject"],
+            )
+            for t in tickets
+        ]
+        print(
+            table(rows, ("REF", "STATUS", "PRIORITY", "TEAM", "ASSIGNEE", "REQUESTER", "SUBJECT"))
+        )
+    return 0
+
+
+def find_ticket(session: Any, settings: Settings, ref: str) -> Ticket | None:
+    match = re.search(r"\d+", ref)
+    return session.get(Ticket, int(match.group())) if match else None
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        ticket = find_ticket(session, settings, args.ref)
+        if ticket is None:
+            print(f"maildesk: no ticket {args.ref}", file=sys.stderr)
+            return 1
+        data = ticket_detail(ticket, settings.desk.ref_format)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    print(render_ticket(data))
+    return 0
+
+
+def cmd_agents_list(args: argparse.Namespace) -> int:
+    from maildesk.ui import stats
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        assigned = stats.assigned_counts(session)
+    agents: list[dict[str, Any]] = [
+        {
+            "email": a.email,
+            "name": a.name,
+            "teams": list(a.teams),
+            "open_assigned": assigned.get(a.email, 0),
+        }
+        for a in settings.agents
+    ]
+    if args.json:
+        print(json.dumps(agents, indent=2, ensure_ascii=False))
+    else:
+        rows = [(a["email"], a["name"], a["open_assigned"], ", ".join(a["teams"])) for a in agents]
+        print(table(rows, ("EMAIL", "NAME", "OPEN ASSIGNED", "TEAMS")))
+    return 0
+
+
+def cmd_teams_list(args: argparse.Namespace) -> int:
+    from maildesk.ui import stats
+
+    settings = load_settings(args)
+    db = open_db(settings)
+    with db.transaction() as session:
+        counts = stats.open_counts(session)
+    teams: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "agents": [a.email for a in settings.team_agents(t.name)],
+            "mailboxes": [m.name for m in settings.mailboxes if m.team == t.name],
+            "open_tickets": counts.get(t.name, 0),
+        }
+        for t in settings.teams
+    ]
+    if args.json:
+        print(json.dumps(teams, indent=2, ensure_ascii=False))
+    else:
+        rows = [
+            (t["name"], t["open_tickets"], ", ".join(t["mailboxes"]) or "-", ", ".join(t["agents"]))
+            for t in teams
+        ]
+        print(table(rows, ("TEAM", "OPEN", "MAILBOXES", "AGENTS")))
+    return 0
+
+
+def cmd_canned_list(args: argparse.Namespace) -> int:
+    from maildesk.mail.rendering import Templates
+
+    settings = load_settings(args)
+    templates = Templates(settings.desk.templates_dir)
+    prefix, suffix = "canned/", ".txt.j2"
+    items = []
+    for name in templates.names(prefix):
+        if name.endswith(suffix):
+            source = templates.text.loader.get_source(templates.text, name)[0]  # type: ignore[union-attr]
+            lines = [line.strip() for line in source.splitlines() if line.strip()]
+            items.append(
+                {"name": name[len(prefix) : -len(suffix)], "first_line": lines[0] if lines else ""}
+            )
+    if args.json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+    else:
+        print(table([(i["name"], i["first_line"]) for i in items], ("NAME", "FIRST LINE")))
+    return 0
