@@ -23,6 +23,7 @@ from maildesk.desk.plans import (
     MarkReminded,
     Plan,
     Rate,
+    Record,
     TicketState,
     Whom,
     mailed,
@@ -412,3 +413,16 @@ def test_a_missed_target_tells_the_owner_and_escalates_where_the_priority_says()
         (Whom.TEAM, "notice"),
         (Whom.REQUESTER, "escalated"),
     )
+
+
+def test_a_new_ticket_keeps_the_mail_and_tells_the_team() -> None:
+    plan = customers.opened(Written(CUSTOMER, "Printer broken."), "support", None)
+    assert Keep(CUSTOMER, "Printer broken.") in plan.steps
+    assert mailed(plan) == ((Whom.TEAM, "notice"),)
+
+
+def test_a_new_ticket_without_an_address_says_nobody_outside_is_mailed() -> None:
+    plan = customers.opened(Written("", "Printer broken."), "support", "[#1042]")
+    [created] = [s for s in plan.steps if isinstance(s, Record)]
+    assert created.detail["linked_to"] == "[#1042]"
+    assert "nobody outside is mailed" in created.detail["warning"]

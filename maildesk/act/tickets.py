@@ -25,7 +25,6 @@ from maildesk.act.notices import (
     attachment_notes,
     customer_mail,
     enqueue,
-    notify_team,
 )
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
@@ -143,19 +142,10 @@ def open_ticket(
     session.flush()
     add_participants(desk, ticket, inbound.cc)
     scene = Scene(session, desk, ticket, inbound, stored, now)
-    keep_message(scene, Keep(requester, inbound.text.strip()))
-    detail: dict[str, Any] = {"mailbox": opening.mailbox}
-    if linked_to is not None:
-        detail["linked_to"] = desk.ref(linked_to)
-    if not requester:
-        detail["warning"] = (
-            "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
-        )
-    event(session, ticket, "created", requester, now, **detail)
+    first = customers.Written(requester, inbound.text.strip())
+    linked = desk.ref(linked_to) if linked_to is not None else None
+    mails = carry_out(scene, customers.opened(first, opening.mailbox, linked))
     heard_from(session, ticket, requester, now)
-    mails = notify_team(
-        desk, ticket, "notice", "agent_new", now, text=inbound.text.strip(), sender=requester
-    )
     if opening.acknowledge and requester:
         mails += acknowledgment(session, desk, ticket, inbound, now)
     sla.refresh_due(ticket, desk.settings)

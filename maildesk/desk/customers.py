@@ -53,6 +53,26 @@ class Followed:
     plan: Plan
 
 
+def opened(mail: Written, mailbox: str, linked_to: str | None) -> Plan:
+    """A new ticket's first mail: kept, the creation recorded (with the closed ticket it follows
+    up, and a warning when the mail has no address to answer), the team told."""
+    detail: dict[str, str] = {"mailbox": mailbox}
+    if linked_to is not None:
+        detail["linked_to"] = linked_to
+    if not mail.sender:
+        detail["warning"] = (
+            "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
+        )
+    context = {"text": mail.text, "sender": mail.sender}
+    return Plan(
+        (
+            Keep(mail.sender, mail.text),
+            Record("created", mail.sender, detail),
+            Notify(Whom.TEAM, "notice", "agent_new", context),
+        )
+    )
+
+
 def follow_up(
     state: TicketState, mail: Written, reopen_after: timedelta, now: datetime
 ) -> Followed:
