@@ -22,8 +22,8 @@ from benchmarks.world import customer_mail
 from maildesk import config as config_module
 from maildesk.act import ingest
 from maildesk.act.outbox import Mail
-from maildesk.act.tickets import Desk
 from maildesk.models import Database, Event, Ledger, Message, Outbox, Ticket
+from maildesk.service.wiring import desk_for
 
 SEED_CHUNK = 50_000
 
@@ -131,7 +131,7 @@ def per_message_cost(config_path: Path, seeded: int, count: int, chunk: int = 25
     """Mean ingest cost per message (ms) on an empty database and on a seeded one."""
     settings = config_module.load(config_path)
     data = settings.desk.data_dir
-    desk = Desk(settings)
+    desk = desk_for(settings)
     empty = Database(f"sqlite:///{data / 'empty.db'}")
     full = Database(f"sqlite:///{data / 'seeded.db'}")
     for db in (empty, full):
@@ -170,7 +170,7 @@ def fill_outbox(config_path: Path, count: int, domain: str) -> None:
     """``count`` due mails in the outbox, written by the mailer as the lifecycle rules do."""
     settings = config_module.load(config_path)
     db = Database(settings.database_url)
-    desk = Desk(settings)
+    desk = desk_for(settings)
     now = datetime.now(UTC)
     for start in range(0, count, 500):
         with db.transaction() as session:

@@ -29,13 +29,13 @@ from typing import IO, Any, TypeVar
 import pytest
 
 from maildesk import config
-from maildesk.act.tickets import Desk
 from maildesk.demo import configs
 from maildesk.demo.configs import merged
 from maildesk.demo.world import Captured
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
 from maildesk.service.timings import Timings
+from maildesk.service.wiring import desk_for
 from maildesk.ui import views
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
@@ -142,7 +142,7 @@ class DeskWorld:
         self.settings = config.load(self.config_path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
-        self.desk = Desk(self.settings, clock=self.clock)
+        self.desk = desk_for(self.settings, clock=self.clock)
         self.address = account.username
         self._thread: threading.Thread | None = None
         self._daemon: Daemon | None = None
@@ -189,7 +189,7 @@ class DeskWorld:
         operator would (the templates are not checked: a test of the check does that)."""
         self.rewrite_config(desk={"templates_dir": directory})
         self.settings = config.load(self.config_path)
-        self.desk = Desk(self.settings, clock=self.clock)
+        self.desk = desk_for(self.settings, clock=self.clock)
 
     def cli(
         self, *args: str, input: bytes | None = None, **env: str

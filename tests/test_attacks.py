@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk.act.tickets import MAX_PARTICIPANTS, NOTICE_TEXT_CHARS
+from maildesk.act.notices import NOTICE_TEXT_CHARS
+from maildesk.act.tickets import MAX_PARTICIPANTS
 from maildesk.demo.world import free_port
 from maildesk.desk import commands
 from maildesk.desk.routing import Identity, TicketView, classify, route

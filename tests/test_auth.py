@@ -11,7 +11,7 @@ from types import FrameType
 
 import pytest
 
-from maildesk.desk.auth import Proof, authenticate, check_authentication_results
+from maildesk.desk.auth import Claim, Proof, Trust, authenticate, check_authentication_results
 from maildesk.mail.marks import (
     TOKEN_LENGTH,
     TokenCheck,
@@ -318,17 +318,8 @@ def prove(
     agent: str = ALICE,
     ticket: int = 1042,
 ) -> Proof:
-    return authenticate(
-        secret=SECRET,
-        desk_address=DESK,
-        agent=agent,
-        ticket_number=ticket,
-        addresses=addresses or [],
-        authentication_results=ar or [],
-        trusted_authserv_ids=TRUSTED,
-        agent_auth=agent_auth,
-        now=NOW,
-    )
+    trust = Trust(SECRET, DESK, tuple(TRUSTED), agent_auth)
+    return authenticate(trust, Claim(agent, ticket, tuple(addresses or ()), tuple(ar or ())), NOW)
 
 
 DMARC_PASS = ["mx.desk.example; dmarc=pass header.from=example.com"]

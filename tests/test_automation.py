@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maildesk.act.automation import human
 from maildesk.config import BusinessHours
 from maildesk.demo.world import Captured
 from maildesk.desk.sla import add_working_time, working_time_between
+from maildesk.desk.timers import human
 from maildesk.models import Ticket
 from maildesk.ui import cli
 from tests.desk import (

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from maildesk.act.tickets import NOTICE_TEXT_CHARS
+from maildesk.act.notices import NOTICE_TEXT_CHARS
 from maildesk.models import Ledger
 from tests import poison
 from tests.desk import (

@@ -20,9 +20,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import guard, tickets
-from maildesk.act.tickets import Desk
+from maildesk.act import guard
+from maildesk.act.means import Desk
+from maildesk.act.notices import CUSTOMER_MAILS, enqueue, notify_owner
+from maildesk.act.timeline import event
 from maildesk.desk import commands
+from maildesk.desk.timers import utc_text
 from maildesk.mail.compose import subject_of
 from maildesk.mail.smtp import Delivery
 from maildesk.models import Outbox, Ticket
@@ -57,7 +60,7 @@ def undelivered(
         return  # the desk's mail to agents or the admin: told to no one, so nothing loops
     if what.address_refused and ticket.requester_bounced_at is None:
         ticket.requester_bounced_at = now
-        tickets.event(
+        event(
             session,
             ticket,
             "requester_bounced",
@@ -67,17 +70,17 @@ def undelivered(
             status=what.status,
             effect="no reminder and no auto-close until the customer writes again",
         )
-    notices = tickets.notify_owner(
+    notices = notify_owner(
         desk,
         ticket,
         "notice",
         "agent_bounce",
         now,
         mail={
-            "kind": tickets.CUSTOMER_MAILS.get(row.kind, row.kind),
+            "kind": CUSTOMER_MAILS.get(row.kind, row.kind),
             # the customer's mail showed their subject as written: not so to an agent
             "subject": commands.defang(subject_of(row.body)),
-            "date": tickets.utc_text(row.sent_at or now),
+            "date": utc_text(row.sent_at or now),
         },
         address=what.address,
         status=what.status,
@@ -85,7 +88,7 @@ def undelivered(
         via=what.via,
         requester_bounced=ticket.requester_bounced_at is not None,
     )
-    tickets.send(session, desk, notices, now)
+    enqueue(session, desk, notices, now)
     log.info(
         "%s: %s <%s> to %s did not arrive (%s): %s told",
         desk.ref(ticket),
@@ -101,7 +104,7 @@ def undelivered(
 def to_customer(desk: Desk, ticket: Ticket, row: Outbox) -> bool:
     """Whether ``row`` is one of the ticket's mails to its customer (not to an agent)."""
     return (
-        row.kind in tickets.CUSTOMER_MAILS
+        row.kind in CUSTOMER_MAILS
         and row.recipient.lower() == ticket.requester.lower()
         and desk.settings.agent(row.recipient) is None
     )

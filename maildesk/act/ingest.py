@@ -17,15 +17,19 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.act import bounces, tickets
-from maildesk.act.tickets import Desk, StoredMail
+from maildesk.act import agents, bounces, tickets
+from maildesk.act.apply import Scene
+from maildesk.act.means import Desk, StoredMail
+from maildesk.act.timeline import event
 from maildesk.desk import routing
+from maildesk.desk.customers import Case
 from maildesk.mail.inbound import Inbound, Limits, ReportRecipient
 from maildesk.mail.parsing import Budget
 from maildesk.models import (
@@ -51,19 +55,30 @@ class Source:
     uid: int | None = None
 
 
+class Became(StrEnum):
+    """What became of one message (the ledger's ``outcome``, the metrics' label)."""
+
+    NEW_TICKET = "new_ticket"
+    FOLLOW_UP = "follow_up"
+    IGNORED = "ignored"
+    BOUNCE = "bounce"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one message. ``kind``: new_ticket, follow_up, ignored, bounce,
-    duplicate or quarantined."""
+    """What became of one message; ``ignored``: why, for an ignored one, in a bounded set."""
 
-    kind: str
+    kind: Became
     ticket_id: int | None = None
     reason: str = ""
     message_id: str | None = None
+    ignored: routing.Ignored | None = None
 
     @property
     def quarantined(self) -> bool:
-        return self.kind == "quarantined"
+        return self.kind is Became.QUARANTINED
 
 
 def limits_of(desk: Desk) -> Limits:
@@ -102,7 +117,7 @@ def process(
     if inbound.fatal:
         if kept is not None:
             kept.result()
-        return quarantine(db, desk, source, raw, inbound, inbound.fatal, replay=replay)
+        return quarantine(db, desk, source, Unhandled(raw, inbound, inbound.fatal), replay=replay)
     try:
         with db.transaction() as session:
             if replay is None:
@@ -112,7 +127,7 @@ def process(
             stored = keep_raw(session, desk, raw, kept)
             now = desk.clock()
             kind = routing.classify(inbound, desk.identity)
-            route = routing.route(inbound, kind, tickets.Threads(session), desk.identity)
+            route = routing.route(inbound, kind, tickets.Lookups(session), desk.identity)
             outcome = handle(session, desk, source, route, inbound, stored, now)
             write_ledger(session, source, inbound, stored, outcome, now, replay=replay)
     except DatabaseError:
@@ -134,7 +149,7 @@ def process(
             traceback.format_exc(),
             extra={"message_id": inbound.message_id, "ticket": "-", "mailbox": source.mailbox},
         )
-        return quarantine(db, desk, source, raw, inbound, reason, replay=replay)
+        return quarantine(db, desk, source, Unhandled(raw, inbound, reason), replay=replay)
     log_outcome(desk, source, outcome)
     return outcome
 
@@ -190,7 +205,7 @@ def already_handled(
         ).first()
         if key is not None:
             return Outcome(
-                "duplicate", key.ticket_id, "already handled (ledger)", inbound.message_id
+                Became.DUPLICATE, key.ticket_id, "already handled (ledger)", inbound.message_id
             )
     digest = hashlib.sha256(raw).hexdigest()
     params = {"mailbox": source.mailbox, "sha256": digest, "message_id": inbound.message_id}
@@ -206,7 +221,7 @@ def already_handled(
             uid=source.uid,
             message_id=inbound.message_id,
             sha256=digest,
-            outcome="duplicate",
+            outcome=Became.DUPLICATE.value,
             reason=f"same message as ledger entry {row.id}",
             ticket_id=row.ticket_id,
             raw_path=row.raw_path,
@@ -216,7 +231,7 @@ def already_handled(
         )
     )
     return Outcome(
-        "duplicate",
+        Became.DUPLICATE,
         row.ticket_id,
         "already handled (same Message-ID and content)",
         inbound.message_id,
@@ -238,7 +253,7 @@ _BY_CONTENT = (
     .where(
         Ledger.mailbox == bindparam("mailbox"),
         Ledger.sha256 == bindparam("sha256"),
-        Ledger.outcome != "quarantined",
+        Ledger.outcome != Became.QUARANTINED.value,
     )
     .limit(1)
 )
@@ -257,8 +272,8 @@ def handle(
     """Carry out ``route`` inside the caller's transaction."""
     mid = inbound.message_id
     match route:
-        case routing.Ignore(reason=reason):
-            return Outcome("ignored", None, reason, mid)
+        case routing.Ignore(reason=reason, why=why):
+            return Outcome(Became.IGNORED, None, reason, mid, why)
         case routing.Bounce():
             return bounce(session, desk, route, inbound, now)
         case routing.NewTicket(no_auto_reply=quiet):
@@ -267,36 +282,35 @@ def handle(
                 if _known(desk, source)
                 else desk.settings.teams[0].name
             )
-            ticket = tickets.open_ticket(
-                session,
-                desk,
-                inbound,
-                stored,
-                team=team,
-                mailbox=source.mailbox,
-                now=now,
-                acknowledge=not quiet,
-            )
-            return Outcome("new_ticket", ticket.id, "", mid)
-        case routing.FollowUp(ticket=view, automatic=automatic):
-            followed = session.get(Ticket, view.id)
+            opening = tickets.Opening(team, source.mailbox, acknowledge=not quiet)
+            ticket = tickets.open_ticket(session, desk, inbound, stored, opening, now)
+            return Outcome(Became.NEW_TICKET, ticket.id, "", mid)
+        case routing.FollowUp():
+            followed = session.get(Ticket, route.ticket.id)
             assert followed is not None
-            ticket = followed
-            if automatic:
-                tickets.automatic_followup(session, desk, ticket, inbound, stored, automatic, now)
-                return Outcome("follow_up", ticket.id, automatic, mid)
-            agent = desk.settings.agent(inbound.sender or inbound.claimed_sender)
-            if agent is not None:
-                result = tickets.agent_message(session, desk, ticket, inbound, stored, agent, now)
-                reason = "; ".join(result.refused) if result.refused else "agent"
-                return Outcome("follow_up", ticket.id, reason, mid)
-            target = tickets.customer_reply(
-                session, desk, ticket, inbound, stored, mailbox=source.mailbox, now=now
-            )
-            if target.id != ticket.id:
-                return Outcome("new_ticket", target.id, f"linked to closed {desk.ref(ticket)}", mid)
-            return Outcome("follow_up", ticket.id, "", mid)
+            scene = Scene(session, desk, followed, inbound, stored, now)
+            return follow_up(scene, route, source)
     raise AssertionError(f"unhandled route {route!r}")
+
+
+def follow_up(scene: Scene, route: routing.FollowUp, source: Source) -> Outcome:
+    """A message on a known ticket: automatic mail is kept; an agent's goes to ``agents``
+    (routing decided the role); a customer's is a reply, a rating, a reopening or a new
+    ticket linked to the closed one."""
+    ticket, mid = scene.ticket, scene.inbound.message_id if scene.inbound else None
+    if route.automatic:
+        tickets.automatic_followup(scene, route.automatic)
+        return Outcome(Became.FOLLOW_UP, ticket.id, route.automatic, mid)
+    agent = scene.desk.settings.agent(route.sender) if route.role is routing.Role.AGENT else None
+    if agent is not None:
+        result = agents.agent_message(scene, agent)
+        reason = "; ".join(result.refused) if result.refused else "agent"
+        return Outcome(Became.FOLLOW_UP, ticket.id, reason, mid)
+    answered = tickets.customer_reply(scene, source.mailbox)
+    if answered.case is Case.NEW_LINKED:
+        why = f"linked to closed {scene.desk.ref(ticket)}"
+        return Outcome(Became.NEW_TICKET, answered.ticket.id, why, mid)
+    return Outcome(Became.FOLLOW_UP, ticket.id, "", mid)
 
 
 def _known(desk: Desk, source: Source) -> bool:
@@ -335,7 +349,7 @@ def bounce(
         if ticket is not None:
             why = f"not the recipient of <{row.message_id}>"
             record_unproven(session, ticket, inbound, others, row.message_id, why, now)
-    return Outcome("bounce", ticket.id if ticket else None, reason, inbound.message_id)
+    return Outcome(Became.BOUNCE, ticket.id if ticket else None, reason, inbound.message_id)
 
 
 def _gravest(entries: Sequence[ReportRecipient]) -> ReportRecipient:
@@ -358,7 +372,7 @@ def act_on_bounce(
     mail: a report repeated changes nothing more). A delay is only recorded."""
     permanent = entry.action == "failed" or entry.status.startswith("5")
     if ticket is not None:
-        tickets.event(
+        event(
             session,
             ticket,
             "bounce",
@@ -393,20 +407,25 @@ def unproven_report(
     row = session.scalar(select(Outbox).where(Outbox.message_id == named)) if named else None
     if row is None:
         return Outcome(
-            "ignored", None, "delivery report about mail we did not send", inbound.message_id
+            Became.IGNORED,
+            None,
+            "delivery report about mail we did not send",
+            inbound.message_id,
+            routing.Ignored.UNKNOWN_BOUNCE,
         )
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
     if ticket is None:
         return Outcome(
-            "ignored",
+            Became.IGNORED,
             None,
             f"unproven delivery report about <{row.message_id}>: no ticket to record it on",
             inbound.message_id,
+            routing.Ignored.REPORT,
         )
     why = "did not arrive at the VERP address of the mail it names"
     record_unproven(session, ticket, inbound, listed, row.message_id, why, now)
     return Outcome(
-        "bounce",
+        Became.BOUNCE,
         ticket.id,
         f"unproven: names <{row.message_id}> but {why}; recorded only, nothing suppressed",
         inbound.message_id,
@@ -426,7 +445,7 @@ def record_unproven(
     now: datetime,
 ) -> None:
     """One ``bounce_unproven`` event for what a report says but does not prove."""
-    tickets.event(
+    event(
         session,
         ticket,
         "bounce_unproven",
@@ -456,7 +475,7 @@ def write_ledger(
     values: dict[str, Any] = {
         "message_id": inbound.message_id,
         "sha256": stored.sha256 or "",
-        "outcome": outcome.kind,
+        "outcome": outcome.kind.value,
         "reason": outcome.reason[:2000],
         "ticket_id": outcome.ticket_id,
         "raw_path": stored.raw_path,
@@ -475,21 +494,25 @@ def write_ledger(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """A message that could not be handled, as it is quarantined: its bytes (or where they
+    were kept already, when ``raw`` is empty), what was parsed of it, and why."""
+
+    raw: bytes
+    inbound: Inbound | None
+    reason: str
+    stored: StoredMail | None = None
+
+
 def quarantine(
-    db: Database,
-    desk: Desk,
-    source: Source,
-    raw: bytes,
-    inbound: Inbound | None,
-    reason: str,
-    *,
-    replay: int | None = None,
-    stored: StoredMail | None = None,
+    db: Database, desk: Desk, source: Source, unhandled: Unhandled, *, replay: int | None = None
 ) -> Outcome:
     """Record a message that could not be handled; the caller moves it to the quarantine folder."""
+    inbound, reason = unhandled.inbound, unhandled.reason
     mid = inbound.message_id if inbound else None
     with db.transaction() as session:
-        record_quarantine(session, desk, source, raw, inbound, reason, replay=replay, stored=stored)
+        record_quarantine(session, desk, source, unhandled, replay=replay)
     log.warning(
         "%s: <%s> quarantined: %s",
         source.mailbox,
@@ -497,31 +520,28 @@ def quarantine(
         reason,
         extra={"message_id": mid, "ticket": "-", "mailbox": source.mailbox},
     )
-    return Outcome("quarantined", None, reason, mid)
+    return Outcome(Became.QUARANTINED, None, reason, mid)
 
 
 def record_quarantine(
     session: Session,
     desk: Desk,
     source: Source,
-    raw: bytes,
-    inbound: Inbound | None,
-    reason: str,
+    unhandled: Unhandled,
     *,
     replay: int | None = None,
-    stored: StoredMail | None = None,
 ) -> None:
     """The ledger row of a quarantined message, inside the caller's transaction (a row for the
     same message, or the one replayed, is brought up to date). ``stored``: where its raw bytes
     were kept already, when ``raw`` is not given."""
+    inbound, reason = unhandled.inbound, unhandled.reason
     mid = inbound.message_id if inbound else None
-    if raw:
-        stored = keep_raw(session, desk, raw)
+    stored = keep_raw(session, desk, unhandled.raw) if unhandled.raw else unhandled.stored
     stored = stored or StoredMail(None, None)
     values: dict[str, Any] = {
         "message_id": mid,
         "sha256": stored.sha256 or "",
-        "outcome": "quarantined",
+        "outcome": Became.QUARANTINED.value,
         "reason": reason[:2000],
         "ticket_id": None,
         "raw_path": stored.raw_path,

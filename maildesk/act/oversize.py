@@ -20,10 +20,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import ingest, tickets
+from maildesk.act import ingest
+from maildesk.act.means import Desk, StoredMail
+from maildesk.act.notices import admin_alert
 from maildesk.act.outbox import Mail
-from maildesk.act.tickets import Desk, StoredMail
 from maildesk.desk import routing
+from maildesk.desk.timers import utc_text
 from maildesk.mail import marks, parsing
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.rendering import filesize
@@ -64,7 +66,8 @@ def quarantine(
             again = _recorded(session, source)
             told = again or _tell_sender(session, desk, inbound, size, now)
             reason = f"{exceeds}; {told}"
-            ingest.record_quarantine(session, desk, source, b"", inbound, reason, stored=kept)
+            unhandled = ingest.Unhandled(b"", inbound, reason, kept)
+            ingest.record_quarantine(session, desk, source, unhandled)
             if not again:
                 _alert_admin(session, desk, source, inbound, size, told, now)
     except DatabaseError:
@@ -72,7 +75,7 @@ def quarantine(
     except Exception as exc:  # noqa: BLE001 - it is quarantined all the same, untold
         log.exception("telling of oversized <%s> failed", inbound.message_id)
         why = f"{exceeds}; nobody told: {type(exc).__name__}: {exc}"
-        return ingest.quarantine(db, desk, source, b"", inbound, why, stored=kept)
+        return ingest.quarantine(db, desk, source, ingest.Unhandled(b"", inbound, why, kept))
     log.warning(
         "%s: <%s> from %s quarantined: %s",
         source.mailbox,
@@ -81,7 +84,7 @@ def quarantine(
         reason,
         extra={"message_id": inbound.message_id, "ticket": "-", "mailbox": source.mailbox},
     )
-    return ingest.Outcome("quarantined", None, reason, inbound.message_id)
+    return ingest.Outcome(ingest.Became.QUARANTINED, None, reason, inbound.message_id)
 
 
 def _recorded(session: Session, source: ingest.Source) -> str:
@@ -169,7 +172,7 @@ def _alert_admin(
     count = (held or 0) + 1
     limit = filesize(desk.settings.limits.max_message_bytes)
     messages = "1 message" if count == 1 else f"{count} messages"
-    since = f" since the last alert ({tickets.utc_text(last)})" if last and held else ""
+    since = f" since the last alert ({utc_text(last)})" if last and held else ""
     text = (
         f"{messages} larger than [limits] max_message_bytes ({limit}) arrived{since} and "
         f"{'was' if count == 1 else 'were'} quarantined without being read; the latest:\n\n"
@@ -180,7 +183,7 @@ def _alert_admin(
         f"{_where(desk, source)}\n`maildesk quarantine list` shows every one. This alert is "
         "sent at most once an hour; the next one counts the messages until then."
     )
-    alert = tickets.admin_alert(desk, f"{messages} too large to take, quarantined", text)
+    alert = admin_alert(desk, f"{messages} too large to take, quarantined", text)
     if alert is not None:
         held_back = HELD_BACK if last is not None and last > now - EVERY else None
         desk.mailer.enqueue(session, replace(alert, kind=ALERT, held_back=held_back), now)
@@ -207,7 +210,7 @@ _QUARANTINED = select(Ledger.reason).where(
     Ledger.mailbox == bindparam("mailbox"),
     Ledger.uidvalidity == bindparam("uidvalidity"),
     Ledger.uid == bindparam("uid"),
-    Ledger.outcome == "quarantined",
+    Ledger.outcome == ingest.Became.QUARANTINED.value,
 )
 _LAST_NOTICE = select(func.max(Outbox.created_at)).where(
     Outbox.recipient == bindparam("address"), Outbox.kind == NOTICE

@@ -3,7 +3,7 @@
 ``check-config``, ``run`` (and the other commands that make mail) and a reload render every
 template, shipped and overridden, before maildesk uses them: an error names the file and the
 line, and stops the start (exit 78) or the reload. The samples are made by the lifecycle rules'
-own functions (``tickets.customer_mail``, ``tickets.agent_mail``, ``tickets.canned_context``,
+own functions (``notices.customer_mail``, ``notices.agent_mail``, ``notices.canned_context``,
 ``Mailer.context``) on a sample ticket, with the values each rule passes; where a template has
 optional parts, there is a sample with them and one without, as real tickets come. A template
 written against the variables README lists renders here as it would in real use.
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk.act import oversize, tickets
+from maildesk.act import agents, notices, oversize
+from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
 from maildesk.mail.rendering import HTML, TEXT, TemplateError, TemplateProblem
@@ -47,7 +48,7 @@ class Checked:
     notes: tuple[str, ...]
 
 
-def check(desk: tickets.Desk) -> Checked:
+def check(desk: Desk) -> Checked:
     """Render every mail's templates (the overridden and the shipped ones) with the samples."""
     templates = desk.mailer.templates
     samples = contexts(desk)
@@ -72,7 +73,7 @@ def check(desk: tickets.Desk) -> Checked:
     return Checked(len(names), overridden, tuple(problems), tuple(notes(desk)))
 
 
-def require(desk: tickets.Desk) -> None:
+def require(desk: Desk) -> None:
     """``check``, raising ``ConfigError`` (one line) when a template fails."""
     problems = check(desk).problems
     if problems:
@@ -80,7 +81,7 @@ def require(desk: tickets.Desk) -> None:
         raise ConfigError(f"template {problems[0]}" + (more if len(problems) > 1 else ""))
 
 
-def notes(desk: tickets.Desk) -> list[str]:
+def notes(desk: Desk) -> list[str]:
     templates = desk.mailer.templates
     lines = []
     for name, half in templates.one_half():
@@ -108,7 +109,7 @@ def notes(desk: tickets.Desk) -> list[str]:
 
 
 def sample_ticket(
-    desk: tickets.Desk,
+    desk: Desk,
     status: Status = Status.OPEN,
     *,
     assignee: str | None = None,
@@ -139,7 +140,7 @@ def sample_ticket(
 class _Maker:
     """The sample tickets, and contexts made as the lifecycle rules make theirs."""
 
-    def __init__(self, desk: tickets.Desk) -> None:
+    def __init__(self, desk: Desk) -> None:
         self.desk = desk
         settings = desk.settings
         teams = [t.name for t in settings.teams]
@@ -159,17 +160,17 @@ class _Maker:
         )
 
     def customer(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
-        mail = tickets.customer_mail(self.desk, ticket, template, template, **extra)
+        mail = notices.customer_mail(self.desk, ticket, template, template, **extra)
         return self.desk.mailer.context(mail)
 
-    def receipt(self, ticket: Ticket, receipt: tickets.Receipt) -> dict[str, Any]:
+    def receipt(self, ticket: Ticket, receipt: agents.Receipt) -> dict[str, Any]:
         """A receipt's context, made by the rule that makes receipts."""
-        mail = tickets.receipt_mail(self.desk, ticket, self.agent, self.desk.clock(), receipt)
+        mail = agents.receipt_mail(self.desk, ticket, self.agent, self.desk.clock(), receipt)
         return self.desk.mailer.context(mail)
 
     def notice(self, ticket: Ticket, template: str, **extra: Any) -> dict[str, Any]:
         now = self.desk.clock()
-        mail = tickets.agent_mail(self.desk, ticket, self.agent, "notice", template, now, **extra)
+        mail = notices.agent_mail(self.desk, ticket, self.agent, "notice", template, now, **extra)
         return self.desk.mailer.context(mail)
 
 
@@ -193,7 +194,7 @@ def desk_ref(make: _Maker, ticket: Ticket) -> str:
     return make.desk.settings.desk.ref(ticket.id)
 
 
-def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
+def contexts(desk: Desk) -> dict[str, list[dict[str, Any]]]:
     """Every mail's sample contexts, by template name (``canned`` for every canned reply)."""
     make = _Maker(desk)
     settings = desk.settings
@@ -211,7 +212,7 @@ def contexts(desk: tickets.Desk) -> dict[str, list[dict[str, Any]]]:
         **_to_customers(make, settings.limits.max_attachment_bytes),
         **_to_agents(make),
         "admin_alert": [desk.mailer.context(alert)],
-        "canned": [tickets.canned_context(desk, make.worked)],
+        "canned": [notices.canned_context(desk, make.worked)],
     }
 
 
@@ -291,27 +292,25 @@ def _receipts(make: _Maker) -> list[dict[str, Any]]:
     return [
         make.receipt(
             worked,
-            tickets.Receipt(
-                applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")
-            ),
+            agents.Receipt(applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")),
         ),
         make.receipt(
             new,
-            tickets.Receipt(
+            agents.Receipt(
                 refused=("#priority hgih: not a priority (low, medium, high, urgent)",),
                 kept_as_note=True,
             ),
         ),
         make.receipt(
             new,
-            tickets.Receipt(
+            agents.Receipt(
                 applied=("closed",),
                 not_mailed="the ticket has no usable address of the customer",
             ),
         ),
         make.receipt(
             worked,
-            tickets.Receipt(
+            agents.Receipt(
                 applied=("closed",),
                 held=("the closing mail: loop protection: 10 automatic mails in the hour",),
                 bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); sent anyway",
@@ -346,7 +345,7 @@ def _unverified(make: _Maker) -> list[dict[str, Any]]:
     ]
 
 
-def variables(desk: tickets.Desk) -> dict[str, list[str]]:
+def variables(desk: Desk) -> dict[str, list[str]]:
     """The top-level variables each mail's templates see (for README's table and its test)."""
     return {
         name: sorted({key for context in variants for key in context})

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from maildesk import config
-from maildesk.act.tickets import Desk
 from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
 from maildesk.models import Database, Ticket
 from maildesk.service.daemon import Daemon
+from maildesk.service.wiring import desk_for
 from maildesk.ui import views
 
 SUPPORT = "support@example.test"
@@ -84,7 +84,9 @@ class World:
         self.settings = config.load(path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
-        self.daemon = Daemon(self.settings, self.db, Desk(self.settings), on_outcome=self._handled)
+        self.daemon = Daemon(
+            self.settings, self.db, desk_for(self.settings), on_outcome=self._handled
+        )
         self.handled = 0
         self.condition = threading.Condition()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.daemon.run()), daemon=True)

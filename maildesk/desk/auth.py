@@ -14,7 +14,7 @@ never raises.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -325,24 +325,38 @@ _NOTICES = {
 }
 
 
-def authenticate(
-    *,
-    secret: bytes,
-    desk_address: str,
-    agent: str,
-    ticket_number: int,
-    addresses: Iterable[str],
-    authentication_results: Sequence[str],
-    trusted_authserv_ids: Collection[str],
-    agent_auth: str,
-    now: datetime,
-) -> Proof:
-    """Whether this message proves it comes from ``agent`` (the registered address) for the ticket.
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """What the desk takes as proof: tokens made with its secret at its address, the verdicts of
+    the servers it trusts (``trusted_authserv_ids``), and ``[security] agent_auth``."""
 
-    ``addresses`` are the To, Cc, Delivered-To and X-Original-To values; ``authentication_results``
-    the AR header values as they arrived (``Inbound.authentication_results``), topmost first. A valid token wins; else a trusted AR verdict; else
-    ``agent_auth == "none"`` lets it through; else the proof fails with a sentence for the agent.
+    secret: bytes
+    desk_address: str
+    trusted_authserv_ids: tuple[str, ...]
+    agent_auth: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message that says it comes from ``agent`` about ticket ``ticket_number``: the To, Cc,
+    Delivered-To and X-Original-To values (``addresses``) and the Authentication-Results values
+    as they arrived (``Inbound.authentication_results``), topmost first."""
+
+    agent: str
+    ticket_number: int
+    addresses: tuple[str, ...]
+    authentication_results: tuple[str, ...]
+
+
+def authenticate(trust: Trust, claim: Claim, now: datetime) -> Proof:
+    """Whether this message proves it comes from ``claim.agent`` (the registered address) for
+    the ticket. A valid token wins; else a trusted AR verdict; else ``agent_auth == "none"``
+    lets it through; else the proof fails with a sentence for the agent.
     """
+    secret, desk_address, agent = trust.secret, trust.desk_address, claim.agent
+    ticket_number, addresses = claim.ticket_number, claim.addresses
+    authentication_results = claim.authentication_results
+    trusted_authserv_ids, agent_auth = trust.trusted_authserv_ids, trust.agent_auth
     token_reason = "missing"
     for token in tokens_in(addresses, desk_address):
         check = check_token(secret, token, agent, ticket_number, now)

@@ -1,10 +1,11 @@
 """The agent command grammar: parse ``#verb`` commands, validate them, and the help text.
 
-Sits between ``routing`` and ``tickets``: for an agent's follow-up, ``parse`` finds the commands
+Sits between ``routing`` and ``verbs``: for an agent's follow-up, ``parse`` finds the commands
 in the subject (``#verb`` words after the ticket ref) and in the command lines at the very
 top of the body; ``validate`` resolves them against the desk's agents, teams and canned replies,
-all or nothing. Both return values and touch nothing; ``tickets`` carries the actions out and
-``describe``/``HELP`` word the receipt. Customer mail is never parsed for commands.
+all or nothing. Both return values and touch nothing; ``verbs`` plans the actions, ``act.apply``
+carries the plan out, and ``describe``/``HELP`` word the receipt. Customer mail is never parsed
+for commands.
 """
 
 from __future__ import annotations

@@ -60,9 +60,29 @@ class TicketView:
     status: str
 
 
+class Ignored(StrEnum):
+    """Why a message was ignored, in a bounded set (the reason text is free-form)."""
+
+    OWN_MAIL = "own_mail"
+    UNKNOWN_BOUNCE = "unknown_bounce"
+    REPORT = "report"
+    BULK = "bulk"
+    AUTO_REPLY = "auto_reply"
+    OTHER = "other"
+
+
+IGNORED_KIND = {
+    Kind.OWN_LOOP: Ignored.OWN_MAIL,
+    Kind.REPORT: Ignored.REPORT,
+    Kind.BULK: Ignored.BULK,
+    Kind.AUTO_REPLY: Ignored.AUTO_REPLY,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Ignore:
     reason: str
+    why: Ignored = Ignored.OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +99,15 @@ class NewTicket:
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
+    """A message on a known ticket. ``role``: who its sender is to the ticket, decided here once
+    (an agent by the address From claims: their proof is checked before anything applies);
+    ``sender`` that address."""
+
     ticket: TicketView
     role: Role
     via: str  # "headers" | "ref"
     automatic: str | None = None  # the reason, when the follow-up is automatic mail
+    sender: str | None = None
 
 
 Route = Ignore | Bounce | NewTicket | FollowUp
@@ -253,7 +278,7 @@ def arrived_at(inbound: Inbound) -> tuple[str, ...]:
 def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identity) -> Route:
     """Decide what to do with one message; no side effects."""
     if kind.kind is Kind.OWN_LOOP:
-        return Ignore(kind.reason)
+        return Ignore(kind.reason, Ignored.OWN_MAIL)
     if kind.kind is Kind.BOUNCE:
         return Bounce(
             report=inbound.report,
@@ -263,12 +288,16 @@ def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identi
     found = thread(inbound, threads, desk)
     if found is None:
         if kind.automatic:
-            return Ignore(kind.reason)
+            return Ignore(kind.reason, IGNORED_KIND.get(kind.kind, Ignored.OTHER))
         return NewTicket(no_auto_reply=kind.no_auto_reply)
     ticket, via = found
+    # who the mail says it is from: an agent's claim is decided on here, and proven (or
+    # refused, with the agent told) before anything applies
+    sender = inbound.sender or inbound.claimed_sender
     return FollowUp(
         ticket=ticket,
-        role=role_of(inbound.sender, ticket, desk),
+        role=role_of(sender, ticket, desk),
         via=via,
         automatic=kind.reason if kind.automatic else None,
+        sender=sender,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from maildesk.act import automation, ingest
-from maildesk.act.tickets import Desk
+from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
 from maildesk.models import Database, DatabaseError
 from maildesk.service.delivery import Courier, Delivery

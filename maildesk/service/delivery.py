@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from maildesk.act import bounces, outbox
-from maildesk.act.tickets import Desk
 from maildesk.config import Settings
 from maildesk.mail import smtp
 from maildesk.models import Database, DatabaseError, Outbox, Session
@@ -34,6 +33,7 @@ from maildesk.service.leases import holder_alive
 from maildesk.service.outages import ELSEWHERE, Outages
 from maildesk.service.runtime import Runtime, Tell
 from maildesk.service.timings import Timings
+from maildesk.service.wiring import desk_for
 
 log = logging.getLogger("maildesk.daemon")  # the logs name the job, not the module path
 
@@ -509,7 +509,7 @@ def main(
         if supervised_by is None:
             db.upgrade()
         faults, timings = hooks
-        rt = Runtime(settings, db, Desk(settings), once=once, faults=faults, timings=timings)
+        rt = Runtime(settings, db, desk_for(settings), once=once, faults=faults, timings=timings)
         code = asyncio.run(deliver(rt, supervised_by=supervised_by))
     finally:
         db.dispose()
@@ -524,7 +524,7 @@ def fork(settings: Settings, *, once: bool, hooks: tuple[Faults, Timings]) -> Co
 
     def child() -> int:
         db = delivery_db(settings)
-        rt = Runtime(settings, db, Desk(settings), once=once, faults=faults, timings=timings)
+        rt = Runtime(settings, db, desk_for(settings), once=once, faults=faults, timings=timings)
         return asyncio.run(deliver(rt, supervised_by=daemon_pid))
 
     return Courier.fork(child)

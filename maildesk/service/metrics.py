@@ -16,7 +16,6 @@ details). The only module that imports prometheus_client.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from maildesk.desk.routing import Ignored
 from maildesk.models import (
     Database,
     DatabaseError,
@@ -46,38 +46,21 @@ log = logging.getLogger("maildesk.metrics")  # the logs name the job, not the mo
 STALE_AFTER_POLLS = 3
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600)
 
-# Why a message was ignored, in a bounded set of label values (the reason text is free-form).
-IGNORED_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("own_mail", re.compile(r"our own|sent from the desk address", re.I)),
-    ("unknown_bounce", re.compile(r"delivery report about mail we did not send", re.I)),
-    ("report", re.compile(r"\breport\b", re.I)),
-    ("bulk", re.compile(r"mailing list|precedence: (bulk|list|junk)", re.I)),
-    (
-        "auto_reply",
-        re.compile(r"auto|return-path|system sender|header|precedence", re.I),
-    ),
-)
 
+class Ingested(Protocol):
+    """What the metrics read of what became of a message (``ingest.Outcome``)."""
 
-def ignored_reason(reason: str) -> str:
-    """The label value for an ignored message: own_mail, unknown_bounce, report, bulk,
-    auto_reply or other."""
-    for label, pattern in IGNORED_REASONS:
-        if pattern.search(reason):
-            return label
-    return "other"
-
-
-class Outcome(Protocol):
     @property
     def kind(self) -> str: ...
     @property
-    def reason(self) -> str: ...
+    def ignored(self) -> Ignored | None: ...
 
 
-def reason_label(outcome: Outcome) -> str:
-    """The ``reason`` label of an outcome: why it was ignored, else empty."""
-    return ignored_reason(outcome.reason) if outcome.kind == "ignored" else ""
+def reason_label(outcome: Ingested) -> str:
+    """The ``reason`` label of an outcome: why it was ignored (``routing.Ignored``), else empty."""
+    if outcome.kind != "ignored":
+        return ""
+    return str(outcome.ignored or Ignored.OTHER)
 
 
 class Health(Protocol):
@@ -183,7 +166,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ what the daemon reports
 
-    def message(self, mailbox: str, outcome: Outcome, arrived: float | None) -> None:
+    def message(self, mailbox: str, outcome: Ingested, arrived: float | None) -> None:
         """One message committed (or quarantined) at this moment; ``arrived`` is unix time."""
         self.ingested.labels(mailbox, outcome.kind, reason_label(outcome)).inc()
         if arrived is not None and outcome.kind != "duplicate":

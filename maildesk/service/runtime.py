@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from maildesk import config
 from maildesk.act import samples
-from maildesk.act.tickets import Desk
+from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
 from maildesk.models import Database
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.leases import Leases, new_holder
 from maildesk.service.timings import Timings
 from maildesk.service.watchdog import Pulse
+from maildesk.service.wiring import desk_for
 
 if TYPE_CHECKING:
     from maildesk.service.metrics import Metrics
@@ -130,7 +131,7 @@ class Runtime:
         """
         try:
             settings = config.load(self.settings.path)
-            desk = Desk(
+            desk = desk_for(
                 settings, store=self.desk.store, clock=self.desk.clock, parser=self.desk.parser
             )
             # every template rendered with sample data before the first mail needs one

@@ -71,9 +71,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def check_templates(settings: Settings) -> int:
     """check-config's lines for the templates; returns how many failed."""
     from maildesk.act import samples
-    from maildesk.act.tickets import Desk
+    from maildesk.service.wiring import desk_for
 
-    checked = samples.check(Desk(settings))
+    checked = samples.check(desk_for(settings))
     templates_dir = settings.desk.templates_dir
     where = f", {checked.overridden} from {templates_dir}" if templates_dir else ""
     if not checked.problems:

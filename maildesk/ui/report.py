@@ -30,9 +30,8 @@ from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.act import automation
 from maildesk.config import Settings
-from maildesk.desk import sla
+from maildesk.desk import sla, timers
 from maildesk.mail import rendering
 from maildesk.models import Event, Status, Ticket
 from maildesk.ui import stats
@@ -148,8 +147,8 @@ class DeskReport:
         rated = sum(self.ratings)
         return {
             "desk": self.desk,
-            "since": automation.iso(self.since),
-            "until": automation.iso(self.until),
+            "since": timers.iso(self.since),
+            "until": timers.iso(self.until),
             "timezone": self.zone,
             "summary": self.summary.as_json(),
             "per_day": [

@@ -21,7 +21,7 @@ from maildesk.models import Database
 from maildesk.ui import stats
 
 if TYPE_CHECKING:
-    from maildesk.act.tickets import Desk
+    from maildesk.act.means import Desk
 
 log = logging.getLogger("maildesk")
 
@@ -80,9 +80,9 @@ def checked_desk(settings: Settings) -> Desk:
     """The desk, its templates rendered with sample data first: a template that fails stops
     the command with one line naming the file and line (``ConfigError``, exit 78)."""
     from maildesk.act import samples
-    from maildesk.act.tickets import Desk
+    from maildesk.service.wiring import desk_for
 
-    desk = Desk(settings)
+    desk = desk_for(settings)
     samples.require(desk)
     return desk
 

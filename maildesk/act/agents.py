@@ -1,0 +1,274 @@
+"""An agent's mail on a ticket: prove who sent it, then plan and apply its commands, or refuse.
+
+Reached from ``ingest.handle`` for a follow-up whose sender routing found to be an agent. The
+commands are parsed and validated (``desk.commands``), planned (``desk.verbs``) and carried out
+(``act.apply``); the agent gets one receipt. Mail that does not prove its sender becomes an
+unverified note, and the agent is told at most once an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from maildesk.act import guard
+from maildesk.act.apply import Scene, carry_out, state_of
+from maildesk.act.means import Desk
+from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
+from maildesk.act.outbox import Mail
+from maildesk.config import AgentSettings
+from maildesk.desk import auth, commands, verbs
+from maildesk.desk.plans import Plan, Record
+from maildesk.desk.timers import utc_text
+from maildesk.mail.inbound import Inbound
+from maildesk.models import Outbox, OutboxStatus, Ticket
+
+log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOutcome:
+    applied: tuple[str, ...]
+    refused: tuple[str, ...]
+    verified: bool
+
+
+def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
+    """An agent's mail on a ticket: authenticate, then apply its commands and reply, or refuse."""
+    desk, inbound = scene.desk, scene.inbound
+    assert inbound is not None
+    text = inbound.reply_text.strip()
+    parsed = commands.parse(
+        inbound.subject, text, desk.settings.desk.ref_pattern, desk.directory.teams
+    )
+    proof = prove(desk, scene.ticket, inbound, agent, scene.now)
+    if not proof.ok:
+        return refuse_unverified(scene, agent, proof, parsed)
+    validation = commands.validate(parsed, desk.directory, agent.email)
+    if not validation.ok:
+        carry_out(scene, verbs.refused(agent.email, parsed.text, validation.refusals))
+        refused = Receipt(refused=validation.refusals, kept_as_note=bool(parsed.text))
+        enqueue(
+            scene.session,
+            desk,
+            [receipt_mail(desk, scene.ticket, agent, scene.now, refused)],
+            scene.now,
+        )
+        return AgentOutcome((), validation.refusals, True)
+    plan = verbs.plan_actions(
+        state_of(scene.ticket), validation.actions, agent, parsed.text, desk.directory
+    )
+    mails = carry_out(scene, plan)
+    receipt = mail_out(scene, mails, plan)
+    if parsed.commands or receipt.not_mailed or receipt.held or receipt.bounced:
+        enqueue(
+            scene.session,
+            desk,
+            [receipt_mail(desk, scene.ticket, agent, scene.now, receipt)],
+            scene.now,
+        )
+    return AgentOutcome(plan.applied, (), True)
+
+
+def mail_out(scene: Scene, mails: Sequence[Mail], plan: Plan) -> Receipt:
+    """Enqueue the mails an agent's commands cause; the receipt says what was applied and who
+    was not mailed, or was held back, or bounced before."""
+    session, ticket, now = scene.session, scene.ticket, scene.now
+    unmailed = not_mailed(session, scene.desk, ticket, mails)
+    bounced = None if unmailed else bounced_before(session, ticket, mails, now)
+    held = enqueue(session, scene.desk, mails, now)
+    return Receipt(
+        applied=plan.applied,
+        not_mailed=unmailed,
+        held=tuple(held_line(mail, why) for mail, why in held),
+        bounced=bounced,
+    )
+
+
+def bounced_before(
+    session: Session, ticket: Ticket, mails: Sequence[Mail], now: datetime
+) -> str | None:
+    """For the receipt: the agent's words went to an address whose automatic mail is
+    suppressed, because it bounced permanently. They are sent all the same; the agent is told."""
+    if all(mail.automatic or mail.to_agent for mail in mails):
+        return None
+    bounce = guard.bounced(session, ticket.requester, now)
+    if bounce is None:
+        return None
+    on = f" on {utc_text(bounce.at)}" if bounce.at else ""
+    return f"{ticket.requester} bounced permanently{on} ({bounce.status}); sent anyway"
+
+
+def held_line(mail: Mail, why: str) -> str:
+    """For the receipt: a mail to the customer made only from a template, held back."""
+    name = CUSTOMER_MAILS.get(mail.kind, mail.kind)
+    return (
+        f"The {name} to {mail.to} was not mailed: {why}. Only mail made wholly from templates "
+        "is held back; a mail with words you write always goes out"
+    )
+
+
+def prove(
+    desk: Desk, ticket: Ticket, inbound: Inbound, agent: AgentSettings, now: datetime
+) -> auth.Proof:
+    """Whether this mail provably comes from ``agent``: a reply token or a trusted verdict."""
+    if inbound.sender != agent.email:
+        return auth.Proof(
+            False,
+            "",
+            "The From: header is ambiguous (it shows more than one address), "
+            "so it cannot prove who sent it.",
+        )
+    security = desk.settings.security
+    trust = auth.Trust(
+        desk.settings.desk.secret,
+        desk.settings.desk.address,
+        tuple(security.trusted_authserv_ids),
+        security.agent_auth,
+    )
+    addresses = (*inbound.to, *inbound.cc, *inbound.delivered_to)
+    claim = auth.Claim(agent.email, ticket.id, addresses, inbound.authentication_results)
+    return auth.authenticate(trust, claim, now)
+
+
+def refuse_unverified(
+    scene: Scene, agent: AgentSettings, proof: auth.Proof, parsed: commands.Parsed
+) -> AgentOutcome:
+    """Nothing applies and nothing reaches the customer: the text becomes an unverified note
+    and the agent's registered address (never the inbound From) is told why, at most once an
+    hour (``unverified_notice``)."""
+    inbound, ticket, desk = scene.inbound, scene.ticket, scene.desk
+    assert inbound is not None
+    text = inbound.reply_text.strip()
+    carry_out(scene, verbs.unverified(agent.email, text))
+    notice = unverified_notice(scene, agent, proof, parsed, text)
+    detail = {"notice": "held back"} if notice.held_back else {}
+    carry_out(
+        scene,
+        Plan(
+            (
+                Record(
+                    "command_refused",
+                    agent.email,
+                    {"reason": proof.reason, "verified": False, **detail},
+                ),
+            )
+        ),
+    )
+    enqueue(scene.session, desk, [notice], scene.now)
+    log.warning(
+        "unverified agent mail for %s claiming %s: %s <%s>",
+        desk.ref(ticket),
+        agent.email,
+        proof.reason,
+        inbound.message_id,
+        extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
+    )
+    return AgentOutcome((), (proof.reason,), False)
+
+
+UNVERIFIED_NOTICE = "unverified"  # the outbox kind of the notice about unverified mail
+UNVERIFIED_NOTICE_EVERY = timedelta(hours=1)
+HELD_BACK = "held back: one notice about unverified mail an hour"
+
+
+def unverified_notice(
+    scene: Scene,
+    agent: AgentSettings,
+    proof: auth.Proof,
+    parsed: commands.Parsed,
+    text: str,
+) -> Mail:
+    """The notice to ``agent`` about an unverified mail in their name.
+
+    Forged mail costs its sender nothing, so the agent hears of it at most once an hour: a
+    notice within the hour after the last one sent is written to the outbox held back (counted
+    in the database, so the cap holds across daemons), and the next one sent says how many
+    came since the last notice and on which tickets."""
+    session, desk, ticket, now = scene.session, scene.desk, scene.ticket, scene.now
+    last_sent = session.scalar(_LAST_NOTICE_SENT, {"agent": agent.email})
+    since = {"agent": agent.email, "since": last_sent}
+    held = session.scalar(_HELD_NOTICES, since) or 0
+    numbers = {ticket.id, *session.scalars(_HELD_TICKETS, since)}
+    recent = last_sent is not None and last_sent > now - UNVERIFIED_NOTICE_EVERY
+    mail = agent_mail(
+        desk,
+        ticket,
+        agent,
+        UNVERIFIED_NOTICE,
+        "agent_unverified",
+        now,
+        reason=proof.reason,
+        commands=listed_commands(parsed),
+        text=text,
+        count=held + 1,
+        tickets=[desk.settings.desk.ref(number) for number in sorted(numbers)],
+    )
+    return replace(mail, held_back=HELD_BACK) if recent else mail
+
+
+def listed_commands(parsed: commands.Parsed) -> list[str]:
+    """The commands a notice names: as many as a message may carry, then how many more (a
+    forged mail of thousands of command lines would make the notice as long as the mail)."""
+    shown = [c.source for c in parsed.commands[: commands.MAX_COMMANDS]]
+    more = len(parsed.commands) - len(shown)
+    return [*shown, f"and {more:,} more"] if more else shown
+
+
+# Built once: the outbox rows of the notice to one agent (index on recipient and created_at).
+_LAST_NOTICE_SENT = select(func.max(Outbox.created_at)).where(
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == UNVERIFIED_NOTICE,
+    Outbox.status != OutboxStatus.SUPPRESSED,
+)
+_HELD_SINCE = (
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == UNVERIFIED_NOTICE,
+    Outbox.status == OutboxStatus.SUPPRESSED,
+    Outbox.created_at >= bindparam("since"),
+)
+_HELD_NOTICES = select(func.count(Outbox.id)).where(*_HELD_SINCE)
+_HELD_TICKETS = (
+    select(Outbox.ticket_id)
+    .where(*_HELD_SINCE, Outbox.ticket_id.is_not(None))
+    .distinct()
+    .order_by(Outbox.ticket_id)
+    .limit(20)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What an agent's receipt reports."""
+
+    applied: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    kept_as_note: bool = False  # the text was kept as an internal note (commands refused)
+    not_mailed: str | None = None  # why nobody outside was mailed, when someone should have been
+    held: tuple[str, ...] = ()  # mails to the customer held back (``held_line``)
+    bounced: str | None = None  # the agent's words went to an address that bounced before
+
+
+def receipt_mail(
+    desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime, receipt: Receipt
+) -> Mail:
+    """The one reply to an agent's commands: what was done, what was refused, and the help."""
+    return agent_mail(
+        desk,
+        ticket,
+        agent,
+        "receipt",
+        "agent_receipt",
+        now,
+        applied=list(receipt.applied),
+        refused=list(receipt.refused),
+        kept_as_note=receipt.kept_as_note,
+        not_mailed=receipt.not_mailed,
+        held=list(receipt.held),
+        bounced=receipt.bounced,
+    )

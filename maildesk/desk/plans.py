@@ -1,0 +1,226 @@
+"""Plans: what a decision of the desk changes on a ticket and which mails it sends, as values.
+
+The desk's rules (``verbs`` for agents' commands, ``customers`` for customers' mail) read the
+ticket's state as a ``TicketState`` and return a ``Plan``: steps in the order they happen. The act
+layer (``act.apply``) carries a plan out inside the message's transaction; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from maildesk.models import Status
+
+
+@dataclass(frozen=True, slots=True)
+class TicketState:
+    """What the rules read of a ticket."""
+
+    id: int | None
+    status: Status
+    requester: str
+    team: str
+    assignee: str | None = None
+    priority: str = "medium"
+    tags: tuple[str, ...] = ()
+    closed_at: datetime | None = None
+    status_since: datetime | None = None
+    sla_breached: tuple[str, ...] = ()  # the SLA targets reported missed already
+
+    def but(self, **changes: Any) -> TicketState:
+        return replace(self, **changes)
+
+
+class Whom(Enum):
+    """Who a mail goes to, read when the plan is carried out (after the changes before it)."""
+
+    REQUESTER = "requester"  # the ticket's customer
+    TEAM = "team"  # every agent of the ticket's team
+    OWNER = "owner"  # the assignee, else every agent of the team
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True, slots=True)
+class SetAssignee:
+    assignee: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetPriority:
+    priority: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetTeam:
+    team: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class AddTags:
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveTags:
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    rating: int
+    comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An event on the ticket's timeline."""
+
+    kind: str
+    actor: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """The message being handled, kept on the ticket's thread with ``text``."""
+
+    sender: str
+    text: str
+    internal: bool = False
+    unverified: bool = False
+    automatic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """A mail. ``to``: a ``Whom`` or an agent's address. ``words``: it carries a person's words
+    (a mail to the requester that is never held back as automatic)."""
+
+    to: Whom | str
+    kind: str
+    template: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    words: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An agent's answer to the customer: the canned replies chosen, then ``text``; kept on the
+    thread and mailed. ``pend``: the ticket waits for the customer afterwards."""
+
+    actor: str
+    agent_name: str
+    canned: tuple[str, ...]
+    text: str
+    pend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the ticket (when it is not closed yet) with a resolution: the canned replies chosen,
+    then ``text``. ``keep``: the resolution is kept on the thread as the message handled."""
+
+    actor: str
+    canned: tuple[str, ...]
+    text: str
+    keep: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReminded:
+    """This pending period's reminder is dealt with (sent, or held)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkBreached:
+    """The SLA targets reported missed, all of them."""
+
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSla:
+    """Bring the ticket's next SLA due time up to date."""
+
+
+Step = (
+    SetAssignee
+    | SetPriority
+    | SetTeam
+    | SetStatus
+    | AddTags
+    | RemoveTags
+    | Rate
+    | Record
+    | Keep
+    | Notify
+    | Reply
+    | Close
+    | MarkReminded
+    | MarkBreached
+    | TrackSla
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Steps, in order, and the lines an agent's receipt reports as applied."""
+
+    steps: tuple[Step, ...] = ()
+    applied: tuple[str, ...] = ()
+
+    def __add__(self, other: Plan) -> Plan:
+        return Plan(self.steps + other.steps, self.applied + other.applied)
+
+    def mails(self) -> tuple[Notify, ...]:
+        return tuple(step for step in self.steps if isinstance(step, Notify))
+
+
+def preview(state: TicketState, plan: Plan) -> TicketState:
+    """The ticket as ``plan`` leaves it (what its agents and customer will see), without
+    carrying it out."""
+    for step in plan.steps:
+        match step:
+            case SetAssignee(assignee=assignee):
+                state = state.but(assignee=assignee)
+            case SetPriority(priority=priority):
+                state = state.but(priority=priority)
+            case SetTeam(team=team):
+                state = state.but(team=team)
+            case SetStatus(status=status):
+                state = state.but(status=status)
+            case AddTags(tags=tags):
+                state = state.but(tags=(*state.tags, *tags))
+            case RemoveTags(tags=tags):
+                state = state.but(tags=tuple(t for t in state.tags if t not in tags))
+            case Reply(pend=True):
+                state = state.but(status=Status.PENDING)
+            case Close():
+                state = state.but(status=Status.CLOSED)
+    return state
+
+
+def mailed(plan: Plan) -> tuple[tuple[Whom | str, str], ...]:
+    """Who ``plan`` mails, and which mail: ``(Whom.REQUESTER, "reply")``, ``(address,
+    "notice")``..."""
+    found: list[tuple[Whom | str, str]] = []
+    for step in plan.steps:
+        match step:
+            case Notify(to=to, kind=kind):
+                found.append((to, kind))
+            case Reply():
+                found.append((Whom.REQUESTER, "reply"))
+            case Close():
+                found.append((Whom.REQUESTER, "closed"))
+    return tuple(found)

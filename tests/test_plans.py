@@ -1,0 +1,428 @@
+"""The desk's decisions as values: a message and a ticket's state in, a plan out.
+
+No server and no database: routing, the agents' verbs and the customers' cases are pure, so
+each rule is checked here on what a user would see of its plan (the ticket's status and
+assignee afterwards, who is mailed which mail). The end-to-end tests check the same rules
+through real mail servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from maildesk.config import AgentSettings, DeskSettings, Settings, SmtpSettings, TeamSettings
+from maildesk.desk import auth, commands, customers, routing, sla, timers, verbs
+from maildesk.desk.customers import Case, Written
+from maildesk.desk.plans import (
+    Keep,
+    MarkBreached,
+    MarkReminded,
+    Plan,
+    Rate,
+    Record,
+    TicketState,
+    Whom,
+    mailed,
+    preview,
+)
+from maildesk.desk.routing import Identity, Ignored, Role, TicketView
+from maildesk.mail import marks
+from maildesk.mail.inbound import Inbound, parse
+from maildesk.models import Status
+
+MAIL = Path(__file__).parent / "mail"
+NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+DESK = "support@example.com"
+CUSTOMER = "dana@customer.test"
+ALICE = AgentSettings("alice@example.com", "Alice", ("support",))
+BOB = AgentSettings("bob@example.com", "Bob", ("support",))
+CAROL = AgentSettings("carol@example.com", "Carol", ("billing",))
+DIRECTORY = commands.Directory(
+    agents=tuple((a.email, a.name, a.teams) for a in (ALICE, BOB, CAROL)),
+    teams=("support", "billing"),
+    canned=("thanks",),
+)
+IDENTITY = Identity(
+    address=DESK,
+    secret=b"s" * 32,
+    loop_id="desk-1",
+    ref_pattern=r"\[\#(?P<number>\d{1,12})\]",
+    agents=frozenset(a.email for a in (ALICE, BOB, CAROL)),
+)
+OPEN = TicketState(
+    id=1042,
+    status=Status.OPEN,
+    requester=CUSTOMER,
+    team="support",
+    assignee=None,
+    tags=("printer",),
+    status_since=NOW - timedelta(days=1),
+)
+
+
+def agent_says(
+    text: str, state: TicketState = OPEN, agent: AgentSettings = ALICE, subject: str = ""
+) -> Plan:
+    """The plan of an agent's (verified) mail: commands on its first lines, then its text."""
+    parsed = commands.parse(subject, text, IDENTITY.ref_pattern, DIRECTORY.teams)
+    validation = commands.validate(parsed, DIRECTORY, agent.email)
+    assert validation.ok, validation.refusals
+    return verbs.plan_actions(state, validation.actions, agent, parsed.text, DIRECTORY)
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def test_a_plain_answer_is_mailed_to_the_customer_and_the_ticket_waits_for_them() -> None:
+    plan = agent_says("The part is ordered.")
+    assert preview(OPEN, plan).status is Status.PENDING
+    assert mailed(plan) == ((Whom.REQUESTER, "reply"),)
+    assert plan.applied == ()
+
+
+def test_assign_tells_the_new_assignee_but_not_an_agent_who_takes_it_themselves() -> None:
+    plan = agent_says("#assign bob")
+    assert preview(OPEN, plan).assignee == BOB.email
+    assert mailed(plan) == ((BOB.email, "notice"),)
+    assert plan.applied == ("assigned to Bob <bob@example.com>",)
+    mine = agent_says("#assign alice")
+    assert preview(OPEN, mine).assignee == ALICE.email
+    assert mailed(mine) == ()
+
+
+def test_assign_to_the_assignee_already_changes_nothing() -> None:
+    plan = agent_says("#assign bob", state=OPEN.but(assignee=BOB.email))
+    assert mailed(plan) == ()
+    assert preview(OPEN.but(assignee=BOB.email), plan) == OPEN.but(assignee=BOB.email)
+
+
+def test_priority_tag_and_untag_change_the_ticket_and_mail_nobody() -> None:
+    plan = agent_says("#priority urgent\n#tag hardware\n#untag printer")
+    after = preview(OPEN, plan)
+    assert (after.priority, after.tags, after.status) == ("urgent", ("hardware",), Status.OPEN)
+    assert mailed(plan) == ()
+    assert plan.applied == ("priority set to urgent", "tagged hardware", "untagged printer")
+
+
+def test_note_is_kept_internal_and_the_customer_gets_nothing() -> None:
+    plan = agent_says("#note\nCalled them, the printer is in the cellar.")
+    assert Keep(ALICE.email, "Called them, the printer is in the cellar.", internal=True) in (
+        plan.steps
+    )
+    assert mailed(plan) == ()
+    assert preview(OPEN, plan).status is Status.OPEN
+
+
+def test_close_mails_the_closing_mail_with_the_resolution() -> None:
+    plan = agent_says("#close\nReplaced the fuser.")
+    assert preview(OPEN, plan).status is Status.CLOSED
+    assert mailed(plan) == ((Whom.REQUESTER, "closed"),)
+
+
+def test_close_of_a_closed_ticket_mails_nobody() -> None:
+    closed = OPEN.but(status=Status.CLOSED, closed_at=NOW)
+    plan = agent_says("#close", state=closed)
+    assert mailed(plan) == ()
+
+
+def test_note_and_close_keep_the_note_and_send_only_the_closing_mail() -> None:
+    plan = agent_says("#note #close\nInternal: warranty case.")
+    assert Keep(ALICE.email, "Internal: warranty case.", internal=True) in plan.steps
+    assert preview(OPEN, plan).status is Status.CLOSED
+    assert mailed(plan) == ((Whom.REQUESTER, "closed"),)
+
+
+def test_escalate_hands_the_ticket_to_the_team_and_tells_team_and_customer() -> None:
+    assigned = OPEN.but(assignee=ALICE.email)
+    plan = agent_says("#escalate billing\nThey were charged twice.", state=assigned)
+    after = preview(assigned, plan)
+    assert (after.team, after.status, after.assignee) == ("billing", Status.ESCALATED, None)
+    assert mailed(plan) == ((Whom.TEAM, "notice"), (Whom.REQUESTER, "escalated"))
+    # the summary is the team's; kept as an internal note, never mailed to the customer
+    assert Keep(ALICE.email, "They were charged twice.", internal=True) in plan.steps
+
+
+def test_escalate_within_the_assignees_team_keeps_the_assignee() -> None:
+    assigned = OPEN.but(assignee=ALICE.email)
+    plan = agent_says("#escalate support", state=assigned)
+    assert preview(assigned, plan).assignee == ALICE.email
+
+
+def test_reopen_opens_a_closed_ticket_and_a_reply_then_waits_for_the_customer() -> None:
+    closed = OPEN.but(status=Status.CLOSED, closed_at=NOW)
+    assert preview(closed, agent_says("#reopen", state=closed)).status is Status.OPEN
+    plan = agent_says("#reopen\nOne more question.", state=closed)
+    assert preview(closed, plan).status is Status.PENDING
+    assert mailed(plan) == ((Whom.REQUESTER, "reply"),)
+
+
+def test_a_canned_reply_is_mailed_to_the_customer() -> None:
+    plan = agent_says("#reply thanks")
+    assert mailed(plan) == ((Whom.REQUESTER, "reply"),)
+    assert plan.applied == ("canned reply thanks sent to the customer",)
+    assert preview(OPEN, plan).status is Status.PENDING
+
+
+def test_refused_commands_become_a_note_and_nothing_changes() -> None:
+    parsed = commands.parse("", "#assign nobody\nHello", IDENTITY.ref_pattern, DIRECTORY.teams)
+    validation = commands.validate(parsed, DIRECTORY, ALICE.email)
+    assert not validation.ok
+    plan = verbs.refused(ALICE.email, parsed.text, validation.refusals)
+    assert preview(OPEN, plan) == OPEN
+    assert mailed(plan) == ()
+    assert Keep(ALICE.email, "Hello", internal=True) in plan.steps
+
+
+def test_every_verb_has_a_planner() -> None:
+    assert set(verbs.VERBS) == set(commands.VERBS)
+
+
+# --------------------------------------------------------------------------- unverified agents
+
+
+def test_agent_mail_without_proof_is_refused_and_only_kept_as_an_unverified_note() -> None:
+    trust = auth.Trust(IDENTITY.secret, DESK, ("mx.example.com",), "token")
+    proof = auth.authenticate(trust, auth.Claim(ALICE.email, 1042, (DESK,), ()), NOW)
+    assert not proof.ok and "no reply token of yours" in proof.reason
+    plan = verbs.unverified(ALICE.email, "#close\nDone.")
+    assert plan.steps == (Keep(ALICE.email, "#close\nDone.", internal=True, unverified=True),)
+    assert preview(OPEN, plan) == OPEN
+    assert mailed(plan) == ()
+
+
+def test_agent_mail_with_its_reply_token_is_proven() -> None:
+    trust = auth.Trust(IDENTITY.secret, DESK, (), "token")
+    token = marks.make_token(IDENTITY.secret, ALICE.email, 1042, NOW + timedelta(days=1))
+    to = (marks.reply_address(DESK, token),)
+    assert auth.authenticate(trust, auth.Claim(ALICE.email, 1042, to, ()), NOW).ok
+    assert not auth.authenticate(trust, auth.Claim(ALICE.email, 7, to, ()), NOW).ok
+
+
+# --------------------------------------------------------------------------- customers
+
+
+def test_a_customer_reply_on_a_pending_ticket_opens_it_and_tells_its_owner() -> None:
+    pending = OPEN.but(status=Status.PENDING)
+    followed = customers.follow_up(pending, Written(CUSTOMER, "Still broken."), DAYS_30, NOW)
+    assert followed.case is Case.REPLY
+    assert preview(pending, followed.plan).status is Status.OPEN
+    assert mailed(followed.plan) == ((Whom.OWNER, "notice"),)
+
+
+def test_a_customer_reply_on_an_open_ticket_only_tells_its_owner() -> None:
+    followed = customers.follow_up(OPEN, Written(CUSTOMER, "And another thing."), DAYS_30, NOW)
+    assert followed.case is Case.REPLY
+    assert preview(OPEN, followed.plan) == OPEN
+    assert mailed(followed.plan) == ((Whom.OWNER, "notice"),)
+
+
+DAYS_30 = timedelta(days=30)
+CLOSED = OPEN.but(status=Status.CLOSED, closed_at=NOW - timedelta(days=2))
+
+
+@pytest.mark.parametrize(
+    ("text", "rating", "comment"),
+    [("4/5 quick and kind", 4, "quick and kind"), ("Rating: 5", 5, None), ("2", 2, None)],
+)
+def test_the_requester_rates_a_closed_ticket(text: str, rating: int, comment: str | None) -> None:
+    followed = customers.follow_up(CLOSED, Written(CUSTOMER, text), DAYS_30, NOW)
+    assert followed.case is Case.RATING
+    assert Rate(rating, comment) in followed.plan.steps
+    assert preview(CLOSED, followed.plan).status is Status.CLOSED
+    assert mailed(followed.plan) == ()
+
+
+def test_a_rating_from_anyone_but_the_requester_reopens_instead() -> None:
+    followed = customers.follow_up(CLOSED, Written("someone@else.test", "5/5"), DAYS_30, NOW)
+    assert followed.case is Case.REOPEN
+
+
+def test_a_reply_within_the_reopen_window_reopens_the_ticket_and_tells_its_owner() -> None:
+    followed = customers.follow_up(CLOSED, Written(CUSTOMER, "It jams again."), DAYS_30, NOW)
+    assert followed.case is Case.REOPEN
+    assert preview(CLOSED, followed.plan).status is Status.OPEN
+    assert mailed(followed.plan) == ((Whom.OWNER, "notice"),)
+
+
+def test_a_reply_after_the_reopen_window_starts_a_new_linked_ticket() -> None:
+    long_ago = CLOSED.but(closed_at=NOW - timedelta(days=31))
+    followed = customers.follow_up(long_ago, Written(CUSTOMER, "It jams again."), DAYS_30, NOW)
+    assert followed.case is Case.NEW_LINKED
+    assert followed.plan == Plan()  # the old ticket stays as it is
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class Tickets:
+    """``routing.Threads`` over one ticket (the protocol a session implements in the daemon)."""
+
+    def __init__(self, ticket: TicketView, message_ids: Sequence[str] = ()) -> None:
+        self.ticket = ticket
+        self.message_ids = set(message_ids)
+
+    def by_message_ids(self, message_ids: Sequence[str]) -> TicketView | None:
+        return self.ticket if self.message_ids & set(message_ids) else None
+
+    def by_number(self, number: int) -> TicketView | None:
+        return self.ticket if number == self.ticket.id else None
+
+
+TICKET = TicketView(1042, CUSTOMER, frozenset({"cc@customer.test"}), "open")
+NO_TICKETS = Tickets(TicketView(1, "x@x.test", frozenset(), "open"))
+
+
+def mail(sender: str, subject: str, *headers: str, body: str = "Hello") -> Inbound:
+    lines = [
+        f"From: {sender}",
+        f"To: {DESK}",
+        f"Subject: {subject}",
+        "Message-ID: <m1@customer.test>",
+        *headers,
+        "",
+        body,
+    ]
+    return parse("\r\n".join(lines).encode())
+
+
+def routed(inbound: Inbound, threads: routing.Threads = NO_TICKETS) -> routing.Route:
+    return routing.route(inbound, routing.classify(inbound, IDENTITY), threads, IDENTITY)
+
+
+def test_a_first_mail_opens_a_ticket() -> None:
+    assert routed(mail(CUSTOMER, "Printer broken")) == routing.NewTicket()
+
+
+def test_auto_replies_bulk_and_our_own_mail_are_ignored_with_their_kind() -> None:
+    vacation = parse((MAIL / "autoreply-auto-submitted.eml").read_bytes())
+    cases = [
+        (vacation, Ignored.AUTO_REPLY),
+        (parse((MAIL / "mailing-list.eml").read_bytes()), Ignored.BULK),
+        (mail(CUSTOMER, "Hi", "X-Maildesk-Loop: desk-1"), Ignored.OWN_MAIL),
+        (mail(DESK, "Hi"), Ignored.OWN_MAIL),
+        (mail(CUSTOMER, "Hi", "Auto-Submitted: auto-generated"), Ignored.AUTO_REPLY),
+    ]
+    for inbound, why in cases:
+        route = routed(inbound)
+        assert isinstance(route, routing.Ignore), route
+        assert route.why is why
+
+
+def test_an_auto_reply_on_a_ticket_is_kept_as_automatic_and_answers_nobody() -> None:
+    vacation = parse((MAIL / "autoreply-auto-submitted.eml").read_bytes())
+    route = routed(vacation, Tickets(TICKET, ["ticket-1058.ack.5d6e@example.com"]))
+    assert isinstance(route, routing.FollowUp)
+    assert route.automatic is not None and "Auto-Submitted" in route.automatic
+
+
+def test_a_delivery_report_is_a_bounce_not_a_ticket() -> None:
+    route = routed(parse((MAIL / "bounce-dsn-postfix.eml").read_bytes()))
+    assert isinstance(route, routing.Bounce)
+    assert route.message_id is None  # not at a VERP address of ours: proves nothing
+
+
+def test_a_bounce_at_our_verp_address_names_our_mail() -> None:
+    ours = marks.own_message_id(IDENTITY.secret, "example.com")
+    verp = marks.bounce_address(IDENTITY.secret, DESK, ours)
+    raw = f"Delivered-To: {verp}\r\n".encode() + (MAIL / "bounce-dsn-postfix.eml").read_bytes()
+    route = routed(parse(raw))
+    assert isinstance(route, routing.Bounce)
+    assert route.message_id == ours
+
+
+def test_routing_decides_the_senders_role_once() -> None:
+    threads = Tickets(TICKET, ["ours@example.com"])
+    reply = "In-Reply-To: <ours@example.com>"
+    for sender, role in [
+        (CUSTOMER, Role.REQUESTER),
+        ("cc@customer.test", Role.PARTICIPANT),
+        (ALICE.email, Role.AGENT),
+        ("stranger@else.test", Role.OTHER),
+    ]:
+        route = routed(mail(sender, "Re: Printer", reply), threads)
+        assert isinstance(route, routing.FollowUp)
+        assert (route.role, route.sender) == (role, sender)
+
+
+def test_a_ref_in_the_subject_threads_only_for_people_of_the_ticket() -> None:
+    threads = Tickets(TICKET)
+    assert isinstance(routed(mail(CUSTOMER, "Re: [#1042] Printer"), threads), routing.FollowUp)
+    stranger = routed(mail("stranger@else.test", "Re: [#1042] Printer"), threads)
+    assert stranger == routing.NewTicket()
+
+
+def test_an_ambiguous_from_claiming_an_agent_is_routed_as_the_agent_to_be_refused() -> None:
+    threads = Tickets(TICKET, ["ours@example.com"])
+    two = f"{ALICE.email}, mallory@evil.test"
+    route = routed(mail(two, "Re: Printer", "In-Reply-To: <ours@example.com>"), threads)
+    assert isinstance(route, routing.FollowUp)
+    assert (route.role, route.sender) == (Role.AGENT, ALICE.email)
+
+
+# --------------------------------------------------------------------------- timers
+
+SETTINGS = Settings(
+    path=Path("maildesk.toml"),
+    desk=DeskSettings("Example Support", DESK, Path("data"), IDENTITY.secret),
+    database_url="sqlite://",
+    mailboxes=(),
+    smtp=SmtpSettings("smtp.example.com"),
+    teams=(TeamSettings("support"), TeamSettings("billing")),
+    agents=(ALICE, BOB, CAROL),
+)
+PENDING = OPEN.but(status=Status.PENDING, status_since=NOW - timedelta(days=3))
+
+
+def test_a_reminder_goes_to_the_customer_and_says_when_the_ticket_closes() -> None:
+    plan = timers.plan(timers.Remind(timedelta(days=3)), PENDING, SETTINGS, DIRECTORY)
+    assert MarkReminded() in plan.steps
+    assert mailed(plan) == ((Whom.REQUESTER, "reminder"),)
+    [reminder] = plan.mails()
+    assert reminder.context["waited"] == "3 days"
+    assert reminder.context["closes_after"] == "7 days"
+    assert preview(PENDING, plan).status is Status.PENDING
+
+
+def test_auto_close_closes_and_tells_the_customer() -> None:
+    plan = timers.plan(timers.AutoClose(timedelta(days=7)), PENDING, SETTINGS, DIRECTORY)
+    assert preview(PENDING, plan).status is Status.CLOSED
+    assert mailed(plan) == ((Whom.REQUESTER, "auto_closed"),)
+
+
+def test_a_bounced_requester_holds_the_timers_and_nobody_is_mailed() -> None:
+    plan = timers.plan(timers.Hold(NOW - timedelta(days=1)), PENDING, SETTINGS, DIRECTORY)
+    assert MarkReminded() in plan.steps
+    assert mailed(plan) == ()
+    assert preview(PENDING, plan) == PENDING
+
+
+def test_a_missed_target_tells_the_owner_and_escalates_where_the_priority_says() -> None:
+    target = sla.Target("first_response", NOW - timedelta(hours=1), None)
+    told = timers.plan(timers.Breach(target, None), OPEN, SETTINGS, DIRECTORY)
+    assert MarkBreached(("first_response",)) in told.steps
+    assert mailed(told) == ((Whom.OWNER, "notice"),)
+    escalated = timers.plan(timers.Breach(target, "billing"), OPEN, SETTINGS, DIRECTORY)
+    after = preview(OPEN, escalated)
+    assert (after.team, after.status) == ("billing", Status.ESCALATED)
+    assert mailed(escalated) == (
+        (Whom.OWNER, "notice"),
+        (Whom.TEAM, "notice"),
+        (Whom.REQUESTER, "escalated"),
+    )
+
+
+def test_a_new_ticket_keeps_the_mail_and_tells_the_team() -> None:
+    plan = customers.opened(Written(CUSTOMER, "Printer broken."), "support", None)
+    assert Keep(CUSTOMER, "Printer broken.") in plan.steps
+    assert mailed(plan) == ((Whom.TEAM, "notice"),)
+
+
+def test_a_new_ticket_without_an_address_says_nobody_outside_is_mailed() -> None:
+    plan = customers.opened(Written("", "Printer broken."), "support", "[#1042]")
+    [created] = [s for s in plan.steps if isinstance(s, Record)]
+    assert created.detail["linked_to"] == "[#1042]"
+    assert "nobody outside is mailed" in created.detail["warning"]
