@@ -105,7 +105,6 @@ class FollowUp:
 
     ticket: TicketView
     role: Role
-    via: str  # "headers" | "ref"
     automatic: str | None = None  # the reason, when the follow-up is automatic mail
     sender: str | None = None
 
@@ -239,8 +238,8 @@ def role_of(sender: str | None, ticket: TicketView, desk: Identity) -> Role:
 MAX_REFS = 10
 
 
-def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketView, str] | None:
-    """The ticket this message continues, and how we know; None for a new conversation.
+def thread(inbound: Inbound, threads: Threads, desk: Identity) -> TicketView | None:
+    """The ticket this message continues; None for a new conversation.
 
     By header: In-Reply-To / References naming a Message-ID the ticket has. By ref: the subject
     carries the ticket's ref and the sender is its requester, a participant or an agent (a
@@ -250,13 +249,13 @@ def thread(inbound: Inbound, threads: Threads, desk: Identity) -> tuple[TicketVi
     if ids:
         found = threads.by_message_ids(list(dict.fromkeys(ids)))
         if found is not None:
-            return found, "headers"
+            return found
     refs = re.finditer(desk.ref_pattern, inbound.subject)
     numbers = list(dict.fromkeys(int(match.group("number")) for match in refs))
     for number in numbers[:MAX_REFS]:
         ticket = threads.by_number(number)
         if ticket is not None and role_of(inbound.sender, ticket, desk) is not Role.OTHER:
-            return ticket, "ref"
+            return ticket
     return None
 
 
@@ -290,14 +289,13 @@ def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identi
         if kind.automatic:
             return Ignore(kind.reason, IGNORED_KIND.get(kind.kind, Ignored.OTHER))
         return NewTicket(no_auto_reply=kind.no_auto_reply)
-    ticket, via = found
+    ticket = found
     # who the mail says it is from: an agent's claim is decided on here, and proven (or
     # refused, with the agent told) before anything applies
     sender = inbound.sender or inbound.claimed_sender
     return FollowUp(
         ticket=ticket,
         role=role_of(sender, ticket, desk),
-        via=via,
         automatic=kind.reason if kind.automatic else None,
         sender=sender,
     )
