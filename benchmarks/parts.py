@@ -205,7 +205,7 @@ def memory(world: World, sizes: tuple[int, int], attachment: int) -> Figures:
             work, account, world.smtp.port, limits={"max_attachment_bytes": 30000000}
         )
         upgrade(config)
-        done = maildesk(config, "run", "--once")
+        done = maildesk(config, "run", "--once", pss=True)
         if done.returncode != 0:
             raise RuntimeError(f"maildesk run --once failed:\n{done.output[-3000:]}")
         with sqlite3.connect(work / "data" / "maildesk.db") as db:

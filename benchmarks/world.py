@@ -216,12 +216,25 @@ class Run:
     peak_pss_mb: float = 0.0
 
 
-def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900) -> Run:
+def run(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    pss: bool = False,
+) -> Run:
     """Run ``argv`` through ``benchmarks.launch``; its wall time and its own peak memory."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as scratch:
         figures = Path(scratch) / "figures.json"
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.launch", str(figures), *argv],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.launch",
+                *(["--pss"] if pss else []),
+                str(figures),
+                *argv,
+            ],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -249,8 +262,11 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: floa
     )
 
 
-def maildesk(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
-    return run([sys.executable, "-m", "maildesk", "--config", str(config), *args], env=env)
+def maildesk(config: Path, *args: str, env: dict[str, str] | None = None, pss: bool = False) -> Run:
+    """``maildesk ARGS`` through the launcher; ``pss`` for the proportional memory too (costly:
+    only where memory is what is measured)."""
+    argv = [sys.executable, "-m", "maildesk", "--config", str(config), *args]
+    return run(argv, env=env, pss=pss)
 
 
 def upgrade(config: Path) -> None:
