@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from maildesk.demo import world as mailworld
-from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail, probe
+from maildesk.mail.imap import FetchedMail, Mailbox, MailboxError, MailboxLoginError, probe
 from tests.loopback import PymapServer
 from tests.servers import DOVECOT, Certificate, DovecotServer, ImapAccount, fresh_user
 
@@ -418,7 +418,7 @@ def test_starttls_missing_on_the_server_is_an_error_not_a_plain_login(
 
 
 def test_raw_mail_is_a_frozen_value() -> None:
-    item = RawMail("support", 1, 2, b"x", 1)
+    item = FetchedMail("support", 1, 2, b"x", 1)
     with pytest.raises(AttributeError):
         item.uid = 3  # type: ignore[misc]
 

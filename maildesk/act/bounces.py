@@ -27,7 +27,7 @@ from maildesk.act.timeline import event
 from maildesk.desk import commands
 from maildesk.desk.timers import utc_text
 from maildesk.mail.compose import subject_of
-from maildesk.mail.smtp import Delivery
+from maildesk.mail.smtp import SendResult
 from maildesk.models import Outbox, Ticket
 
 log = logging.getLogger("maildesk.bounces")  # the logs name the job, not the module path
@@ -110,7 +110,7 @@ def to_customer(desk: Desk, ticket: Ticket, row: Outbox) -> bool:
     )
 
 
-def refused(session: Session, desk: Desk, row: Outbox, result: Delivery, now: datetime) -> None:
+def refused(session: Session, desk: Desk, row: Outbox, result: SendResult, now: datetime) -> None:
     """The delivery process gave up on ``row``: the SMTP server refused it for good, or it
     could not be sent for days. Called by ``outbox.record_many`` in its transaction."""
     status = _STATUS.search(result.detail)

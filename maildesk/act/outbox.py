@@ -32,7 +32,7 @@ from maildesk.config import Settings
 from maildesk.mail.compose import Draft, clean_header, compose
 from maildesk.mail.marks import bounce_address, own_message_id
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
-from maildesk.mail.smtp import Delivery, DeliveryOutcome, Sender, no_smtputf8, server_name
+from maildesk.mail.smtp import DeliveryOutcome, Sender, SendResult, no_smtputf8, server_name
 from maildesk.models import (
     Database,
     Event,
@@ -352,17 +352,17 @@ def release_claims(db: Database, holders: Sequence[str]) -> None:
 
 
 # Told, inside the transaction that records it, of each mail given up on (``bounces.refused``).
-OnFailed = Callable[[Any, Outbox, Delivery, datetime], None]
+OnFailed = Callable[[Any, Outbox, SendResult, datetime], None]
 
 
-def record(db: Database, row: Outbox, result: Delivery, now: datetime) -> None:
+def record(db: Database, row: Outbox, result: SendResult, now: datetime) -> None:
     """Write the outcome of one attempt."""
     record_many(db, [(row, result)], now)
 
 
 def record_many(
     db: Database,
-    outcomes: Sequence[tuple[Outbox, Delivery]],
+    outcomes: Sequence[tuple[Outbox, SendResult]],
     now: datetime,
     on_failed: OnFailed | None = None,
 ) -> None:
@@ -406,7 +406,7 @@ def _failed_on_ticket(session: Any, row: Outbox, error: str, now: datetime) -> N
 
 
 def _tell_failed(
-    on_failed: OnFailed, session: Any, row: Outbox, result: Delivery, now: datetime
+    on_failed: OnFailed, session: Any, row: Outbox, result: SendResult, now: datetime
 ) -> None:
     """``on_failed`` for one row; its failure (an operator's template that cannot render, say)
     must not undo the outcomes, or the mail would be sent again and again."""
@@ -448,7 +448,7 @@ def record_smtputf8(db: Database, senders: Sequence[Sender], now: datetime) -> N
     log.info("SMTP server %s %s SMTPUTF8", server, "announces" if learnt[-1] else "lacks")
 
 
-def _outcome(row: Outbox, result: Delivery, now: datetime) -> dict[str, Any]:
+def _outcome(row: Outbox, result: SendResult, now: datetime) -> dict[str, Any]:
     if not result.reached and now - row.created_at <= GIVE_UP_AFTER:
         # the server was not there at all: not this mail's failure. It stays due and goes out
         # as soon as the daemon's outage backoff finds the server back.
@@ -470,7 +470,7 @@ async def deliver_rows(
     clock: Any,
     after_send: Any = None,
     on_failed: OnFailed | None = None,
-) -> list[Delivery]:
+) -> list[SendResult]:
     """Send ``rows`` over the given connections in parallel; record each outcome (``on_failed``
     is told of each mail of a ticket given up on, in the same transaction).
 
@@ -479,8 +479,8 @@ async def deliver_rows(
     queue: asyncio.Queue[Outbox] = asyncio.Queue()
     for row in rows:
         queue.put_nowait(row)
-    results: list[Delivery] = []
-    unrecorded: list[tuple[Outbox, Delivery]] = []
+    results: list[SendResult] = []
+    unrecorded: list[tuple[Outbox, SendResult]] = []
     recording = asyncio.Lock()
 
     async def record_waiting() -> None:

@@ -1,6 +1,6 @@
 """Talk to one IMAP mailbox: UIDs, UIDVALIDITY, batched fetch, IDLE, move after commit.
 
-First step of the flow: ``Mailbox.fetch`` yields ``RawMail`` values (mailbox, UIDVALIDITY, UID,
+First step of the flow: ``Mailbox.fetch`` yields ``FetchedMail`` values (mailbox, UIDVALIDITY, UID,
 bytes) for ``inbound.parse``; once the daemon has committed a message, ``Mailbox.move`` takes it
 out of the watched folder into the processed or quarantine folder. Blocking API (the daemon runs
 it in a thread). UIDs only, never sequence numbers; ``BODY.PEEK[]`` so nothing is marked seen;
@@ -43,7 +43,7 @@ _APPENDUID = re.compile(rb"\[APPENDUID \d+ (\d+)\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
-class RawMail:
+class FetchedMail:
     """One message as fetched: its identity on the server and its exact bytes."""
 
     mailbox: str  # the configured mailbox name
@@ -314,7 +314,7 @@ class Mailbox:
             self._seen_uid = max(self._seen_uid, uids[-1])
         return uids
 
-    def fetch(self, uids: Sequence[int]) -> Iterator[RawMail]:
+    def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMail]:
         """Yield the messages with these UIDs, in the order given, skipping vanished ones.
 
         Sizes come first (``RFC822.SIZE``); bodies are fetched with ``BODY.PEEK[]`` in batches.
@@ -329,7 +329,7 @@ class Mailbox:
             for group in _by_bytes(wanted, sizes, FETCH_BYTES):
                 yield from self._fetch_bodies(group, sizes)
 
-    def _fetch_bodies(self, uids: list[int], sizes: dict[int, Any]) -> Iterator[RawMail]:
+    def _fetch_bodies(self, uids: list[int], sizes: dict[int, Any]) -> Iterator[FetchedMail]:
         small = [u for u in uids if int(sizes[u][b"RFC822.SIZE"]) <= self.max_message_bytes]
         bodies: dict[int, bytes] = {}
         if small:
@@ -346,10 +346,12 @@ class Mailbox:
             if uid in bodies:
                 # handed over, not kept: the caller holds one large message at a time
                 body = bodies.pop(uid)
-                yield RawMail(self.config.name, self._uidvalidity, uid, body, size, False, arrived)
+                yield FetchedMail(
+                    self.config.name, self._uidvalidity, uid, body, size, False, arrived
+                )
             elif uid in heads:
                 head = heads[uid]
-                yield RawMail(
+                yield FetchedMail(
                     self.config.name, self._uidvalidity, uid, b"", size, True, arrived, head
                 )
 

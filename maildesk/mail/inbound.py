@@ -1,6 +1,6 @@
 """Bytes to ``Inbound``: the one place that parses mail, calling the parsing concerns in order.
 
-The first stage of the flow: ``RawMail`` bytes come in from ``imap`` (or ``ingest`` on stdin),
+The first stage of the flow: ``FetchedMail`` bytes come in from ``imap`` (or ``ingest`` on stdin),
 and a frozen ``Inbound`` value goes out to ``routing``; the daemon runs this in a parse worker
 (``parsing``). The steps are the modules of ``maildesk.mail.parse``: ``limits`` cuts the header
 block and bounds the tree's shape on the bytes, before any recursive parser sees them;
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 from maildesk.mail.parse.dsn import Report, ReportRecipient, heuristic_report
 from maildesk.mail.parse.html import body_texts
-from maildesk.mail.parse.identity import Identity, read_identity
+from maildesk.mail.parse.identity import SenderHeaders, read_identity
 from maildesk.mail.parse.limits import Limits, header_block, shape_limits
 from maildesk.mail.parse.mime import Body, mime_tree, walk
-from maildesk.mail.parse.parts import Attachment
+from maildesk.mail.parse.parts import ParsedAttachment
 from maildesk.mail.parse.text import Defects
 
 # what a caller needs of a parse: the entry, its value and the values it carries
-__all__ = ["Attachment", "Inbound", "Limits", "Report", "ReportRecipient", "parse"]
+__all__ = ["Inbound", "ParsedAttachment", "Limits", "Report", "ReportRecipient", "parse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class Inbound:
     # characters, what is converted (the raw mail keeps it whole; nothing bigger need cross to
     # the daemon)
     html: str | None
-    attachments: tuple[Attachment, ...]
+    attachments: tuple[ParsedAttachment, ...]
     report: Report | None
     defects: tuple[str, ...]
     size: int
@@ -114,7 +114,7 @@ def parse(
         log.exception("unexpected error while parsing a message of %d bytes", len(data))
         defects.add(f"parser error: {type(exc).__name__}")
         fatal = f"unparseable ({type(exc).__name__})"
-        return _inbound(Identity(), Body(), data, limits, defects, fatal)
+        return _inbound(SenderHeaders(), Body(), data, limits, defects, fatal)
 
 
 def _parse(
@@ -145,7 +145,7 @@ def _parse(
 
 
 def _inbound(
-    identity: Identity,
+    identity: SenderHeaders,
     body: Body,
     raw: bytes,
     limits: Limits,

@@ -2,7 +2,7 @@
 say whether it was sent, is to be retried or failed.
 
 Below the outbox: ``outbox.deliver_rows`` hands each due row's envelope and bytes to a
-``Sender`` (one reusable connection) and records the ``Delivery`` it gets back: 2xx sent, 4xx
+``Sender`` (one reusable connection) and records the ``SendResult`` it gets back: 2xx sent, 4xx
 and connection trouble retry, 5xx failed (``address_refused`` when RCPT TO was refused).
 Certificates are verified and STARTTLS is never skipped. Also here: check-config's SMTP checks
 (a login, and the probe sent as every mail is). The only module that imports aiosmtplib.
@@ -31,7 +31,7 @@ class DeliveryOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class SendResult:
     """What became of one attempt: ``sent``, ``retry`` or ``failed``, with the server's words."""
 
     outcome: DeliveryOutcome
@@ -105,14 +105,14 @@ class Sender:
         self.smtputf8 = client.supports_extension("smtputf8")
         return client
 
-    async def send(self, mail_from: str, recipient: str, body: bytes) -> Delivery:
+    async def send(self, mail_from: str, recipient: str, body: bytes) -> SendResult:
         try:
             if self.client is None or not self.client.is_connected:
                 self.client = await self._connect()
             options = []
             if not recipient.isascii():
                 if not self.smtputf8:  # permanent for this mail: no retry would change it
-                    return Delivery(DeliveryOutcome.FAILED, no_smtputf8(self.settings, recipient))
+                    return SendResult(DeliveryOutcome.FAILED, no_smtputf8(self.settings, recipient))
                 options.append("SMTPUTF8")
             errors, response = await self.client.sendmail(
                 mail_from, [recipient], body, mail_options=options
@@ -124,7 +124,7 @@ class Sender:
             return _classify(exc.code, exc.message)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             await self.close()
-            return Delivery(
+            return SendResult(
                 DeliveryOutcome.RETRY,
                 f"{self.settings.host}:{self.settings.port}: {exc or type(exc).__name__}",
                 reached=False,
@@ -132,7 +132,7 @@ class Sender:
         if recipient in errors:
             code, message = errors[recipient]
             return _classify(code, message, recipient=True)
-        return Delivery(DeliveryOutcome.SENT, response)
+        return SendResult(DeliveryOutcome.SENT, response)
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -143,14 +143,14 @@ class Sender:
                 client.close()
 
 
-def _classify(code: int, message: str, *, recipient: bool = False) -> Delivery:
+def _classify(code: int, message: str, *, recipient: bool = False) -> SendResult:
     """A server's reply: 5xx fails the mail, anything else retries. ``recipient``: the reply
     to RCPT TO, which is about the address (MAIL FROM and DATA are about the sender or the
     content, and a 5xx there says nothing about the address)."""
     detail = f"{code} {message}".strip()
     if 500 <= code < 600:
-        return Delivery(DeliveryOutcome.FAILED, detail, code=code, address_refused=recipient)
-    return Delivery(DeliveryOutcome.RETRY, detail, code=code)
+        return SendResult(DeliveryOutcome.FAILED, detail, code=code, address_refused=recipient)
+    return SendResult(DeliveryOutcome.RETRY, detail, code=code)
 
 
 class SmtpError(Exception):

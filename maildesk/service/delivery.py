@@ -321,7 +321,7 @@ class Delivery:
         self.pulse.beat()
 
     def _undelivered(
-        self, session: Session, row: Outbox, result: smtp.Delivery, now: datetime
+        self, session: Session, row: Outbox, result: smtp.SendResult, now: datetime
     ) -> None:
         """A mail of a ticket given up on: its agents are told (in the recording transaction)."""
         bounces.refused(session, self.rt.desk, row, result, now)

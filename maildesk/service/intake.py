@@ -18,7 +18,7 @@ from typing import Literal
 
 from maildesk.act import ingest, oversize
 from maildesk.config import MailboxSettings
-from maildesk.mail.imap import Mailbox, MailboxError, MailboxLoginError, RawMail
+from maildesk.mail.imap import FetchedMail, Mailbox, MailboxError, MailboxLoginError
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parsing import Parsing
 from maildesk.models import DatabaseError
@@ -182,7 +182,7 @@ class Intake:
         rt = self.rt
         done: Done = {"processed": [], "quarantine": []}
         budget = ingest.budget_of(rt.desk)
-        ahead: tuple[RawMail, Parsing] | None = None  # fetched, its parse under way
+        ahead: tuple[FetchedMail, Parsing] | None = None  # fetched, its parse under way
         try:
             for raw in mailbox.fetch(uids):
                 if rt.stop.is_set():
@@ -211,7 +211,7 @@ class Intake:
                     rt.faults.crash_point("after_move")
 
     def _ingest(
-        self, box: MailboxSettings, raw: RawMail, parsed: Inbound | None, done: Done
+        self, box: MailboxSettings, raw: FetchedMail, parsed: Inbound | None, done: Done
     ) -> None:
         """Handle one fetched message (``parsed`` when its parse is done already)."""
         rt = self.rt

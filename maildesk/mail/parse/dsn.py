@@ -15,7 +15,7 @@ from email.message import Message
 from email.parser import HeaderParser
 
 from maildesk.mail.parse.html import MAX_HTML, html_to_text, parseable
-from maildesk.mail.parse.identity import Identity, lenient_addresses, msg_ids
+from maildesk.mail.parse.identity import SenderHeaders, lenient_addresses, msg_ids
 from maildesk.mail.parse.parts import MESSAGE_PARTS, REPORT_PARTS, decoded_payload, lowered
 from maildesk.mail.parse.text import Defects, clean_line, clean_text, decode_bytes
 
@@ -197,7 +197,7 @@ _BOUNCE_ADDRESS = re.compile(
 
 
 def heuristic_report(
-    identity: Identity, plain: list[str], html: list[str], returned: list[Message]
+    identity: SenderHeaders, plain: list[str], html: list[str], returned: list[Message]
 ) -> Report | None:
     """A bounce without ``multipart/report`` (Exchange NDRs, qmail): what can be found in its
     text and HTML parts and the messages it returns (attached or as headers)."""

@@ -38,7 +38,7 @@ _POLICY = email.policy.default
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
+class SenderHeaders:
     message_id: str | None = None
     in_reply_to: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
@@ -70,13 +70,13 @@ _MSG_ID = re.compile(r"<([^<>\s]{1,998})>")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
-def read_identity(block: bytes, defects: Defects) -> Identity:
+def read_identity(block: bytes, defects: Defects) -> SenderHeaders:
     try:
         message = BytesHeaderParser(policy=_POLICY).parsebytes(block)
         items = list(message.raw_items())
     except Exception as exc:  # the header parser is not expected to fail; keep going if it does
         defects.add(f"headers could not be parsed ({type(exc).__name__})")
-        return Identity()
+        return SenderHeaders()
     for defect in message.defects:
         defects.add(f"headers: {type(defect).__name__}")
     values: dict[str, list[str]] = {}
@@ -109,7 +109,7 @@ def _display_value(name: str, value: str, defects: Defects) -> str:
 
 def _from_values(
     values: dict[str, list[str]], headers: tuple[tuple[str, str], ...], defects: Defects
-) -> Identity:
+) -> SenderHeaders:
     strict = _StrictAddresses(defects)
     froms = values.get("from", [])
     parsed_from = strict.parse("from", froms[0]) if froms else None
@@ -130,7 +130,7 @@ def _from_values(
     if _BIDI.search(subject):
         defects.add("bidirectional control characters in the subject")
     dates = values.get("date", [])
-    return Identity(
+    return SenderHeaders(
         message_id=message_ids[0] if message_ids else None,
         in_reply_to=_id_list(values.get("in-reply-to", [])),
         references=_id_list(values.get("references", [])),

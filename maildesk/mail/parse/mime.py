@@ -34,7 +34,7 @@ from maildesk.mail.parse.parts import (
     MESSAGE_PARTS,
     MIME_TYPES,
     REPORT_PARTS,
-    Attachment,
+    ParsedAttachment,
     attachment_of,
     decoded_payload,
     disposition,
@@ -60,7 +60,7 @@ class Body:
     def __init__(self) -> None:
         self.plain: list[str] = []
         self.html: list[str] = []
-        self.attachments: list[Attachment] = []
+        self.attachments: list[ParsedAttachment] = []
         self.report: Report | None = None
         self.returned: list[Message] = []  # headers of messages returned inside the message
         self.content_type = ""
@@ -245,7 +245,7 @@ def _collect_defects(part: Message, defects: Defects) -> None:
         defects.add(f"MIME: {type(defect).__name__}")
 
 
-def _tnef(part: Message, limits: Limits, defects: Defects, count: int) -> list[Attachment]:
+def _tnef(part: Message, limits: Limits, defects: Defects, count: int) -> list[ParsedAttachment]:
     """The files inside an Outlook ``winmail.dat``; the file itself when it cannot be read."""
     data = decoded_payload(part, defects)
     opaque = [attachment_of(part, "application/ms-tnef", data, limits, "winmail.dat")]
@@ -257,7 +257,7 @@ def _tnef(part: Message, limits: Limits, defects: Defects, count: int) -> list[A
         tnef = tnefparse.TNEF(data, do_checksum=True)
         if not all(getattr(obj, "good_checksum", True) for obj in tnef.objects):
             defects.add("winmail.dat has checksum errors")
-        found: list[Attachment] = []
+        found: list[ParsedAttachment] = []
         for item in tnef.attachments:
             payload = item.data if isinstance(item.data, bytes) else b""
             name = item.long_filename()

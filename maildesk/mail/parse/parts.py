@@ -2,7 +2,7 @@
 
 Used by the MIME walk (``mime``) and the report reader (``dsn``) on the tree mail-parser built.
 Payloads are decoded (broken base64 salvaged and recorded; a body ``mime`` lifted out of the
-bytes is decoded straight from them), and an attachment becomes an ``Attachment`` with a
+bytes is decoded straight from them), and an attachment becomes an ``ParsedAttachment`` with a
 display-safe filename (``safe_filename``), its whole payload (none over
 ``max_attachment_bytes``), its size and its SHA-256.
 """
@@ -39,7 +39,7 @@ MESSAGE_PARTS = frozenset({"message/rfc822", "message/global"})
 
 
 @dataclass(frozen=True, slots=True)
-class Attachment:
+class ParsedAttachment:
     """One attachment (inline images included) as display-safe values.
 
     ``filename`` is display text only (no path separators, controls, bidi or leading dots, at most
@@ -125,7 +125,7 @@ def _base64(part: Message, defects: Defects) -> bytes:
 
 def attachment_of(
     part: Message, ctype: str, data: bytes, limits: Limits, fallback_name: str = ""
-) -> Attachment:
+) -> ParsedAttachment:
     raw_name = raw_filename(part) or fallback_name
     how = disposition(part)
     inline = how == "inline" or (not how and part.get("content-id") is not None)
@@ -134,10 +134,10 @@ def attachment_of(
 
 def make_attachment(
     raw_name: str, ctype: str, data: bytes, limits: Limits, inline: bool = False
-) -> Attachment:
+) -> ParsedAttachment:
     size = len(data)
     dropped = size > limits.max_attachment_bytes
-    return Attachment(
+    return ParsedAttachment(
         filename=safe_filename(raw_name, ctype),
         content_type=clean_line(ctype, 255).lower() or "application/octet-stream",
         payload=b"" if dropped else data,
