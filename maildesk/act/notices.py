@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, inspect, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, object_session
 
 from maildesk.act.means import Desk
@@ -31,9 +31,7 @@ def thread_ids(ticket: Ticket) -> tuple[str, ...]:
     ``THREAD_IDS``, read as such. Loading the ticket's messages, text and all, made every mail
     on a ticket cost the daemon its whole history, which a customer can grow at will."""
     session = object_session(ticket)
-    if session is None or ticket.id is None or _in_memory(ticket):
-        # a sample ticket, or one made in this transaction: its thread is all in memory, and
-        # asking the database would first flush what the transaction has written so far
+    if session is None or ticket.id is None:  # a ticket made up for a sample: all in memory
         ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
         return tuple(ids[-THREAD_IDS:])
     found = session.scalars(_THREAD_IDS, {"ticket": ticket.id, "up_to": THREAD_IDS})
@@ -42,18 +40,12 @@ def thread_ids(ticket: Ticket) -> tuple[str, ...]:
 
 def last_customer_message_id(ticket: Ticket) -> str | None:
     session = object_session(ticket)
-    if session is None or ticket.id is None or _in_memory(ticket):
+    if session is None or ticket.id is None:
         for message in reversed(ticket.messages):
             if message.sender == ticket.requester and message.message_id:
                 return message.message_id
         return None
     return session.scalar(_LAST_FROM, {"ticket": ticket.id, "sender": ticket.requester})
-
-
-def _in_memory(ticket: Ticket) -> bool:
-    """The ticket's messages are loaded already (it was made in this transaction, or something
-    read them): reading the list costs nothing, where a query would flush first."""
-    return "messages" not in inspect(ticket).unloaded
 
 
 # Built once, with bound parameters; the newest first, as many as needed (index on ticket_id).
