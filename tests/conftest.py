@@ -24,6 +24,7 @@ from typing import NoReturn
 import psycopg
 import pytest
 
+from tests.desk import DeskWorld, RunningDaemon, customer_mail
 from tests.loopback import PymapServer, ScriptedSmtp
 from tests.servers import (
     DOVECOT,
@@ -246,3 +247,14 @@ def cli_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, old in named.items():
         logging.getLogger(name).setLevel(old)
+
+
+@pytest.fixture
+def daemon(world: DeskWorld, tmp_path: Path) -> Iterator[RunningDaemon]:
+    """``maildesk run`` on the module's ``world``, ready once it has answered a first mail:
+    logged in, idling, its parse worker started."""
+    d = RunningDaemon(world, tmp_path / "daemon.log")
+    world.deliver(customer_mail("Hello", "Just checking in.", sender="first@customer.test"))
+    world.wait_mails_to("first@customer.test", 1, timeout=30)
+    yield d
+    d.stop()

@@ -13,6 +13,7 @@ import email.policy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -442,3 +443,37 @@ def sample(text: str, name: str, **labels: str) -> float | None:
         if found == labels:
             return float(match.group(3))
     return None
+
+
+class RunningDaemon:
+    """``maildesk run`` as its own process (so a stall in it is its own), logging JSON lines
+    to a file."""
+
+    def __init__(self, world: DeskWorld, log: Path) -> None:
+        self.log = log
+        self._stderr = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "maildesk", "--log-format", "json", "run"],
+            env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:  # stuck in work it cannot leave: it failed
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
+
+
+def daemon_peak_mb(pid: int) -> float:
+    """The daemon process's own resident high-water mark (its parse workers are not in it)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]

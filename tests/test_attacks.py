@@ -44,8 +44,10 @@ from tests.desk import (
     CAROL_AGENT,
     CUSTOMER,
     DeskWorld,
+    RunningDaemon,
     agent_reply,
     customer_mail,
+    daemon_peak_mb,
     delivery_report,
     text_of,
     wait_until,
@@ -68,29 +70,6 @@ def quarantined(world: DeskWorld) -> list[dict[str, Any]]:
     return list(json.loads(done.stdout))
 
 
-class Daemon:
-    """``maildesk run`` as its own process (so a stall in it is its own), logging to a file."""
-
-    def __init__(self, world: DeskWorld, log: Path) -> None:
-        self._stderr = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "maildesk", "--log-format", "json", "run"],
-            env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:  # stuck in work it cannot leave: it failed
-                self.process.kill()
-                self.process.wait()
-        self._stderr.close()
-
-
 @pytest.fixture
 def world(
     imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
@@ -98,16 +77,6 @@ def world(
     w = DeskWorld(imap_server, smtp_server, tmp_path, tables=getattr(request, "param", None))
     yield w
     w.close()
-
-
-@pytest.fixture
-def daemon(world: DeskWorld, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(world, tmp_path / "daemon.log")
-    # ready once it has answered a first mail: logged in, idling, its parse worker started
-    world.deliver(customer_mail("Hello", "Just checking in.", sender="first@customer.test"))
-    world.wait_mails_to("first@customer.test", 1, timeout=30)
-    yield d
-    d.stop()
 
 
 def poison_then_ordinary(world: DeskWorld, poison: bytes, seconds: float) -> float:
@@ -147,7 +116,7 @@ def oversized_with_slow_headers(semicolons: int) -> bytes:
     ids=["1s"],
 )
 def test_an_oversized_mails_header_block_is_read_within_the_parse_budget(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     """The daemon reads only the header block of a mail over ``max_message_bytes``, but it read
     it itself, outside the budget: one such mail held the mailbox for minutes, again after
@@ -258,12 +227,6 @@ def test_a_reply_costs_the_daemon_the_same_however_long_the_tickets_history(
 DAEMON_MEMORY_MB = 300
 
 
-def daemon_peak_mb(pid: int) -> float:
-    """The daemon process's own resident high-water mark (its parse workers are not in it)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 def html_alternative(megabytes: int) -> bytes:
     """A short plain-text mail with an HTML alternative of ``megabytes`` MB (one emoji in it,
     so Python keeps each of its characters in four bytes)."""
@@ -285,7 +248,9 @@ def html_alternative(megabytes: int) -> bytes:
 
 @pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
 @pytest.mark.parametrize("world", [limits(parse_seconds=60)], indirect=True, ids=["60s"])
-def test_the_parsed_mail_handed_to_the_daemon_is_bounded(world: DeskWorld, daemon: Daemon) -> None:
+def test_the_parsed_mail_handed_to_the_daemon_is_bounded(
+    world: DeskWorld, daemon: RunningDaemon
+) -> None:
     """The parse worker handed the daemon the whole HTML alternative of a mail, which nothing
     reads (its text is converted from the first 512 KB at most): 34 MB of HTML with one emoji
     came back as 136 MB of characters into the daemon's memory."""
@@ -317,7 +282,7 @@ def forged_command_line(ack: Any, dots: int) -> bytes:
 @pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
 @pytest.mark.parametrize("world", [limits(parse_seconds=2)], indirect=True, ids=["2s"])
 def test_a_forged_command_line_costs_the_daemon_no_more_than_its_length(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     """The commands of an agent's mail are read before the mail is known to be the agent's.
     Trailing punctuation was cut from each word by a pattern that is quadratic in a word of
@@ -645,7 +610,7 @@ METRICS_PORT = free_port()
     ids=["metrics"],
 )
 def test_idle_connections_to_the_metrics_port_cost_the_daemon_nothing_lasting(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     """Whoever reaches ``/metrics`` held one of the daemon's threads per connection for as long
     as they kept it open and said nothing: 80 idle connections, 80 threads more, for ever

@@ -14,10 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.desk import DeskWorld, customer_mail, wait_until
+from tests.desk import (
+    DeskWorld,
+    RunningDaemon,
+    customer_mail,
+    daemon_peak_mb,
+    wait_until,
+)
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
@@ -87,12 +90,6 @@ def quarantined(world: DeskWorld) -> list[dict[str, Any]]:
     return list(json.loads(done.stdout))
 
 
-def daemon_peak_mb(pid: int) -> float:
-    """The daemon process's own resident high-water mark (its parse workers are not in it)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 def parse_workers(ancestor: int) -> list[int]:
     """The pids of the ``maildesk-parse`` processes below ``ancestor``."""
     found: list[int] = []
@@ -122,29 +119,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Daemon:
-    """``maildesk run`` as its own process, logging JSON lines to a file."""
-
-    def __init__(self, world: DeskWorld, log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "maildesk", "--log-format", "json", "run"],
-            env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-        )
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-        self._stderr.close()
-
-
 @pytest.fixture
 def world(
     imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, request: Any
@@ -154,18 +128,8 @@ def world(
     w.close()
 
 
-@pytest.fixture
-def daemon(world: DeskWorld, tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(world, tmp_path / "daemon.log")
-    # ready once it has answered a first mail: logged in, idling, its parse worker started
-    world.deliver(customer_mail("Hello", "Just checking in.", sender="first@customer.test"))
-    world.wait_mails_to("first@customer.test", 1, timeout=30)
-    yield d
-    d.stop()
-
-
 def poison_then_ordinary(
-    world: DeskWorld, daemon: Daemon, poison: bytes, seconds: float
+    world: DeskWorld, daemon: RunningDaemon, poison: bytes, seconds: float
 ) -> tuple[dict[str, Any], float]:
     """Put ``poison`` and then an ordinary customer mail in the inbox; wait for the ordinary
     one's acknowledgment. Returns the quarantine entry and how long the acknowledgment took."""
@@ -204,7 +168,7 @@ def assert_replay_handles_it(world: DeskWorld, entry: dict[str, Any]) -> None:
 @pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
 @pytest.mark.parametrize("world", [limits(parse_seconds=0.5, parse_memory_mb=2048)], indirect=True)
 def test_over_time_is_quarantined_and_the_next_mail_answered_within_the_budget(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     entry, waited = poison_then_ordinary(world, daemon, csv_poison(20), 0.5)
 
@@ -229,7 +193,7 @@ def test_over_time_is_quarantined_and_the_next_mail_answered_within_the_budget(
     ids=["64MB"],
 )
 def test_over_memory_is_quarantined_and_the_next_mail_answered_within_the_budget(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     entry, waited = poison_then_ordinary(world, daemon, attachment_poison(30), 30)
 
@@ -314,7 +278,7 @@ def gone(pid: int) -> bool:
     "world", [limits(parse_seconds=60, parse_memory_mb=2048)], indirect=True, ids=["60s"]
 )
 def test_a_daemon_killed_mid_parse_leaves_no_parse_process_behind(
-    world: DeskWorld, daemon: Daemon
+    world: DeskWorld, daemon: RunningDaemon
 ) -> None:
     """SIGKILL to the daemon while a worker is busy: the zygote sees its socket close and
     exits, and the kernel kills the worker with it. The message is handled after a restart."""
@@ -333,7 +297,7 @@ def test_a_daemon_killed_mid_parse_leaves_no_parse_process_behind(
 
     for left in (*workers, zygote):
         wait_until(lambda: gone(left), 10, f"process {left} gone")  # noqa: B023
-    again = Daemon(world, daemon.log.with_name("again.log"))
+    again = RunningDaemon(world, daemon.log.with_name("again.log"))
     try:
         world.wait_mails_to("mallory@poison.test", 1, timeout=90)
     finally:
