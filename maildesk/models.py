@@ -176,12 +176,17 @@ class Tag(Base):
 
 
 class Participant(Base):
-    """Addresses Cc'd by the requester: they may follow up by ref."""
+    """An address on a ticket's Cc besides its requester: named in To or Cc of a customer's
+    mail, or added by an agent (``#cc``). They may follow up by ref, and the mails to the
+    requester that carry the ticket's news (replies, escalation, closing) copy them.
+    ``added_by``: the customer whose mail named them, or the agent."""
 
     __tablename__ = "participants"
 
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
     address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    added_by: Mapped[str] = mapped_column(String(320), default="")
     ticket: Mapped[Ticket] = relationship(back_populates="participants")
 
 
@@ -249,7 +254,14 @@ class Event(Base):
 
 
 class Outbox(Base):
-    """Mail to send, written in the same transaction as the change that causes it."""
+    """Mail to send, written in the same transaction as the change that causes it.
+
+    One row is one envelope: one recipient, one VERP ``mail_from``, sent, retried, bounced and
+    suppressed on its own. A mail with Cc is one row for its To (``message_id`` is the mail's
+    Message-ID) and one row per Cc address with the same bytes: a copy's ``message_id`` is a
+    Message-ID of the desk's own kind that no mail carries, the key its VERP address is made
+    from (so a bounce proves which recipient it is about), and ``copy_of`` names the mail's
+    Message-ID."""
 
     __tablename__ = "outbox"
 
@@ -258,6 +270,7 @@ class Outbox(Base):
         ForeignKey("tickets.id"), nullable=True, index=True
     )
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    copy_of: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     recipient: Mapped[str] = mapped_column(String(320), index=True)
     mail_from: Mapped[str] = mapped_column(String(320))
@@ -432,7 +445,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def _private_sqlite_files(path: Path) -> None:

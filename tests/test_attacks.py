@@ -31,9 +31,9 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.act.notices import NOTICE_TEXT_CHARS
-from maildesk.act.tickets import MAX_PARTICIPANTS
 from maildesk.demo.world import free_port
 from maildesk.desk import commands
+from maildesk.desk.people import MAX_PARTICIPANTS
 from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
 from maildesk.mail.inbound import Inbound, parse

@@ -272,3 +272,28 @@ def test_a_password_in_the_database_url_is_warned_about(
         else []
     )
     assert all("pw" not in w.replace("password", "") for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('addresses = ["help at example.com"]', "addresses: not a valid mail address"),
+        ('addresses = "help@example.com"', "addresses"),
+        ('reply_to_requester = "yes"', "reply_to_requester"),
+    ],
+)
+def test_a_mailboxs_addresses_and_reply_to_rule_are_checked_at_start(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    path = write(tmp_path, GOOD.replace('team = "support"\n', f'team = "support"\n{line}\n', 1))
+    done = run_cli(path, "tickets", "list")
+    assert done.returncode == 78
+    [message] = done.stderr.strip().splitlines()
+    assert problem in message and "[[mailboxes]]" in message
+
+
+def test_a_mailboxs_addresses_are_the_desks_own(tmp_path: Path) -> None:
+    extra = 'addresses = ["Help@Example.com"]\nreply_to_requester = false\n'
+    path = write(tmp_path, GOOD.replace('team = "support"\n', f'team = "support"\n{extra}', 1))
+    [box] = config.load(path).mailboxes
+    assert (box.addresses, box.reply_to_requester) == (("help@example.com",), False)

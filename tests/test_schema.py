@@ -65,7 +65,15 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0007(conn: Connection) -> None:
+    conn.execute(text("DROP INDEX ix_outbox_copy_of"))
+    conn.execute(text("ALTER TABLE outbox DROP COLUMN copy_of"))
+    conn.execute(text("ALTER TABLE participants DROP COLUMN added_at"))
+    conn.execute(text("ALTER TABLE participants DROP COLUMN added_by"))
+
+
 def _undo_0006(conn: Connection) -> None:
+    _undo_0007(conn)
     conn.execute(text("DROP TABLE contacts"))
 
 
@@ -207,5 +215,31 @@ def test_a_database_at_the_fifth_revision_gains_the_contacts(database_url: str) 
         # the customer who wrote after the desk's acknowledgment went out stays known; the
         # one who only ever wrote first does not become known by the upgrade
         assert known == ["alice@example.com"]
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_sixth_revision_dates_its_participants(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0007(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+            _a_customer_who_answered_and_one_who_did_not(conn)
+            conn.execute(
+                text("INSERT INTO participants (ticket_id, address) VALUES (1, 'dave@x.test')")
+            )
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        with db.engine.begin() as conn:
+            rows = conn.execute(text("SELECT address, added_at, added_by FROM participants")).all()
+            copies = conn.execute(text("SELECT count(*) FROM outbox WHERE copy_of IS NULL"))
+            assert copies.scalar() == 2
+        # a participant of before was Cc'd by the requester's first mail, when it came
+        [(address, added_at, added_by)] = rows
+        assert (address, added_by) == ("dave@x.test", "alice@example.com")
+        assert str(added_at).startswith("2026-01-01 10:00:00")
+        assert "ix_outbox_copy_of" in {i["name"] for i in inspect(db.engine).get_indexes("outbox")}
     finally:
         db.dispose()

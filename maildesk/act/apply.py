@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import notices
+from maildesk.act import notices, people
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
@@ -52,6 +52,7 @@ def state_of(ticket: Ticket) -> TicketState:
         closed_at=ticket.closed_at,
         status_since=ticket.status_since,
         sla_breached=tuple(sla.breached(ticket)),
+        participants=tuple(p.address for p in ticket.participants),
     )
 
 
@@ -117,6 +118,12 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
         case plans.RemoveTags(tags=tags):
             for tag in [t for t in ticket.tags if t.tag in tags]:
                 ticket.tags.remove(tag)
+        case plans.AddParticipants():
+            people.add(ticket, step, now)
+        case plans.RemoveParticipants():
+            people.remove(ticket, step)
+        case plans.SetRequester():
+            people.set_requester(ticket, step, now)
         case plans.Rate(rating=rating, comment=comment):
             ticket.rating, ticket.rating_comment = rating, comment
         case plans.Record(kind=kind, actor=actor, detail=detail):

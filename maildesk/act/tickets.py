@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from maildesk.act import people as act_people
 from maildesk.act.apply import Scene, carry_out, keep_message, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import (
@@ -28,11 +29,10 @@ from maildesk.act.notices import (
 )
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
-from maildesk.desk import customers, sla
+from maildesk.desk import customers, people, sla
 from maildesk.desk.customers import Case
 from maildesk.desk.plans import Keep
 from maildesk.desk.routing import TicketView
-from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.models import (
     Contact,
@@ -40,7 +40,6 @@ from maildesk.models import (
     Message,
     Outbox,
     OutboxStatus,
-    Participant,
     Status,
     Suppression,
     Ticket,
@@ -86,14 +85,6 @@ class Lookups:
         )
 
 
-# --------------------------------------------------------------------------- opening
-
-# The Cc of a new ticket's first mail kept as its participants (who may follow up by ref): a
-# mail to a crowd is not a conversation with it, and each participant is read again for every
-# mail that names the ticket (a header block of 256 KB holds 18,000 addresses).
-MAX_PARTICIPANTS = 50
-
-
 # --------------------------------------------------------------------------- rules
 
 
@@ -117,9 +108,11 @@ def open_ticket(
     now: datetime,
 ) -> Ticket:
     """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
-    requester = inbound.requester or ""
-    if marks.is_desk_address(requester, desk.settings.desk.address):
-        requester = ""  # the desk is never its own customer
+    outsiders = act_people.outsiders(desk)
+    # who wrote, as the mail says; the requester is whom the desk answers (Reply-To may say)
+    wrote = inbound.requester or ""
+    wrote = "" if people.is_own(wrote, outsiders.own) else wrote
+    requester = people.requester_of(inbound, outsiders.own, replies_to_reply_to(desk, opening))
     linked_to = opening.linked_to
     ticket = Ticket(
         subject=inbound.subject or "(no subject)",
@@ -140,12 +133,12 @@ def open_ticket(
     )
     session.add(ticket)
     session.flush()
-    add_participants(desk, ticket, inbound.cc)
     scene = Scene(session, desk, ticket, inbound, stored, now)
-    first = customers.Written(requester, inbound.text.strip())
+    first = customers.Written(wrote, inbound.text.strip())
     linked = desk.ref(linked_to) if linked_to is not None else None
-    mails = carry_out(scene, customers.opened(first, opening.mailbox, linked))
-    heard_from(session, ticket, requester, now)
+    mails = carry_out(scene, customers.opened(first, opening.mailbox, linked, requester))
+    carry_out(scene, people.joined(inbound, wrote or requester, state_of(ticket), outsiders))
+    heard_from(session, ticket, wrote, now)
     if opening.acknowledge and requester:
         mails += acknowledgment(session, desk, ticket, inbound, now)
     sla.refresh_due(ticket, desk.settings)
@@ -160,18 +153,12 @@ def open_ticket(
     return ticket
 
 
-def add_participants(desk: Desk, ticket: Ticket, cc: Sequence[str]) -> None:
-    """The Cc of a new ticket's first mail, but the desk, its agents and the requester."""
-    agents = desk.identity.agents
-    for address in cc:
-        if len(ticket.participants) >= MAX_PARTICIPANTS:
-            break
-        if (
-            address not in agents
-            and address != desk.settings.desk.address
-            and address != ticket.requester
-        ):
-            ticket.participants.append(Participant(address=address))
+def replies_to_reply_to(desk: Desk, opening: Opening) -> bool:
+    """The mailbox's ``reply_to_requester`` (a mailbox not in the config: the default)."""
+    for box in desk.settings.mailboxes:
+        if box.name == opening.mailbox:
+            return box.reply_to_requester
+    return True
 
 
 HOUR = timedelta(hours=1)
@@ -353,5 +340,8 @@ def customer_reply(scene: Scene, mailbox: str) -> Answered:
         opening = Opening(ticket.team, mailbox, linked_to=ticket)
         linked = open_ticket(session, desk, inbound, scene.stored, opening, now)
         return Answered(followed.case, linked)
-    enqueue(session, desk, carry_out(scene, followed.plan), now)
+    mails = carry_out(scene, followed.plan)
+    outsiders = act_people.outsiders(desk)
+    carry_out(scene, people.joined(inbound, sender, state_of(ticket), outsiders))
+    enqueue(session, desk, mails, now)
     return Answered(followed.case, ticket)

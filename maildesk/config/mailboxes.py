@@ -46,6 +46,15 @@ OAUTH_PRESETS = {
 }
 
 
+def _people(t: Table) -> dict[str, Any]:
+    """What a mailbox says about who its mail is from and to: the addresses that reach it, and
+    whether a new mail's Reply-To names the requester."""
+    return {
+        "addresses": t.addresses("addresses"),
+        "reply_to_requester": t.get("reply_to_requester", bool, True),
+    }
+
+
 def read_mailbox(t: Table, base: Path, teams: set[str]) -> MailboxSettings:
     transport = Transport(t.choice("transport", tuple(Transport), Transport.IMAP))
     team = t.get("team", str, required=True)
@@ -56,7 +65,7 @@ def read_mailbox(t: Table, base: Path, teams: set[str]) -> MailboxSettings:
     return _read_imap_mailbox(t, base, team)
 
 
-PIPE_MAILBOX_KEYS = ("name", "team", "transport")
+PIPE_MAILBOX_KEYS = ("name", "team", "transport", "addresses", "reply_to_requester")
 
 
 def _read_pipe_mailbox(t: Table, team: str) -> MailboxSettings:
@@ -74,6 +83,7 @@ def _read_pipe_mailbox(t: Table, team: str) -> MailboxSettings:
         password="",
         team=team,
         transport=Transport.PIPE,
+        **_people(t),
     )
 
 
@@ -109,6 +119,7 @@ def _read_imap_mailbox(t: Table, base: Path, team: str) -> MailboxSettings:
         folder=folders["folder"],
         processed_folder=folders["processed_folder"],
         quarantine_folder=folders["quarantine_folder"],
+        **_people(t),
         **_oauth(t, base, auth),
     )
 

@@ -102,6 +102,10 @@ class MailboxSettings:
     oauth_token: Callable[[], str] | None = None
     ssl_context: Any = None
     transport: Transport = Transport.IMAP
+    # the addresses mail to it is sent to (aliases), besides ``username`` when that is one
+    addresses: tuple[str, ...] = ()
+    # a new mail's one Reply-To address, not From's, the desk's or a list's, is its requester
+    reply_to_requester: bool = True
 
     @property
     def watched(self) -> bool:

@@ -100,6 +100,13 @@ class Table:
         value = self.get(key, str, default, required=required)
         if value is None:
             return value
+        return self._address(key, value)
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        """A list of mail addresses (empty when the key is not given)."""
+        return tuple(self._address(key, value) for value in self.strings(key))
+
+    def _address(self, key: str, value: str) -> str:
         try:
             parsed = Address(addr_spec=value.strip())
         except (ValueError, IndexError, TypeError) as exc:

@@ -53,13 +53,18 @@ class Followed:
     plan: Plan
 
 
-def opened(mail: Written, mailbox: str, linked_to: str | None) -> Plan:
+def opened(
+    mail: Written, mailbox: str, linked_to: str | None, requester: str | None = None
+) -> Plan:
     """A new ticket's first mail: kept, the creation recorded (with the closed ticket it follows
-    up, and a warning when the mail has no address to answer), the team told."""
+    up, and a warning when the mail has no address to answer), the team told. ``requester``:
+    whom the ticket answers, when not the writer (a web form's ``Reply-To``)."""
     detail: dict[str, str] = {"mailbox": mailbox}
     if linked_to is not None:
         detail["linked_to"] = linked_to
-    if not mail.sender:
+    if requester is not None and requester != mail.sender:
+        detail["requester"] = requester
+    if not (mail.sender if requester is None else requester):
         detail["warning"] = (
             "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
         )

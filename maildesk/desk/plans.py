@@ -30,6 +30,7 @@ class TicketState:
     closed_at: datetime | None = None
     status_since: datetime | None = None
     sla_breached: tuple[str, ...] = ()  # the SLA targets reported missed already
+    participants: tuple[str, ...] = ()  # on the ticket's Cc, besides the requester
 
     def but(self, **changes: Any) -> TicketState:
         return replace(self, **changes)
@@ -74,6 +75,28 @@ class AddTags:
 @dataclass(frozen=True, slots=True)
 class RemoveTags:
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddParticipants:
+    """Put ``addresses`` on the ticket's Cc; ``by``: the customer whose mail named them, or
+    the agent."""
+
+    addresses: tuple[str, ...]
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveParticipants:
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetRequester:
+    """``address`` becomes the requester; the one before stays on the Cc (added ``by``)."""
+
+    address: str
+    by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +184,9 @@ Step = (
     | SetStatus
     | AddTags
     | RemoveTags
+    | AddParticipants
+    | RemoveParticipants
+    | SetRequester
     | Rate
     | Record
     | Keep
@@ -204,11 +230,30 @@ def preview(state: TicketState, plan: Plan) -> TicketState:
                 state = state.but(tags=(*state.tags, *tags))
             case RemoveTags(tags=tags):
                 state = state.but(tags=tuple(t for t in state.tags if t not in tags))
+            case AddParticipants() | RemoveParticipants() | SetRequester():
+                state = people_after(state, step)
             case Reply(pend=True):
                 state = state.but(status=Status.PENDING)
             case Close():
                 state = state.but(status=Status.CLOSED)
     return state
+
+
+def people_after(
+    state: TicketState, step: AddParticipants | RemoveParticipants | SetRequester
+) -> TicketState:
+    """The ticket's requester and Cc as ``step`` leaves them."""
+    match step:
+        case AddParticipants(addresses=added):
+            new = [a for a in added if a not in state.participants and a != state.requester]
+            return state.but(participants=(*state.participants, *new))
+        case RemoveParticipants(addresses=gone):
+            return state.but(participants=tuple(a for a in state.participants if a not in gone))
+        case SetRequester(address=address):
+            kept = [a for a in state.participants if a != address]
+            if state.requester and state.requester != address:
+                kept.append(state.requester)
+            return state.but(requester=address, participants=tuple(kept))
 
 
 def mailed(plan: Plan) -> tuple[tuple[Whom | str, str], ...]:

@@ -42,6 +42,7 @@ def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
         if ticket.rating is not None
         else None
     )
+    data["participants"] = participants(ticket)
     data["messages"] = [
         {
             "from": m.sender,
@@ -76,6 +77,23 @@ def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
     return data
 
 
+def participants(ticket: Ticket) -> list[dict[str, Any]]:
+    """Who is on the ticket: the requester first (since the ticket was made, or since an agent
+    named them with ``#requester``), then its Cc in the order they were added."""
+    people = []
+    if ticket.requester:
+        named = [e for e in ticket.events if e.kind == "requester_changed"]
+        at, by = (named[-1].at, named[-1].actor) if named else (ticket.created_at, "")
+        people.append(_person(ticket.requester, "requester", at, by or ticket.requester))
+    for row in sorted(ticket.participants, key=lambda p: (p.added_at, p.address)):
+        people.append(_person(row.address, "cc", row.added_at, row.added_by))
+    return people
+
+
+def _person(address: str, role: str, at: datetime, by: str) -> dict[str, Any]:
+    return {"address": address, "role": role, "added_at": iso(at), "added_by": by}
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -91,6 +109,9 @@ def render_ticket(data: dict[str, Any]) -> str:
         f"assignee {data['assignee'] or 'nobody'}, tags {', '.join(data['tags']) or '-'}",
         f"  requester {data['requester']}, opened {data['created_at']}",
     ]
+    copied = [p["address"] for p in data.get("participants", []) if p["role"] == "cc"]
+    if copied:
+        out.append(f"  cc {', '.join(copied)}")
     if data["satisfaction"]:
         out.append(
             f"  satisfaction {data['satisfaction']['rating']}/5 {data['satisfaction']['comment'] or ''}"

@@ -222,6 +222,13 @@ def _fallback_requester(values: dict[str, list[str]], strict: _StrictAddresses) 
     return None
 
 
+def usable_address(text: str) -> str | None:
+    """``text`` as a bare addr-spec the desk keeps (``_normal_address``) when the desk could
+    write to it, else None; for addresses read from text, never for trust."""
+    addr = _normal_address(text)
+    return addr if _usable(addr) else None
+
+
 def _usable(addr: str) -> bool:
     local, _, domain = addr.rpartition("@")
     return (

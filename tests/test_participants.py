@@ -1,0 +1,158 @@
+"""Everyone on the thread: the people a customer's mail names in To and Cc join the ticket,
+the mails that carry its news reach them in Cc, and a web form's Reply-To is the customer.
+
+What a user sees: the ticket's ``participants`` in ``maildesk tickets show --json``, the mail
+each address receives (its envelope and its headers), and the tickets a participant's answer
+lands on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk.demo.world import Captured
+from tests.desk import (
+    ALICE,
+    CUSTOMER,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    text_of,
+)
+from tests.loopback import ScriptedSmtp
+from tests.servers import ImapAccount
+
+DAVE = "dave@customer.test"  # Carol's colleague, on Cc of her first mail
+ERIN = "erin@customer.test"  # Cc'd by a later mail
+GINA = "gina@customer.test"  # wrote through the shop's web form
+SHOP = "noreply@shop.test"
+
+
+@pytest.fixture
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(imap_server, smtp_server, tmp_path)
+    yield w
+    w.close()
+
+
+def people(ticket: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(p["address"], p["role"], p["added_by"]) for p in ticket["participants"]]
+
+
+def cc_of(mail: Captured) -> list[str]:
+    return [a.strip() for a in str(mail.message.get("Cc", "")).split(",") if a.strip()]
+
+
+def test_to_and_cc_of_every_customer_mail_join_the_ticket_but_the_desk_and_agents(
+    world: DeskWorld,
+) -> None:
+    desk_plus = world.address.replace("@", "+anything@")
+    first = customer_mail(
+        "Printer broken",
+        "It prints blank pages.",
+        headers=[("Cc", f"{DAVE}, {ALICE}, {desk_plus}, Support <{world.address}>")],
+    )
+    world.deliver(first)
+    world.run_once()
+    [ack] = world.mails_to(CUSTOMER)
+    assert ack.rcpt_tos == (CUSTOMER,) and "Cc" not in ack.message  # acknowledgments: requester
+    assert world.mails_to(DAVE) == []
+    ticket = world.ticket(1)
+    assert people(ticket) == [(CUSTOMER, "requester", CUSTOMER), (DAVE, "cc", CUSTOMER)]
+    assert ticket["participants"][1]["added_at"] == ticket["created_at"]
+
+    # a later mail of the customer's names someone new in To: they join too, added by her
+    later = customer_mail(
+        f"Re: {ack.message['Subject']}",
+        "Erin sees it too.",
+        to=f"{ERIN}, support@example.com",
+        reply_to=ack,
+        headers=[("Cc", DAVE)],
+    )
+    world.deliver(later)
+    world.run_once()
+    ticket = world.ticket(1)
+    assert people(ticket) == [
+        (CUSTOMER, "requester", CUSTOMER),
+        (DAVE, "cc", CUSTOMER),
+        (ERIN, "cc", CUSTOMER),
+    ]
+    [added] = [e for e in ticket["events"] if e["kind"] == "cc_added"][1:]
+    assert added["actor"] == CUSTOMER and added["detail"] == {"added": [ERIN]}
+    assert world.mails_to(ERIN) == []  # joining mails nobody
+    shown = world.cli("tickets", "show", "1")
+    assert f"cc {DAVE}, {ERIN}" in shown.stdout.decode()
+
+
+def web_form(**headers: str) -> bytes:
+    """A shop's contact form, as its mailer sends it."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"From: Shop Contact Form <{SHOP}>\r\nTo: support@example.com\r\n{extra}"
+        "Subject: Order 1234 never arrived\r\nMessage-ID: <form-1@shop.test>\r\n"
+        "Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nName: Gina\r\nMy parcel never came.\r\n"
+    ).encode()
+
+
+def test_a_web_forms_reply_to_customer_is_the_requester_and_gets_the_answer(
+    world: DeskWorld,
+) -> None:
+    world.deliver(web_form(**{"Reply-To": f"Gina <{GINA}>"}))
+    world.run_once()
+    ticket = world.ticket(1)
+    assert ticket["requester"] == GINA
+    assert ticket["messages"][0]["from"] == SHOP  # From: stays the message's sender
+    assert people(ticket) == [(GINA, "requester", GINA)]
+    [ack] = world.mails_to(GINA)
+    assert world.mails_to(SHOP) == []
+
+    [notice] = world.mails_to(ALICE)
+    world.deliver(agent_reply(notice, ALICE, "Hi Gina, a new parcel is on its way."))
+    world.run_once()
+    [_, answer] = world.mails_to(GINA)
+    assert text_of(answer).startswith("Hi Gina, a new parcel is on its way.")
+    assert world.mails_to(SHOP) == []
+
+    # she answers from her own address, on the thread: her message on the same ticket
+    world.deliver(customer_mail("Re: parcel", "Thank you!", sender=GINA, reply_to=answer))
+    world.run_once()
+    assert [m["from"] for m in world.ticket(1)["messages"]][-1] == GINA
+    assert len(world.tickets()) == 1
+
+
+def test_reply_to_is_not_the_requester_when_the_mailbox_says_so_or_it_is_the_desk(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> None:
+    world = DeskWorld(
+        imap_server, smtp_server, tmp_path, tables={"mailbox": {"reply_to_requester": False}}
+    )
+    try:
+        world.deliver(web_form(**{"Reply-To": GINA}))
+        world.run_once()
+        assert world.ticket(1)["requester"] == SHOP
+    finally:
+        world.close()
+
+
+def test_a_reply_to_naming_the_desk_or_several_or_from_itself_keeps_from_as_the_requester(
+    world: DeskWorld,
+) -> None:
+    cases = {
+        "the desk": "support@example.com",
+        "two addresses": f"{GINA}, other@customer.test",
+        "the sender itself": SHOP,
+    }
+    for n, (what, reply_to) in enumerate(cases.items()):
+        mail = web_form(**{"Reply-To": reply_to}).replace(b"form-1@", f"form-{what}-{n}@".encode())
+        world.deliver(mail.replace(b"Order 1234", what.encode()))
+    world.run_once()
+    assert {t["subject"]: t["requester"] for t in world.tickets()} == {
+        f"{what} never arrived": SHOP for what in cases
+    }
