@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from maildesk.act import guard
 from maildesk.config import Settings
-from maildesk.mail.compose import Draft, clean_header, compose
+from maildesk.mail.compose import Draft, Enclosure, clean_header, compose
 from maildesk.mail.marks import bounce_address, own_message_id
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
 from maildesk.mail.smtp import DeliveryOutcome, Sender, SendResult, no_smtputf8, server_name
@@ -75,6 +75,8 @@ class Mail:
     to_agent: bool = False
     # why the desk keeps this mail's row but does not send it (a notice over its hourly cap)
     held_back: str | None = None
+    # the files it carries (read from the blob store when it is composed)
+    attachments: tuple[Enclosure, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +293,7 @@ class Mailer:
             reply_to=mail.reply_to,
             auto_submitted=mail.auto_submitted if mail.automatic else None,
             precedence="bulk" if mail.to_agent else "auto_reply",
+            attachments=mail.attachments,
         )
 
 

@@ -1,4 +1,4 @@
-"""Compose a message's bytes: headers cleaned, text and/or HTML, threading headers.
+"""Compose a message's bytes: headers cleaned, text and/or HTML, threading headers, files.
 
 Below the outbox: ``outbox.Mailer`` renders a mail's templates and hands the values here as a
 ``Draft``; ``compose`` returns the bytes the outbox row keeps and SMTP sends. Every header value
@@ -10,17 +10,21 @@ fixed and small. Also here: check-config's probe, composed as every mail is.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import email.policy
 import re
 import secrets
 import string
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr
+from pathlib import Path
+from urllib.parse import quote
 
 from maildesk.config import Settings
 from maildesk.mail.marks import LOOP_HEADER, bounce_address, own_message_id, probe_address
@@ -33,6 +37,22 @@ def clean_header(value: str, limit: int = 900) -> str:
     value = CONTROL.sub(" ", unicodedata.normalize("NFC", value))
     value = re.sub(r"\s+", " ", value).strip()
     return value[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    """A file an outgoing mail carries: its name (display text, as kept), its type and its
+    bytes, given or read from ``data`` (a file of the blob store) when the mail is composed.
+    ``content_id``: an inline image that the HTML part shows by ``cid:``; it travels with the
+    HTML part in ``multipart/related`` (in a mail without HTML, as any other file)."""
+
+    filename: str
+    content_type: str
+    data: bytes | Path
+    content_id: str = ""
+
+    def payload(self) -> bytes:
+        return self.data if isinstance(self.data, bytes) else self.data.read_bytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +78,14 @@ class Draft:
     reply_to: str | None = None
     auto_submitted: str | None = None
     precedence: str = "auto_reply"  # "bulk" for mail to agents
+    attachments: tuple[Enclosure, ...] = ()
 
 
 def compose(draft: Draft) -> bytes:
     """The message as bytes: CRLF line ends, folded headers, quoted-printable UTF-8 parts
-    (``multipart/alternative`` when it has both text and HTML). Raises ``ValueError`` for an
-    address that cannot be put in a header safely."""
+    (``multipart/alternative`` when it has both text and HTML); with files, base64 parts in
+    ``multipart/mixed`` (inline images in ``multipart/related`` with the HTML part). Raises
+    ``ValueError`` for an address that cannot be put in a header safely."""
     headers = _headers(draft)
     head = "".join(
         _header(name, value) if value.isascii() or name != "To" else f"To: {value}\r\n"
@@ -72,6 +94,8 @@ def compose(draft: Draft) -> bytes:
     # UTF-8 only in the To of mail to a non-ASCII address, which goes out with SMTPUTF8
     head_bytes = (head + "MIME-Version: 1.0\r\n").encode("utf-8")
     text, html = draft.text, draft.html
+    if draft.attachments:
+        return head_bytes + _with_files(text, html, draft.attachments)
     if html is None or text is None:  # one half alone: an override of that half only
         part = _text_part(text, "plain") if text is not None else _text_part(html or "", "html")
         return head_bytes + part
@@ -89,6 +113,63 @@ def compose(draft: Draft) -> bytes:
             b"\r\n--%s--\r\n" % boundary,
         )
     )
+
+
+def _with_files(text: str | None, html: str | None, files: Sequence[Enclosure]) -> bytes:
+    """The body of a mail with files: its words first, then each file. Inline images go
+    with the HTML part (``multipart/related``) when there is one; the rest are attachments."""
+    related = [f for f in files if _CID.fullmatch(f.content_id)] if html is not None else []
+    attached = [f for f in files if not any(f is r for r in related)]
+    html_part = _text_part(html, "html") if html is not None else None
+    if html_part is not None and related:
+        parts = [html_part, *(_file_part(f, inline=True) for f in related)]
+        html_part = _multipart('related;\r\n type="text/html"', parts)
+    if html_part is None:
+        words = _text_part(text or "", "plain")
+    elif text is None:
+        words = html_part
+    else:
+        words = _multipart("alternative", [_text_part(text, "plain"), html_part])
+    if not attached:
+        return words
+    return _multipart("mixed", [words, *(_file_part(f, inline=False) for f in attached)])
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    """A multipart entity of ``parts`` (each its headers and body). "=_" never occurs in
+    quoted-printable text or in base64, so the boundary cannot collide with a part."""
+    boundary = f"=_{secrets.token_hex(16)}".encode("ascii")
+    out = [b'Content-Type: multipart/%s;\r\n boundary="%s"\r\n\r\n' % (subtype.encode(), boundary)]
+    for part in parts:
+        out += (b"--%s\r\n" % boundary, part, b"\r\n")
+    out.append(b"--%s--\r\n" % boundary)
+    return b"".join(out)
+
+
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_PLAIN_NAME = re.compile(r"[ -~]{1,200}")
+_CID = re.compile(r"[!-;=?-~]{1,250}")  # printable ASCII but "<" and ">": written in <...>
+
+
+def _file_part(file: Enclosure, *, inline: bool) -> bytes:
+    """One file as a base64 part, its bytes exactly as given. The name is written for every
+    reader: quoted where it is plain ASCII, else as an RFC 2231 parameter (and as encoded words
+    in ``name``, which older readers show)."""
+    ctype = file.content_type.lower() if _MIME_TYPE.fullmatch(file.content_type.lower()) else ""
+    name = clean_header(file.filename, 255) or "attachment"
+    if _PLAIN_NAME.fullmatch(name) and '"' not in name and "\\" not in name:
+        shown, given = f'name="{name}"', f'filename="{name}"'
+    else:
+        shown = f'name="{_words(name, whole=True)}"'
+        given = f"filename*=utf-8''{quote(name, safe='')}"
+    how = "inline" if inline else "attachment"
+    head = f"Content-Type: {ctype or 'application/octet-stream'};\r\n {shown}\r\n"
+    head += f"Content-Disposition: {how};\r\n {given}\r\n"
+    head += "Content-Transfer-Encoding: base64\r\n"
+    if inline:
+        head += f"Content-ID: <{file.content_id}>\r\n"
+    body = base64.encodebytes(file.payload()).replace(b"\n", b"\r\n")
+    return head.encode("ascii") + b"\r\n" + body
 
 
 def _headers(draft: Draft) -> list[tuple[str, str]]:

@@ -54,6 +54,9 @@ class ParsedAttachment:
     sha256: str
     inline: bool = False
     dropped: bool = False
+    # the part's Content-ID without its angle brackets ("" when none): what an HTML part
+    # names it by (``cid:``)
+    content_id: str = ""
 
 
 def lowered(getter: object, default: str) -> str:
@@ -129,11 +132,29 @@ def attachment_of(
     raw_name = raw_filename(part) or fallback_name
     how = disposition(part)
     inline = how == "inline" or (not how and part.get("content-id") is not None)
-    return make_attachment(raw_name, ctype, data, limits, inline)
+    return make_attachment(raw_name, ctype, data, limits, inline, content_id_of(part))
+
+
+_CONTENT_ID = re.compile(r"[!-~]{1,250}")  # printable ASCII, no spaces: a msg-id's characters
+
+
+def content_id_of(part: Message) -> str:
+    """The part's Content-ID without angle brackets; "" when it has none, or one not fit to be
+    written into a header again."""
+    try:
+        value = str(part.get("content-id") or "").strip().strip("<>").strip()
+    except Exception:
+        return ""
+    return value if _CONTENT_ID.fullmatch(value) and "<" not in value and ">" not in value else ""
 
 
 def make_attachment(
-    raw_name: str, ctype: str, data: bytes, limits: Limits, inline: bool = False
+    raw_name: str,
+    ctype: str,
+    data: bytes,
+    limits: Limits,
+    inline: bool = False,
+    content_id: str = "",
 ) -> ParsedAttachment:
     size = len(data)
     dropped = size > limits.max_attachment_bytes
@@ -145,6 +166,7 @@ def make_attachment(
         sha256=hashlib.sha256(data).hexdigest(),
         inline=inline,
         dropped=dropped,
+        content_id=content_id,
     )
 
 
