@@ -118,6 +118,14 @@ def test_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
             lambda t: t + '\n[lifecycle]\nremind_pending_after = "soon"\n',
             "[lifecycle] remind_pending_after",
         ),
+        (
+            lambda t: t + "\n[limits]\nmax_outbound_bytes = 0\n",
+            "[limits] max_outbound_bytes: must be positive",
+        ),
+        (
+            lambda t: t + '\n[limits]\nnotice_attachment_bytes = "10 MB"\n',
+            "[limits] notice_attachment_bytes: must be a int",
+        ),
         (lambda t: t.replace("[smtp]", "[smtpp]"), "[smtpp]: unknown table"),
         (lambda t: t + "\n[[[", "not valid TOML"),
     ],

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import guard
+from maildesk.act import files, guard
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
@@ -52,7 +52,11 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     validation = commands.validate(parsed, desk.directory, agent.email)
     if not validation.ok:
         carry_out(scene, verbs.refused(agent.email, parsed.text, validation.refusals))
-        refused = Receipt(refused=validation.refusals, kept_as_note=bool(parsed.text))
+        refused = Receipt(
+            refused=validation.refusals,
+            kept_as_note=bool(parsed.text),
+            files=files.receipt_lines(desk, inbound, (), files.REFUSED),
+        )
         enqueue(
             scene.session,
             desk,
@@ -65,7 +69,10 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     )
     mails = carry_out(scene, plan)
     receipt = mail_out(scene, mails, plan)
-    if parsed.commands or receipt.not_mailed or receipt.held or receipt.bounced:
+    if inbound.attachments:  # every mail with files is answered: which went on, which not
+        why_not = files.NOT_MAILED if receipt.not_mailed else None
+        receipt = replace(receipt, files=files.receipt_lines(desk, inbound, mails, why_not))
+    if parsed.commands or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
         enqueue(
             scene.session,
             desk,
@@ -252,6 +259,7 @@ class Receipt:
     not_mailed: str | None = None  # why nobody outside was mailed, when someone should have been
     held: tuple[str, ...] = ()  # mails to the customer held back (``held_line``)
     bounced: str | None = None  # the agent's words went to an address that bounced before
+    files: tuple[str, ...] = ()  # the files of the agent's mail: sent on, or not and why
 
 
 def receipt_mail(
@@ -271,4 +279,5 @@ def receipt_mail(
         not_mailed=receipt.not_mailed,
         held=list(receipt.held),
         bounced=receipt.bounced,
+        files=list(receipt.files),
     )

@@ -7,12 +7,13 @@ message kept on its thread, and the mails it causes (returned, for ``notices.enq
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import notices, people
+from maildesk.act import files, notices, people
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
@@ -136,6 +137,10 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
             return [reply(scene, step)]
         case plans.Close():
             return close(scene, step)
+        case plans.MailFiles(to=to):
+            agent = scene.desk.settings.agent(to)
+            assert agent is not None, f"no agent {to}"
+            return files.ticket_files(scene.session, scene.desk, ticket, agent, now)
         case plans.MarkReminded():
             ticket.reminded_at = now
         case plans.MarkBreached(targets=targets):
@@ -146,9 +151,18 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
 
 
 def mails_of(scene: Scene, step: plans.Notify) -> list[Mail]:
+    """The mails of a ``Notify`` step; a notice to agents about a message carries its files
+    (``files.on_notice``)."""
+    if step.template not in files.NOTICES:
+        return mails_to(scene, step, dict(step.context))
+    listing, enclosures = files.on_notice(scene.desk, scene.inbound)
+    mails = mails_to(scene, step, {**step.context, "files": listing})
+    return files.with_notice_files(mails, enclosures)
+
+
+def mails_to(scene: Scene, step: plans.Notify, context: dict[str, Any]) -> list[Mail]:
     """The mails of a ``Notify`` step, to whom it names as the ticket now is."""
     desk, ticket, now = scene.desk, scene.ticket, scene.now
-    context = dict(step.context)
     match step.to:
         case Whom.REQUESTER:
             return [
@@ -175,6 +189,7 @@ def reply(scene: Scene, step: plans.Reply) -> Mail:
     ticket, now = scene.ticket, scene.now
     body = words_of(scene, step.canned, step.text)
     keep_message(scene, plans.Keep(step.actor, body))
+    enclosures, images = files.to_customer(scene.desk, scene.inbound, images=True)
     mail = notices.customer_mail(
         scene.desk,
         ticket,
@@ -183,7 +198,9 @@ def reply(scene: Scene, step: plans.Reply) -> Mail:
         words=True,
         text=body,
         agent={"name": step.agent_name},
+        images=images,
     )
+    mail = replace(mail, attachments=enclosures)
     if ticket.first_response_at is None:
         ticket.first_response_at = now
     if step.pend:
@@ -205,6 +222,10 @@ def close(scene: Scene, step: plans.Close) -> list[Mail]:
     closing = notices.customer_mail(
         scene.desk, ticket, "closed", "closed", words=bool(resolution), resolution=resolution
     )
+    if resolution and step.keep:  # the resolution is this mail: its files go with it
+        closing = replace(
+            closing, attachments=files.to_customer(scene.desk, scene.inbound, images=False)[0]
+        )
     return [closing]
 
 

@@ -37,6 +37,18 @@ thank you for the photo. Please open the front cover, take out the toner cartrid
 for a torn sheet behind it; then tell us whether it still jams."""
 
 
+# the files of a message as a notice lists them: one attached, one not
+SAMPLE_FILES = [
+    {"filename": "error-on-display.jpg", "size": 48_213, "attached": True, "note": ""},
+    {
+        "filename": "printer-log.zip",
+        "size": 14_200_000,
+        "attached": False,
+        "note": "not attached: a notice carries 10.0 MB of files in all (notice_attachment_bytes)",
+    },
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Checked:
     """What the check found: the mails rendered, the problems (each stops a start or reload),
@@ -226,7 +238,16 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
             make.customer(make.new, "ack", dropped=dropped, max_attachment_bytes=limit),
         ],
         "reply": [
-            make.customer(make.worked, "reply", text=AGENT_TEXT, agent={"name": make.agent.name})
+            make.customer(
+                make.worked, "reply", text=AGENT_TEXT, agent={"name": make.agent.name}, images=[]
+            ),
+            make.customer(
+                make.worked,
+                "reply",
+                text=AGENT_TEXT,
+                agent={"name": make.agent.name},
+                images=[{"cid": "part1.4711@example.com", "filename": "cover-open.png"}],
+            ),
         ],
         "closed": [
             make.customer(make.closed, "closed", resolution="We replaced the fuser unit."),
@@ -258,18 +279,31 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
 def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
     agent, new, worked, escalated = make.agent, make.new, make.worked, make.escalated
     due = "Thu 26 Nov 2026 13:00 UTC"
-    replied = {"text": CUSTOMER_TEXT, "sender": REQUESTER}
+    replied = {"text": CUSTOMER_TEXT, "sender": REQUESTER, "files": SAMPLE_FILES}
     return {
         "agent_new": [
             make.notice(new, "agent_new", **replied),
-            make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender=""),
+            make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender="", files=[]),
         ],
         "agent_customer_replied": [make.notice(worked, "agent_customer_replied", **replied)],
         "agent_reopened": [make.notice(worked, "agent_reopened", **replied)],
-        "agent_assigned": [make.notice(worked, "agent_assigned", by="Bob Jones")],
+        "agent_assigned": [
+            make.notice(worked, "agent_assigned", by="Bob Jones", files=[]),
+            make.notice(worked, "agent_assigned", by="Bob Jones", files=SAMPLE_FILES),
+        ],
         "agent_escalated": [
-            make.notice(escalated, "agent_escalated", summary="Needs a new fuser.", by=agent.name),
-            make.notice(escalated, "agent_escalated", summary="", by=agent.name),
+            make.notice(
+                escalated,
+                "agent_escalated",
+                summary="Needs a new fuser.",
+                by=agent.name,
+                files=SAMPLE_FILES,
+            ),
+            make.notice(escalated, "agent_escalated", summary="", by=agent.name, files=[]),
+        ],
+        "agent_files": [
+            make.notice(worked, "agent_files", part=1, parts=2, files=SAMPLE_FILES),
+            make.notice(worked, "agent_files", part=1, parts=1, files=[]),
         ],
         "agent_receipt": _receipts(make),
         "agent_bounce": [
@@ -314,6 +348,16 @@ def _receipts(make: _Maker) -> list[dict[str, Any]]:
                 applied=("closed",),
                 held=("the closing mail: loop protection: 10 automatic mails in the hour",),
                 bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); sent anyway",
+            ),
+        ),
+        make.receipt(
+            worked,
+            agents.Receipt(
+                files=(
+                    "invoice-42.pdf (48 KB) sent to the customer",
+                    "backup.zip (31.0 MB) not sent to the customer: larger than"
+                    " max_attachment_bytes (25.0 MB)",
+                ),
             ),
         ),
     ]

@@ -292,6 +292,8 @@ def _read_limits(t: Table) -> LimitsSettings:
         parse_memory_mb=t.positive("parse_memory_mb", d.parse_memory_mb),
         max_text_chars=t.positive("max_text_chars", d.max_text_chars),
         new_sender_acks_per_hour=t.positive("new_sender_acks_per_hour", d.new_sender_acks_per_hour),
+        max_outbound_bytes=t.positive("max_outbound_bytes", d.max_outbound_bytes),
+        notice_attachment_bytes=t.positive("notice_attachment_bytes", d.notice_attachment_bytes),
     )
     t.finish()
     return settings

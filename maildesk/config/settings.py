@@ -169,6 +169,11 @@ class LimitsSettings:
     parse_memory_mb: int = 512
     max_text_chars: int = 200_000
     new_sender_acks_per_hour: int = 100
+    # the files of an agent's reply, in all, that go on to the customer with it
+    max_outbound_bytes: int = 20 * 1000 * 1000
+    # the customer's files a notice to an agent carries, in all (the rest are named); and each
+    # mail of ``#files`` at most
+    notice_attachment_bytes: int = 10 * 1000 * 1000
 
 
 @dataclass(frozen=True, slots=True)

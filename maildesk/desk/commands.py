@@ -14,7 +14,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-VERBS = ("assign", "note", "escalate", "close", "priority", "tag", "untag", "reopen", "reply")
+VERBS = (
+    "assign",
+    "note",
+    "escalate",
+    "close",
+    "priority",
+    "tag",
+    "untag",
+    "reopen",
+    "reply",
+    "files",
+)
 PRIORITIES = ("low", "medium", "high", "urgent")
 
 MAX_COMMANDS = 20
@@ -312,7 +323,7 @@ def _tags(command: Command) -> tuple[str, ...]:
 
 def _action(command: Command, directory: Directory, actor: str) -> Action:
     verb, source = command.verb, command.source
-    if verb in ("note", "close", "reopen"):
+    if verb in ("note", "close", "reopen", "files"):
         _no_args(command)
         return Action(verb, None, source=source)
     if verb == "assign":
@@ -341,7 +352,7 @@ TEXT_HINT = (
     "take text on their own line)"
 )
 # how many words these verbs take before the hint (a name of two words gets it only if unknown)
-_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0}
+_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0, "files": 0}
 
 
 def _text_hint(command: Command) -> str:
@@ -418,6 +429,7 @@ def describe(action: Action) -> str:
         "untag": f"untagged {', '.join(action.words)}",
         "reopen": "reopened",
         "reply": f"canned reply {value} sent to the customer",
+        "files": "the ticket's files mailed to you",
     }
     return lines.get(action.verb, action.source or action.verb)
 
@@ -449,4 +461,6 @@ never are.
     Open a closed ticket again.                       Example: #reopen
 #reply <name>
     Send the customer a canned reply.                 Example: #reply password-reset
+#files
+    Have every file of the ticket mailed to you.      Example: #files
 """

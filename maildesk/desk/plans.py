@@ -161,6 +161,14 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class MailFiles:
+    """Mail every file of the ticket to the agent ``to`` (``#files``), in mails of a bounded
+    size."""
+
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
 class MarkReminded:
     """This pending period's reminder is dealt with (sent, or held)."""
 
@@ -193,6 +201,7 @@ Step = (
     | Notify
     | Reply
     | Close
+    | MailFiles
     | MarkReminded
     | MarkBreached
     | TrackSla
@@ -268,4 +277,6 @@ def mailed(plan: Plan) -> tuple[tuple[Whom | str, str], ...]:
                 found.append((Whom.REQUESTER, "reply"))
             case Close():
                 found.append((Whom.REQUESTER, "closed"))
+            case MailFiles(to=to):
+                found.append((to, "files"))
     return tuple(found)

@@ -17,6 +17,7 @@ from maildesk.desk.plans import (
     AddTags,
     Close,
     Keep,
+    MailFiles,
     Notify,
     Plan,
     Record,
@@ -159,6 +160,11 @@ def escalation(
     return state.but(team=team, status=Status.ESCALATED, assignee=assignee), tuple(steps)
 
 
+def files(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The ticket's files, mailed to the agent who asked."""
+    return state, (MailFiles(order.agent.email),)
+
+
 def nothing(state: TicketState, action: commands.Action, order: Order) -> Planned:
     """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``)."""
     return state, ()
@@ -174,6 +180,7 @@ VERBS: dict[str, Planner] = {
     "note": nothing,
     "close": nothing,
     "reply": nothing,
+    "files": files,
 }
 
 
