@@ -4,5 +4,6 @@ Bottom up, each module importing only those above it in this list: ``text`` (cha
 cleaning, defects, quoted history), ``limits`` (structure limits on the bytes, the budget),
 ``identity`` (the headers, from a strict parse), ``html`` (HTML as text; the body's text and
 reply), ``parts`` (one MIME part's values; attachments), ``dsn`` (delivery reports), ``mime``
-(the tree and its walk, TNEF unpacked within bounds).
+(the tree and its walk, TNEF unpacked within bounds), ``forward`` (a forwarded message in the
+text).
 """

@@ -172,6 +172,16 @@ def _matches(pattern: re.Pattern[str], line: str) -> bool:
     return len(line) <= _PATTERN_CHARS and pattern.match(line) is not None
 
 
+def is_attribution(line: str) -> bool:
+    """Whether ``line`` alone is a reply's attribution ("On <date>, <name> wrote:", Gmail's
+    forms that begin with a name or a date): what a reply puts above the history it quotes."""
+    if len(line) > _PATTERN_CHARS:
+        return False
+    if _ATTRIBUTION.match(line) is not None:
+        return _DATE_OR_ADDRESS.search(line) is not None
+    return _TIME.search(line) is not None and _ATTRIBUTION_END.search(line) is not None
+
+
 def strip_quoted_history(text: str) -> str:
     """What the author wrote: quoted history, attribution lines and signatures removed.
 
