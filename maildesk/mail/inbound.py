@@ -7,18 +7,22 @@ block and bounds the tree's shape on the bytes, before any recursive parser sees
 ``identity`` reads the headers from a strict stdlib parse with ``email.policy.default``;
 ``mime`` has mail-parser build the tree and walks it once, iteratively (TNEF unpacked, attached
 messages kept whole, delivery reports read by ``dsn``); ``dsn`` looks for a bounce without a
-report; ``html`` makes the readable text and the reply. ``parse`` never raises: every problem
+report; ``html`` makes the readable text and the reply; ``forward`` finds a forwarded message
+in that text, and a message attached whole is parsed here as one (``Inbound.forwarded``).
+``parse`` never raises: every problem
 becomes a string in ``defects``; a message that breaks a hard limit is reported through
 ``fatal`` so the caller quarantines it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from maildesk.mail.parse.dsn import Report, ReportRecipient, heuristic_report
+from maildesk.mail.parse.forward import Forwarded, inline_forward, original_subject
 from maildesk.mail.parse.html import body_texts
 from maildesk.mail.parse.identity import SenderHeaders, read_identity
 from maildesk.mail.parse.limits import Limits, header_block, shape_limits
@@ -27,7 +31,18 @@ from maildesk.mail.parse.parts import ParsedAttachment
 from maildesk.mail.parse.text import Defects
 
 # what a caller needs of a parse: the entry, its value and the values it carries
-__all__ = ["Inbound", "ParsedAttachment", "Limits", "Report", "ReportRecipient", "parse"]
+__all__ = [
+    "Forwarded",
+    "Inbound",
+    "ParsedAttachment",
+    "Limits",
+    "Report",
+    "ReportRecipient",
+    "parse",
+    "payloads",
+    "with_payloads",
+    "without_payloads",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,9 @@ class Inbound:
     requester: str | None = None
     # Authentication-Results values exactly as they arrived (unfolded, never decoded), top first
     authentication_results: tuple[str, ...] = ()
+    # the message this one forwards, inline or attached whole (``forward.Forwarded``); None for
+    # a reply, a report, or a mail that forwards nothing
+    forwarded: Forwarded | None = None
 
     def header(self, name: str) -> tuple[str, ...]:
         """All values of header ``name`` (case-insensitive), top first."""
@@ -122,6 +140,8 @@ def _parse(
     limits: Limits,
     defects: Defects,
     identified: Callable[[Inbound], None] | None = None,
+    *,
+    forwards: bool = True,
 ) -> Inbound:
     block, fatal = header_block(raw, limits, defects)
     identity = read_identity(block, defects)
@@ -136,12 +156,54 @@ def _parse(
         tree = mime_tree(raw, defects)
         if tree is not None:
             fatal = walk(tree, limits, body, defects)
+        del tree  # the tree is done with: an attached message is parsed again from its bytes
     if fatal is None and body.report is None:
         try:
             body.report = heuristic_report(identity, body.plain, body.html, body.returned)
         except Exception as exc:  # a guess that fails is no reason to lose the message
             defects.add(f"bounce detection failed ({type(exc).__name__})")
-    return _inbound(identity, body, raw, limits, defects, fatal)
+    body.returned.clear()
+    result = _inbound(identity, body, raw, limits, defects, fatal)
+    if not forwards or fatal is not None or result.report is not None:
+        return result
+    forwarded = _forwarded(result, limits, defects)
+    return dataclasses.replace(result, forwarded=forwarded, defects=defects.items())
+
+
+def _forwarded(message: Inbound, limits: Limits, defects: Defects) -> Forwarded | None:
+    """The message ``message`` forwards: written into its text, else the one message attached
+    to it whole, parsed from its bytes with the same limits (a forward inside it stays text)."""
+    try:
+        found = inline_forward(message.text, message.subject, message.attachments)
+    except Exception as exc:  # a forward not found is no reason to lose the message
+        defects.add(f"forward detection failed ({type(exc).__name__})")
+        return None
+    if found is not None:
+        return found
+    attached = [a for a in message.attachments if a.content_type == "message/rfc822"]
+    if len(attached) != 1:
+        return None
+    if attached[0].dropped:
+        defects.add("the attached message is over max_attachment_bytes: not read as a forward")
+        return None
+    try:
+        inner = _parse(attached[0].payload, limits, Defects(), forwards=False)
+    except Exception as exc:
+        defects.add(f"the attached message could not be read ({type(exc).__name__})")
+        return None
+    if inner.fatal is not None:
+        defects.add(f"the attached message could not be read as a forward: {inner.fatal}")
+        return None
+    return Forwarded(
+        sender=inner.sender or inner.claimed_sender,
+        sender_name=inner.sender_name,
+        subject=original_subject(inner.subject) or original_subject(message.subject),
+        date=inner.date,
+        text=inner.text,
+        note=message.text.strip("\n"),
+        attachments=inner.attachments,
+        attached=True,
+    )
 
 
 def _inbound(
@@ -185,3 +247,40 @@ def _inbound(
         requester=identity.requester,
         authentication_results=identity.authentication_results,
     )
+
+
+# An ``Inbound`` crosses from the parse worker to the daemon as a pickle without the bytes of
+# its files, which follow it one frame each (``zygote``, ``workers``): these three keep the order.
+
+
+def payloads(message: Inbound) -> list[bytes]:
+    """The bytes of every file ``message`` carries: its attachments, then those of a message
+    it forwards attached (an inline forward's files are the message's own)."""
+    found = [a.payload for a in message.attachments]
+    if message.forwarded is not None and message.forwarded.attached:
+        found += [a.payload for a in message.forwarded.attachments]
+    return found
+
+
+def without_payloads(message: Inbound) -> Inbound:
+    """``message`` with every file's bytes left out (``payloads`` has them)."""
+    return with_payloads(message, [b""] * len(payloads(message)))
+
+
+def with_payloads(message: Inbound, data: list[bytes]) -> Inbound:
+    """``message`` with the files' bytes put back, in ``payloads`` order."""
+    count = len(message.attachments)
+    own = tuple(
+        dataclasses.replace(a, payload=p)
+        for a, p in zip(message.attachments, data[:count], strict=True)
+    )
+    forwarded = message.forwarded
+    if forwarded is not None and forwarded.attached:
+        inner = tuple(
+            dataclasses.replace(a, payload=p)
+            for a, p in zip(forwarded.attachments, data[count:], strict=True)
+        )
+        forwarded = dataclasses.replace(forwarded, attachments=inner)
+    elif forwarded is not None:
+        forwarded = dataclasses.replace(forwarded, attachments=own)
+    return dataclasses.replace(message, attachments=own, forwarded=forwarded)

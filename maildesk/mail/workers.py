@@ -10,7 +10,6 @@ first worker from its own process (``Worker.fork_here``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
@@ -25,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 
-from maildesk.mail.inbound import Inbound
+from maildesk.mail.inbound import Inbound, payloads, with_payloads
 from maildesk.mail.parse.limits import Budget
 from maildesk.mail.zygote import IGNORED, Channel, new_note, pidfd_of, read_note, worker_main
 
@@ -197,8 +196,8 @@ class Worker:
             if kind == "over":
                 return WorkerAnswer(overrun=Overrun.MEMORY)
             result, grown = rest[0], rest[1]
-            payloads = tuple(self.conn.receive() for _ in result.attachments)
-            return WorkerAnswer(inbound=_with_payloads(result, payloads), grown=grown)
+            frames = [self.conn.receive() for _ in payloads(result)]
+            return WorkerAnswer(inbound=with_payloads(result, frames), grown=grown)
         except (EOFError, OSError):
             return WorkerAnswer(overrun=Overrun.DIED)
 
@@ -233,15 +232,6 @@ class Worker:
         for fd in (self.pidfd, self.note):
             if fd is not None:
                 os.close(fd)
-
-
-def _with_payloads(result: Inbound, payloads: tuple[bytes, ...]) -> Inbound:
-    if not payloads:
-        return result
-    attachments = tuple(
-        dataclasses.replace(a, payload=p) for a, p in zip(result.attachments, payloads, strict=True)
-    )
-    return dataclasses.replace(result, attachments=attachments)
 
 
 def _relog(records: list[tuple[str, int, str]]) -> None:

@@ -257,16 +257,11 @@ def _one(conn: Channel, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
             del result
             conn.send(pickle.dumps(("over", shipped.take())))
             return False
-        bare = result
-        if result.attachments:  # their bytes follow, each a frame of its own: no pickled copy
-            bare = dataclasses.replace(
-                result,
-                attachments=tuple(dataclasses.replace(a, payload=b"") for a in result.attachments),
-            )
-        answer = ("done", bare, grown, shipped.take())
+        # the files' bytes follow, each a frame of its own: no pickled copy
+        answer = ("done", inbound.without_payloads(result), grown, shipped.take())
         conn.send(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
-        for attachment in result.attachments:
-            conn.send(attachment.payload)
+        for payload in inbound.payloads(result):
+            conn.send(payload)
         return True
     except MemoryError:
         conn.send(pickle.dumps(("over", shipped.take())))
