@@ -258,10 +258,10 @@ class Outbox(Base):
 
     One row is one envelope: one recipient, one VERP ``mail_from``, sent, retried, bounced and
     suppressed on its own. A mail with Cc is one row for its To (``message_id`` is the mail's
-    Message-ID) and one row per Cc address with the same bytes: a copy's ``message_id`` is a
+    Message-ID, ``body`` its bytes) and one row per Cc address: a copy's ``message_id`` is a
     Message-ID of the desk's own kind that no mail carries, the key its VERP address is made
-    from (so a bounce proves which recipient it is about), and ``copy_of`` names the mail's
-    Message-ID."""
+    from (so a bounce proves which recipient it is about); ``copy_of`` names the mail's
+    Message-ID, whose row's bytes it sends (its own ``body`` is empty)."""
 
     __tablename__ = "outbox"
 

@@ -17,10 +17,12 @@ import pytest
 from maildesk.demo.world import Captured
 from tests.desk import (
     ALICE,
+    CAROL_AGENT,
     CUSTOMER,
     DeskWorld,
     agent_reply,
     customer_mail,
+    delivery_report,
     text_of,
 )
 from tests.loopback import ScriptedSmtp
@@ -156,3 +158,68 @@ def test_a_reply_to_naming_the_desk_or_several_or_from_itself_keeps_from_as_the_
     assert {t["subject"]: t["requester"] for t in world.tickets()} == {
         f"{what} never arrived": SHOP for what in cases
     }
+
+
+def test_a_ccd_colleague_gets_the_answers_the_escalation_and_the_closing_and_can_answer(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", headers=[("Cc", DAVE)]))
+    world.run_once()
+    [notice] = world.mails_to(ALICE)
+
+    world.deliver(agent_reply(notice, ALICE, "Which model is it?"))
+    world.run_once()
+    [_, to_carol] = world.mails_to(CUSTOMER)
+    [to_dave] = world.mails_to(DAVE)
+    # one mail: the same Message-ID and headers, To the requester and Cc the colleague ...
+    for mail in (to_carol, to_dave):
+        assert mail.message["To"] == CUSTOMER and cc_of(mail) == [DAVE]
+        assert text_of(mail).startswith("Which model is it?")
+    assert to_carol.message["Message-ID"] == to_dave.message["Message-ID"]
+    assert to_carol.raw == to_dave.raw
+    # ... in an envelope of its own for each: its own VERP return path
+    assert (to_carol.rcpt_tos, to_dave.rcpt_tos) == ((CUSTOMER,), (DAVE,))
+    assert to_carol.mail_from != to_dave.mail_from
+
+    # the colleague answers into the ticket: its owner is told, the ticket opens again
+    world.deliver(
+        customer_mail("Re: Printer broken", "It is an HP 4000.", sender=DAVE, reply_to=to_dave)
+    )
+    world.run_once()
+    ticket = world.ticket(1)
+    assert (ticket["messages"][-1]["from"], ticket["status"]) == (DAVE, "open")
+    assert "It is an HP 4000." in text_of(world.mails_to(ALICE)[-1])
+
+    world.deliver(
+        agent_reply(notice, ALICE, "Needs a fuser.", subject_extra=" #escalate engineering")
+    )
+    world.run_once()
+    [escalated] = world.mails_to(DAVE)[1:]
+    assert cc_of(escalated) == [DAVE] and escalated.rcpt_tos == (DAVE,)
+
+    carols = world.mails_to(CAROL_AGENT)[-1]  # the escalation notice to engineering
+    world.deliver(agent_reply(carols, CAROL_AGENT, "#close\nNew fuser fitted."))
+    world.run_once()
+    [closing] = world.mails_to(DAVE)[2:]
+    assert "New fuser fitted." in text_of(closing) and cc_of(closing) == [DAVE]
+    assert world.ticket(1)["status"] == "closed"
+    assert [m.rcpt_tos for m in world.mails_to(CUSTOMER)][-1] == (CUSTOMER,)
+
+
+def test_a_bounce_of_a_copy_is_about_its_participant_alone(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages.", headers=[("Cc", DAVE)]))
+    world.run_once()
+    [notice] = world.mails_to(ALICE)
+    world.deliver(agent_reply(notice, ALICE, "Which model is it?"))
+    world.run_once()
+    [to_dave] = world.mails_to(DAVE)
+    world.deliver(delivery_report(to_dave, "failed", "5.1.1", diagnostic="550 5.1.1 unknown"))
+    world.run_once()
+    ticket = world.ticket(1)
+    [bounce] = [e for e in ticket["events"] if e["kind"] == "bounce"]
+    assert bounce["detail"]["recipient"] == DAVE
+    assert ticket["requester_bounced"] is False  # Carol's mail arrived
+    # the closing notice is made from the template: held for Dave, who bounced, sent to Carol
+    world.deliver(agent_reply(notice, ALICE, "#close"))
+    world.run_once()
+    assert len(world.mails_to(DAVE)) == 1 and len(world.mails_to(CUSTOMER)) == 3

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, object_session
 
+from maildesk.act import people
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
@@ -103,15 +104,22 @@ CUSTOMER_MAILS = {
 }
 
 
+# The customers' mails that carry the ticket's news, copied to its participants (Cc); the
+# acknowledgment and the reminder are the requester's alone.
+COPIED = frozenset(("reply", "closed", "escalated", "auto_closed"))
+
+
 def customer_mail(
     desk: Desk, ticket: Ticket, kind: str, template: str, *, words: bool = False, **context: Any
 ) -> Mail:
-    """A mail to the ticket's requester. ``words``: it carries what an agent wrote or chose (a
-    reply, a resolution, canned text), so it is a person's mail, never held by loop protection
-    or the hourly cap and without ``Auto-Submitted``. Without, it is made wholly from templates
-    (acknowledgment, reminder, the notices of closing and escalation): automatic."""
+    """A mail to the ticket's requester, with its participants in Cc when it is one of the
+    ``COPIED``. ``words``: it carries what an agent wrote or chose (a reply, a resolution,
+    canned text), so it is a person's mail, never held by loop protection or the hourly cap
+    and without ``Auto-Submitted``. Without, it is made wholly from templates (acknowledgment,
+    reminder, the notices of closing and escalation): automatic."""
     # a requester who is one of the agents could answer it with commands: not their subject
     to_agent = desk.settings.agent(ticket.requester) is not None
+    cc = people.copied(desk, ticket) if kind in COPIED and ticket.requester else ()
     return Mail(
         kind=kind,
         template=template,
@@ -122,6 +130,7 @@ def customer_mail(
         auto_submitted="auto-replied" if kind == "ack" else "auto-generated",
         in_reply_to=last_customer_message_id(ticket),
         references=thread_ids(ticket),
+        cc=cc,
     )
 
 
@@ -196,12 +205,13 @@ def enqueue(
         elif not mail.to:
             event(session, ticket, "not_mailed", "", now, mail=mail.kind, reason=NO_ADDRESS)
         else:
-            undeliverable = desk.mailer.undeliverable(session, mail.to)
+            undeliverable = {a: desk.mailer.undeliverable(session, a) for a in (mail.to, *mail.cc)}
             queued = desk.mailer.enqueue(session, mail, now)
-            if undeliverable:
-                detail = {"mail": mail.kind, "recipient": mail.to, "error": undeliverable}
-                event(session, ticket, "mail_failed", "", now, **detail)
-            elif queued.held:
+            for address, why in undeliverable.items():
+                if why:
+                    detail = {"mail": mail.kind, "recipient": address, "error": why}
+                    event(session, ticket, "mail_failed", "", now, **detail)
+            if queued.held and not undeliverable[mail.to]:
                 held.append((mail, queued.held))
     return held
 

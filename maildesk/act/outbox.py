@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.act import guard
 from maildesk.config import Settings
@@ -77,6 +78,9 @@ class Mail:
     held_back: str | None = None
     # the files it carries (read from the blob store when it is composed)
     attachments: tuple[Enclosure, ...] = ()
+    # copied to these (the ticket's participants): one mail, with a Cc header, and an outbox
+    # row, its own envelope, for each of them (``Outbox``)
+    cc: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,39 +151,67 @@ class Mailer:
             return rendered
 
     def _write(self, session: Any, mail: Mail, rendered: Rendered, now: datetime) -> Queued:
+        """The mail's row, and a row for each of its Cc: the same mail, sent, retried, bounced
+        and held back on its own. A copy's row is keyed by a Message-ID of its own that no mail
+        carries, which its VERP address is made from."""
         desk = self.settings.desk
         message_id = own_message_id(desk.secret, desk.domain)
-        status = OutboxStatus.PENDING
-        why_not = mail.held_back or self._suppressed(session, mail, now)
-        undeliverable = self.undeliverable(session, mail.to)
-        if undeliverable:
-            status, why_not = OutboxStatus.FAILED, undeliverable
-            log.warning("cannot send %s to %s: %s", mail.kind, mail.to, undeliverable)
-        elif why_not:
-            status = OutboxStatus.SUPPRESSED
-            log.info("not sending %s to %s: %s", mail.kind, mail.to, why_not)
-            if why_not.startswith(guard.LOOP_PROTECTION) and guard.first_throttled(session, now):
-                self._alert_throttled(session, mail, why_not, now)
         body = compose(self.draft(mail, rendered, message_id, now))
-        insert_row(
-            session,
-            Outbox,
-            {
-                "ticket_id": mail.ticket.id if mail.ticket is not None else None,
-                "message_id": message_id,
-                "kind": mail.kind,
-                "recipient": mail.to,
-                "mail_from": bounce_address(desk.secret, desk.address, message_id),
-                "automatic": mail.automatic,
-                "body": body,
-                "status": status,
-                "last_error": why_not,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            },
-        )
+        mailed = {
+            "ticket_id": mail.ticket.id if mail.ticket is not None else None,
+            "kind": mail.kind,
+            "automatic": mail.automatic,
+            "body": body,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        status, why_not = self._standing(session, mail, mail.to, now)
+        self._insert(session, mailed, (message_id, None, mail.to), (status, why_not))
+        for address in mail.cc:  # their bytes are the mail's row's (``copies_read``)
+            copy = own_message_id(desk.secret, desk.domain)
+            standing = self._standing(session, mail, address, now)
+            self._insert(session, {**mailed, "body": b""}, (copy, message_id, address), standing)
         return Queued(message_id, why_not if status == OutboxStatus.SUPPRESSED else None)
+
+    def _standing(
+        self, session: Any, mail: Mail, address: str, now: datetime
+    ) -> tuple[OutboxStatus, str | None]:
+        """Whether ``mail`` goes to ``address``: pending, held back (suppressed) or failed
+        before it is tried, and why."""
+        why_not = mail.held_back or self._suppressed(session, mail, address, now)
+        undeliverable = self.undeliverable(session, address)
+        if undeliverable:
+            log.warning("cannot send %s to %s: %s", mail.kind, address, undeliverable)
+            return OutboxStatus.FAILED, undeliverable
+        if why_not:
+            log.info("not sending %s to %s: %s", mail.kind, address, why_not)
+            if why_not.startswith(guard.LOOP_PROTECTION) and guard.first_throttled(session, now):
+                self._alert_throttled(session, address, why_not, now)
+            return OutboxStatus.SUPPRESSED, why_not
+        return OutboxStatus.PENDING, None
+
+    def _insert(
+        self,
+        session: Any,
+        mailed: dict[str, Any],
+        envelope: tuple[str, str | None, str],
+        standing: tuple[OutboxStatus, str | None],
+    ) -> None:
+        """One row: ``envelope`` is its key, the Message-ID it copies (None: the mail itself)
+        and its recipient."""
+        key, copy_of, recipient = envelope
+        desk = self.settings.desk
+        values = {
+            **mailed,
+            "message_id": key,
+            "copy_of": copy_of,
+            "recipient": recipient,
+            "mail_from": bounce_address(desk.secret, desk.address, key),
+            "status": standing[0],
+            "last_error": standing[1],
+        }
+        insert_row(session, Outbox, values)
 
     def undeliverable(self, session: Any, address: str) -> str | None:
         """Why mail to ``address`` cannot go out through our SMTP server, when that is known
@@ -244,23 +276,23 @@ class Mailer:
         parser = BytesHeaderParser(policy=email.policy.default)
         return any(str(parser.parsebytes(body)["subject"]) == wanted for body in rows)
 
-    def _suppressed(self, session: Any, mail: Mail, now: datetime) -> str | None:
-        """Why automatic ``mail`` to an outside address is held (None: it goes out). Mail
+    def _suppressed(self, session: Any, mail: Mail, address: str, now: datetime) -> str | None:
+        """Why automatic ``mail`` to an outside ``address`` is held (None: it goes out). Mail
         carrying an agent's words, and mail to agents, is never held here."""
         if not mail.automatic or mail.to_agent:
             return None
         # the rows of this transaction not yet written change nothing here: don't flush for it
         with session.no_autoflush:
-            return guard.held(session, self.settings, mail.to, now)
+            return guard.held(session, self.settings, address, now)
 
-    def _alert_throttled(self, session: Any, mail: Mail, why: str, now: datetime) -> None:
+    def _alert_throttled(self, session: Any, address: str, why: str, now: datetime) -> None:
         """One alert to the admin when an address hits the cap (a loop, or a mail storm); at
         most one an hour, whichever addresses hit it."""
         admin = self.settings.desk.admin_address
         if not admin:
             return
         text = (
-            f"Automatic mail to {clean_header(mail.to, 320)} is held back: {why}.\n"
+            f"Automatic mail to {clean_header(address, 320)} is held back: {why}.\n"
             "This usually means an autoresponder is answering our acknowledgments. "
             "Mail from that address is still recorded on its tickets; agents are not throttled.\n"
             "Other addresses held back within the hour are not alerted again: the outbox keeps "
@@ -270,7 +302,7 @@ class Mailer:
             kind="alert",
             template="admin_alert",
             to=admin,
-            context={"subject": f"loop protection for {clean_header(mail.to, 320)}", "text": text},
+            context={"subject": f"loop protection for {clean_header(address, 320)}", "text": text},
             to_agent=True,
         )
         self.enqueue(session, alert, now)
@@ -294,6 +326,7 @@ class Mailer:
             auto_submitted=mail.auto_submitted if mail.automatic else None,
             precedence="bulk" if mail.to_agent else "auto_reply",
             attachments=mail.attachments,
+            cc=mail.cc,
         )
 
 
@@ -330,7 +363,21 @@ def claim_due(
                 .where(Outbox.id.in_([r.id for r in rows]))
                 .values(claimed_until=now + holder_lease, claimed_by=holder)
             )
+            copies_read(session, rows)
         return rows
+
+
+def copies_read(session: Any, rows: Sequence[Outbox]) -> None:
+    """The bytes of the copies among ``rows``, read from their mail's row (a copy keeps none:
+    a mail of 20 MB to 50 participants would be a gigabyte), in memory only."""
+    copies = [row for row in rows if row.copy_of is not None and not row.body]
+    if not copies:
+        return
+    wanted = {row.copy_of for row in copies}
+    query = select(Outbox.message_id, Outbox.body).where(Outbox.message_id.in_(wanted))
+    found = {message_id: body for message_id, body in session.execute(query)}
+    for row in copies:
+        set_committed_value(row, "body", found.get(row.copy_of, b""))
 
 
 def claim_holders(db: Database) -> list[str]:

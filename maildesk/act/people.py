@@ -20,6 +20,13 @@ def outsiders(desk: Desk) -> people.Outsiders:
     return people.Outsiders(people.own_addresses(desk.settings), desk.identity.agents)
 
 
+def copied(desk: Desk, ticket: Ticket) -> tuple[str, ...]:
+    """Whom a mail to the requester that carries the ticket's news copies: its participants
+    (but anyone who has become an agent or one of the desk's own addresses since)."""
+    listed = [p.address for p in ticket.participants]
+    return people.cc_of(ticket.requester, listed, outsiders(desk))
+
+
 def add(ticket: Ticket, step: plans.AddParticipants, now: datetime) -> None:
     present = {p.address for p in ticket.participants}
     for address in step.addresses:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.act import people as act_people
@@ -227,7 +227,11 @@ _KNOWN = select(Contact.address).where(Contact.address == bindparam("address"))
 _SENT_TO = (
     select(Outbox.id)
     .where(
-        Outbox.message_id.in_(bindparam("ids", expanding=True)),
+        # the mail, or its copy to a participant (which names the mail's Message-ID)
+        or_(
+            Outbox.message_id.in_(bindparam("ids", expanding=True)),
+            Outbox.copy_of.in_(bindparam("ids", expanding=True)),
+        ),
         Outbox.recipient == bindparam("address"),
         Outbox.status == OutboxStatus.SENT,
     )

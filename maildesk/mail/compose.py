@@ -79,6 +79,7 @@ class Draft:
     auto_submitted: str | None = None
     precedence: str = "auto_reply"  # "bulk" for mail to agents
     attachments: tuple[Enclosure, ...] = ()
+    cc: tuple[str, ...] = ()
 
 
 def compose(draft: Draft) -> bytes:
@@ -88,10 +89,12 @@ def compose(draft: Draft) -> bytes:
     ``ValueError`` for an address that cannot be put in a header safely."""
     headers = _headers(draft)
     head = "".join(
-        _header(name, value) if value.isascii() or name != "To" else f"To: {value}\r\n"
+        _header(name, value)
+        if value.isascii() or name not in _ADDRESSES
+        else f"{name}: {value}\r\n"
         for name, value in headers
     )
-    # UTF-8 only in the To of mail to a non-ASCII address, which goes out with SMTPUTF8
+    # UTF-8 only in the To or Cc of mail to a non-ASCII address, which goes out with SMTPUTF8
     head_bytes = (head + "MIME-Version: 1.0\r\n").encode("utf-8")
     text, html = draft.text, draft.html
     if draft.attachments:
@@ -177,6 +180,7 @@ def _headers(draft: Draft) -> list[tuple[str, str]]:
     headers = [
         ("From", _address(clean_header(draft.sender_name, 200), draft.sender)),
         ("To", _address("", draft.to)),  # a non-ASCII address is written as UTF-8 (RFC 6532)
+        *([("Cc", ", ".join(_address("", a) for a in draft.cc))] if draft.cc else []),
         (
             "Subject",
             _encoded(clean_header(draft.subject, 900) or clean_header(draft.sender_name, 200)),
@@ -199,6 +203,7 @@ def _headers(draft: Draft) -> list[tuple[str, str]]:
     return headers
 
 
+_ADDRESSES = ("To", "Cc")  # written as they are: a non-ASCII address as UTF-8, never folded
 _FOLD_AT = 78  # header line length to fold to where a space allows it (RFC 5322 says 78)
 _PLAIN = re.compile(r"[ -~]*")  # printable ASCII: written as it is
 _UNSAFE_IN_ADDRESS = re.compile(r"[\s<>,;\"]")

@@ -114,6 +114,8 @@ class Sender:
                 if not self.smtputf8:  # permanent for this mail: no retry would change it
                     return SendResult(DeliveryOutcome.FAILED, no_smtputf8(self.settings, recipient))
                 options.append("SMTPUTF8")
+            elif self.smtputf8 and not body.isascii():
+                options.append("SMTPUTF8")  # a copy whose Cc names a non-ASCII address
             errors, response = await self.client.sendmail(
                 mail_from, [recipient], body, mail_options=options
             )
