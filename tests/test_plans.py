@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from maildesk.config import AgentSettings, DeskSettings, Settings, SmtpSettings, TeamSettings
-from maildesk.desk import auth, commands, customers, routing, sla, timers, verbs
+from maildesk.desk import auth, commands, customers, routing, sla, starts, timers, verbs
 from maildesk.desk.customers import Case, Written
 from maildesk.desk.plans import (
     Keep,
@@ -24,6 +24,7 @@ from maildesk.desk.plans import (
     Plan,
     Rate,
     Record,
+    Reply,
     TicketState,
     Whom,
     mailed,
@@ -200,6 +201,75 @@ def test_agent_mail_with_its_reply_token_is_proven() -> None:
     to = (marks.reply_address(DESK, token),)
     assert auth.authenticate(trust, auth.Claim(ALICE.email, 1042, to, ()), NOW).ok
     assert not auth.authenticate(trust, auth.Claim(ALICE.email, 7, to, ()), NOW).ok
+
+
+# --------------------------------------------------------------------------- mail without a ref
+
+PERSONAL = marks.personal_address(IDENTITY.secret, DESK, ALICE.email, 1)
+
+
+def test_a_personal_address_proves_its_agent_and_no_other_with_or_without_a_ticket() -> None:
+    trust = auth.Trust(IDENTITY.secret, DESK, (), "required")
+    upper = PERSONAL.upper()  # an MTA that folds local parts changes nothing
+    for ticket in (None, 1042):
+        proof = auth.authenticate(trust, auth.Claim(ALICE.email, ticket, (upper,), ()), NOW)
+        assert (proof.ok, proof.method) == (True, "address")
+        bob = auth.authenticate(trust, auth.Claim(BOB.email, ticket, (PERSONAL,), ()), NOW)
+        assert not bob.ok and "not yours, or no longer valid" in bob.reason
+    revoked = auth.Claim(ALICE.email, None, (PERSONAL,), (), address_version=2)
+    assert not auth.authenticate(trust, revoked, NOW).ok
+    # a reply token needs its ticket: on no ticket it proves nothing
+    token = marks.make_token(IDENTITY.secret, ALICE.email, 1042, NOW + timedelta(days=1))
+    tokened = auth.Claim(ALICE.email, None, (marks.reply_address(DESK, token),), ())
+    assert not auth.authenticate(trust, tokened, NOW).ok
+
+
+def test_an_agents_mail_on_no_ticket_is_never_a_customers_new_ticket() -> None:
+    assert routed(mail(ALICE.email, "Invoice")) == routing.FromAgent(ALICE.email)
+    two = f"{ALICE.email}, mallory@evil.test"  # claims Alice: to be proven, and refused
+    assert routed(mail(two, "Invoice")) == routing.FromAgent(ALICE.email)
+    assert routed(mail(CUSTOMER, "Invoice")) == routing.NewTicket()
+
+
+def started(body: str) -> starts.Start:
+    parsed = commands.parse("Invoice", body, IDENTITY.ref_pattern, DIRECTORY.teams)
+    return starts.decide(parsed, DIRECTORY, ALICE.email, DESK)
+
+
+def test_new_starts_a_pending_conversation_assigned_to_its_agent() -> None:
+    start = started("#new <Dana@Customer.test>\n#tag billing\n\nHello Dana.")
+    assert isinstance(start, starts.Conversation)
+    assert (start.address, start.text) == (CUSTOMER, "Hello Dana.")
+    plan = starts.conversation(start, ALICE, "support", "support", DIRECTORY)
+    fresh = TicketState(id=None, status=Status.OPEN, requester=CUSTOMER, team="support")
+    after = preview(fresh, plan)
+    assert (after.status, after.assignee, after.tags) == (Status.PENDING, ALICE.email, ("billing",))
+    assert mailed(plan) == ((Whom.REQUESTER, "reply"),)
+    [reply] = [step for step in plan.steps if isinstance(step, Reply)]
+    assert (reply.template, reply.text) == ("started", "Hello Dana.")
+    assert (
+        plan.applied[0] == f"started a conversation with {CUSTOMER}: your text was mailed to them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("#new\n\nHi.", "name the customer's address"),
+        ("#new support+a-xyz@example.com\n\nHi.", "the desk's own address"),
+        ("#new carol@example.com\n\nHi.", "is an agent of this desk"),
+        ("#new dana@customer.test\n#note\n\nHi.", "#note: cannot start a conversation"),
+        ("#new dana@customer.test", "nothing to send"),
+    ],
+)
+def test_a_malformed_new_starts_nothing(body: str, reason: str) -> None:
+    start = started(body)
+    assert isinstance(start, starts.Refused)
+    assert any(reason in line for line in start.reasons), start.reasons
+
+
+def test_an_agents_mail_without_new_starts_nothing() -> None:
+    assert started("#assign me\nLunch at noon?") == starts.Unstarted()
 
 
 # --------------------------------------------------------------------------- customers

@@ -46,7 +46,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     parsed = commands.parse(
         inbound.subject, text, desk.settings.desk.ref_pattern, desk.directory.teams
     )
-    proof = prove(desk, scene.ticket, inbound, agent, scene.now)
+    proof = prove(desk, scene.ticket.id, inbound, agent, scene.now)
     if not proof.ok:
         return refuse_unverified(scene, agent, proof, parsed)
     validation = commands.validate(parsed, desk.directory, agent.email)
@@ -121,9 +121,10 @@ def held_line(mail: Mail, why: str) -> str:
 
 
 def prove(
-    desk: Desk, ticket: Ticket, inbound: Inbound, agent: AgentSettings, now: datetime
+    desk: Desk, ticket_number: int | None, inbound: Inbound, agent: AgentSettings, now: datetime
 ) -> auth.Proof:
-    """Whether this mail provably comes from ``agent``: a reply token or a trusted verdict."""
+    """Whether this mail provably comes from ``agent``: a reply token for the ticket (None: a
+    mail on no ticket), the agent's personal address, or a trusted verdict."""
     if inbound.sender != agent.email:
         return auth.Proof(
             False,
@@ -139,7 +140,13 @@ def prove(
         security.agent_auth,
     )
     addresses = (*inbound.to, *inbound.cc, *inbound.delivered_to)
-    claim = auth.Claim(agent.email, ticket.id, addresses, inbound.authentication_results)
+    claim = auth.Claim(
+        agent.email,
+        ticket_number,
+        addresses,
+        inbound.authentication_results,
+        agent.address_version,
+    )
     return auth.authenticate(trust, claim, now)
 
 

@@ -194,7 +194,7 @@ def reply(scene: Scene, step: plans.Reply) -> Mail:
         scene.desk,
         ticket,
         "reply",
-        "reply",
+        step.template,
         words=True,
         text=body,
         agent={"name": step.agent_name},

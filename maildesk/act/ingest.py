@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, bounces, tickets
+from maildesk.act import agents, bounces, starts, tickets
 from maildesk.act.apply import Scene
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.timeline import event
@@ -277,14 +277,13 @@ def handle(
         case routing.Bounce():
             return bounce(session, desk, route, inbound, now)
         case routing.NewTicket(no_auto_reply=quiet):
-            team = (
-                desk.settings.mailbox(source.mailbox).team
-                if _known(desk, source)
-                else desk.settings.teams[0].name
-            )
-            opening = tickets.Opening(team, source.mailbox, acknowledge=not quiet)
+            opening = tickets.Opening(team_of(desk, source), source.mailbox, acknowledge=not quiet)
             ticket = tickets.open_ticket(session, desk, inbound, stored, opening, now)
             return Outcome(Became.NEW_TICKET, ticket.id, "", mid)
+        case routing.FromAgent(sender=sender):
+            team = team_of(desk, source)
+            arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)
+            return from_agent(starts.from_agent(arrival, sender), mid)
         case routing.FollowUp():
             followed = session.get(Ticket, route.ticket.id)
             assert followed is not None
@@ -313,8 +312,21 @@ def follow_up(scene: Scene, route: routing.FollowUp, source: Source) -> Outcome:
     return Outcome(Became.FOLLOW_UP, ticket.id, "", mid)
 
 
-def _known(desk: Desk, source: Source) -> bool:
-    return any(m.name == source.mailbox for m in desk.settings.mailboxes)
+def team_of(desk: Desk, source: Source) -> str:
+    """The team of the mailbox a message came to (the first team for an unknown one)."""
+    if any(m.name == source.mailbox for m in desk.settings.mailboxes):
+        return desk.settings.mailbox(source.mailbox).team
+    return desk.settings.teams[0].name
+
+
+def from_agent(started: starts.Started, mid: str | None) -> Outcome:
+    """What an agent's mail on no ticket became: a ticket it started, quarantined unproven,
+    or nothing started (the agent told why)."""
+    if started.quarantined:
+        return Outcome(Became.QUARANTINED, None, started.reason, mid)
+    if started.ticket is not None:
+        return Outcome(Became.NEW_TICKET, started.ticket.id, started.reason, mid)
+    return Outcome(Became.IGNORED, None, started.reason, mid, routing.Ignored.AGENT_MAIL)
 
 
 def bounce(

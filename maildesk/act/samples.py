@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk.act import agents, notices, oversize
+from maildesk.act import agents, notices, oversize, starts
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
+from maildesk.desk import auth, commands
 from maildesk.mail.rendering import HTML, TEXT, TemplateError, TemplateProblem
 from maildesk.models import Status, Tag, Ticket
 
@@ -249,6 +250,11 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
                 images=[{"cid": "part1.4711@example.com", "filename": "cover-open.png"}],
             ),
         ],
+        "started": [
+            make.customer(
+                make.pending, "started", text=AGENT_TEXT, agent={"name": make.agent.name}, images=[]
+            )
+        ],
         "closed": [
             make.customer(make.closed, "closed", resolution="We replaced the fuser unit."),
             make.customer(make.closed, "closed", resolution=""),
@@ -311,6 +317,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(new, "agent_bounce", **_bounce(make, requester_bounced=False)),
         ],
         "agent_unverified": _unverified(make),
+        **_without_ticket(make),
         "agent_sla": [
             make.notice(
                 worked, "agent_sla", target="first response", due=due, escalate_to=make.other_team
@@ -387,6 +394,38 @@ def _unverified(make: _Maker) -> list[dict[str, Any]]:
             tickets=[desk_ref(make, worked), desk_ref(make, new)],
         ),
     ]
+
+
+def _without_ticket(make: _Maker) -> dict[str, list[dict[str, Any]]]:
+    """Mail to an agent about their mail without a ticket ref: the receipt of one that started
+    nothing (asked nothing, or refused), and the notice of one that could not be verified."""
+    desk, agent = make.desk, make.agent
+    subject = "Toner for the 3rd floor"
+    refused = ["#new dana: dana is not a mail address"]
+
+    def made(kind: str, template: str, **context: Any) -> dict[str, Any]:
+        return desk.mailer.context(starts.to_agent(desk, agent, kind, template, **context))
+
+    why = starts.unproven_reason(auth.Proof(False, "", "", token_reason="missing"))
+    return {
+        "agent_start": [
+            made("receipt", "agent_start", refused=[], subject=subject, help=commands.HELP),
+            made("receipt", "agent_start", refused=refused, subject="", help=commands.HELP),
+        ],
+        "agent_address": [
+            made(
+                starts.ADDRESS_NOTICE,
+                "agent_address",
+                reason=why,
+                commands=["#new x@y.test"],
+                count=1,
+                subject=subject,
+            ),
+            made(
+                starts.ADDRESS_NOTICE, "agent_address", reason=why, commands=[], count=7, subject=""
+            ),
+        ],
+    }
 
 
 def variables(desk: Desk) -> dict[str, list[str]]:

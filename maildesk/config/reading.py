@@ -254,7 +254,8 @@ def _read_agent(t: Table, teams: set[str]) -> AgentSettings:
     for team in agent_teams:
         if team not in teams:
             raise t.fail("teams", f"team {team!r} does not exist in [[teams]]")
-    return AgentSettings(email=email, name=name, teams=agent_teams)
+    version = t.positive("address_version", 1)
+    return AgentSettings(email=email, name=name, teams=agent_teams, address_version=version)
 
 
 def _read_security(t: Table) -> SecuritySettings:

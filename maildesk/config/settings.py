@@ -141,6 +141,7 @@ class AgentSettings:
     email: str
     name: str
     teams: tuple[str, ...]
+    address_version: int = 1  # of the personal desk address; a new one revokes the old
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,17 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from maildesk.mail.marks import check_token, tokens_in
+from maildesk.mail.marks import check_personal, check_token, personal_tokens_in, tokens_in
 
 # Preference among failed tokens when a message carries several: the most helpful explanation.
-_FAILURE_RANK = {"expired": 0, "other_ticket": 1, "other_agent": 2, "altered": 3, "malformed": 4}
+_FAILURE_RANK = {
+    "expired": 0,
+    "other_ticket": 1,
+    "other_agent": 2,
+    "altered": 3,
+    "malformed": 4,
+    "other_address": 5,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +40,7 @@ class Proof:
     """
 
     ok: bool
-    method: str  # token | dmarc | dkim | none | "" when not ok
+    method: str  # token | address | dmarc | dkim | none | "" when not ok
     reason: str
     token_reason: str = ""
     ar_reason: str = ""
@@ -322,6 +329,10 @@ _NOTICES = {
         "The reply token was altered; reply to a notification from the desk without editing "
         "its Reply-To address."
     ),
+    "other_address": (
+        "The message went to a personal desk address that is not yours, or no longer valid; "
+        "`maildesk agents address` shows your current one."
+    ),
 }
 
 
@@ -338,32 +349,51 @@ class Trust:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A message that says it comes from ``agent`` about ticket ``ticket_number``: the To, Cc,
-    Delivered-To and X-Original-To values (``addresses``) and the Authentication-Results values
-    as they arrived (``Inbound.authentication_results``), topmost first."""
+    """A message that says it comes from ``agent`` about ticket ``ticket_number`` (None: about
+    no ticket, so no reply token can prove it): the To, Cc, Delivered-To and X-Original-To
+    values (``addresses``), the Authentication-Results values as they arrived
+    (``Inbound.authentication_results``), topmost first, and the version of the agent's
+    personal address (``[[agents]] address_version``)."""
 
     agent: str
-    ticket_number: int
+    ticket_number: int | None
     addresses: tuple[str, ...]
     authentication_results: tuple[str, ...]
+    address_version: int = 1
+
+
+def _token_check(trust: Trust, claim: Claim, now: datetime) -> tuple[str, str]:
+    """(method, reason) of the marks a message carries: ``token`` for a valid reply token for
+    the ticket, ``address`` for the agent's own personal address, else "" and the most helpful
+    failure (``missing`` when there is none)."""
+    secret, desk_address, agent = trust.secret, trust.desk_address, claim.agent
+    reason = "missing"
+    for token in personal_tokens_in(claim.addresses, desk_address):
+        if check_personal(secret, token, agent, claim.address_version):
+            return "address", "valid"
+        reason = "other_address"
+    if claim.ticket_number is None:
+        return "", reason
+    for token in tokens_in(claim.addresses, desk_address):
+        check = check_token(secret, token, agent, claim.ticket_number, now)
+        if check.ok:
+            return "token", "valid"
+        if _FAILURE_RANK.get(check.reason, 9) < _FAILURE_RANK.get(reason, 9):
+            reason = check.reason
+    return "", reason
 
 
 def authenticate(trust: Trust, claim: Claim, now: datetime) -> Proof:
     """Whether this message proves it comes from ``claim.agent`` (the registered address) for
-    the ticket. A valid token wins; else a trusted AR verdict; else ``agent_auth == "none"``
-    lets it through; else the proof fails with a sentence for the agent.
+    the ticket. A valid reply token, or the agent's own personal address, wins; else a trusted
+    AR verdict; else ``agent_auth == "none"`` lets it through; else the proof fails with a
+    sentence for the agent.
     """
-    secret, desk_address, agent = trust.secret, trust.desk_address, claim.agent
-    ticket_number, addresses = claim.ticket_number, claim.addresses
-    authentication_results = claim.authentication_results
+    agent, authentication_results = claim.agent, claim.authentication_results
     trusted_authserv_ids, agent_auth = trust.trusted_authserv_ids, trust.agent_auth
-    token_reason = "missing"
-    for token in tokens_in(addresses, desk_address):
-        check = check_token(secret, token, agent, ticket_number, now)
-        if check.ok:
-            return Proof(True, "token", "", token_reason="valid")
-        if _FAILURE_RANK.get(check.reason, 9) < _FAILURE_RANK.get(token_reason, 9):
-            token_reason = check.reason
+    method, token_reason = _token_check(trust, claim, now)
+    if method:
+        return Proof(True, method, "", token_reason=token_reason)
     method, ar_reason = _ar_check(authentication_results, trusted_authserv_ids, _domain(agent))
     if method:
         return Proof(True, method, "", token_reason=token_reason, ar_reason=ar_reason)

@@ -140,13 +140,15 @@ class Notify:
 @dataclass(frozen=True, slots=True)
 class Reply:
     """An agent's answer to the customer: the canned replies chosen, then ``text``; kept on the
-    thread and mailed. ``pend``: the ticket waits for the customer afterwards."""
+    thread and mailed. ``pend``: the ticket waits for the customer afterwards. ``template``:
+    ``started`` for the first mail of a conversation an agent starts (``#new``)."""
 
     actor: str
     agent_name: str
     canned: tuple[str, ...]
     text: str
     pend: bool
+    template: str = "reply"
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ class Ignored(StrEnum):
     REPORT = "report"
     BULK = "bulk"
     AUTO_REPLY = "auto_reply"
+    AGENT_MAIL = "agent_mail"  # an agent's mail on no ticket that started nothing (told why)
     OTHER = "other"
 
 
@@ -109,7 +110,16 @@ class FollowUp:
     sender: str | None = None
 
 
-Route = Ignore | Bounce | NewTicket | FollowUp
+@dataclass(frozen=True, slots=True)
+class FromAgent:
+    """A message on no ticket whose From: names one of the desk's agents (``sender``): never a
+    customer's ticket about the agent. Their proof is checked before anything applies; what a
+    proven one starts (``#new``, a forward) is the desk's to decide (``desk.starts``)."""
+
+    sender: str
+
+
+Route = Ignore | Bounce | NewTicket | FollowUp | FromAgent
 
 
 class Threads(Protocol):
@@ -288,6 +298,9 @@ def route(inbound: Inbound, kind: Classification, threads: Threads, desk: Identi
     if found is None:
         if kind.automatic:
             return Ignore(kind.reason, IGNORED_KIND.get(kind.kind, Ignored.OTHER))
+        claimed = inbound.sender or inbound.claimed_sender
+        if claimed is not None and claimed in desk.agents:
+            return FromAgent(claimed)
         return NewTicket(no_auto_reply=kind.no_auto_reply)
     ticket = found
     # who the mail says it is from: an agent's claim is decided on here, and proven (or

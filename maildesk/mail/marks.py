@@ -218,3 +218,56 @@ def tokens_in(addresses: Iterable[str], desk_address: str) -> tuple[str, ...]:
         for match in pattern.finditer(value):
             found.setdefault(match.group(1).lower(), None)
     return tuple(found)
+
+
+# --------------------------------------------------------------------------- personal addresses
+
+# An agent's personal desk address, ``support+a-<token>@dom``: what proves a mail that carries
+# no reply token (a new conversation, a forward) is theirs. The token is a keyed MAC of the agent
+# and ``[[agents]] address_version``, so bumping the version revokes the old address. 80 bits: a
+# guess costs a mail, and the address stays short enough to keep in an address book. Lower-case
+# base32, as some MTAs lower-case local parts.
+PERSONAL_TOKEN_LENGTH = 16
+_PERSONAL_CONTEXT = b"maildesk personal address\x00"
+_PERSONAL_PREFIX = "a-"
+
+
+def personal_token(secret: bytes, agent: str, version: int) -> str:
+    """The token of ``agent``'s personal address at ``version``."""
+    if not secret:
+        raise ValueError("the desk secret is empty")
+    message = _PERSONAL_CONTEXT + version.to_bytes(4, "big") + _normalise_agent(agent)
+    digest = hmac.new(secret, message, hashlib.sha256).digest()[: PERSONAL_TOKEN_LENGTH * 5 // 8]
+    return base64.b32encode(digest).decode("ascii").lower()
+
+
+def personal_address(secret: bytes, desk_address: str, agent: str, version: int) -> str:
+    """``support@example.com`` -> ``support+a-<token>@example.com`` for ``agent``."""
+    local, domain = _split_address(desk_address)
+    return f"{local}+{_PERSONAL_PREFIX}{personal_token(secret, agent, version)}@{domain}"
+
+
+def personal_tokens_in(addresses: Iterable[str], desk_address: str) -> tuple[str, ...]:
+    """The personal-address tokens in ``addresses`` (bare or whole header values), lower-cased,
+    in order, once each; the local part and domain compare case-insensitively."""
+    local, domain = _split_address(desk_address)
+    if not local or not domain:
+        return ()
+    pattern = re.compile(
+        rf"(?<![\w.+!#$%&'*/=?^`{{|}}~-]){re.escape(local)}\+{_PERSONAL_PREFIX}"
+        rf"([a-z2-7]{{{PERSONAL_TOKEN_LENGTH}}})@{re.escape(domain)}(?![\w.-])",
+        re.IGNORECASE,
+    )
+    found: dict[str, None] = {}
+    for value in addresses:
+        if isinstance(value, str):
+            for match in pattern.finditer(value):
+                found.setdefault(match.group(1).lower(), None)
+    return tuple(found)
+
+
+def check_personal(secret: bytes, token: str, agent: str, version: int) -> bool:
+    """Whether ``token`` (any letter case) is ``agent``'s personal token at ``version``."""
+    if not secret or len(token) != PERSONAL_TOKEN_LENGTH:
+        return False
+    return hmac.compare_digest(token.lower(), personal_token(secret, agent, version))

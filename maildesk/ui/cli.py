@@ -28,6 +28,7 @@ from maildesk.config import EX_CONFIG, ConfigError
 from maildesk.models import Database, DatabaseError, Status, add_pipe_count
 from maildesk.ui.check import cmd_check_config
 from maildesk.ui.listing import (
+    cmd_agents_address,
     cmd_agents_list,
     cmd_canned_list,
     cmd_teams_list,
@@ -321,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     alist = agents.add_parser("list", help="agents with their teams and open assigned tickets")
     alist.add_argument("--json", action="store_true")
     alist.set_defaults(func=cmd_agents_list)
+    address = agents.add_parser(
+        "address",
+        help="an agent's personal desk address",
+        description="Print the agent's personal desk address: [desk] address with a token of "
+        "theirs as its plus part (support+a-<token>@example.com). Mail from the agent to it "
+        "proves it is theirs, as a reply token does; it is how mail without a ticket ref "
+        "(#new) counts. [[agents]] address_version, raised, makes a new one and revokes the "
+        "old. Give it to that agent only.",
+    )
+    address.add_argument("email", metavar="EMAIL", help="the agent's address, as in [[agents]]")
+    address.set_defaults(func=cmd_agents_address)
 
     teams = sub.add_parser("teams", help="the teams in the config").add_subparsers(
         dest="sub", required=True

@@ -1,5 +1,5 @@
-"""The listing verbs: ``tickets list``, ``tickets show``, ``agents list``, ``teams list`` and
-``canned list``, as tables or ``--json``.
+"""The listing verbs: ``tickets list``, ``tickets show``, ``agents list``, ``agents address``,
+``teams list`` and ``canned list``, as tables or ``--json``.
 
 Read-only verbs of the command line, under ``cli``: each reads the settings and opens one
 transaction (``start``), and shows tickets with the views shared with the demo.
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from maildesk.config import Settings
+from maildesk.mail import marks
 from maildesk.models import Ticket
 from maildesk.ui.start import load_settings, open_db
 from maildesk.ui.views import render_ticket, table, ticket_detail, ticket_summary
@@ -94,6 +95,19 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
     else:
         rows = [(a["email"], a["name"], a["open_assigned"], ", ".join(a["teams"])) for a in agents]
         print(table(rows, ("EMAIL", "NAME", "OPEN ASSIGNED", "TEAMS")))
+    return 0
+
+
+def cmd_agents_address(args: argparse.Namespace) -> int:
+    """The agent's personal desk address: the desk's address with their token, for mail that
+    names no ticket (``#new``); made from the secret, so nothing is read from the database."""
+    settings = load_settings(args)
+    agent = settings.agent(args.email.strip())
+    if agent is None:
+        print(f"maildesk: no agent {args.email} in [[agents]]", file=sys.stderr)
+        return 1
+    desk = settings.desk
+    print(marks.personal_address(desk.secret, desk.address, agent.email, agent.address_version))
     return 0
 
 

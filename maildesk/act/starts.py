@@ -1,0 +1,233 @@
+"""An agent's mail on no ticket: prove it, then start what it asks (``#new``) or tell the agent
+what such mail can do; unproven, keep it in quarantine and tell the agent how to use their
+personal desk address.
+
+Reached from ``ingest.handle`` for routing's ``FromAgent``. Deciding is ``desk.starts``'s; here
+the ticket is opened, its plan carried out (``act.apply``) and the mails queued, in the
+message's transaction. Such a mail never becomes a customer's ticket about the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from maildesk.act import agents
+from maildesk.act.apply import Scene, carry_out
+from maildesk.act.means import Desk, StoredMail
+from maildesk.act.notices import enqueue
+from maildesk.act.outbox import Mail
+from maildesk.config import AgentSettings
+from maildesk.desk import auth, commands, starts
+from maildesk.mail import marks
+from maildesk.mail.inbound import Inbound
+from maildesk.models import Outbox, OutboxStatus, Status, Ticket
+
+log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
+
+UNVERIFIED = "unverified agent mail"  # the quarantine reason, before why
+ADDRESS_NOTICE = "address_notice"  # the outbox kind of the notice about it
+ADDRESS_NOTICE_EVERY = timedelta(hours=1)
+HELD_BACK = "held back: one notice about unverified mail without a ticket ref an hour"
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """An agent's mail on no ticket as it is handled: the transaction, the desk's means, the
+    message and where its bytes were kept, the mailbox it came to and its team, the moment."""
+
+    session: Session
+    desk: Desk
+    inbound: Inbound
+    stored: StoredMail
+    mailbox: str
+    team: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What became of it: the ticket it opened (None: none), why, and whether it is kept in
+    quarantine (unproven)."""
+
+    ticket: Ticket | None
+    reason: str
+    quarantined: bool = False
+
+
+def from_agent(arrival: Arrival, sender: str) -> Started:
+    """``sender``'s mail on no ticket (routing found From: to be theirs): proven, it starts
+    what it asks or the agent is told what it can do; unproven, it acts on nothing."""
+    desk, inbound = arrival.desk, arrival.inbound
+    agent = desk.settings.agent(sender)
+    assert agent is not None, f"no agent {sender}"
+    parsed = commands.parse(
+        inbound.subject,
+        inbound.reply_text.strip(),
+        desk.settings.desk.ref_pattern,
+        desk.directory.teams,
+    )
+    proof = agents.prove(desk, None, inbound, agent, arrival.now)
+    if not proof.ok:
+        return unproven(arrival, agent, proof, parsed)
+    start = starts.decide(parsed, desk.directory, agent.email, desk.settings.desk.address)
+    match start:
+        case starts.Conversation():
+            return conversation(arrival, agent, start)
+        case starts.Refused(reasons=reasons):
+            not_started(arrival, agent, reasons)
+            return Started(None, "agent mail without a ticket ref refused: " + "; ".join(reasons))
+    not_started(arrival, agent, ())
+    return Started(None, "agent mail without a ticket ref started nothing; the agent was told")
+
+
+def conversation(arrival: Arrival, agent: AgentSettings, start: starts.Conversation) -> Started:
+    """``#new``: a ticket for the customer, the agent's text mailed to them, a receipt."""
+    session, desk, now = arrival.session, arrival.desk, arrival.now
+    ticket = new_ticket(arrival, start.address, starts.subject_of(arrival.inbound.subject))
+    scene = Scene(session, desk, ticket, arrival.inbound, arrival.stored, now)
+    plan = starts.conversation(start, agent, arrival.team, arrival.mailbox, desk.directory)
+    mails = carry_out(scene, plan)
+    receipt = agents.mail_out(scene, mails, plan)
+    enqueue(session, desk, [agents.receipt_mail(desk, ticket, agent, now, receipt)], now)
+    log.info(
+        "new ticket %s with %s started by %s <%s>",
+        desk.ref(ticket),
+        start.address,
+        agent.email,
+        arrival.inbound.message_id,
+        extra={"message_id": arrival.inbound.message_id, "ticket": desk.ref(ticket)},
+    )
+    return Started(ticket, f"started by {agent.email}")
+
+
+def new_ticket(arrival: Arrival, requester: str, subject: str) -> Ticket:
+    """An empty ticket for ``requester`` in the mailbox's team, open."""
+    now = arrival.now
+    ticket = Ticket(
+        subject=subject or "(no subject)",
+        requester=requester,
+        status=Status.OPEN,
+        priority="medium",
+        team=arrival.team,
+        mailbox=arrival.mailbox,
+        created_at=now,
+        updated_at=now,
+        status_since=now,
+        # a new ticket's collections are known to be empty: no lazy loads for them
+        tags=[],
+        participants=[],
+        messages=[],
+        events=[],
+    )
+    arrival.session.add(ticket)
+    arrival.session.flush()
+    return ticket
+
+
+def personal(desk: Desk, agent: AgentSettings) -> str:
+    """``agent``'s personal desk address."""
+    secret, address = desk.settings.desk.secret, desk.settings.desk.address
+    return marks.personal_address(secret, address, agent.email, agent.address_version)
+
+
+def shown_subject(subject: str) -> str:
+    """A subject quoted in mail to an agent, who may answer it: no ``#`` in it is a command or
+    a ticket's ref (a forger chooses it)."""
+    return subject.replace("#", "\uff03")
+
+
+def to_agent(desk: Desk, agent: AgentSettings, kind: str, template: str, **context: Any) -> Mail:
+    """A mail to ``agent`` about no ticket; its Reply-To is their personal desk address."""
+    address = personal(desk, agent)
+    return Mail(
+        kind=kind,
+        template=template,
+        to=agent.email,
+        context={
+            "agent": {"email": agent.email, "name": agent.name},
+            "address": address,
+            **context,
+        },
+        to_agent=True,
+        reply_to=address,
+    )
+
+
+def not_started(arrival: Arrival, agent: AgentSettings, refused: tuple[str, ...]) -> None:
+    """The receipt of a proven mail that started nothing: why, and what such mail can do."""
+    subject = shown_subject(starts.subject_of(arrival.inbound.subject))
+    mail = to_agent(
+        arrival.desk,
+        agent,
+        "receipt",
+        "agent_start",
+        refused=list(refused),
+        subject=subject,
+        help=commands.HELP,
+    )
+    enqueue(arrival.session, arrival.desk, [mail], arrival.now)
+
+
+def unproven(
+    arrival: Arrival, agent: AgentSettings, proof: auth.Proof, parsed: commands.Parsed
+) -> Started:
+    """Nothing applies and nobody else is mailed: the message stays in quarantine, and the
+    agent's registered address (never the inbound From) is told how to use their personal
+    address. Forged mail costs its sender nothing, so at most once an hour: a notice within
+    the hour after the last one sent is kept in the outbox held back, and the next one sent
+    says how many came since."""
+    session, desk, now = arrival.session, arrival.desk, arrival.now
+    why = unproven_reason(proof)
+    last_sent = session.scalar(_LAST_SENT, {"agent": agent.email})
+    held = session.scalar(_HELD_SINCE, {"agent": agent.email, "since": last_sent}) or 0
+    mail = to_agent(
+        desk,
+        agent,
+        ADDRESS_NOTICE,
+        "agent_address",
+        reason=why,
+        commands=agents.listed_commands(parsed),
+        count=held + 1,
+        subject=shown_subject(arrival.inbound.subject),
+    )
+    if last_sent is not None and last_sent > now - ADDRESS_NOTICE_EVERY:
+        mail = replace(mail, held_back=HELD_BACK)
+    enqueue(session, desk, [mail], now)
+    log.warning(
+        "unverified agent mail without a ticket ref claiming %s: %s <%s>",
+        agent.email,
+        why,
+        arrival.inbound.message_id,
+        extra={"message_id": arrival.inbound.message_id, "ticket": "-"},
+    )
+    return Started(None, f"{UNVERIFIED}: {why}", quarantined=True)
+
+
+def unproven_reason(proof: auth.Proof) -> str:
+    """Why a mail on no ticket did not prove its sender, in one sentence for the agent."""
+    if proof.token_reason in ("", "other_address"):  # an ambiguous From:, another's address
+        return proof.reason
+    return (
+        "It was not sent to your personal desk address, and carried no trusted sender "
+        "authentication."
+    )
+
+
+# Built once: the notices to one agent (index on recipient and created_at).
+_LAST_SENT = select(func.max(Outbox.created_at)).where(
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == ADDRESS_NOTICE,
+    Outbox.status != OutboxStatus.SUPPRESSED,
+)
+_HELD_SINCE = select(func.count(Outbox.id)).where(
+    Outbox.recipient == bindparam("agent"),
+    Outbox.kind == ADDRESS_NOTICE,
+    Outbox.status == OutboxStatus.SUPPRESSED,
+    Outbox.created_at >= bindparam("since"),
+)

@@ -1,0 +1,261 @@
+"""An agent's mail without a ticket ref: the personal desk address proves it, ``#new`` starts a
+conversation, and a forged one does nothing.
+
+Mail that names no ticket carries no reply token, so each agent has a personal desk address
+(``maildesk agents address``). Mail from the agent to it, or with a trusted
+``Authentication-Results``, is theirs; ``#new <address>`` on its first line opens a ticket for a
+customer and mails them the agent's text. Anything else in an agent's name without a ref acts
+on nothing, is never a customer's ticket about the agent, stays in quarantine, and the agent is
+told how to use their address. Every test runs the real daemon against pymap and Dovecot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk import config
+from maildesk.demo.world import Captured
+from maildesk.service.wiring import desk_for
+from tests.desk import (
+    ALICE,
+    BOB,
+    CUSTOMER,
+    Clock,
+    DeskWorld,
+    customer_mail,
+    reply_to_address,
+    text_of,
+)
+from tests.loopback import ScriptedSmtp
+from tests.servers import ImapAccount
+
+AR = "Authentication-Results"
+
+
+@pytest.fixture
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(
+        imap_server,
+        smtp_server,
+        tmp_path,
+        clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
+        tables={"security": {"trusted_authserv_ids": ["mx.example.com"]}},
+    )
+    yield w
+    w.close()
+
+
+def personal_address(world: DeskWorld, agent: str = ALICE) -> str:
+    """What ``maildesk agents address`` prints for ``agent``."""
+    done = world.cli("agents", "address", agent)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode().strip()
+
+
+def new_mail(to: str, body: str, *, sender: str = ALICE, subject: str = "Your invoice 42") -> Any:
+    return customer_mail(subject, body, sender=sender, to=to)
+
+
+def quarantined(world: DeskWorld) -> list[dict[str, Any]]:
+    done = world.cli("quarantine", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def only_to(world: DeskWorld, address: str) -> list[Captured]:
+    """Every mail the desk sent, checked to have gone to ``address`` alone."""
+    assert [list(m.rcpt_tos) for m in world.smtp.messages] == [[address]] * len(world.smtp.messages)
+    return world.mails_to(address)
+
+
+# --------------------------------------------------------------------------- the address
+
+
+def test_each_agent_has_a_personal_address_that_a_new_version_revokes(world: DeskWorld) -> None:
+    local, domain = world.address.split("@")
+    alice = personal_address(world)
+    assert re.fullmatch(rf"{local}\+a-[a-z2-7]{{16}}@{re.escape(domain)}", alice)
+    assert personal_address(world, BOB) != alice
+    assert personal_address(world, ALICE.upper()) == alice
+    unknown = world.cli("agents", "address", "nobody@example.com")
+    assert unknown.returncode == 1
+    assert b"no agent nobody@example.com" in unknown.stderr
+
+    agents = world.tables["agents"]
+    agents[0] = {**agents[0], "address_version": 2}
+    world.rewrite_config()
+    assert personal_address(world) not in (alice, "")
+    agents[0] = {**agents[0], "address_version": 0}
+    world.rewrite_config()
+    refused = world.cli("agents", "address", ALICE)
+    assert refused.returncode == 78
+    assert b"[[agents]] #1 address_version: must be positive, got 0" in refused.stderr
+
+
+def test_mail_to_a_revoked_address_proves_nothing(world: DeskWorld) -> None:
+    old = personal_address(world)
+    agents = world.tables["agents"]
+    agents[0] = {**agents[0], "address_version": 2}
+    world.rewrite_config()
+    world.settings = config.load(world.config_path)
+    world.desk = desk_for(world.settings, clock=world.clock)
+
+    world.deliver(new_mail(old, "#new dana@customer.test\n\nHello Dana."))
+    world.run_once()
+    assert world.tickets() == []
+    [notice] = only_to(world, ALICE)
+    assert "not yours, or no longer valid" in " ".join(text_of(notice).split())
+    assert personal_address(world) in text_of(notice)
+
+
+# --------------------------------------------------------------------------- #new
+
+
+def test_new_starts_a_conversation_the_customer_answers_into(world: DeskWorld) -> None:
+    body = (
+        "#new <Dana@Customer.test>\n#tag billing\n#priority high\n\n"
+        "Hello Dana,\n\nyour invoice 42 is ready; it is attached to your account.\n\nAlice"
+    )
+    world.deliver(new_mail(personal_address(world), body, subject="Fwd: Your invoice 42"))
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert ticket["requester"] == CUSTOMER
+    assert (ticket["status"], ticket["assignee"], ticket["priority"]) == ("pending", ALICE, "high")
+    assert ticket["tags"] == ["billing"]
+    assert ticket["subject"] == "Your invoice 42"
+    [first] = world.mails_to(CUSTOMER)
+    assert str(first.message["Subject"]) == "[#1] Your invoice 42"
+    assert " ".join(text_of(first).split()).startswith("Hello Dana, your invoice 42 is ready")
+    assert "#" not in text_of(first).split("--")[0]
+    assert "Auto-Submitted" not in first.message  # a person's words
+    [receipt] = world.mails_to(ALICE)
+    assert str(receipt.message["Subject"]).startswith("[#1] Done")
+    said = " ".join(text_of(receipt).split())
+    assert "started a conversation with dana@customer.test" in said
+    assert "assigned to you (Alice Smith <alice@example.com>)" in said
+
+    world.deliver(customer_mail("Re: [#1] Your invoice 42", "Thanks, paid today.", reply_to=first))
+    world.run_once()
+    assert len(world.tickets()) == 1
+    answered = world.ticket(1)
+    assert answered["status"] == "open"
+    assert answered["messages"][-1]["from"] == CUSTOMER
+    assert answered["messages"][-1]["text"] == "Thanks, paid today."
+    assert world.mails_to(ALICE)[-1].message["Subject"] is not None  # she is told
+
+
+def test_a_trusted_verdict_proves_new_as_today(world: DeskWorld) -> None:
+    mail = new_mail(world.address, "#new dana@customer.test\n\nHello Dana, a question.")
+    raw = f"{AR}: mx.example.com; dmarc=pass header.from=example.com\r\n".encode()
+    world.deliver(raw + mail.as_bytes())
+    world.run_once()
+    [ticket] = world.tickets()
+    assert (ticket["requester"], ticket["status"]) == (CUSTOMER, "pending")
+    [first] = world.mails_to(CUSTOMER)
+    assert text_of(first).startswith("Hello Dana, a question.")
+
+
+MALFORMED = {
+    "no-address": ("#new\n\nHello.", "#new: name the customer's address"),
+    "not-an-address": ("#new dana\n\nHello.", "#new dana: dana is not a mail address"),
+    "desk-address": ("#new {desk}\n\nHello.", "is the desk's own address"),
+    "personal-address": ("#new {personal}\n\nHello.", "is the desk's own address"),
+    "agent": ("#new bob@example.com\n\nHello.", "bob@example.com is an agent of this desk"),
+    "text-on-its-line": ("#new dana@customer.test Hello Dana", "#new takes one address"),
+    "twice": ("#new dana@customer.test\n#new eve@customer.test\n\nHi.", "one #new per message"),
+    "nothing-to-send": ("#new dana@customer.test\n#tag billing", "nothing to send"),
+    "close": ("#new dana@customer.test\n#close\n\nHi.", "#close: cannot start a conversation"),
+    "unknown": ("#new dana@customer.test\n#frobnicate\n\nHi.", "#frobnicate: unknown command"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_new_is_refused_with_its_reason(
+    world: DeskWorld, case: tuple[str, str]
+) -> None:
+    personal = personal_address(world)
+    body, reason = case
+    world.deliver(new_mail(personal, body.format(desk=world.address, personal=personal)))
+    world.run_once()
+    assert world.tickets() == []
+    [receipt] = only_to(world, ALICE)  # nobody else is mailed
+    assert str(receipt.message["Subject"]) == "Not started: Your invoice 42"
+    said = " ".join(text_of(receipt).split())
+    assert "started nothing, because:" in said
+    assert reason in said
+    assert reply_to_address(receipt) == personal
+    assert quarantined(world) == []
+
+
+def test_a_proven_mail_that_asks_nothing_gets_a_receipt_not_a_ticket(world: DeskWorld) -> None:
+    world.deliver(new_mail(personal_address(world), "Hi team, lunch at noon?", subject="Lunch"))
+    world.run_once()
+    assert world.tickets() == []
+    [receipt] = only_to(world, ALICE)
+    assert str(receipt.message["Subject"]) == "Not started: Lunch"
+    assert "#new <customer address>" in text_of(receipt)
+
+
+# --------------------------------------------------------------------------- forged
+
+
+def test_forged_agent_mail_without_her_token_does_nothing_and_she_is_told_once(
+    world: DeskWorld,
+) -> None:
+    local, domain = world.address.split("@")
+    forged_to = [
+        world.address,  # the plain desk address
+        personal_address(world, BOB),  # someone else's personal address
+        f"{local}+a-{'a' * 16}@{domain}",  # a made-up token
+    ]
+    for to in forged_to:
+        body = "#new victim@customer.test\n\nYour account is locked: pay at http://evil.test"
+        world.deliver(new_mail(to, body, subject="Account locked #close"))
+    world.run_once()
+
+    assert world.tickets() == []  # no ticket about Alice, none for the victim
+    [notice] = only_to(world, ALICE)  # told once, nobody else mailed
+    said = " ".join(text_of(notice).split())
+    assert "could not be verified" in said
+    assert personal_address(world) in said
+    assert reply_to_address(notice) == personal_address(world)
+    assert "#close" not in str(notice.message["Subject"])  # a forger's subject commands nothing
+    entries = quarantined(world)
+    assert [e["error"].split(":")[0] for e in entries] == ["unverified agent mail"] * 3
+    assert len(world.account.uids("Quarantine")) == 3
+
+    # an hour later, the next one is told, with the count of those held back
+    world.clock.advance(hours=1, minutes=1)
+    world.deliver(new_mail(world.address, "#new victim@customer.test\n\nPay now."))
+    world.run_once()
+    [_, second] = only_to(world, ALICE)
+    assert "3 messages without a ticket ref claiming to be from you" in " ".join(
+        text_of(second).split()
+    )
+
+
+def test_quarantined_agent_mail_is_replayed_once_it_can_be_verified(world: DeskWorld) -> None:
+    world.deliver(new_mail(world.address, "#new dana@customer.test\n\nHello Dana."))
+    world.run_once()
+    [entry] = quarantined(world)
+    assert world.tickets() == []
+
+    # the admin has the receiving MTA's verdicts trusted... here: agent_auth relaxed for it
+    world.rewrite_config(security={"agent_auth": "none"})
+    done = world.cli("quarantine", "replay", str(entry["id"]))
+    assert done.returncode == 0, done.stderr
+    assert b"new_ticket [#1]" in done.stdout
+    [ticket] = world.tickets()
+    assert (ticket["requester"], ticket["assignee"]) == (CUSTOMER, ALICE)
+    assert text_of(world.wait_mails_to(CUSTOMER, 1)[0]).startswith("Hello Dana.")
+    assert quarantined(world) == []
