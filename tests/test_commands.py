@@ -11,6 +11,7 @@ from maildesk.desk.commands import (
     VERBS,
     Action,
     Directory,
+    OnTicket,
     Parsed,
     Validation,
     defang,
@@ -374,6 +375,7 @@ def test_help_covers_every_verb_with_an_example() -> None:
 
 def test_help_examples_are_valid_commands() -> None:
     examples = [line.split("Example: ")[1] for line in HELP.splitlines() if "Example: " in line]
+    on = OnTicket("dana@customer.test", ("dave@customer.test",))  # a ticket Dave is on
     for example in examples:
-        result = validate(parse("", example, REF), DIRECTORY, ALICE)
+        result = validate(parse("", example, REF), DIRECTORY, ALICE, on)
         assert result.ok, (example, result.refusals)

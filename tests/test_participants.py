@@ -223,3 +223,62 @@ def test_a_bounce_of_a_copy_is_about_its_participant_alone(world: DeskWorld) -> 
     world.deliver(agent_reply(notice, ALICE, "#close"))
     world.run_once()
     assert len(world.mails_to(DAVE)) == 1 and len(world.mails_to(CUSTOMER)) == 3
+
+
+def receipt_after(world: DeskWorld, mail: Any) -> str:
+    """The text of Alice's receipt for ``mail``, words joined by single spaces."""
+    before = len(world.mails_to(ALICE))
+    world.clock.advance(minutes=1)
+    world.deliver(mail)
+    world.run_once()
+    [receipt] = [m for m in world.mails_to(ALICE)[before:] if "one" in str(m.message["Subject"])]
+    return " ".join(text_of(receipt).split())
+
+
+def test_agents_cc_uncc_and_name_the_requester_by_mail_and_malformed_ones_are_refused(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    world.run_once()
+    [notice] = world.mails_to(ALICE)
+
+    said = receipt_after(world, agent_reply(notice, ALICE, f"#cc {DAVE}\nDave, FYI."))
+    assert f"added to Cc: {DAVE}" in said
+    [to_dave] = world.mails_to(DAVE)
+    assert text_of(to_dave).startswith("Dave, FYI.") and cc_of(to_dave) == [DAVE]
+
+    said = receipt_after(world, agent_reply(notice, ALICE, f"#requester <{GINA}>\nHello Gina."))
+    assert f"requester set to {GINA}; the requester before stays on Cc" in said
+    [to_gina] = world.mails_to(GINA)
+    assert to_gina.message["To"] == GINA and sorted(cc_of(to_gina)) == sorted([DAVE, CUSTOMER])
+    assert world.mails_to(CUSTOMER)[-1].message["Message-ID"] == to_gina.message["Message-ID"]
+    ticket = world.ticket(1)
+    assert people(ticket) == [
+        (GINA, "requester", ALICE),
+        (DAVE, "cc", ALICE),
+        (CUSTOMER, "cc", ALICE),
+    ]
+
+    said = receipt_after(world, agent_reply(notice, ALICE, f"#uncc {DAVE}"))
+    assert f"removed from Cc: {DAVE}" in said
+    assert [p for p, *_ in people(world.ticket(1))] == [GINA, CUSTOMER]
+
+    refusals = {
+        "#cc Dave": "'Dave' is not a mail address",
+        f"#cc {world.address}": "is the desk's own address",
+        "#requester bob@example.com": "bob@example.com is an agent of this desk, not a customer",
+        f"#uncc {ERIN}": f"{ERIN} is not on this ticket's Cc",
+    }
+    before = world.ticket(1)
+    for command, reason in refusals.items():
+        said = receipt_after(world, agent_reply(notice, ALICE, f"{command}\nSecret words."))
+        assert reason in said, said
+    after = world.ticket(1)
+    assert (after["requester"], after["participants"]) == (
+        before["requester"],
+        before["participants"],
+    )
+    assert [e["kind"] for e in after["events"]].count("command_refused") == len(refusals)
+    assert "Secret words." not in " ".join(text_of(m) for m in world.mails_to(GINA))
+    kinds = [e["kind"] for e in after["events"]]
+    assert {"cc_added", "requester_changed", "cc_removed"} <= set(kinds)

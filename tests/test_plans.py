@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from maildesk.config import AgentSettings, DeskSettings, Settings, SmtpSettings, TeamSettings
-from maildesk.desk import auth, commands, customers, routing, sla, starts, timers, verbs
+from maildesk.desk import auth, commands, customers, people, routing, sla, starts, timers, verbs
 from maildesk.desk.customers import Case, Written
 from maildesk.desk.plans import (
+    AddParticipants,
     Keep,
     MarkBreached,
     MarkReminded,
@@ -25,6 +26,7 @@ from maildesk.desk.plans import (
     Rate,
     Record,
     Reply,
+    SetRequester,
     TicketState,
     Whom,
     mailed,
@@ -496,3 +498,131 @@ def test_a_new_ticket_without_an_address_says_nobody_outside_is_mailed() -> None
     [created] = [s for s in plan.steps if isinstance(s, Record)]
     assert created.detail["linked_to"] == "[#1042]"
     assert "nobody outside is mailed" in created.detail["warning"]
+
+
+# --------------------------------------------------------------------------- who is on a ticket
+
+DAVE = "dave@customer.test"
+ERIN = "erin@customer.test"
+WITH_DAVE = OPEN.but(participants=(DAVE,))
+DESK_DIRECTORY = commands.Directory(
+    agents=DIRECTORY.agents, teams=DIRECTORY.teams, canned=DIRECTORY.canned, own=(DESK,)
+)
+OUTSIDERS = people.Outsiders((DESK,), IDENTITY.agents)
+
+
+def people_say(text: str, state: TicketState = WITH_DAVE) -> commands.Validation | Plan:
+    """The plan of an agent's mail of ``#cc``, ``#uncc``, ``#requester``, or its refusals."""
+    parsed = commands.parse("", text, IDENTITY.ref_pattern, DIRECTORY.teams)
+    on = commands.OnTicket(state.requester, state.participants)
+    validation = commands.validate(parsed, DESK_DIRECTORY, ALICE.email, on)
+    if not validation.ok:
+        return validation
+    return verbs.plan_actions(state, validation.actions, ALICE, parsed.text, DESK_DIRECTORY)
+
+
+def test_cc_adds_people_to_the_ticket_and_mails_nobody() -> None:
+    plan = people_say(f"#cc {ERIN} <{DAVE}> {CUSTOMER}")
+    assert isinstance(plan, Plan)
+    after = preview(WITH_DAVE, plan)
+    assert (after.requester, after.participants) == (CUSTOMER, (DAVE, ERIN))
+    assert AddParticipants((ERIN,), ALICE.email) in plan.steps
+    assert Record("cc_added", ALICE.email, {"added": [ERIN]}) in plan.steps
+    assert mailed(plan) == ()
+    assert plan.applied == (f"added to Cc: {ERIN}, {DAVE}, {CUSTOMER}",)
+
+
+def test_uncc_takes_people_off_the_ticket() -> None:
+    plan = people_say(f"#uncc {DAVE}")
+    assert isinstance(plan, Plan)
+    assert preview(WITH_DAVE, plan).participants == ()
+    assert Record("cc_removed", ALICE.email, {"removed": [DAVE]}) in plan.steps
+
+
+def test_requester_swaps_and_the_requester_before_stays_on_cc_and_gets_the_answer_in_cc() -> None:
+    plan = people_say(f"#requester {ERIN}\nHi Erin, it is fixed.")
+    assert isinstance(plan, Plan)
+    after = preview(WITH_DAVE, plan)
+    assert (after.requester, after.participants) == (ERIN, (DAVE, CUSTOMER))
+    assert Record("requester_changed", ALICE.email, {"old": CUSTOMER, "new": ERIN}) in plan.steps
+    # the answer is planned after the change: it goes to the requester as the ticket then is
+    assert mailed(plan) == ((Whom.REQUESTER, "reply"),)
+    assert plan.steps.index(SetRequester(ERIN, ALICE.email)) < [
+        isinstance(s, Reply) for s in plan.steps
+    ].index(True)
+    # a participant made requester leaves the Cc
+    promoted = people_say(f"#requester {DAVE}")
+    assert isinstance(promoted, Plan)
+    assert preview(WITH_DAVE, promoted).participants == (CUSTOMER,)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("#cc", "#cc: name at least one address"),
+        ("#cc Dave", "#cc Dave: 'Dave' is not a mail address"),
+        ("#cc dave@", "#cc dave@: 'dave@' is not a mail address"),
+        (f"#cc {DESK}", f"#cc {DESK}: {DESK} is the desk's own address"),
+        ("#cc support+x1@example.com", "support+x1@example.com is the desk's own address"),
+        (f"#cc {ALICE.email}", f"{ALICE.email} is an agent of this desk"),
+        (f"#requester {BOB.email}", f"{BOB.email} is an agent of this desk, not a customer"),
+        (f"#requester {DAVE} {ERIN}", "name one address: a ticket has one requester"),
+        (f"#requester {DESK}", "is the desk's own address"),
+        (f"#uncc {ERIN}", f"#uncc {ERIN}: {ERIN} is not on this ticket's Cc"),
+        (f"#uncc {CUSTOMER}", f"{CUSTOMER} is the requester; name another with #requester first"),
+        (f"#uncc {DAVE}\n#cc {ERIN} {DAVE}", f"conflicts with #uncc {DAVE}"),
+        (f"#requester {ERIN}\n#requester {DAVE}", f"conflicts with #requester {ERIN}"),
+        (f"#requester {ERIN} thanks", "write your text on a line below the commands"),
+    ],
+)
+def test_malformed_people_commands_are_refused_with_the_reason(text: str, reason: str) -> None:
+    refused = people_say(text)
+    assert isinstance(refused, commands.Validation) and not refused.ok
+    assert reason in " ".join(refused.refusals), refused.refusals
+
+
+def test_cc_beyond_the_most_a_ticket_keeps_is_refused() -> None:
+    crowd = tuple(f"p{i}@customer.test" for i in range(people.MAX_PARTICIPANTS))
+    refused = people_say(f"#cc {ERIN}", OPEN.but(participants=crowd))
+    assert isinstance(refused, commands.Validation)
+    assert "at most 50 addresses on Cc" in refused.refusals[0]
+
+
+def test_to_and_cc_of_a_customers_mail_join_but_the_desk_agents_and_people_on_it() -> None:
+    inbound = mail(
+        CUSTOMER,
+        "Re: [#1042] more",
+        f"Cc: {DAVE}, {ERIN}, {ALICE.email}, support+tok@example.com, {CUSTOMER}",
+    )
+    plan = people.joined(inbound, CUSTOMER, WITH_DAVE, OUTSIDERS)
+    assert plan.steps == (
+        AddParticipants((ERIN,), CUSTOMER),
+        Record("cc_added", CUSTOMER, {"added": [ERIN]}),
+    )
+    assert (
+        people.joined(inbound, CUSTOMER, WITH_DAVE.but(participants=(DAVE, ERIN)), OUTSIDERS)
+        == Plan()
+    )
+    room = tuple(f"p{i}@customer.test" for i in range(people.MAX_PARTICIPANTS))
+    assert people.joined(inbound, CUSTOMER, OPEN.but(participants=room), OUTSIDERS) == Plan()
+
+
+@pytest.mark.parametrize(
+    ("headers", "requester"),
+    [
+        (("Reply-To: Gina <gina@customer.test>",), "gina@customer.test"),
+        (("Reply-To: gina@customer.test, hal@customer.test",), "noreply@shop.test"),
+        (("Reply-To: noreply@shop.test",), "noreply@shop.test"),
+        (("Reply-To: support+x@example.com",), "noreply@shop.test"),
+        (("Reply-To: gina@customer.test", "List-Id: <shop.lists.test>"), "noreply@shop.test"),
+        (("Reply-To: gina@customer.test", "List-Post: <mailto:l@x.test>"), "noreply@shop.test"),
+        ((), "noreply@shop.test"),
+    ],
+)
+def test_a_new_mails_one_reply_to_is_its_requester_unless_the_desks_or_a_lists(
+    headers: tuple[str, ...], requester: str
+) -> None:
+    inbound = mail("Shop <noreply@shop.test>", "Order 1234", *headers)
+    assert people.requester_of(inbound, (DESK,)) == requester
+    assert people.requester_of(inbound, (DESK,), use_reply_to=False) == "noreply@shop.test"
+    assert people.requester_of(mail(DESK, "loop", *headers), (DESK,), False) == ""

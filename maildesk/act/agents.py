@@ -49,7 +49,10 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     proof = prove(desk, scene.ticket.id, inbound, agent, scene.now)
     if not proof.ok:
         return refuse_unverified(scene, agent, proof, parsed)
-    validation = commands.validate(parsed, desk.directory, agent.email)
+    on = commands.OnTicket(
+        scene.ticket.requester, tuple(p.address for p in scene.ticket.participants)
+    )
+    validation = commands.validate(parsed, desk.directory, agent.email, on)
     if not validation.ok:
         carry_out(scene, verbs.refused(agent.email, parsed.text, validation.refusals))
         refused = Receipt(

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from maildesk.desk import people
+
 VERBS = (
     "assign",
     "note",
@@ -25,6 +27,9 @@ VERBS = (
     "reopen",
     "reply",
     "files",
+    "cc",
+    "uncc",
+    "requester",
 )
 PRIORITIES = ("low", "medium", "high", "urgent")
 
@@ -77,6 +82,7 @@ class Directory:
     agents: tuple[tuple[str, str, tuple[str, ...]], ...]  # (email, name, teams)
     teams: tuple[str, ...]
     canned: tuple[str, ...] = ()
+    own: tuple[str, ...] = ()  # the desk's own addresses (``people.own_addresses``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,14 +351,14 @@ def _action(command: Command, directory: Directory, actor: str) -> Action:
     raise _Refused(f"unknown command; known: {', '.join('#' + v for v in VERBS)}")
 
 
-_SINGLE_VALUED = ("assign", "escalate", "priority", "reply")
+_SINGLE_VALUED = ("assign", "escalate", "priority", "reply", "requester")
 # what an agent may have meant by words after a body command that takes no text on its line
 TEXT_HINT = (
     "; write your text on a line below the commands (only #close, #note and #escalate <team> "
     "take text on their own line)"
 )
 # how many words these verbs take before the hint (a name of two words gets it only if unknown)
-_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0, "files": 0}
+_MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0, "files": 0, "requester": 1}
 
 
 def _text_hint(command: Command) -> str:
@@ -370,12 +376,14 @@ def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
             return f"conflicts with {other.source}"
         if {action.verb, other.verb} == {"tag", "untag"} and set(action.words) & set(other.words):
             return f"conflicts with {other.source}"
+        if {action.verb, other.verb} == {"cc", "uncc"} and set(action.words) & set(other.words):
+            return f"conflicts with {other.source}"
     return None
 
 
 def _without_repeats(action: Action, earlier: Sequence[Action]) -> Action | None:
     """The action minus what earlier actions already do; None when nothing is left."""
-    if action.verb in ("tag", "untag"):
+    if action.verb in ("tag", "untag", "cc", "uncc"):
         done = {word for other in earlier if other.verb == action.verb for word in other.words}
         words = tuple(word for word in action.words if word not in done)
         if not words:
@@ -386,8 +394,66 @@ def _without_repeats(action: Action, earlier: Sequence[Action]) -> Action | None
     return action
 
 
-def validate(parsed: Parsed, directory: Directory, actor: str) -> Validation:
-    """Resolve every command, all or nothing: one refusal and no action applies.
+# --- who is on the ticket -----------------------------------------------------------------------
+
+PEOPLE = ("cc", "uncc", "requester")
+
+
+@dataclass(frozen=True, slots=True)
+class OnTicket:
+    """Who is on the ticket the commands are for: its requester and its Cc."""
+
+    requester: str = ""
+    cc: tuple[str, ...] = ()
+
+
+def _addresses(command: Command, directory: Directory) -> tuple[str, ...]:
+    """The command's arguments as addresses (``<...>`` allowed), none the desk's own."""
+    if not command.args:
+        raise _Refused("name at least one address")
+    found: dict[str, None] = {}
+    for arg in command.args:
+        address = people.address_of(arg)
+        if address is None:
+            raise _Refused(f"{arg!r} is not a mail address")
+        if people.is_own(address, directory.own):
+            raise _Refused(f"{address} is the desk's own address")
+        found.setdefault(address, None)
+    return tuple(found)
+
+
+def _people_action(command: Command, directory: Directory, on: OnTicket) -> Action:
+    """``#cc <address>...``, ``#uncc <address>...``, ``#requester <address>``."""
+    verb, source = command.verb, command.source
+    addresses = _addresses(command, directory)
+    agents = {agent[0].strip().lower() for agent in directory.agents}
+    agent = next((a for a in addresses if a in agents), None)
+    if verb == "requester":
+        if len(addresses) > 1:
+            raise _Refused("name one address: a ticket has one requester")
+        if agent is not None:
+            raise _Refused(f"{agent} is an agent of this desk, not a customer")
+        return Action(verb, addresses[0], source=source)
+    if verb == "cc":
+        if agent is not None:
+            raise _Refused(f"{agent} is an agent of this desk: agents get the notices instead")
+        new = {a for a in addresses if a not in on.cc and a != on.requester}
+        if len(on.cc) + len(new) > people.MAX_PARTICIPANTS:
+            raise _Refused(f"a ticket has at most {people.MAX_PARTICIPANTS} addresses on Cc")
+        return Action(verb, None, words=addresses, source=source)
+    for address in addresses:
+        if address == on.requester:
+            raise _Refused(f"{address} is the requester; name another with #requester first")
+        if address not in on.cc:
+            raise _Refused(f"{address} is not on this ticket's Cc")
+    return Action(verb, None, words=addresses, source=source)
+
+
+def validate(
+    parsed: Parsed, directory: Directory, actor: str, on: OnTicket | None = None
+) -> Validation:
+    """Resolve every command, all or nothing: one refusal and no action applies. ``on``: who
+    is on the ticket the commands are for (what ``#cc``, ``#uncc`` and ``#requester`` check).
 
     Repeating a command is harmless (it appears once); two that contradict each other
     (``#priority low #priority high``, ``#close #reopen``) are refused.
@@ -401,7 +467,11 @@ def validate(parsed: Parsed, directory: Directory, actor: str) -> Validation:
         try:
             if len(command.source) > MAX_COMMAND_CHARS:
                 raise _Refused(f"longer than {MAX_COMMAND_CHARS} characters")
-            action = _without_repeats(_action(command, directory, actor), actions)
+            if command.verb in PEOPLE:
+                resolved = _people_action(command, directory, on or OnTicket())
+            else:
+                resolved = _action(command, directory, actor)
+            action = _without_repeats(resolved, actions)
             if action is None:
                 continue
             conflict = _conflict(action, actions)
@@ -430,6 +500,9 @@ def describe(action: Action) -> str:
         "reopen": "reopened",
         "reply": f"canned reply {value} sent to the customer",
         "files": "the ticket's files mailed to you",
+        "cc": f"added to Cc: {', '.join(action.words)}",
+        "uncc": f"removed from Cc: {', '.join(action.words)}",
+        "requester": f"requester set to {value}; the requester before stays on Cc",
     }
     return lines.get(action.verb, action.source or action.verb)
 
@@ -463,4 +536,11 @@ never are.
     Send the customer a canned reply.                 Example: #reply password-reset
 #files
     Have every file of the ticket mailed to you.      Example: #files
+#cc <address>...
+    Copy these people on the customer's mail.         Example: #cc dave@customer.test
+#uncc <address>...
+    Take them off the Cc.                             Example: #uncc dave@customer.test
+#requester <address>
+    Answer this address from now on; the requester before stays on Cc.
+                                                      Example: #requester gina@customer.test
 """

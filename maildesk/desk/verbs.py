@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from maildesk.config import AgentSettings
 from maildesk.desk import commands
 from maildesk.desk.plans import (
+    AddParticipants,
     AddTags,
     Close,
     Keep,
@@ -21,16 +22,19 @@ from maildesk.desk.plans import (
     Notify,
     Plan,
     Record,
+    RemoveParticipants,
     RemoveTags,
     Reply,
     SetAssignee,
     SetPriority,
+    SetRequester,
     SetStatus,
     SetTeam,
     Step,
     TicketState,
     TrackSla,
     Whom,
+    people_after,
 )
 from maildesk.models import Status
 
@@ -165,6 +169,34 @@ def files(state: TicketState, action: commands.Action, order: Order) -> Planned:
     return state, (MailFiles(order.agent.email),)
 
 
+def cc(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The addresses not on the ticket yet join its Cc, added by the agent."""
+    new = tuple(a for a in action.words if a not in state.participants and a != state.requester)
+    if not new:
+        return state, ()
+    step = AddParticipants(new, order.agent.email)
+    record = Record("cc_added", order.agent.email, {"added": list(new)})
+    return people_after(state, step), (step, record)
+
+
+def uncc(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    gone = tuple(a for a in action.words if a in state.participants)
+    if not gone:
+        return state, ()
+    step = RemoveParticipants(gone)
+    record = Record("cc_removed", order.agent.email, {"removed": list(gone)})
+    return people_after(state, step), (step, record)
+
+
+def requester(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The ticket answers another address; the one before stays on its Cc."""
+    if not action.value or action.value == state.requester:
+        return state, ()
+    step = SetRequester(action.value, order.agent.email)
+    detail = {"old": state.requester, "new": action.value}
+    return people_after(state, step), (step, Record("requester_changed", order.agent.email, detail))
+
+
 def nothing(state: TicketState, action: commands.Action, order: Order) -> Planned:
     """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``)."""
     return state, ()
@@ -181,6 +213,9 @@ VERBS: dict[str, Planner] = {
     "close": nothing,
     "reply": nothing,
     "files": files,
+    "cc": cc,
+    "uncc": uncc,
+    "requester": requester,
 }
 
 

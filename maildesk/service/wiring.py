@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mailer
 from maildesk.config import Settings
-from maildesk.desk import commands
+from maildesk.desk import commands, people
 from maildesk.desk.routing import Identity
 from maildesk.mail.parsing import Parser
 from maildesk.store import Store
@@ -60,6 +60,7 @@ def directory_of(settings: Settings, canned: tuple[str, ...]) -> commands.Direct
         agents=tuple((a.email, a.name, a.teams) for a in settings.agents),
         teams=tuple(t.name for t in settings.teams),
         canned=canned,
+        own=people.own_addresses(settings),
     )
 
 
