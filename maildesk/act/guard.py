@@ -48,9 +48,26 @@ class Bounced:
     status: str
 
 
+# ``session.info`` key: the suppression rows this transaction has read, by address (None: no
+# row). A new ticket asks twice (whether its sender's marks need clearing, whether its
+# acknowledgment is held); suppressions are only written by ``suppress``, which forgets them.
+_READ = "maildesk.suppressions"
+
+
+def suppression(session: Any, address: str) -> Any:
+    """The suppression row of ``address`` (``until``, ``reason``, ``bounced_at``), or None;
+    read once per transaction, without flushing the transaction's pending rows."""
+    address = address.lower()
+    read = session.info.setdefault(_READ, {})
+    if address not in read:
+        with session.no_autoflush:
+            read[address] = session.execute(_SUPPRESSION, {"address": address}).first()
+    return read[address]
+
+
 def bounced(session: Any, address: str, now: datetime) -> Bounced | None:
     """The permanent bounce that suppresses automatic mail to ``address`` now, if any."""
-    row = session.execute(_SUPPRESSION, {"address": address.lower()}).first()
+    row = suppression(session, address)
     if row is None or row.until <= now:
         return None
     return Bounced(row.bounced_at, row.reason)
@@ -65,6 +82,7 @@ def suppress(session: Any, address: str, status: str, now: datetime) -> None:
         "bounced_at": now,
     }
     address = address.lower()
+    session.info.get(_READ, {}).pop(address, None)
     insert_row(session, Suppression, {"address": address, **values}, once=True)
     session.execute(update(Suppression).where(Suppression.address == address).values(**values))
 

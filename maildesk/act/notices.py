@@ -27,12 +27,31 @@ from maildesk.models import Message, Ticket
 THREAD_IDS = 10  # the last Message-IDs of a thread a mail names in References
 
 
+# ``session.info`` key: the tickets made in this transaction, whose messages are all in memory
+_MADE = "maildesk.made_tickets"
+
+
+def made(session: Session, ticket: Ticket) -> None:
+    """``ticket`` was made in this transaction (and flushed): its thread is read from memory.
+    Asking the database instead would flush the transaction's pending rows once more for
+    every mail about it, for answers the ticket's own list already holds."""
+    session.info.setdefault(_MADE, set()).add(ticket.id)
+
+
+def _in_memory(ticket: Ticket) -> bool:
+    """Whether ``ticket.messages`` is the whole thread without loading it: a ticket made up
+    for a sample, or one made in this transaction (never a stored one: reading its list would
+    load its whole history, which a customer can grow at will)."""
+    session = object_session(ticket)
+    return session is None or ticket.id is None or ticket.id in session.info.get(_MADE, ())
+
+
 def thread_ids(ticket: Ticket) -> tuple[str, ...]:
     """Message-IDs of the customer-visible thread, oldest first (for References): the last
     ``THREAD_IDS``, read as such. Loading the ticket's messages, text and all, made every mail
     on a ticket cost the daemon its whole history, which a customer can grow at will."""
     session = object_session(ticket)
-    if session is None or ticket.id is None:  # a ticket made up for a sample: all in memory
+    if session is None or _in_memory(ticket):
         ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
         return tuple(ids[-THREAD_IDS:])
     found = session.scalars(_THREAD_IDS, {"ticket": ticket.id, "up_to": THREAD_IDS})
@@ -41,7 +60,7 @@ def thread_ids(ticket: Ticket) -> tuple[str, ...]:
 
 def last_customer_message_id(ticket: Ticket) -> str | None:
     session = object_session(ticket)
-    if session is None or ticket.id is None:
+    if session is None or _in_memory(ticket):
         for message in reversed(ticket.messages):
             if message.sender == ticket.requester and message.message_id:
                 return message.message_id

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from maildesk.act import guard
 from maildesk.act import people as act_people
 from maildesk.act.apply import Scene, carry_out, keep_message, state_of
 from maildesk.act.means import Desk, StoredMail
@@ -26,6 +27,7 @@ from maildesk.act.notices import (
     attachment_notes,
     customer_mail,
     enqueue,
+    made,
 )
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
@@ -41,7 +43,6 @@ from maildesk.models import (
     Outbox,
     OutboxStatus,
     Status,
-    Suppression,
     Ticket,
     insert_row,
 )
@@ -133,6 +134,7 @@ def open_ticket(
     )
     session.add(ticket)
     session.flush()
+    made(session, ticket)
     scene = Scene(session, desk, ticket, inbound, stored, now)
     first = customers.Written(wrote, inbound.text.strip())
     linked = desk.ref(linked_to) if linked_to is not None else None
@@ -298,9 +300,8 @@ def heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> 
         return
     if ticket.requester_bounced_at is None:
         # a mark is only ever set with a suppression of the address: without one, none to clear
-        with session.no_autoflush:
-            if session.get(Suppression, sender.lower()) is None:
-                return
+        if guard.suppression(session, sender) is None:
+            return
     for marked in session.scalars(_MARKED, {"requester": sender}):
         marked.requester_bounced_at = None
         event(session, marked, "bounce_cleared", sender, now, reason="the customer wrote again")
