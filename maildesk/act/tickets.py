@@ -125,6 +125,7 @@ def open_ticket(
         created_at=now,
         updated_at=now,
         status_since=now,
+        sla_breached="",
         linked_to=linked_to.id if linked_to is not None else None,
         # a new ticket's collections are known to be empty: no lazy loads for them
         tags=[],
@@ -132,6 +133,7 @@ def open_ticket(
         messages=[],
         events=[],
     )
+    sla.refresh_due(ticket, desk.settings)  # in the insert, not an update after it
     session.add(ticket)
     session.flush()
     made(session, ticket)
