@@ -182,6 +182,8 @@ def write_config(
                 "security": "none",
                 "username": account.username,
                 "password": account.password,
+                # the corpus writes to the desk by this name (an alias, as mail to a desk is)
+                "addresses": ["support@example.test"],
                 "poll_seconds": 5,
                 "team": "support",
             }
