@@ -14,8 +14,26 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.config import AgentSettings, DeskSettings, Settings, SmtpSettings, TeamSettings
-from maildesk.desk import auth, commands, customers, people, routing, sla, starts, timers, verbs
+from maildesk.config import (
+    AgentSettings,
+    DeskSettings,
+    LimitsSettings,
+    Settings,
+    SmtpSettings,
+    TeamSettings,
+)
+from maildesk.desk import (
+    auth,
+    commands,
+    customers,
+    files,
+    people,
+    routing,
+    sla,
+    starts,
+    timers,
+    verbs,
+)
 from maildesk.desk.customers import Case, Written
 from maildesk.desk.plans import (
     AddParticipants,
@@ -626,3 +644,58 @@ def test_a_new_mails_one_reply_to_is_its_requester_unless_the_desks_or_a_lists(
     assert people.requester_of(inbound, (DESK,)) == requester
     assert people.requester_of(inbound, (DESK,), use_reply_to=False) == "noreply@shop.test"
     assert people.requester_of(mail(DESK, "loop", *headers), (DESK,), False) == ""
+
+
+# --------------------------------------------------------------------------- files
+
+LIMITS = LimitsSettings(
+    max_attachment_bytes=600, max_outbound_bytes=1000, notice_attachment_bytes=500
+)
+
+
+def test_files_asks_for_the_tickets_files_and_sends_the_customer_nothing() -> None:
+    plan = agent_says("#files")
+    assert mailed(plan) == ((ALICE.email, "files"),)
+    assert plan.applied == ("the ticket's files mailed to you",)
+    assert preview(OPEN, plan) == OPEN
+
+
+def test_an_agents_files_go_to_the_customer_within_each_limit_in_order() -> None:
+    found = [
+        files.File("a.pdf", 500),
+        files.File("dropped.zip", 9000, kept=False),
+        files.File("b.pdf", 700),  # over max_attachment_bytes
+        files.File("c.pdf", 500),  # 1000 with a.pdf: max_outbound_bytes
+        files.File("d.txt", 100),  # over what is left of it
+    ]
+    choice = files.to_customer(found, LIMITS)
+    assert choice.chosen == (0, 3)
+    assert [index for index, _ in choice.refused] == [1, 2, 4]
+    lines = files.receipt_lines(found, choice, "")
+    assert lines[0] == "a.pdf (500 bytes) sent to the customer"
+    assert "max_attachment_bytes (600 bytes) when it came" in lines[1]
+    assert lines[2].endswith("larger than max_attachment_bytes (600 bytes)")
+    assert lines[4].endswith("may come to 1 KB in all (max_outbound_bytes)")
+    assert files.receipt_lines(found[:1], None, "a note")[0].endswith("customer: a note")
+
+
+def test_a_notice_carries_files_up_to_its_budget_and_names_the_rest() -> None:
+    found = [files.File("a.png", 300), files.File("b.zip", 300), files.File("c.txt", 200)]
+    choice = files.on_notice(found, LIMITS)
+    assert choice.chosen == (0, 2)
+    assert [index for index, _ in choice.refused] == [1]
+
+
+def test_files_are_mailed_in_batches_within_the_limit_and_a_larger_one_is_named() -> None:
+    found = [
+        files.File("a", 300),
+        files.File("b", 200),
+        files.File("huge", 501),
+        files.File("c", 100),
+        files.File("gone", 10, kept=False),
+        files.File("d", 450),
+    ]
+    batches = files.in_batches(found, LIMITS)
+    assert batches.mails == ((0, 1), (3,), (5,))
+    assert [index for index, _ in batches.refused] == [2, 4]
+    assert files.in_batches([], LIMITS).mails == ()

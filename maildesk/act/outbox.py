@@ -24,11 +24,12 @@ from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.act import guard
+from maildesk.act.claims import CLAIM_BYTES, within
 from maildesk.config import Settings
 from maildesk.mail.compose import Draft, Enclosure, clean_header, compose
 from maildesk.mail.marks import bounce_address, own_message_id
@@ -340,12 +341,19 @@ def backoff(attempts: int) -> timedelta:
 
 
 def claim_due(
-    db: Database, now: datetime, limit: int, holder_lease: timedelta, holder: str = ""
+    db: Database,
+    now: datetime,
+    limit: int,
+    holder_lease: timedelta,
+    holder: str = "",
+    max_bytes: int = CLAIM_BYTES,
 ) -> list[Outbox]:
-    """Claim up to ``limit`` due rows for this process (several daemons never share a row)."""
+    """Claim up to ``limit`` due rows for this process (several daemons never share a row),
+    their bytes within ``max_bytes`` in all (the first row whatever its size; the copies of
+    one mail share its bytes)."""
     with db.transaction() as session:
         query = (
-            select(Outbox)
+            select(Outbox.id, Outbox.message_id, Outbox.copy_of, func.length(Outbox.body))
             .where(
                 Outbox.status == OutboxStatus.PENDING,
                 Outbox.next_attempt_at <= now,
@@ -356,14 +364,20 @@ def claim_due(
         )
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        rows = list(session.scalars(query))
-        if rows:
-            session.execute(
-                update(Outbox)
-                .where(Outbox.id.in_([r.id for r in rows]))
-                .values(claimed_until=now + holder_lease, claimed_by=holder)
+        ids = within(session, list(session.execute(query)), max_bytes)
+        if not ids:
+            return []
+        rows = list(
+            session.scalars(
+                select(Outbox).where(Outbox.id.in_(ids)).order_by(Outbox.next_attempt_at, Outbox.id)
             )
-            copies_read(session, rows)
+        )
+        session.execute(
+            update(Outbox)
+            .where(Outbox.id.in_(ids))
+            .values(claimed_until=now + holder_lease, claimed_by=holder)
+        )
+        copies_read(session, rows)
         return rows
 
 

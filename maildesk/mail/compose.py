@@ -159,7 +159,7 @@ def _file_part(file: Enclosure, *, inline: bool) -> bytes:
     reader: quoted where it is plain ASCII, else as an RFC 2231 parameter (and as encoded words
     in ``name``, which older readers show)."""
     ctype = file.content_type.lower() if _MIME_TYPE.fullmatch(file.content_type.lower()) else ""
-    name = clean_header(file.filename, 255) or "attachment"
+    name = clean_header(file.filename, 255).strip() or "attachment"
     if _PLAIN_NAME.fullmatch(name) and '"' not in name and "\\" not in name:
         shown, given = f'name="{name}"', f'filename="{name}"'
     else:
@@ -169,7 +169,7 @@ def _file_part(file: Enclosure, *, inline: bool) -> bytes:
     head = f"Content-Type: {ctype or 'application/octet-stream'};\r\n {shown}\r\n"
     head += f"Content-Disposition: {how};\r\n {given}\r\n"
     head += "Content-Transfer-Encoding: base64\r\n"
-    if inline:
+    if _CID.fullmatch(file.content_id):
         head += f"Content-ID: <{file.content_id}>\r\n"
     body = base64.encodebytes(file.payload()).replace(b"\n", b"\r\n")
     return head.encode("ascii") + b"\r\n" + body
