@@ -174,7 +174,7 @@ MALFORMED = {
     "text-on-its-line": ("#new dana@customer.test Hello Dana", "#new takes one address"),
     "twice": ("#new dana@customer.test\n#new eve@customer.test\n\nHi.", "one #new per message"),
     "nothing-to-send": ("#new dana@customer.test\n#tag billing", "nothing to send"),
-    "close": ("#new dana@customer.test\n#close\n\nHi.", "#close: cannot start a conversation"),
+    "close": ("#new dana@customer.test\n#close\n\nHi.", "#close: cannot come with #new"),
     "unknown": ("#new dana@customer.test\n#frobnicate\n\nHi.", "#frobnicate: unknown command"),
 }
 
@@ -259,3 +259,165 @@ def test_quarantined_agent_mail_is_replayed_once_it_can_be_verified(world: DeskW
     assert (ticket["requester"], ticket["assignee"]) == (CUSTOMER, ALICE)
     assert text_of(world.wait_mails_to(CUSTOMER, 1)[0]).startswith("Hello Dana.")
     assert quarantined(world) == []
+
+
+# --------------------------------------------------------------------------- forwards
+
+MAIL = Path(__file__).parent / "mail"
+
+# the corpus of forwarded mail (Alice forwards a customer's mail to the desk): file, the
+# original sender, the forwarded subject and text, the files, Alice's own words
+FORWARDS = {
+    "gmail": (
+        "forward-gmail-english.eml",
+        "carol@example.org",
+        "Printer on floor 2 is broken",
+        "Hello,\n\nthe printer on floor 2 prints only blank pages since this morning.\n"
+        "The error log is attached.\n\nThanks,\nCarol",
+        ["printer-log.pdf"],
+        "Hi team,\n\ncan someone look at this? Carol is on floor 2.",
+    ),
+    "outlook": (
+        "forward-outlook-english.eml",
+        "carol@example.org",
+        "VPN drops every ten minutes",
+        "Hi,\n\nmy VPN connection drops every ten minutes since the update.\n\nCarol",
+        [],
+        "Forwarding as discussed.\n\nAlice",
+    ),
+    "outlook-html": (
+        "forward-outlook-html.eml",
+        "carol@example.org",
+        "Invoice 2026-118 is wrong",
+        "Hello,\n\ninvoice 2026-118 charges us twice for the March licence. "
+        "A screenshot is attached.\n\nCarol",
+        ["invoice.png"],
+        "Please handle this one, she is a key account.",
+    ),
+    "apple-mail": (
+        "forward-apple-mail-english.eml",
+        "carol@example.org",
+        "Laptop will not charge",
+        "Hi,\n\nmy laptop stopped charging yesterday. I tried two chargers.\n\nCarol",
+        [],
+        "See below, can you help her?\n\nSent from my iPad",
+    ),
+    "attached-eml": (
+        "forward-attached-eml.eml",
+        "carol@example.org",
+        "Contract renewal questions",
+        "Hello,\n\nbefore we renew: is the support plan still 24/7?",
+        ["contract-2025.pdf"],
+        "Renewal question from Carol, attached. #priority high\n\nAlice",
+    ),
+}
+
+
+def addressed(name: str, to: str) -> bytes:
+    """A mail of the corpus with its To: header (in the header block) made ``to``."""
+    raw = (MAIL / name).read_bytes()
+    head, sep, body = raw.partition(b"\r\n\r\n") if b"\r\n\r\n" in raw else raw.partition(b"\n\n")
+    eol = b"\r\n" if sep == b"\r\n\r\n" else b"\n"
+    lines = head.split(eol)
+    index = next(i for i, line in enumerate(lines) if line.lower().startswith(b"to:"))
+    lines[index] = b"To: " + to.encode()
+    while index + 1 < len(lines) and lines[index + 1][:1] in (b" ", b"\t"):
+        del lines[index + 1]  # a folded To: goes with it
+    return eol.join(lines) + sep + body
+
+
+@pytest.mark.parametrize("case", FORWARDS.values(), ids=FORWARDS.keys())
+def test_a_forward_opens_a_ticket_for_the_original_sender(
+    world: DeskWorld, case: tuple[str, str, str, str, list[str], str]
+) -> None:
+    name, sender, subject, text, files, note = case
+    world.deliver(addressed(name, personal_address(world)))
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert (ticket["requester"], ticket["subject"], ticket["status"]) == (sender, subject, "open")
+    first, *rest = ticket["messages"]
+    assert (first["from"], first["internal"]) == (sender, False)
+    assert first["text"].startswith(text)
+    assert [a["filename"] for a in first["attachments"]] == files
+    [kept] = rest  # Alice's words: an internal note, without the files again
+    assert (kept["from"], kept["internal"], kept["text"]) == (ALICE, True, note)
+    assert kept["attachments"] == []
+
+    [ack] = world.mails_to(sender)  # as if she had written to the desk
+    assert str(ack.message["Subject"]).startswith("[#1]")
+    assert note.split("\n")[0] not in text_of(ack)  # Alice's words are never mailed to her
+    notices = [m for m in world.mails_to(ALICE) if " New: " in str(m.message["Subject"])]
+    [notice] = notices
+    assert [p.get_filename() for p in notice.message.iter_attachments()] == files
+    [receipt] = [m for m in world.mails_to(ALICE) if "Done" in str(m.message["Subject"])]
+    said = " ".join(text_of(receipt).split())
+    assert f"opened a ticket for {sender} from the mail you forwarded" in said
+    assert quarantined(world) == []
+
+
+def test_commands_above_a_forward_apply_to_its_ticket(world: DeskWorld) -> None:
+    # Gmail leaves "#assign me" right above the forward; the top of the words works too
+    raw = addressed("forward-outlook-english.eml", personal_address(world))
+    raw = raw.replace(b"Forwarding as discussed.", b"#tag vpn\n#priority high\n\nForwarding.")
+    world.deliver(addressed("forward-gmail-english.eml", personal_address(world)))
+    world.deliver(raw)
+    world.run_once()
+    gmail, outlook = world.tickets()
+    assert gmail["assignee"] == ALICE
+    assert (outlook["tags"], outlook["priority"], outlook["assignee"]) == (["vpn"], "high", None)
+    assert outlook["messages"][1]["text"] == "Forwarding.\n\nAlice"
+
+
+def test_no_acknowledgment_for_a_forward_when_the_desk_says_so(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> None:
+    world = DeskWorld(
+        imap_server, smtp_server, tmp_path, tables={"lifecycle": {"ack_forwarded": False}}
+    )
+    try:
+        world.deliver(addressed("forward-outlook-english.eml", personal_address(world)))
+        world.run_once()
+        assert [t["requester"] for t in world.tickets()] == ["carol@example.org"]
+        assert world.mails_to("carol@example.org") == []
+    finally:
+        world.close()
+
+
+REFUSED_FORWARDS = {
+    "name-only": (
+        b"From: Carol Customer <carol@example.org>",
+        b"From: Carol Customer",
+        "shows its sender without an address",
+    ),
+    "from-an-agent": (b"carol@example.org", b"bob@example.com", "is an agent of this desk"),
+    "a-close": (
+        b"Forwarding as discussed.",
+        b"#close\n\nForwarding.",
+        "#close: cannot come with a forward",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_FORWARDS.values(), ids=REFUSED_FORWARDS.keys())
+def test_a_forward_that_names_no_customer_is_refused_with_its_reason(
+    world: DeskWorld, case: tuple[bytes, bytes, str]
+) -> None:
+    old, new, reason = case
+    raw = addressed("forward-outlook-english.eml", personal_address(world)).replace(old, new)
+    world.deliver(raw)
+    world.run_once()
+    assert world.tickets() == []
+    [receipt] = only_to(world, ALICE)
+    assert str(receipt.message["Subject"]) == "Not started: VPN drops every ten minutes"
+    assert reason in " ".join(text_of(receipt).split())
+
+
+def test_a_forged_forward_opens_nothing(world: DeskWorld) -> None:
+    world.deliver(addressed("forward-gmail-english.eml", world.address))
+    world.run_once()
+    assert world.tickets() == []
+    [notice] = only_to(world, ALICE)
+    assert "could not be verified" in text_of(notice)
+    [entry] = quarantined(world)
+    assert entry["error"].startswith("unverified agent mail")

@@ -278,12 +278,47 @@ def test_new_starts_a_pending_conversation_assigned_to_its_agent() -> None:
         ("#new\n\nHi.", "name the customer's address"),
         ("#new support+a-xyz@example.com\n\nHi.", "the desk's own address"),
         ("#new carol@example.com\n\nHi.", "is an agent of this desk"),
-        ("#new dana@customer.test\n#note\n\nHi.", "#note: cannot start a conversation"),
+        ("#new dana@customer.test\n#note\n\nHi.", "#note: cannot come with #new"),
         ("#new dana@customer.test", "nothing to send"),
     ],
 )
 def test_a_malformed_new_starts_nothing(body: str, reason: str) -> None:
     start = started(body)
+    assert isinstance(start, starts.Refused)
+    assert any(reason in line for line in start.reasons), start.reasons
+
+
+def forwarded_by_alice(note: str, sender: str | None = CUSTOMER) -> starts.Forward | starts.Refused:
+    parsed = starts.note_commands(note, IDENTITY.ref_pattern, DIRECTORY.teams)
+    return starts.forward(parsed, sender, DIRECTORY, ALICE.email, DESK)
+
+
+def test_a_forward_opens_a_ticket_whose_agents_words_are_only_a_note() -> None:
+    start = forwarded_by_alice("#tag vpn\nPlease take this.\n\n#assign me\n")
+    assert isinstance(start, starts.Forward)
+    assert (start.sender, start.note) == (CUSTOMER, "Please take this.")
+    plan = starts.forwarded(OPEN.but(tags=()), start, ALICE, DIRECTORY)
+    after = preview(OPEN.but(tags=()), plan)
+    assert (after.assignee, after.tags, after.status) == (ALICE.email, ("vpn",), Status.OPEN)
+    assert Keep(ALICE.email, "Please take this.", internal=True) in plan.steps
+    assert all(to != Whom.REQUESTER for to, _ in mailed(plan))  # nothing to the customer
+    assert plan.applied[0] == f"opened a ticket for {CUSTOMER} from the mail you forwarded"
+
+
+@pytest.mark.parametrize(
+    ("note", "sender", "reason"),
+    [
+        ("Please take this.", None, "shows its sender without an address"),
+        ("Please take this.", CAROL.email, "is an agent of this desk"),
+        ("Please take this.", DESK, "the desk's own address"),
+        ("#close\nPlease take this.", CUSTOMER, "#close: cannot come with a forward"),
+        ("#priority hgih\nPlease.", CUSTOMER, "priority must be one of"),
+    ],
+)
+def test_a_forward_that_cannot_be_a_customers_ticket_starts_nothing(
+    note: str, sender: str | None, reason: str
+) -> None:
+    start = forwarded_by_alice(note, sender)
     assert isinstance(start, starts.Refused)
     assert any(reason in line for line in start.reasons), start.reasons
 

@@ -1,6 +1,6 @@
-"""An agent's mail on no ticket: prove it, then start what it asks (``#new``) or tell the agent
-what such mail can do; unproven, keep it in quarantine and tell the agent how to use their
-personal desk address.
+"""An agent's mail on no ticket: prove it, then start what it asks (``#new``, a forwarded
+customer's mail) or tell the agent what such mail can do; unproven, keep it in quarantine and
+tell the agent how to use their personal desk address.
 
 Reached from ``ingest.handle`` for routing's ``FromAgent``. Deciding is ``desk.starts``'s; here
 the ticket is opened, its plan carried out (``act.apply``) and the mails queued, in the
@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents
-from maildesk.act.apply import Scene, carry_out
+from maildesk.act import agents, tickets
+from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import enqueue
 from maildesk.act.outbox import Mail
@@ -26,6 +26,7 @@ from maildesk.config import AgentSettings
 from maildesk.desk import auth, commands, starts
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
+from maildesk.mail.parse.forward import Forwarded
 from maildesk.models import Outbox, OutboxStatus, Status, Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
@@ -76,6 +77,8 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     if not proof.ok:
         return unproven(arrival, agent, proof, parsed)
     start = starts.decide(parsed, desk.directory, agent.email, desk.settings.desk.address)
+    if isinstance(start, starts.Unstarted) and inbound.forwarded is not None:
+        return forward(arrival, agent, inbound.forwarded)
     match start:
         case starts.Conversation():
             return conversation(arrival, agent, start)
@@ -104,6 +107,58 @@ def conversation(arrival: Arrival, agent: AgentSettings, start: starts.Conversat
         extra={"message_id": arrival.inbound.message_id, "ticket": desk.ref(ticket)},
     )
     return Started(ticket, f"started by {agent.email}")
+
+
+def forward(arrival: Arrival, agent: AgentSettings, forwarded: Forwarded) -> Started:
+    """A forwarded customer's mail: a ticket for its sender, made as if they had written to the
+    desk (their text and files the first message, acknowledged when ``[lifecycle]
+    ack_forwarded``), then the agent's commands and words (an internal note), and a receipt."""
+    session, desk, inbound, now = arrival.session, arrival.desk, arrival.inbound, arrival.now
+    parsed = starts.note_commands(
+        forwarded.note.strip(), desk.settings.desk.ref_pattern, desk.directory.teams
+    )
+    start = starts.forward(
+        parsed, forwarded.sender, desk.directory, agent.email, desk.settings.desk.address
+    )
+    if isinstance(start, starts.Refused):
+        not_started(arrival, agent, start.reasons)
+        return Started(None, "forwarded mail refused: " + "; ".join(start.reasons))
+    acknowledge = desk.settings.lifecycle.ack_forwarded
+    opening = tickets.Opening(arrival.team, arrival.mailbox, acknowledge=acknowledge)
+    first = as_written(inbound, forwarded)
+    ticket = tickets.open_ticket(session, desk, first, arrival.stored, opening, now)
+    # the agent's words: a message of its own, without the files the first one has
+    own = replace(inbound, message_id=None, attachments=(), forwarded=None)
+    scene = Scene(session, desk, ticket, own, arrival.stored, now)
+    plan = starts.forwarded(state_of(ticket), start, agent, desk.directory)
+    mails = carry_out(scene, plan)
+    receipt = agents.mail_out(scene, mails, plan)
+    enqueue(session, desk, [agents.receipt_mail(desk, ticket, agent, now, receipt)], now)
+    return Started(ticket, f"forwarded by {agent.email}")
+
+
+def as_written(inbound: Inbound, forwarded: Forwarded) -> Inbound:
+    """The forwarded message as if its sender had written to the desk: their address, subject,
+    text and files, and nothing of the forwarding mail's own addressing (its To and Cc are the
+    agent's, not the customer's)."""
+    return replace(
+        inbound,
+        subject=forwarded.subject,
+        sender=forwarded.sender,
+        sender_name=forwarded.sender_name,
+        claimed_sender=forwarded.sender,
+        requester=forwarded.sender,
+        to=(),
+        cc=(),
+        reply_to=(),
+        in_reply_to=(),
+        references=(),
+        text=forwarded.text,
+        reply_text=forwarded.text,
+        html=None,
+        attachments=forwarded.attachments,
+        forwarded=None,
+    )
 
 
 def new_ticket(arrival: Arrival, requester: str, subject: str) -> Ticket:

@@ -273,6 +273,7 @@ def _read_lifecycle(t: Table) -> LifecycleSettings:
         reopen_days=t.positive("reopen_days", 30),
         remind_pending_after=t.duration("remind_pending_after", timedelta(days=3)),
         close_pending_after=t.duration("close_pending_after", timedelta(days=7)),
+        ack_forwarded=t.get("ack_forwarded", bool, True),
     )
     t.finish()
     return settings

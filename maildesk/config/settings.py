@@ -156,6 +156,7 @@ class LifecycleSettings:
     reopen_days: int = 30
     remind_pending_after: timedelta | None = timedelta(days=3)
     close_pending_after: timedelta | None = timedelta(days=7)
+    ack_forwarded: bool = True  # a ticket an agent opens by forwarding: its customer is told
 
 
 @dataclass(frozen=True, slots=True)

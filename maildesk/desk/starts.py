@@ -1,10 +1,10 @@
-"""What a proven agent's mail on no ticket starts: a conversation (``#new``), or nothing but a
-receipt that says what such mail can do.
+"""What a proven agent's mail on no ticket starts: a conversation (``#new``), a ticket from a
+forwarded customer's mail, or nothing but a receipt that says what such mail can do.
 
 Third stage for routing's ``FromAgent``, once the act layer has proven the sender: the parsed
-commands and the desk's directory and address in, a ``Start`` value out; for a conversation,
-``conversation`` plans the new ticket's first steps (``act.starts`` opens the ticket and
-carries the plan out). Pure: nothing here writes.
+commands, what the mail forwards, and the desk's directory and address in, a ``Start`` value
+out; ``conversation`` and ``forwarded`` plan the new ticket's steps (``act.starts`` opens the
+ticket and carries the plan out). Pure: nothing here writes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 
 from maildesk.config import AgentSettings
-from maildesk.desk import commands, verbs
+from maildesk.desk import commands, people, verbs
 from maildesk.desk.plans import Plan, Record, Reply, SetAssignee, Step, TicketState
 from maildesk.mail.marks import is_desk_address
 from maildesk.models import Status
@@ -21,11 +21,9 @@ from maildesk.models import Status
 NEW = "new"
 # what may come with ``#new``: the verbs that make sense on a conversation about to start
 WITH_NEW = ("assign", "priority", "tag", "untag", "reply", "cc")
+# what may come with a forward: the verbs that place the ticket; the agent's words are a note
+WITH_FORWARD = ("assign", "priority", "tag", "untag", "escalate", "note", "cc")
 
-# An address as an agent types it: a local part and a domain with a dot, no spaces, no
-# brackets or quotes (``<dana@customer.test>`` is taken without its angle brackets).
-_SPECIAL = r"\s@<>()\[\],;:\"\\"
-_ADDRESS = re.compile(rf"[^{_SPECIAL}]{{1,64}}@(?:[^{_SPECIAL}.]+\.)+[^{_SPECIAL}.]{{2,}}")
 # reply and forward prefixes at the start of a subject (``Re: Fwd: AW:``)
 _PREFIXES = re.compile(r"^(?:\s*(?:re|aw|sv|antw|fwd?|wg|tr|rv|vs|odp|enc|rif)\s*:)+\s*", re.I)
 
@@ -41,6 +39,17 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class Forward:
+    """A forwarded customer's mail: a ticket for its ``sender``, the agent's ``note`` (their
+    words above the forward, commands removed) kept on it as an internal note, with the
+    commands' ``actions``."""
+
+    sender: str
+    actions: tuple[commands.Action, ...]
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """What the mail asked cannot be done: nothing starts, the agent is told ``reasons``."""
 
@@ -52,7 +61,7 @@ class Unstarted:
     """The mail asked to start nothing: the agent is told what such mail can do."""
 
 
-Start = Conversation | Refused | Unstarted
+Start = Conversation | Forward | Refused | Unstarted
 
 
 class _Refusal(Exception):
@@ -69,14 +78,19 @@ def _address(command: commands.Command, directory: commands.Directory, desk: str
         raise _Refusal("name the customer's address: #new dana@customer.test")
     if len(command.args) > 1:
         raise _Refusal("#new takes one address" + commands.TEXT_HINT)
-    address = command.args[0].strip("<>").lower()
-    if len(address) > 254 or not _ADDRESS.fullmatch(address):
-        raise _Refusal(f"{address} is not a mail address")
+    address = people.address_of(command.args[0])
+    if address is None:
+        raise _Refusal(f"{command.args[0]} is not a mail address")
+    _customer(address, directory, desk, "#new starts a ticket for a customer")
+    return address
+
+
+def _customer(address: str, directory: commands.Directory, desk: str, why: str) -> None:
+    """Refuse ``address`` for a ticket's customer when it is the desk's own or an agent's."""
     if is_desk_address(address, desk):
         raise _Refusal(f"{address} is the desk's own address; name the customer's")
     if any(address == email.lower() for email, _, _ in directory.agents):
-        raise _Refusal(f"{address} is an agent of this desk; #new starts a ticket for a customer")
-    return address
+        raise _Refusal(f"{address} is an agent of this desk; {why}")
 
 
 def decide(
@@ -100,12 +114,7 @@ def decide(
     others = commands.Parsed(tuple(c for c in parsed.commands if c.verb != NEW), parsed.text)
     validation = commands.validate(others, directory, agent)
     refusals += validation.refusals
-    allowed = ", ".join(f"#{verb}" for verb in WITH_NEW)
-    refusals += [
-        f"{_short(a.source)}: cannot start a conversation (with #new: {allowed})"
-        for a in validation.actions
-        if a.verb not in WITH_NEW
-    ]
+    refusals += _allowed(validation.actions, WITH_NEW, "#new")
     if not parsed.text and not any(a.verb == "reply" for a in validation.actions):
         refusals.append(
             f"{_short(news[0].source)}: nothing to send; write the first message to the "
@@ -114,6 +123,84 @@ def decide(
     if refusals:
         return Refused(tuple(refusals))
     return Conversation(address, validation.actions, parsed.text)
+
+
+def _allowed(
+    actions: tuple[commands.Action, ...], allowed: tuple[str, ...], what: str
+) -> list[str]:
+    """A refusal for each action that cannot come with ``what``."""
+    listed = ", ".join(f"#{verb}" for verb in allowed)
+    return [
+        f"{_short(a.source)}: cannot come with {what} (with it: {listed})"
+        for a in actions
+        if a.verb not in allowed
+    ]
+
+
+def note_commands(note: str, ref_pattern: str, teams: tuple[str, ...]) -> commands.Parsed:
+    """The commands of the words above a forward: the command lines at their top, as in any
+    mail, and those at their end, right above the forwarded message, where a client leaves the
+    cursor; the rest is the note."""
+    lines = note.splitlines()
+    cut = len(lines)
+    for index in range(len(lines) - 1, -1, -1):
+        if not lines[index].strip():
+            continue
+        if not commands.parse("", lines[index], ref_pattern, teams).commands:
+            break
+        cut = index
+    head = commands.parse("", "\n".join(lines[:cut]), ref_pattern, teams)
+    if cut == len(lines):
+        return head
+    tail = commands.parse("", "\n".join(lines[cut:]), ref_pattern, teams)
+    text = "\n\n".join(part for part in (head.text, tail.text) if part)
+    return commands.Parsed(head.commands + tail.commands, text)
+
+
+def forward(
+    parsed: commands.Parsed,
+    sender: str | None,
+    directory: commands.Directory,
+    agent: str,
+    desk_address: str,
+) -> Forward | Refused:
+    """A proven agent's forward of a customer's mail (``parsed``: the commands and words above
+    the forward), from ``sender`` as the forward shows them. All or nothing: the sender must be
+    an address and a customer's, the commands must validate and place the ticket."""
+    refusals: list[str] = []
+    if sender is None:
+        refusals.append(
+            "the forwarded message shows its sender without an address; forward it as an "
+            "attachment, or start with #new <their address>"
+        )
+    else:
+        try:
+            _customer(sender, directory, desk_address, "forward a customer's mail")
+        except _Refusal as refusal:
+            refusals.append(f"the forwarded message's sender: {refusal}")
+    validation = commands.validate(parsed, directory, agent)
+    refusals += validation.refusals
+    refusals += _allowed(validation.actions, WITH_FORWARD, "a forward")
+    if refusals or sender is None:
+        return Refused(tuple(refusals))
+    return Forward(sender, validation.actions, parsed.text)
+
+
+def forwarded(
+    state: TicketState, start: Forward, agent: AgentSettings, directory: commands.Directory
+) -> Plan:
+    """What an agent's commands and words do to the ticket just opened from their forward:
+    the commands apply, the words are an internal note (never mailed to the customer)."""
+    note = commands.Action("note", None, source="#note")
+    actions = start.actions
+    if not any(a.verb == "note" for a in actions):
+        actions = (*actions, note)
+    planned = verbs.plan_actions(state, actions, agent, start.note, directory)
+    lines = [f"opened a ticket for {start.sender} from the mail you forwarded"]
+    if start.note:
+        lines.append("your words above the forward kept as an internal note")
+    described = [commands.describe(a) for a in start.actions if a.verb != "note"]
+    return Plan(planned.steps, (*lines, *described))
 
 
 def subject_of(subject: str) -> str:
