@@ -122,7 +122,7 @@ def test_mail_to_a_revoked_address_proves_nothing(world: DeskWorld) -> None:
 
 def test_new_starts_a_conversation_the_customer_answers_into(world: DeskWorld) -> None:
     body = (
-        "#new <Dana@Customer.test>\n#tag billing\n#priority high\n\n"
+        "#new <Dana@Customer.test>\n#tag billing\n#priority high\n#cc erin@customer.test\n\n"
         "Hello Dana,\n\nyour invoice 42 is ready; it is attached to your account.\n\nAlice"
     )
     world.deliver(new_mail(personal_address(world), body, subject="Fwd: Your invoice 42"))
@@ -135,6 +135,7 @@ def test_new_starts_a_conversation_the_customer_answers_into(world: DeskWorld) -
     assert ticket["subject"] == "Your invoice 42"
     [first] = world.mails_to(CUSTOMER)
     assert str(first.message["Subject"]) == "[#1] Your invoice 42"
+    assert "erin@customer.test" in str(first.message["Cc"])  # #cc applies before the mail
     assert " ".join(text_of(first).split()).startswith("Hello Dana, your invoice 42 is ready")
     assert "#" not in text_of(first).split("--")[0]
     assert "Auto-Submitted" not in first.message  # a person's words
