@@ -286,17 +286,17 @@ def test_a_non_ascii_address_is_written_as_utf8_not_as_an_encoded_word(
     name=text,
     ctype=st.sampled_from(["application/pdf", "image/png", "text/plain", "bad type\r\nX: y", ""]),
     data=st.binary(max_size=3000),
-    html=st.booleans(),
+    html=st.sampled_from([None, "<p>Attached.</p>", '<img src="cid:logo.1@example.com">']),
 )
 def test_a_file_arrives_byte_for_byte_under_any_name(
-    desk: Settings, name: str, ctype: str, data: bytes, html: bool
+    desk: Settings, name: str, ctype: str, data: bytes, html: str | None
 ) -> None:
     files = (
         Enclosure(name, ctype, data),
         Enclosure("logo.png", "image/png", b"\x89PNG" + data[:50], "logo.1@example.com"),
     )
     mail = Mail(kind="reply", template="reply", to=CUSTOMER, attachments=files)
-    raw = compose(desk, mail, "Re: invoice", "Attached.\n", "<p>Attached.</p>" if html else None)
+    raw = compose(desk, mail, "Re: invoice", "Attached.\n", html)
     msg = read(raw)
     attached = list(msg.iter_attachments())
     assert attached[0].get_payload(decode=True) == data
@@ -310,9 +310,10 @@ def test_a_file_arrives_byte_for_byte_under_any_name(
     assert compat.get_filename() == (clean_header(name, 255).strip() or "attachment")
     [logo] = [p for p in msg.walk() if p["Content-ID"] == "<logo.1@example.com>"]
     assert logo.get_payload(decode=True) == b"\x89PNG" + data[:50]
-    # beside the HTML part when there is one, else an attachment like any other
-    assert (logo.get_content_disposition() == "inline") is html
-    if html:
+    # beside the HTML part that shows it, else an attachment like any other
+    shown = html is not None and "cid:" in html
+    assert (logo.get_content_disposition() == "inline") is shown
+    if shown:
         [related] = [p for p in msg.walk() if p.get_content_type() == "multipart/related"]
         assert [p.get_content_type() for p in related.iter_parts()] == ["text/html", "image/png"]
     assert msg.get_body(("plain",)).get_content().startswith("Attached.")

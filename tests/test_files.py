@@ -305,3 +305,26 @@ def test_the_delivery_holds_a_bounded_amount_of_mail_with_files_at_a_time(
     assert claim() == [ALICE]
     assert claim() == [CAROL_AGENT, CUSTOMER]
     assert claim() == []
+
+
+def test_a_conversation_an_agent_starts_takes_her_files_to_the_customer(
+    world: DeskWorld,
+) -> None:
+    done = world.cli("agents", "address", ALICE)
+    assert done.returncode == 0, done.stderr
+    start = with_files(
+        customer_mail(
+            "Your invoice 42",
+            "#new dana@customer.test\n\nHello Dana, your invoice is attached.",
+            sender=ALICE,
+            to=done.stdout.decode().strip(),
+        ),
+        ("invoice-42.pdf", "application/pdf", PDF),
+    )
+    world.deliver(start)
+    world.run_once()
+
+    [first] = world.mails_to(CUSTOMER)
+    assert attachments(first) == {"invoice-42.pdf": PDF}
+    said = receipt_text(world, 1)
+    assert f"invoice-42.pdf ({len(PDF) / 1000:.0f} KB) sent to the customer" in said

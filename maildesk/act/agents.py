@@ -72,9 +72,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     )
     mails = carry_out(scene, plan)
     receipt = mail_out(scene, mails, plan)
-    if inbound.attachments:  # every mail with files is answered: which went on, which not
-        why_not = files.NOT_MAILED if receipt.not_mailed else None
-        receipt = replace(receipt, files=files.receipt_lines(desk, inbound, mails, why_not))
+    # a mail with files always has a receipt: which went on to the customer, which not
     if parsed.commands or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
         enqueue(
             scene.session,
@@ -87,16 +85,19 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
 
 def mail_out(scene: Scene, mails: Sequence[Mail], plan: Plan) -> Receipt:
     """Enqueue the mails an agent's commands cause; the receipt says what was applied and who
-    was not mailed, or was held back, or bounced before."""
+    was not mailed, or was held back, or bounced before, and what became of each file of the
+    agent's mail."""
     session, ticket, now = scene.session, scene.ticket, scene.now
     unmailed = not_mailed(session, scene.desk, ticket, mails)
     bounced = None if unmailed else bounced_before(session, ticket, mails, now)
     held = enqueue(session, scene.desk, mails, now)
+    why_not = files.NOT_MAILED if unmailed else None
     return Receipt(
         applied=plan.applied,
         not_mailed=unmailed,
         held=tuple(held_line(mail, why) for mail, why in held),
         bounced=bounced,
+        files=files.receipt_lines(scene.desk, scene.inbound, mails, why_not),
     )
 
 

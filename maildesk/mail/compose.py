@@ -119,9 +119,12 @@ def compose(draft: Draft) -> bytes:
 
 
 def _with_files(text: str | None, html: str | None, files: Sequence[Enclosure]) -> bytes:
-    """The body of a mail with files: its words first, then each file. Inline images go
-    with the HTML part (``multipart/related``) when there is one; the rest are attachments."""
-    related = [f for f in files if _CID.fullmatch(f.content_id)] if html is not None else []
+    """The body of a mail with files: its words first, then each file. Inline images the
+    HTML part shows (``cid:``) go with it (``multipart/related``); the rest are attachments,
+    an image it does not show too (an operator's template without it), which many readers
+    would hide beside it."""
+    shown = (html or "").lower()
+    related = [f for f in files if _CID.fullmatch(f.content_id) and _shows(shown, f)]
     attached = [f for f in files if not any(f is r for r in related)]
     html_part = _text_part(html, "html") if html is not None else None
     if html_part is not None and related:
@@ -136,6 +139,10 @@ def _with_files(text: str | None, html: str | None, files: Sequence[Enclosure]) 
     if not attached:
         return words
     return _multipart("mixed", [words, *(_file_part(f, inline=False) for f in attached)])
+
+
+def _shows(html: str, file: Enclosure) -> bool:
+    return f"cid:{file.content_id.lower()}" in html
 
 
 def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
