@@ -105,6 +105,11 @@ class Status(enum.StrEnum):
     PENDING = "pending"
     ESCALATED = "escalated"
     CLOSED = "closed"
+    SPAM = "spam"  # no acknowledgment, no notice, no timers; listed only when asked for
+
+
+# what no timer, SLA or open count looks at
+SHELVED = (Status.CLOSED, Status.SPAM)
 
 
 class OutboxStatus(enum.StrEnum):
@@ -353,6 +358,18 @@ class Contact(Base):
     since: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class BlockedSender(Base):
+    """An address an agent blocked (``#spam block``, on ticket ``ticket_id``): its mail opens
+    nothing. ``[intake] blocked_senders`` are the config's; these, ``maildesk intake unblock``."""
+
+    __tablename__ = "blocked_senders"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    blocked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    blocked_by: Mapped[str] = mapped_column(String(320), default="")
+    ticket_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 class SmtpCapabilities(Base):
     """What an SMTP server announced when the delivery process last connected to it.
 
@@ -445,7 +462,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 
 def _private_sqlite_files(path: Path) -> None:

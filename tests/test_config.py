@@ -127,6 +127,20 @@ def test_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
             "[limits] notice_attachment_bytes: must be a int",
         ),
         (lambda t: t.replace("[smtp]", "[smtpp]"), "[smtpp]: unknown table"),
+        (lambda t: t + "\n[intake]\nspam_header = true\n", "[intake] spam_header: unknown key"),
+        (lambda t: t + '\n[intake]\nspam_headers = "yes"\n', "[intake] spam_headers: must be"),
+        (
+            lambda t: t + '\n[intake]\nblocked_senders = ["not an address"]\n',
+            "[intake] blocked_senders: expected an address or a glob",
+        ),
+        (
+            lambda t: t + '\n[intake]\nblocked_senders = ["*@example.com"]\n',
+            "the desk's own or an agent's address",
+        ),
+        (
+            lambda t: t + '\n[intake]\ntrusted_spam_hosts = ["mx example"]\n',
+            "[intake] trusted_spam_hosts: not a host name",
+        ),
         (lambda t: t + "\n[[[", "not valid TOML"),
     ],
 )

@@ -65,7 +65,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0008(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE blocked_senders"))
+
+
 def _undo_0007(conn: Connection) -> None:
+    _undo_0008(conn)
     conn.execute(text("DROP INDEX ix_outbox_copy_of"))
     conn.execute(text("ALTER TABLE outbox DROP COLUMN copy_of"))
     conn.execute(text("ALTER TABLE participants DROP COLUMN added_at"))
@@ -241,5 +246,20 @@ def test_a_database_at_the_sixth_revision_dates_its_participants(database_url: s
         assert (address, added_by) == ("dave@x.test", "alice@example.com")
         assert str(added_at).startswith("2026-01-01 10:00:00")
         assert "ix_outbox_copy_of" in {i["name"] for i in inspect(db.engine).get_indexes("outbox")}
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_seventh_revision_gains_the_block_list(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0008(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+        assert "blocked_senders" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        assert "blocked_senders" in inspect(db.engine).get_table_names()
     finally:
         db.dispose()

@@ -29,7 +29,7 @@ from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
 from maildesk.config import Settings
 from maildesk.desk import sla, timers
-from maildesk.models import Database, DatabaseError, Event, Status, Ticket
+from maildesk.models import SHELVED, Database, DatabaseError, Event, Status, Ticket
 
 log = logging.getLogger("maildesk.automation")  # the logs name the job, not the module path
 
@@ -63,7 +63,7 @@ def candidates(session: Session, settings: Settings, now: datetime) -> list[int]
         conditions.append(
             pending & (Ticket.status_since <= now - lifecycle.remind_pending_after) & not_reminded
         )
-    query = select(Ticket.id).where(Ticket.status != Status.CLOSED, or_(*conditions))
+    query = select(Ticket.id).where(Ticket.status.not_in(SHELVED), or_(*conditions))
     return list(session.scalars(query.order_by(Ticket.id)))
 
 
@@ -196,7 +196,7 @@ def _act_on(
 
 def _refresh_all(db: Database, settings: Settings) -> None:
     with db.transaction() as session:
-        for ticket in session.scalars(select(Ticket).where(Ticket.status != Status.CLOSED)):
+        for ticket in session.scalars(select(Ticket).where(Ticket.status.not_in(SHELVED))):
             due = sla.next_due(ticket, settings)
             if ticket.due_at != due:
                 ticket.due_at = due

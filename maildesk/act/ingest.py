@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, bounces, starts, tickets
+from maildesk.act import agents, bounces, spam, starts, tickets
 from maildesk.act.apply import Scene
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.timeline import event
@@ -128,6 +128,7 @@ def process(
             now = desk.clock()
             kind = routing.classify(inbound, desk.identity)
             route = routing.route(inbound, kind, tickets.Lookups(session), desk.identity)
+            route = spam.screened(session, desk, route, inbound)  # the block list, verdicts
             outcome = handle(session, desk, source, route, inbound, stored, now)
             write_ledger(session, source, inbound, stored, outcome, now, replay=replay)
     except DatabaseError:
@@ -276,10 +277,11 @@ def handle(
             return Outcome(Became.IGNORED, None, reason, mid, why)
         case routing.Bounce():
             return bounce(session, desk, route, inbound, now)
-        case routing.NewTicket(no_auto_reply=quiet):
-            opening = tickets.Opening(team_of(desk, source), source.mailbox, acknowledge=not quiet)
+        case routing.NewTicket(no_auto_reply=quiet, spam=verdict):
+            team = team_of(desk, source)
+            opening = tickets.Opening(team, source.mailbox, not (quiet or verdict), spam=verdict)
             ticket = tickets.open_ticket(session, desk, inbound, stored, opening, now)
-            return Outcome(Became.NEW_TICKET, ticket.id, "", mid)
+            return Outcome(Became.NEW_TICKET, ticket.id, f"spam: {verdict}" if verdict else "", mid)
         case routing.FromAgent(sender=sender):
             team = team_of(desk, source)
             arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)

@@ -98,6 +98,7 @@ class Opening:
     mailbox: str
     acknowledge: bool = True
     linked_to: Ticket | None = None
+    spam: str | None = None  # the MTA's verdict: status spam, nobody told (``desk.spam``)
 
 
 def open_ticket(
@@ -140,7 +141,8 @@ def open_ticket(
     scene = Scene(session, desk, ticket, inbound, stored, now)
     first = customers.Written(wrote, inbound.text.strip())
     linked = desk.ref(linked_to) if linked_to is not None else None
-    mails = carry_out(scene, customers.opened(first, opening.mailbox, linked, requester))
+    opened = customers.opened(first, opening.mailbox, linked, requester, spam=opening.spam)
+    mails = carry_out(scene, opened)
     carry_out(scene, people.joined(inbound, wrote or requester, state_of(ticket), outsiders))
     heard_from(session, ticket, wrote, now)
     if opening.acknowledge and requester:

@@ -10,6 +10,7 @@ file or the environment for settings.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -29,6 +30,7 @@ from maildesk.config.settings import (
     ConfigError,
     DeskSettings,
     ForeignDataDir,
+    IntakeSettings,
     LifecycleSettings,
     LimitsSettings,
     LogSettings,
@@ -80,6 +82,7 @@ KNOWN_TABLES = (
     "metrics",
     "sla",
     "business_hours",
+    "intake",
 )
 
 
@@ -106,6 +109,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
     hours = None
     if "business_hours" in data:
         hours = _read_hours(Table(data["business_hours"], "[business_hours]", path))
+    intake = _read_intake(Table(data.get("intake", {}), "[intake]", path), desk, agents)
     warnings = [
         *_security_warnings(security),
         *file_warnings(path, data, desk, database_url),
@@ -126,6 +130,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
         metrics=metrics,
         sla=sla,
         business_hours=hours,
+        intake=intake,
         warnings=tuple(warnings),
     )
 
@@ -177,6 +182,39 @@ def _security_warnings(security: SecuritySettings) -> list[str]:
         '[security] agent_auth = "none": agent commands are NOT authenticated; anyone who '
         "can forge an agent's From: address can act on tickets. Use only on closed networks."
     ]
+
+
+_HOST = re.compile(r"^[\w.:-]{1,253}$")
+_GLOB = re.compile(r"^[^\s@]{1,64}@[^\s@]{1,255}$")
+
+
+def _read_intake(t: Table, desk: DeskSettings, agents: list[AgentSettings]) -> IntakeSettings:
+    hosts = tuple(
+        h.strip().lower().strip("[]").rstrip(".") for h in t.strings("trusted_spam_hosts")
+    )
+    for host in hosts:
+        if not _HOST.match(host):
+            raise t.fail("trusted_spam_hosts", f"not a host name or address: {host!r}")
+    patterns = tuple(p.strip().lower() for p in t.strings("blocked_senders"))
+    for pattern in patterns:
+        if not _GLOB.match(pattern):
+            raise t.fail(
+                "blocked_senders",
+                f'expected an address or a glob like "*@spam.test", got {pattern!r}',
+            )
+        for own in (desk.address, *(a.email for a in agents)):
+            if fnmatch.fnmatchcase(own.lower(), pattern):
+                raise t.fail(
+                    "blocked_senders",
+                    f"{pattern!r} would block {own}, the desk's own or an agent's address",
+                )
+    intake = IntakeSettings(
+        spam_headers=t.get("spam_headers", bool, True),
+        trusted_spam_hosts=hosts,
+        blocked_senders=patterns,
+    )
+    t.finish()
+    return intake
 
 
 def _read_log(t: Table) -> LogSettings:

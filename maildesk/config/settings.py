@@ -179,6 +179,15 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    """``[intake]``: what mail opens nothing, or only a ``spam`` ticket (``desk.spam``)."""
+
+    spam_headers: bool = True
+    trusted_spam_hosts: tuple[str, ...] = ()  # lower case; empty: trust the topmost hop only
+    blocked_senders: tuple[str, ...] = ()  # globs on the lower-case address
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     format: str = "text"
     level: str = "INFO"
@@ -221,6 +230,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sla: dict[str, SlaTarget] = field(default_factory=dict)
     business_hours: BusinessHours | None = None
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
     warnings: tuple[str, ...] = ()
 
     def agent(self, address: str | None) -> AgentSettings | None:

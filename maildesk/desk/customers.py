@@ -54,11 +54,17 @@ class Followed:
 
 
 def opened(
-    mail: Written, mailbox: str, linked_to: str | None, requester: str | None = None
+    mail: Written,
+    mailbox: str,
+    linked_to: str | None,
+    requester: str | None = None,
+    *,
+    spam: str | None = None,
 ) -> Plan:
     """A new ticket's first mail: kept, the creation recorded (with the closed ticket it follows
     up, and a warning when the mail has no address to answer), the team told. ``requester``:
-    whom the ticket answers, when not the writer (a web form's ``Reply-To``)."""
+    whom the ticket answers, when not the writer (a web form's ``Reply-To``). ``spam``: the
+    MTA's verdict; the ticket is ``spam`` and nobody is told."""
     detail: dict[str, str] = {"mailbox": mailbox}
     if linked_to is not None:
         detail["linked_to"] = linked_to
@@ -69,13 +75,10 @@ def opened(
             "no usable address in From:, Sender: or Reply-To:; nobody outside is mailed"
         )
     context = {"text": mail.text, "sender": mail.sender}
-    return Plan(
-        (
-            Keep(mail.sender, mail.text),
-            Record("created", mail.sender, detail),
-            Notify(Whom.TEAM, "notice", "agent_new", context),
-        )
-    )
+    kept = (Keep(mail.sender, mail.text), Record("created", mail.sender, detail))
+    if spam is not None:
+        return Plan((*kept, SetStatus(Status.SPAM), Record("spam", "", {"verdict": spam})))
+    return Plan((*kept, Notify(Whom.TEAM, "notice", "agent_new", context)))
 
 
 def follow_up(

@@ -69,6 +69,7 @@ class Ignored(StrEnum):
     BULK = "bulk"
     AUTO_REPLY = "auto_reply"
     AGENT_MAIL = "agent_mail"  # an agent's mail on no ticket that started nothing (told why)
+    BLOCKED = "blocked"  # from a sender on the block list (``desk.spam``)
     OTHER = "other"
 
 
@@ -96,6 +97,7 @@ class Bounce:
 @dataclass(frozen=True, slots=True)
 class NewTicket:
     no_auto_reply: bool = False
+    spam: str | None = None  # the spam verdict of the desk's own servers (``desk.spam``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from maildesk.config import BusinessHours, Settings
-from maildesk.models import Status, Ticket
+from maildesk.models import SHELVED, Ticket
 
 TARGETS = ("first_response", "resolution")
 LABELS = {"first_response": "first response", "resolution": "resolution"}
@@ -119,7 +119,7 @@ def breached(ticket: Ticket) -> list[str]:
 
 def next_due(ticket: Ticket, settings: Settings) -> datetime | None:
     """The earliest target still running and not yet reported as missed; None when none is."""
-    if ticket.status == Status.CLOSED:
+    if ticket.status in SHELVED:  # closed, or spam: no target runs
         return None
     done = breached(ticket)
     running = [

@@ -25,7 +25,7 @@ from maildesk.desk.plans import (
     TicketState,
     Whom,
 )
-from maildesk.models import Status, Ticket
+from maildesk.models import SHELVED, Status, Ticket
 
 # --------------------------------------------------------------------------- decisions
 
@@ -65,7 +65,7 @@ Decision = Remind | AutoClose | Breach | Hold
 
 def decide(ticket: Ticket, settings: Settings, now: datetime) -> tuple[Decision, ...]:
     """What is due on ``ticket`` at ``now``; empty when nothing is."""
-    if ticket.status == Status.CLOSED:
+    if ticket.status in SHELVED:
         return ()
     due = pending_due(ticket, settings, now) if ticket.status == Status.PENDING else []
     if any(isinstance(d, AutoClose) for d in due):

@@ -90,6 +90,9 @@ class Inbound:
     # the message this one forwards, inline or attached whole (``forward.Forwarded``); None for
     # a reply, a report, or a mail that forwards nothing
     forwarded: Forwarded | None = None
+    # Received: and the spam verdict headers as they arrived (unfolded, never decoded), top
+    # first: the topmost ``identity.TRACE_HEADERS`` of them
+    trace: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> tuple[str, ...]:
         """All values of header ``name`` (case-insensitive), top first."""
@@ -246,6 +249,7 @@ def _inbound(
         claimed_sender=identity.claimed_sender,
         requester=identity.requester,
         authentication_results=identity.authentication_results,
+        trace=identity.trace,
     )
 
 

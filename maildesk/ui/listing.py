@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from maildesk.config import Settings
 from maildesk.mail import marks
-from maildesk.models import Ticket
+from maildesk.models import Status, Ticket
 from maildesk.ui.start import load_settings, open_db
 from maildesk.ui.views import render_ticket, table, ticket_detail, ticket_summary
 
@@ -29,6 +29,8 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
         query = select(Ticket).order_by(Ticket.id)
         if args.status:
             query = query.where(Ticket.status == args.status)
+        else:  # spam is listed only when asked for (--status spam)
+            query = query.where(Ticket.status != Status.SPAM)
         if args.limit:
             query = query.limit(args.limit)
         tickets = [ticket_summary(t, settings.desk.ref_format) for t in session.scalars(query)]

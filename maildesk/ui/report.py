@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from maildesk.config import Settings
 from maildesk.desk import sla, timers
 from maildesk.mail import rendering
-from maildesk.models import Event, Status, Ticket
+from maildesk.models import SHELVED, Event, Status, Ticket
 from maildesk.ui import stats
 
 # Time buckets for the distributions: upper bounds in seconds, and how they read.
@@ -179,7 +179,11 @@ def build(session: Session, settings: Settings, since: datetime, until: datetime
     summary = stats.compute(session, since, until, [t.name for t in settings.teams])
     opened = list(
         session.scalars(
-            select(Ticket).where(Ticket.created_at >= since, Ticket.created_at <= until)
+            select(Ticket).where(
+                Ticket.created_at >= since,
+                Ticket.created_at <= until,
+                Ticket.status != Status.SPAM,
+            )
         )
     )
     closed = list(
@@ -227,7 +231,7 @@ def _days(since: datetime, until: datetime, zone: tzinfo) -> tuple[date, ...]:
 
 def _backlog(session: Session) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {status: {} for status in OPEN_STATUSES}
-    rows = session.execute(select(Ticket.status, Ticket.team).where(Ticket.status != Status.CLOSED))
+    rows = session.execute(select(Ticket.status, Ticket.team).where(Ticket.status.not_in(SHELVED)))
     for status, team in rows:
         teams = out.setdefault(status, {})
         teams[team] = teams.get(team, 0) + 1

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import parse_duration
-from maildesk.models import Event, Status, Ticket
+from maildesk.models import SHELVED, Event, Status, Ticket
 
 DEFAULT_WINDOW = timedelta(days=30)
 
@@ -124,7 +124,7 @@ class _Window:
         ]
 
     def statuses(self, team: str | None) -> dict[str, int]:
-        counts = {s.value: 0 for s in Status}
+        counts = {s.value: 0 for s in Status if s is not Status.SPAM}  # spam is not counted
         for t, status, _, _ in self.opened:
             if team is None or t == team:
                 counts[status] = counts.get(status, 0) + 1
@@ -144,7 +144,7 @@ class _Window:
 def _window(session: Session, since: datetime, now: datetime) -> _Window:
     opened = session.execute(
         select(Ticket.team, Ticket.status, Ticket.created_at, Ticket.first_response_at).where(
-            Ticket.created_at >= since, Ticket.created_at <= now
+            Ticket.created_at >= since, Ticket.created_at <= now, Ticket.status != Status.SPAM
         )
     )
     closed = session.execute(
@@ -153,9 +153,7 @@ def _window(session: Session, since: datetime, now: datetime) -> _Window:
         )
     )
     backlog = session.execute(
-        select(Ticket.team, func.count())
-        .where(Ticket.status != Status.CLOSED)
-        .group_by(Ticket.team)
+        select(Ticket.team, func.count()).where(Ticket.status.not_in(SHELVED)).group_by(Ticket.team)
     )
     rated = select(Event.ticket_id).where(
         Event.kind == "rating", Event.at >= since, Event.at <= now
@@ -192,24 +190,24 @@ def compute(session: Session, since: datetime, now: datetime, teams: Sequence[st
 
 
 def open_counts(session: Session) -> dict[str, int]:
-    """Tickets not closed, by team."""
+    """Tickets not closed (nor spam), by team."""
     return {
         team: int(count)
         for team, count in session.execute(
             select(Ticket.team, func.count())
-            .where(Ticket.status != Status.CLOSED)
+            .where(Ticket.status.not_in(SHELVED))
             .group_by(Ticket.team)
         )
     }
 
 
 def assigned_counts(session: Session) -> dict[str, int]:
-    """Tickets not closed, by assignee."""
+    """Tickets not closed (nor spam), by assignee."""
     return {
         assignee: int(count)
         for assignee, count in session.execute(
             select(Ticket.assignee, func.count())
-            .where(Ticket.status != Status.CLOSED, Ticket.assignee.is_not(None))
+            .where(Ticket.status.not_in(SHELVED), Ticket.assignee.is_not(None))
             .group_by(Ticket.assignee)
         )
         if assignee is not None

@@ -3,13 +3,14 @@
 The second step of ``inbound.parse``, on the header block ``limits`` cut out: the Message-ID and
 the ids a reply refers to, From (a sender only when it is one unambiguous mailbox), the
 requester a new ticket answers, the recipients, Return-Path, and every header as cleaned display
-text; Authentication-Results as it arrived. The strict address parser is quadratic, so each
-header and all of a message's address headers have a budget; what it cannot read is read by
-the lenient parser, never for trust. ``dsn`` reads returned messages with the same helpers.
+text; Authentication-Results, Received: and the spam verdict headers as they arrived. The
+strict address parser is quadratic, so each header and all of a message's address headers have
+a budget; what it cannot read is read by the lenient parser, never for trust. ``dsn`` reads returned messages with the same helpers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import email.utils
 import re
@@ -57,6 +58,7 @@ class SenderHeaders:
     claimed_sender: str | None = None
     requester: str | None = None
     authentication_results: tuple[str, ...] = ()
+    trace: tuple[tuple[str, str], ...] = ()
 
 
 # a strict parse of one address header: [(display name, bare addr-spec)] and its defects
@@ -68,6 +70,10 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
 _ADDR_IN_NAME = re.compile(r"[^\s@<>\"']+@[^\s@<>\"']+")
 _MSG_ID = re.compile(r"<([^<>\s]{1,998})>")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+# the headers a spam verdict is read from, with the Received: lines that say who added them
+TRACE_HEADERS = frozenset({"received", "x-spam-flag", "x-spam-status", "x-rspamd-action", "x-spam"})
+_MAX_TRACE = 100  # of these, the topmost; the desk's own servers add theirs on top
+_MAX_TRACE_CHARS = 2000
 
 
 def read_identity(block: bytes, defects: Defects) -> SenderHeaders:
@@ -81,12 +87,16 @@ def read_identity(block: bytes, defects: Defects) -> SenderHeaders:
         defects.add(f"headers: {type(defect).__name__}")
     values: dict[str, list[str]] = {}
     headers: list[tuple[str, str]] = []
+    trace: list[tuple[str, str]] = []
     for name, value in items:
         key = clean_line(str(name)).lower()
         text = _header_value(key, value, defects)
         values.setdefault(key, []).append(text)
         headers.append((key, _display_value(key, text, defects)))
-    return _from_values(values, tuple(headers), defects)
+        if key in TRACE_HEADERS and len(trace) < _MAX_TRACE:
+            trace.append((key, text[:_MAX_TRACE_CHARS]))  # as it arrived: never decoded
+    found = _from_values(values, tuple(headers), defects)
+    return dataclasses.replace(found, trace=tuple(trace))
 
 
 def _header_value(name: str, value: object, defects: Defects) -> str:
