@@ -115,3 +115,102 @@ def test_a_blocked_sender_opens_nothing_and_is_recorded(world: DeskWorld) -> Non
         [row] = session.scalars(select(Ledger)).all()
         assert row.outcome == "ignored"
         assert "promo@blocked.test matches blocked_senders '*@blocked.test'" in row.reason
+
+
+PROVEN = [("Authentication-Results", "mx.example.com; dmarc=pass header.from=example.com")]
+
+
+def from_agent(subject: str, body: str = "", sender: str = ALICE) -> EmailMessage:
+    """An agent's mail their own MTA proved (``trusted_authserv_ids``), naming a ticket's ref."""
+    return customer_mail(subject, body or "\n", sender=sender, headers=PROVEN)
+
+
+def blocked_list(world: DeskWorld) -> list[dict]:
+    done = world.cli("intake", "blocked", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_spam_block_stops_the_next_mail_from_that_sender(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Invoice overdue", "Open the attachment.", sender=SPAMMER))
+    world.run_once()
+    assert len(world.mails_to(SPAMMER)) == 1  # the acknowledgment, before anyone knew
+    world.deliver(from_agent("[#1] #spam block", "Phishing, see the link."))
+    world.run_once()
+    ticket = world.ticket(1)
+    assert ticket["status"] == "spam"
+    assert ticket["due_at"] is None
+    assert [m["internal"] for m in ticket["messages"]] == [False, True]  # the text: a note
+    assert {"spam", "blocked"} <= {e["kind"] for e in ticket["events"]}
+    assert len(world.mails_to(SPAMMER)) == 1  # the customer got nothing
+    [receipt] = world.mails_to(ALICE)[1:]
+    assert f"{SPAMMER} blocked" in " ".join(receipt.message.get_body().get_content().split())
+    assert listed(world) == []
+
+    # the next mail from that sender opens nothing, and nobody hears of it
+    sent = len(world.smtp.messages)
+    world.deliver(customer_mail("Final notice", "Pay now.", sender=SPAMMER))
+    world.run_once()
+    assert len(world.tickets()) == 1
+    assert len(world.smtp.messages) == sent
+    with world.db.transaction() as session:
+        last = session.scalars(select(Ledger).order_by(Ledger.id.desc())).first()
+        assert last is not None and last.outcome == "ignored"
+        assert f"{SPAMMER} was blocked by an agent" in last.reason
+
+    # the block list shows the config's pattern and the agent's address; unblocking lets it in
+    entries = blocked_list(world)
+    assert [(e["address"], e["source"]) for e in entries] == [
+        ("*@blocked.test", "config"),
+        (SPAMMER, "agent"),
+    ]
+    assert (entries[1]["blocked_by"], entries[1]["ticket"]) == (ALICE, "[#1]")
+    assert world.cli("intake", "unblock", SPAMMER).returncode == 0
+    assert [e["source"] for e in blocked_list(world)] == ["config"]
+    again = world.cli("intake", "unblock", SPAMMER)
+    assert again.returncode == 1 and b"is not blocked" in again.stderr
+    config = world.cli("intake", "unblock", "promo@blocked.test")
+    assert config.returncode == 1 and b"blocked_senders" in config.stderr
+    world.deliver(customer_mail("Sorry", "That was not me.", sender=SPAMMER))
+    world.run_once()
+    assert [t["status"] for t in world.tickets()] == ["spam", "open"]
+
+
+def test_notspam_opens_the_ticket_and_sends_what_it_missed(world: DeskWorld) -> None:
+    mail = customer_mail("Printer broken", "It prints blank pages.")
+    world.deliver(arrived(mail, above="X-Spam-Status: Yes, score=6.1\r\n"))
+    world.run_once()
+    assert world.ticket(1)["status"] == "spam" and world.smtp.messages == []
+
+    world.deliver(from_agent("[#1] #notspam"))
+    world.run_once()
+    ticket = world.ticket(1)
+    assert ticket["status"] == "open"
+    assert "not_spam" in [e["kind"] for e in ticket["events"]]
+    [ack] = world.mails_to(CUSTOMER)
+    assert "[#1]" in ack.message["Subject"] and ack.message["Auto-Submitted"] == "auto-replied"
+    notices = [m for m in world.mails_to(CAROL_AGENT) if "New:" in str(m.message["Subject"])]
+    assert len(notices) == 1
+    assert "It prints blank pages." in notices[0].message.get_body().get_content()
+    assert any("not spam" in m.message.get_body().get_content() for m in world.mails_to(ALICE))
+    assert listed(world)[0]["status"] == "open"
+
+
+def test_contradicting_spam_commands_are_refused_and_change_nothing(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Offer", "Buy.", sender=SPAMMER))
+    world.run_once()
+    number = world.tickets()[-1]["number"]
+    world.deliver(from_agent(f"[#{number}] #spam block #spam"))
+    world.run_once()
+    assert world.ticket(number)["status"] == "open"  # refused: nothing applied
+    receipt = world.mails_to(ALICE)[-1].message.get_body().get_content()
+    assert "conflicts with #spam block" in " ".join(receipt.split())
+    assert blocked_list(world) == [
+        {
+            "address": "*@blocked.test",
+            "source": "config",
+            "blocked_by": "",
+            "blocked_at": None,
+            "ticket": None,
+        }
+    ]

@@ -8,9 +8,12 @@ from collections.abc import Callable
 
 import pytest
 
-from maildesk.desk import spam
+from maildesk.config import AgentSettings
+from maildesk.desk import commands, spam, verbs
+from maildesk.desk.plans import Acknowledge, Block, Keep, Reply, SetStatus, TicketState
 from maildesk.desk.routing import FollowUp, Ignore, Ignored, NewTicket, Role, TicketView
 from maildesk.mail.inbound import parse
+from maildesk.models import Status
 from tests.poison import LINEAR_BOUND, growth
 
 MX = "Received: from mail.spammer.test (mail.spammer.test [203.0.113.9])\r\n\tby mx.desk.test (Postfix) with ESMTP id 4F1; Thu, 26 Nov 2026 10:00:00 +0000\r\n"
@@ -139,3 +142,51 @@ def test_the_trace_is_bounded() -> None:
     assert len(trace) == 100 and all(name == "received" for name, _ in trace)
     long = parse((f"X-Spam: Yes {'y' * 50_000}\r\n" + BODY).encode()).trace
     assert len(long[0][1]) <= 2000
+
+
+ALICE = AgentSettings("alice@example.com", "Alice", ("support",))
+DIRECTORY = commands.Directory(
+    agents=(("alice@example.com", "Alice", ("support",)),),
+    teams=("support",),
+    own=("support@example.com",),
+)
+
+
+def validated(words: str, requester: str) -> commands.Validation:
+    parsed = commands.parse(f"[#1] {words}", "", r"\[#(?P<number>\d+)\]")
+    return commands.validate(parsed, DIRECTORY, ALICE.email, commands.OnTicket(requester))
+
+
+@pytest.mark.parametrize(
+    "words, requester, refusal",
+    [
+        ("#spam block", "alice@example.com", "is an agent of this desk and cannot be blocked"),
+        ("#spam block", "support+x@example.com", "the desk's own address and cannot be blocked"),
+        ("#spam block", "", "no requester address to block"),
+        ("#spam now", "win@lottery.test", "#spam takes no arguments but block"),
+        ("#notspam please", "win@lottery.test", "#notspam takes no arguments"),
+        ("#spam #notspam", "win@lottery.test", "conflicts with #spam"),
+    ],
+)
+def test_spam_commands_are_refused_with_the_reason(
+    words: str, requester: str, refusal: str
+) -> None:
+    found = validated(words, requester)
+    assert not found.ok and refusal in found.refusals[0]
+
+
+def test_spam_keeps_the_text_as_a_note_and_notspam_acknowledges() -> None:
+    state = TicketState(1, Status.OPEN, "win@lottery.test", "support")
+    actions = validated("#spam block", "win@lottery.test").actions
+    plan = verbs.plan_actions(state, actions, ALICE, "Phishing.", DIRECTORY)
+    assert SetStatus(Status.SPAM) in plan.steps
+    assert Block("win@lottery.test", ALICE.email) in plan.steps
+    assert Keep(ALICE.email, "Phishing.", internal=True) in plan.steps
+    assert not any(isinstance(s, Reply) for s in plan.steps)
+    assert plan.mails() == ()
+    spam_state = state.but(status=Status.SPAM)
+    back = verbs.plan_actions(spam_state, validated("#notspam", "").actions, ALICE, "", DIRECTORY)
+    assert back.steps[:1] == (SetStatus(Status.OPEN),) and Acknowledge() in back.steps
+    # on a ticket that is not spam, #notspam changes nothing
+    same = verbs.plan_actions(state, validated("#notspam", "").actions, ALICE, "", DIRECTORY)
+    assert not any(isinstance(s, SetStatus | Acknowledge) for s in same.steps)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, notices, people
+from maildesk.act import files, notices, people, spam
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
@@ -141,6 +141,10 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
             agent = scene.desk.settings.agent(to)
             assert agent is not None, f"no agent {to}"
             return files.ticket_files(scene.session, scene.desk, ticket, agent, now)
+        case plans.Block(address=address, by=by):
+            spam.block(scene.session, address, by, ticket, now)
+        case plans.Acknowledge():
+            return spam.missed(scene.session, scene.desk, ticket, now)
         case plans.MarkReminded():
             ticket.reminded_at = now
         case plans.MarkBreached(targets=targets):

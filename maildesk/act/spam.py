@@ -9,6 +9,7 @@ and lets ``desk.spam`` decide the route. ``block`` and ``missed`` carry out the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -98,9 +99,9 @@ class Blocked:
     ticket_id: int | None = None
 
 
-def listed(session: Session, desk: Desk) -> list[Blocked]:
-    """The config's patterns, then the addresses agents blocked, oldest first."""
-    found = [Blocked(p, "config") for p in desk.settings.intake.blocked_senders]
+def listed(session: Session, patterns: Iterable[str]) -> list[Blocked]:
+    """The config's ``patterns``, then the addresses agents blocked, oldest first."""
+    found = [Blocked(p, "config") for p in patterns]
     rows = session.scalars(select(BlockedSender).order_by(BlockedSender.blocked_at))
     found += [Blocked(r.address, "agent", r.blocked_by, r.blocked_at, r.ticket_id) for r in rows]
     return found

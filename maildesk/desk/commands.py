@@ -30,6 +30,8 @@ VERBS = (
     "cc",
     "uncc",
     "requester",
+    "spam",
+    "notspam",
 )
 PRIORITIES = ("low", "medium", "high", "urgent")
 
@@ -329,7 +331,7 @@ def _tags(command: Command) -> tuple[str, ...]:
 
 def _action(command: Command, directory: Directory, actor: str) -> Action:
     verb, source = command.verb, command.source
-    if verb in ("note", "close", "reopen", "files"):
+    if verb in ("note", "close", "reopen", "files", "notspam"):
         _no_args(command)
         return Action(verb, None, source=source)
     if verb == "assign":
@@ -351,7 +353,7 @@ def _action(command: Command, directory: Directory, actor: str) -> Action:
     raise _Refused(f"unknown command; known: {', '.join('#' + v for v in VERBS)}")
 
 
-_SINGLE_VALUED = ("assign", "escalate", "priority", "reply", "requester")
+_SINGLE_VALUED = ("assign", "escalate", "priority", "reply", "requester", "spam")
 # what an agent may have meant by words after a body command that takes no text on its line
 TEXT_HINT = (
     "; write your text on a line below the commands (only #close, #note and #escalate <team> "
@@ -359,6 +361,7 @@ TEXT_HINT = (
 )
 # how many words these verbs take before the hint (a name of two words gets it only if unknown)
 _MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0, "files": 0, "requester": 1}
+_MOST_WORDS |= {"spam": 1, "notspam": 0}
 
 
 def _text_hint(command: Command) -> str:
@@ -372,7 +375,7 @@ def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
     for other in earlier:
         if action.verb in _SINGLE_VALUED and other.verb == action.verb:
             return f"conflicts with {other.source}"
-        if {action.verb, other.verb} == {"close", "reopen"}:
+        if {action.verb, other.verb} in ({"close", "reopen"}, {"spam", "notspam"}):
             return f"conflicts with {other.source}"
         if {action.verb, other.verb} == {"tag", "untag"} and set(action.words) & set(other.words):
             return f"conflicts with {other.source}"
@@ -449,6 +452,23 @@ def _people_action(command: Command, directory: Directory, on: OnTicket) -> Acti
     return Action(verb, None, words=addresses, source=source)
 
 
+def _spam_action(command: Command, directory: Directory, on: OnTicket) -> Action:
+    """``#spam``, and ``#spam block``: the requester's address goes on the block list too
+    (never an agent's or the desk's own)."""
+    if not command.args:
+        return Action("spam", None, source=command.source)
+    if [a.lower() for a in command.args] != ["block"]:
+        raise _Refused("#spam takes no arguments but block")
+    address = on.requester
+    if not address:
+        raise _Refused("the ticket has no requester address to block")
+    if people.is_own(address, directory.own):
+        raise _Refused(f"{address} is the desk's own address and cannot be blocked")
+    if address in {agent[0].strip().lower() for agent in directory.agents}:
+        raise _Refused(f"{address} is an agent of this desk and cannot be blocked")
+    return Action("spam", "block", words=(address,), source=command.source)
+
+
 def validate(
     parsed: Parsed, directory: Directory, actor: str, on: OnTicket | None = None
 ) -> Validation:
@@ -469,6 +489,8 @@ def validate(
                 raise _Refused(f"longer than {MAX_COMMAND_CHARS} characters")
             if command.verb in PEOPLE:
                 resolved = _people_action(command, directory, on or OnTicket())
+            elif command.verb == "spam":
+                resolved = _spam_action(command, directory, on or OnTicket())
             else:
                 resolved = _action(command, directory, actor)
             action = _without_repeats(resolved, actions)
@@ -503,6 +525,9 @@ def describe(action: Action) -> str:
         "cc": f"added to Cc: {', '.join(action.words)}",
         "uncc": f"removed from Cc: {', '.join(action.words)}",
         "requester": f"requester set to {value}; the requester before stays on Cc",
+        "spam": "marked as spam; nobody else is mailed"
+        + (f"; {', '.join(action.words)} blocked: their mail opens nothing" if value else ""),
+        "notspam": "not spam: open, the customer acknowledged and the team told",
     }
     return lines.get(action.verb, action.source or action.verb)
 
@@ -543,4 +568,10 @@ never are.
 #requester <address>
     Answer this address from now on; the requester before stays on Cc.
                                                       Example: #requester gina@customer.test
+#spam [block]
+    Mark as spam: nobody is mailed, your text stays a note; with block, the requester's
+    mail opens nothing from now on.                   Example: #spam block
+#notspam
+    Not spam after all: the customer gets the acknowledgment, the team the notice.
+                                                      Example: #notspam
 """

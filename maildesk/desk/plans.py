@@ -171,6 +171,20 @@ class MailFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class Block:
+    """Put ``address`` on the block list (``#spam block``, by the agent ``by``)."""
+
+    address: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    """What a ticket held as spam missed: the customer's acknowledgment and the notice to its
+    team (``#notspam``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MarkReminded:
     """This pending period's reminder is dealt with (sent, or held)."""
 
@@ -204,6 +218,8 @@ Step = (
     | Reply
     | Close
     | MailFiles
+    | Block
+    | Acknowledge
     | MarkReminded
     | MarkBreached
     | TrackSla
@@ -281,4 +297,6 @@ def mailed(plan: Plan) -> tuple[tuple[Whom | str, str], ...]:
                 found.append((Whom.REQUESTER, "closed"))
             case MailFiles(to=to):
                 found.append((to, "files"))
+            case Acknowledge():
+                found += [(Whom.REQUESTER, "ack"), (Whom.TEAM, "notice")]
     return tuple(found)

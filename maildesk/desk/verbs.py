@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from maildesk.config import AgentSettings
 from maildesk.desk import commands
 from maildesk.desk.plans import (
+    Acknowledge,
     AddParticipants,
     AddTags,
+    Block,
     Close,
     Keep,
     MailFiles,
@@ -197,6 +199,25 @@ def requester(state: TicketState, action: commands.Action, order: Order) -> Plan
     return people_after(state, step), (step, Record("requester_changed", order.agent.email, detail))
 
 
+def spam(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The ticket is spam: nobody is mailed; ``#spam block`` blocks its requester too."""
+    actor = order.agent.email
+    steps: list[Step] = []
+    if state.status != Status.SPAM:
+        steps += [SetStatus(Status.SPAM), Record("spam", actor, {"by": "agent"})]
+    for address in action.words:
+        steps += [Block(address, actor), Record("blocked", actor, {"address": address})]
+    return state.but(status=Status.SPAM), tuple(steps)
+
+
+def notspam(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """A spam ticket opens, and gets what it missed: the acknowledgment and the team notice."""
+    if state.status != Status.SPAM:
+        return state, ()
+    steps = (SetStatus(Status.OPEN), Record("not_spam", order.agent.email), Acknowledge())
+    return state.but(status=Status.OPEN), steps
+
+
 def nothing(state: TicketState, action: commands.Action, order: Order) -> Planned:
     """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``)."""
     return state, ()
@@ -216,6 +237,8 @@ VERBS: dict[str, Planner] = {
     "cc": cc,
     "uncc": uncc,
     "requester": requester,
+    "spam": spam,
+    "notspam": notspam,
 }
 
 
@@ -225,7 +248,7 @@ def the_text(state: TicketState, order: Order) -> tuple[Step, ...]:
     verbs, text, actor = order.verbs, order.text, order.agent.email
     steps: list[Step] = []
     closing = "close" in verbs and state.status != Status.CLOSED
-    if "note" in verbs or ("escalate" in verbs and text):
+    if "note" in verbs or "spam" in verbs or ("escalate" in verbs and text):
         if text:
             steps.append(Keep(actor, text, internal=True))
             if "note" in verbs:

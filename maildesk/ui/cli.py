@@ -27,6 +27,7 @@ from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError
 from maildesk.models import Database, DatabaseError, Status, add_pipe_count
 from maildesk.ui.check import cmd_check_config
+from maildesk.ui.intake import cmd_intake_blocked, cmd_intake_unblock
 from maildesk.ui.listing import (
     cmd_agents_address,
     cmd_agents_list,
@@ -302,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     qreplay.add_argument("id", nargs="?", type=int)
     qreplay.add_argument("--all", action="store_true")
     qreplay.set_defaults(func=cmd_quarantine_replay)
+
+    intake = sub.add_parser("intake", help="the block list").add_subparsers(
+        dest="sub", required=True
+    )
+    blocked = intake.add_parser("blocked", help="blocked senders: the config's and #spam block's")
+    blocked.add_argument("--json", action="store_true")
+    blocked.set_defaults(func=cmd_intake_blocked)
+    unblock = intake.add_parser("unblock", help="take an address #spam block blocked off the list")
+    unblock.add_argument("address")
+    unblock.set_defaults(func=cmd_intake_unblock)
 
     demo = sub.add_parser(
         "demo", help="a throwaway mail world on loopback, with one ticket walked through"
