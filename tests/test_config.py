@@ -204,6 +204,12 @@ def _example_tables() -> list[str]:
     return re.findall(r"^(?:#\s*)?\[\[?([\w.]+)\]\]?", example, re.M)
 
 
+def _example_arrays() -> set[str]:
+    """The arrays of tables the example names (``[[rules]]``), commented out or not."""
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    return set(re.findall(r"^(?:#\s*)?\[\[([\w.]+)\]\]", example, re.M))
+
+
 def test_every_table_of_the_example_refuses_an_unknown_key(tmp_path: Path) -> None:
     tables = _example_tables()
     assert {"desk", "mailboxes", "smtp", "sla.high", "business_hours"} <= set(tables)
@@ -213,7 +219,7 @@ def test_every_table_of_the_example_refuses_an_unknown_key(tmp_path: Path) -> No
         holder = data
         for parent in parents:
             holder = holder.setdefault(parent, {})
-        table = holder.setdefault(last, {})
+        table = holder.setdefault(last, [{}] if name in _example_arrays() else {})
         (table[0] if isinstance(table, list) else table)["hots"] = "smtp.example.com"
         with pytest.raises(config.ConfigError) as raised:
             config.build(data, tmp_path / "maildesk.toml")

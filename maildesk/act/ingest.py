@@ -28,7 +28,7 @@ from maildesk.act import agents, bounces, spam, starts, tickets
 from maildesk.act.apply import Scene
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.timeline import event
-from maildesk.desk import routing
+from maildesk.desk import routing, rules
 from maildesk.desk.customers import Case
 from maildesk.mail.inbound import Inbound, Limits, ReportRecipient
 from maildesk.mail.parsing import Budget
@@ -96,7 +96,8 @@ def limits_of(desk: Desk) -> Limits:
 def budget_of(desk: Desk) -> Budget:
     """What parsing one message may cost: the structure limits, seconds and megabytes."""
     lim = desk.settings.limits
-    return Budget(limits_of(desk), lim.parse_seconds, lim.parse_memory_mb)
+    sought = rules.filters_of(desk.settings.rules)
+    return Budget(limits_of(desk), lim.parse_seconds, lim.parse_memory_mb, sought)
 
 
 def process(
@@ -279,9 +280,8 @@ def handle(
             return bounce(session, desk, route, inbound, now)
         case routing.NewTicket(no_auto_reply=quiet, spam=verdict):
             team = team_of(desk, source)
-            opening = tickets.Opening(team, source.mailbox, not (quiet or verdict), spam=verdict)
-            ticket = tickets.open_ticket(session, desk, inbound, stored, opening, now)
-            return Outcome(Became.NEW_TICKET, ticket.id, f"spam: {verdict}" if verdict else "", mid)
+            arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)
+            return new_ticket(arrival, quiet=quiet, spam=verdict)
         case routing.FromAgent(sender=sender):
             team = team_of(desk, source)
             arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)
@@ -292,6 +292,31 @@ def handle(
             scene = Scene(session, desk, followed, inbound, stored, now)
             return follow_up(scene, route, source)
     raise AssertionError(f"unhandled route {route!r}")
+
+
+def new_ticket(arrival: starts.Arrival, *, quiet: bool, spam: str | None) -> Outcome:
+    """A customer's mail that starts a conversation: the config's rules decide its team, what
+    else changes, and whether it is a ticket at all (``ignore``: recorded here only). Spam (the
+    MTA's ``spam`` verdict) is a spam ticket nobody is told of, whatever the rules say."""
+    desk, inbound = arrival.desk, arrival.inbound
+    mid = inbound.message_id
+    if spam:
+        opening = tickets.Opening(arrival.team, arrival.mailbox, False, spam=spam)
+        ticket = tickets.open_ticket(
+            arrival.session, desk, inbound, arrival.stored, opening, arrival.now
+        )
+        return Outcome(Became.NEW_TICKET, ticket.id, f"spam: {spam}", mid)
+    ruling = rules.judge(desk.settings.rules, inbound.matched, inbound.slow, arrival.team)
+    if ruling.ignored_by is not None:
+        said = f"rule {ruling.ignored_by}: ignore"
+        return Outcome(Became.IGNORED, None, said, mid, routing.Ignored.RULE)
+    opening = tickets.Opening(
+        ruling.team, arrival.mailbox, ruling.acknowledge and not quiet, ruling=ruling
+    )
+    ticket = tickets.open_ticket(
+        arrival.session, desk, inbound, arrival.stored, opening, arrival.now
+    )
+    return Outcome(Became.NEW_TICKET, ticket.id, "", mid)
 
 
 def follow_up(scene: Scene, route: routing.FollowUp, source: Source) -> Outcome:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import guard
+from maildesk.act import assigning, guard
 from maildesk.act import people as act_people
 from maildesk.act.apply import Scene, carry_out, keep_message, state_of
 from maildesk.act.means import Desk, StoredMail
@@ -35,6 +35,7 @@ from maildesk.desk import customers, people, sla
 from maildesk.desk.customers import Case
 from maildesk.desk.plans import Keep
 from maildesk.desk.routing import TicketView
+from maildesk.desk.rules import Ruling
 from maildesk.mail.inbound import Inbound
 from maildesk.models import (
     Contact,
@@ -92,13 +93,15 @@ class Lookups:
 @dataclass(frozen=True, slots=True)
 class Opening:
     """Where a new ticket goes: its team and mailbox; whether the customer is acknowledged (not
-    when the mail asked for no automatic reply); the closed ticket it follows up, if any."""
+    when the mail asked for no automatic reply, or a rule says so); the closed ticket it follows
+    up, if any; what the config's rules decided."""
 
     team: str
     mailbox: str
     acknowledge: bool = True
     linked_to: Ticket | None = None
     spam: str | None = None  # the MTA's verdict: status spam, nobody told (``desk.spam``)
+    ruling: Ruling | None = None  # what the rules decided (``rules.judge``); None: none applied
 
 
 def open_ticket(
@@ -141,7 +144,11 @@ def open_ticket(
     scene = Scene(session, desk, ticket, inbound, stored, now)
     first = customers.Written(wrote, inbound.text.strip())
     linked = desk.ref(linked_to) if linked_to is not None else None
-    opened = customers.opened(first, opening.mailbox, linked, requester, spam=opening.spam)
+    if opening.spam is not None:  # nobody is told of spam: no rules, no assignee
+        decided = customers.Intake()
+    else:
+        decided = assigning.intake(session, desk, opening.ruling or Ruling(opening.team))
+    opened = customers.opened(first, opening.mailbox, linked, requester, decided, spam=opening.spam)
     mails = carry_out(scene, opened)
     carry_out(scene, people.joined(inbound, wrote or requester, state_of(ticket), outsiders))
     heard_from(session, ticket, wrote, now)

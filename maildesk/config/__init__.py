@@ -12,6 +12,7 @@ from maildesk.config.reading import build, find_config, load
 from maildesk.config.settings import (
     EX_CONFIG,
     AgentSettings,
+    AssignBy,
     BusinessHours,
     ConfigError,
     DeskSettings,
@@ -23,6 +24,7 @@ from maildesk.config.settings import (
     MailboxSettings,
     MetricsSettings,
     NoSuchMailbox,
+    RuleSettings,
     SecuritySettings,
     Settings,
     SlaTarget,
@@ -35,6 +37,7 @@ from maildesk.config.table import parse_duration, resolve
 __all__ = [
     "EX_CONFIG",
     "AgentSettings",
+    "AssignBy",
     "BusinessHours",
     "ConfigError",
     "DeskSettings",
@@ -46,6 +49,7 @@ __all__ = [
     "MailboxSettings",
     "MetricsSettings",
     "NoSuchMailbox",
+    "RuleSettings",
     "SecuritySettings",
     "Settings",
     "SlaTarget",

@@ -23,9 +23,11 @@ from zoneinfo import ZoneInfo
 from maildesk import private
 from maildesk.config.exposure import credential_warnings, file_warnings
 from maildesk.config.mailboxes import read_mailbox, read_smtp
+from maildesk.config.rules import read_rules
 from maildesk.config.secret import derive_loop_id, desk_secret
 from maildesk.config.settings import (
     AgentSettings,
+    AssignBy,
     BusinessHours,
     ConfigError,
     DeskSettings,
@@ -83,6 +85,7 @@ KNOWN_TABLES = (
     "sla",
     "business_hours",
     "intake",
+    "rules",
 )
 
 
@@ -110,6 +113,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
     if "business_hours" in data:
         hours = _read_hours(Table(data["business_hours"], "[business_hours]", path))
     intake = _read_intake(Table(data.get("intake", {}), "[intake]", path), desk, agents)
+    rules = read_rules(data, path, team_names, {a.email for a in agents})
     warnings = [
         *_security_warnings(security),
         *file_warnings(path, data, desk, database_url),
@@ -131,6 +135,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
         sla=sla,
         business_hours=hours,
         intake=intake,
+        rules=rules,
         warnings=tuple(warnings),
     )
 
@@ -282,7 +287,8 @@ def _read_team(t: Table) -> TeamSettings:
     if not re.match(r"^[\w.-]{1,64}$", name):
         raise t.fail("name", f"team names are single words (letters, digits, . _ -), got {name!r}")
     t.get("description", str, "")
-    return TeamSettings(name=name)
+    assign = t.choice("assign", tuple(AssignBy), AssignBy.NONE.value)
+    return TeamSettings(name=name, assign=AssignBy(assign))
 
 
 def _read_agent(t: Table, teams: set[str]) -> AgentSettings:
@@ -293,7 +299,13 @@ def _read_agent(t: Table, teams: set[str]) -> AgentSettings:
         if team not in teams:
             raise t.fail("teams", f"team {team!r} does not exist in [[teams]]")
     version = t.positive("address_version", 1)
-    return AgentSettings(email=email, name=name, teams=agent_teams, address_version=version)
+    return AgentSettings(
+        email=email,
+        name=name,
+        teams=agent_teams,
+        address_version=version,
+        available=t.get("available", bool, True),
+    )
 
 
 def _read_security(t: Table) -> SecuritySettings:
@@ -312,6 +324,7 @@ def _read_lifecycle(t: Table) -> LifecycleSettings:
         remind_pending_after=t.duration("remind_pending_after", timedelta(days=3)),
         close_pending_after=t.duration("close_pending_after", timedelta(days=7)),
         ack_forwarded=t.get("ack_forwarded", bool, True),
+        claim_on_reply=t.get("claim_on_reply", bool, True),
     )
     t.finish()
     return settings

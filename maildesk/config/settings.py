@@ -131,9 +131,18 @@ class SmtpSettings:
     ssl_context: Any = None
 
 
+class AssignBy(enum.StrEnum):
+    """How a team's new tickets get an assignee (``[[teams]] assign``)."""
+
+    NONE = "none"  # nobody: the team is told, an agent takes it
+    ROUND_ROBIN = "round_robin"  # each available agent of the team in turn
+    LEAST_OPEN = "least_open"  # the available agent with the fewest tickets not closed
+
+
 @dataclass(frozen=True, slots=True)
 class TeamSettings:
     name: str
+    assign: AssignBy = AssignBy.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,26 @@ class AgentSettings:
     name: str
     teams: tuple[str, ...]
     address_version: int = 1  # of the personal desk address; a new one revokes the old
+    available: bool = True  # takes new tickets by automatic assignment
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """One ``[[rules]]`` table: the regular expressions a new ticket's mail must all match
+    (None: not looked at), and what then happens to the ticket."""
+
+    name: str
+    sender: str | None = None  # ``from``: the From header, name and address
+    recipients: str | None = None  # ``to``: any address of To, Cc, Delivered-To
+    subject: str | None = None
+    body: str | None = None
+    team: str | None = None
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    assign: str | None = None  # an agent's address
+    ignore: bool = False  # no ticket at all
+    acknowledge: bool = True  # False: the customer is not acknowledged
+    stop: bool = False  # no later rule is looked at
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +186,7 @@ class LifecycleSettings:
     remind_pending_after: timedelta | None = timedelta(days=3)
     close_pending_after: timedelta | None = timedelta(days=7)
     ack_forwarded: bool = True  # a ticket an agent opens by forwarding: its customer is told
+    claim_on_reply: bool = True  # an agent's public reply to an unassigned ticket takes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +261,7 @@ class Settings:
     sla: dict[str, SlaTarget] = field(default_factory=dict)
     business_hours: BusinessHours | None = None
     intake: IntakeSettings = field(default_factory=IntakeSettings)
+    rules: tuple[RuleSettings, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def agent(self, address: str | None) -> AgentSettings | None:
@@ -244,6 +275,9 @@ class Settings:
 
     def team_agents(self, team: str) -> tuple[AgentSettings, ...]:
         return tuple(a for a in self.agents if team in a.teams)
+
+    def team(self, name: str) -> TeamSettings | None:
+        return next((team for team in self.teams if team.name == name), None)
 
     def mailbox(self, name: str) -> MailboxSettings:
         for box in self.mailboxes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
+from maildesk.desk.assignment import Assigned
 from maildesk.desk.plans import (
     Keep,
     Notify,
@@ -53,18 +54,29 @@ class Followed:
     plan: Plan
 
 
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What the rules (``rules.judge``) and the assignment decided for a new ticket: their
+    steps, and its assignee, who is told instead of the team."""
+
+    steps: tuple[Step, ...] = ()
+    assigned: Assigned | None = None
+
+
 def opened(
     mail: Written,
     mailbox: str,
     linked_to: str | None,
     requester: str | None = None,
+    intake: Intake = Intake(),
     *,
     spam: str | None = None,
 ) -> Plan:
     """A new ticket's first mail: kept, the creation recorded (with the closed ticket it follows
-    up, and a warning when the mail has no address to answer), the team told. ``requester``:
-    whom the ticket answers, when not the writer (a web form's ``Reply-To``). ``spam``: the
-    MTA's verdict; the ticket is ``spam`` and nobody is told."""
+    up, and a warning when the mail has no address to answer), then what the rules and the
+    assignment decided (``intake``), and the team told; or, when it has an assignee, the
+    assignee alone. ``requester``: whom the ticket answers, when not the writer (a web form's
+    ``Reply-To``). ``spam``: the MTA's verdict; the ticket is ``spam`` and nobody is told."""
     detail: dict[str, str] = {"mailbox": mailbox}
     if linked_to is not None:
         detail["linked_to"] = linked_to
@@ -78,7 +90,11 @@ def opened(
     kept = (Keep(mail.sender, mail.text), Record("created", mail.sender, detail))
     if spam is not None:
         return Plan((*kept, SetStatus(Status.SPAM), Record("spam", "", {"verdict": spam})))
-    return Plan((*kept, Notify(Whom.TEAM, "notice", "agent_new", context)))
+    notice = Notify(Whom.TEAM, "notice", "agent_new", context)
+    if intake.assigned is not None:
+        told = {**context, "by": intake.assigned.by}
+        notice = Notify(intake.assigned.assignee, "notice", "agent_assigned", told)
+    return Plan((*kept, *intake.steps, notice))
 
 
 def follow_up(

@@ -70,6 +70,7 @@ class Ignored(StrEnum):
     AUTO_REPLY = "auto_reply"
     AGENT_MAIL = "agent_mail"  # an agent's mail on no ticket that started nothing (told why)
     BLOCKED = "blocked"  # from a sender on the block list (``desk.spam``)
+    RULE = "rule"  # a rule of the config with ``ignore = true`` matched it
     OTHER = "other"
 
 

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from maildesk.mail.parse import filters
 from maildesk.mail.parse.dsn import Report, ReportRecipient, heuristic_report
 from maildesk.mail.parse.forward import Forwarded, inline_forward, original_subject
 from maildesk.mail.parse.html import body_texts
@@ -93,6 +94,10 @@ class Inbound:
     # Received: and the spam verdict headers as they arrived (unfolded, never decoded), top
     # first: the topmost ``identity.TRACE_HEADERS`` of them
     trace: tuple[tuple[str, str], ...] = ()
+    # the names of the desk's filters (its rules) the message matches, and of those given up
+    # for time, which do not match (``filtered``)
+    matched: tuple[str, ...] = ()
+    slow: tuple[str, ...] = ()
 
     def header(self, name: str) -> tuple[str, ...]:
         """All values of header ``name`` (case-insensitive), top first."""
@@ -251,6 +256,17 @@ def _inbound(
         authentication_results=identity.authentication_results,
         trace=identity.trace,
     )
+
+
+def filtered(message: Inbound, sought: tuple[filters.Filter, ...], seconds: float) -> Inbound:
+    """``message`` with the filters it matches (``filters.search``), looked for within
+    ``seconds``; a message over a hard limit is not looked at."""
+    if not sought or message.fatal:
+        return message
+    recipients = (*message.to, *message.cc, *message.delivered_to)
+    found_in = filters.fields(message.from_raw, recipients, message.subject, message.text)
+    found = filters.search(sought, found_in, seconds)
+    return dataclasses.replace(message, matched=found.matched, slow=found.slow)
 
 
 # An ``Inbound`` crosses from the parse worker to the daemon as a pickle without the bytes of

@@ -252,6 +252,8 @@ def _one(conn: Channel, raw: bytes, task: _Task, shipped: _Shipped) -> bool:
             identified=lambda found: _write_note(task.note, task.number, found),
         )
         del raw
+        budget = task.budget
+        result = inbound.filtered(result, budget.filters, budget.seconds / 4)
         grown = _peak_resident() - task.start  # what its biggest message took
         if _ran_out(result) or grown > task.budget.memory_mb * _MB:
             del result

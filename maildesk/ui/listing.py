@@ -89,14 +89,24 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
             "name": a.name,
             "teams": list(a.teams),
             "open_assigned": assigned.get(a.email, 0),
+            "available": a.available,
         }
         for a in settings.agents
     ]
     if args.json:
         print(json.dumps(agents, indent=2, ensure_ascii=False))
     else:
-        rows = [(a["email"], a["name"], a["open_assigned"], ", ".join(a["teams"])) for a in agents]
-        print(table(rows, ("EMAIL", "NAME", "OPEN ASSIGNED", "TEAMS")))
+        rows = [
+            (
+                a["email"],
+                a["name"],
+                a["open_assigned"],
+                ", ".join(a["teams"]),
+                "yes" if a["available"] else "no",
+            )
+            for a in agents
+        ]
+        print(table(rows, ("EMAIL", "NAME", "OPEN ASSIGNED", "TEAMS", "AVAILABLE")))
     return 0
 
 

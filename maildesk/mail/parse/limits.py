@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from maildesk.mail.parse.filters import Filter
 from maildesk.mail.parse.text import Defects
 
 
@@ -31,11 +32,13 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """What one message may cost: the structure limits, seconds and megabytes of its parse."""
+    """What one message may cost: the structure limits, seconds and megabytes of its parse;
+    and the filters the worker looks for in it, within a quarter of those seconds."""
 
     limits: Limits = Limits()
     seconds: float = 10.0
     memory_mb: int = 512
+    filters: tuple[Filter, ...] = ()
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")
