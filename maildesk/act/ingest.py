@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, bounces, spam, starts, tickets
+from maildesk.act import agents, bounces, intake, spam, starts, tickets
 from maildesk.act.apply import Scene
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.timeline import event
@@ -281,7 +281,7 @@ def handle(
         case routing.NewTicket(no_auto_reply=quiet, spam=verdict):
             team = team_of(desk, source)
             arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)
-            return new_ticket(arrival, quiet=quiet, spam=verdict)
+            return new_ticket(arrival, quiet=quiet, verdict=verdict)
         case routing.FromAgent(sender=sender):
             team = team_of(desk, source)
             arrival = starts.Arrival(session, desk, inbound, stored, source.mailbox, team, now)
@@ -294,29 +294,13 @@ def handle(
     raise AssertionError(f"unhandled route {route!r}")
 
 
-def new_ticket(arrival: starts.Arrival, *, quiet: bool, spam: str | None) -> Outcome:
-    """A customer's mail that starts a conversation: the config's rules decide its team, what
-    else changes, and whether it is a ticket at all (``ignore``: recorded here only). Spam (the
-    MTA's ``spam`` verdict) is a spam ticket nobody is told of, whatever the rules say."""
-    desk, inbound = arrival.desk, arrival.inbound
-    mid = inbound.message_id
-    if spam:
-        opening = tickets.Opening(arrival.team, arrival.mailbox, False, spam=spam)
-        ticket = tickets.open_ticket(
-            arrival.session, desk, inbound, arrival.stored, opening, arrival.now
-        )
-        return Outcome(Became.NEW_TICKET, ticket.id, f"spam: {spam}", mid)
-    ruling = rules.judge(desk.settings.rules, inbound.matched, inbound.slow, arrival.team)
-    if ruling.ignored_by is not None:
-        said = f"rule {ruling.ignored_by}: ignore"
-        return Outcome(Became.IGNORED, None, said, mid, routing.Ignored.RULE)
-    opening = tickets.Opening(
-        ruling.team, arrival.mailbox, ruling.acknowledge and not quiet, ruling=ruling
-    )
-    ticket = tickets.open_ticket(
-        arrival.session, desk, inbound, arrival.stored, opening, arrival.now
-    )
-    return Outcome(Became.NEW_TICKET, ticket.id, "", mid)
+def new_ticket(arrival: starts.Arrival, *, quiet: bool, verdict: str | None) -> Outcome:
+    """A customer's mail that starts a conversation: a ticket, unless a rule ignores it."""
+    opened = intake.open_new(arrival, quiet=quiet, spam=verdict)
+    mid = arrival.inbound.message_id
+    if opened.ticket is None:
+        return Outcome(Became.IGNORED, None, opened.reason, mid, routing.Ignored.RULE)
+    return Outcome(Became.NEW_TICKET, opened.ticket.id, opened.reason, mid)
 
 
 def follow_up(scene: Scene, route: routing.FollowUp, source: Source) -> Outcome:
