@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from maildesk.demo.world import Captured
+from maildesk.models import Contact
 from tests.desk import (
     ALICE,
     CAROL_AGENT,
     CUSTOMER,
+    ON_BOTH_DATABASES,
     DeskWorld,
     agent_reply,
     customer_mail,
@@ -36,9 +38,9 @@ SHOP = "noreply@shop.test"
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, database_url: str | None
 ) -> Iterator[DeskWorld]:
-    w = DeskWorld(imap_server, smtp_server, tmp_path)
+    w = DeskWorld(imap_server, smtp_server, tmp_path, database_url=database_url)
     yield w
     w.close()
 
@@ -160,6 +162,7 @@ def test_a_reply_to_naming_the_desk_or_several_or_from_itself_keeps_from_as_the_
     }
 
 
+@ON_BOTH_DATABASES
 def test_a_ccd_colleague_gets_the_answers_the_escalation_and_the_closing_and_can_answer(
     world: DeskWorld,
 ) -> None:
@@ -189,6 +192,8 @@ def test_a_ccd_colleague_gets_the_answers_the_escalation_and_the_closing_and_can
     ticket = world.ticket(1)
     assert (ticket["messages"][-1]["from"], ticket["status"]) == (DAVE, "open")
     assert "It is an HP 4000." in text_of(world.mails_to(ALICE)[-1])
+    with world.db.transaction() as session:  # he answered the desk's mail to him: heard from
+        assert session.get(Contact, DAVE) is not None
 
     world.deliver(
         agent_reply(notice, ALICE, "Needs a fuser.", subject_extra=" #escalate engineering")
