@@ -17,12 +17,23 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.config import RuleSettings
-from maildesk.desk import rules
-from maildesk.desk.plans import AddTags, Record, SetPriority
+from maildesk.config import AgentSettings, AssignBy, RuleSettings
+from maildesk.demo import configs
+from maildesk.demo.world import Captured
+from maildesk.desk import assignment, rules
+from maildesk.desk.plans import (
+    AddTags,
+    Keep,
+    Plan,
+    Record,
+    Reply,
+    SetAssignee,
+    SetPriority,
+    TicketState,
+)
 from maildesk.mail.parse import filters
 from maildesk.mail.parse.filters import Filter
-from maildesk.models import Ledger
+from maildesk.models import Ledger, Status
 from maildesk.service.wiring import desk_for
 from tests.desk import (
     ALICE,
@@ -30,6 +41,7 @@ from tests.desk import (
     CAROL_AGENT,
     CUSTOMER,
     DeskWorld,
+    agent_reply,
     customer_mail,
     text_of,
 )
@@ -118,8 +130,6 @@ def test_filters_look_at_the_first_part_of_a_long_body_only() -> None:
 
 
 def config_error(tmp_path: Path, rule: dict[str, Any]) -> str:
-    from maildesk.demo import configs
-
     text = configs.config_text(
         desk={"name": "D", "address": "desk@example.com", "data_dir": tmp_path / "data"},
         mailboxes=[
@@ -366,3 +376,97 @@ def test_least_open_fills_the_emptiest_agent_first(
         assert not w.mails_to(ERIN)
     finally:
         w.close()
+
+
+# --------------------------------------------------------------------------- claim on reply
+
+
+def notice_of(world: DeskWorld, agent: str, subject: str) -> Captured:
+    return next(m for m in world.mails_to(agent) if subject in str(m.message["Subject"]))
+
+
+def test_claim_on_reply_a_public_answer_takes_an_unassigned_ticket(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    world.deliver(customer_mail("Scanner broken", "It scans nothing."))
+    world.run_once()
+    printer = notice_of(world, ALICE, "Printer")
+    carols_printer, carols_scanner = (notice_of(world, CAROL_AGENT, s) for s in ("Print", "Scan"))
+    # a note does not claim
+    world.deliver(agent_reply(printer, ALICE, "#note\nChecking the toner."))
+    world.run_once()
+    assert world.ticket(1)["assignee"] is None
+    # a public answer does, and the receipt says so
+    before = len(world.mails_to(ALICE))
+    world.deliver(agent_reply(printer, ALICE, "Hi Dana, is it plugged in?"))
+    world.run_once()
+    ticket = world.ticket(1)
+    assert ticket["assignee"] == ALICE and ticket["status"] == "pending"
+    [claim] = events(ticket, "assigned")
+    assert claim["detail"] == {"assignee": ALICE, "how": "reply"}
+    [receipt] = world.mails_to(ALICE)[before:]
+    assert "you answered it while nobody had it" in text_of(receipt)
+    # a second agent's answer on a ticket someone has does not take it
+    world.deliver(agent_reply(carols_printer, CAROL_AGENT, "Also try another outlet."))
+    world.run_once()
+    assert world.ticket(1)["assignee"] == ALICE
+    # an #assign in the same mail wins over the claim
+    world.deliver(agent_reply(carols_scanner, CAROL_AGENT, f"#assign {ALICE}\nWe are on it."))
+    world.run_once()
+    assert world.ticket(2)["assignee"] == ALICE
+    assert [e["detail"].get("how") for e in events(world.ticket(2), "assigned")] == [None]
+
+
+def test_claim_on_reply_can_be_switched_off(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> None:
+    w = DeskWorld(
+        imap_server, smtp_server, tmp_path, tables={"lifecycle": {"claim_on_reply": False}}
+    )
+    try:
+        w.deliver(customer_mail("Printer broken", "It prints blank pages."))
+        w.run_once()
+        [notice] = w.mails_to(ALICE)
+        w.deliver(agent_reply(notice, ALICE, "Hi Dana, is it plugged in?"))
+        w.run_once()
+        assert w.ticket(1)["assignee"] is None
+        assert len(w.mails_to(ALICE)) == 1  # no receipt for a plain answer
+    finally:
+        w.close()
+
+
+def test_claimed_puts_the_assignment_before_the_reply_and_into_the_receipt() -> None:
+
+    state = TicketState(id=1, status=Status.OPEN, requester=CUSTOMER, team="support")
+    answer = Plan((Reply(ALICE, "Alice", (), "Hi", pend=True),))
+    claimed = assignment.claimed(answer, state, ALICE)
+    assert claimed.steps == (
+        SetAssignee(ALICE),
+        Record("assigned", ALICE, {"assignee": ALICE, "how": "reply"}),
+        *answer.steps,
+    )
+    assert claimed.applied == (assignment.CLAIMED,)
+    # a note, a ticket someone has, or one this mail assigns: nothing more
+    note = Plan((Keep(ALICE, "hm", internal=True),))
+    assert assignment.claimed(note, state, ALICE) == note
+    assert assignment.claimed(answer, state.but(assignee=BOB), ALICE) == answer
+    given = Plan((SetAssignee(BOB), *answer.steps))
+    assert assignment.claimed(given, state, ALICE) == given
+
+
+def test_round_robin_and_least_open_choose_among_available_agents() -> None:
+
+    agents = (
+        AgentSettings(ALICE, "Alice", ("support",)),
+        AgentSettings(ERIN, "Erin", ("support",), available=False),
+        AgentSettings(FRANK, "Frank", ("support",)),
+    )
+    assert assignment.turn(agents, None) == ALICE
+    assert assignment.turn(agents, ALICE) == FRANK  # Erin is skipped
+    assert assignment.turn(agents, FRANK) == ALICE
+    assert assignment.turn(agents, ERIN) == FRANK  # her turn was before she left
+    assert assignment.turn(agents, "gone@example.com") == ALICE
+    assert assignment.least_open(agents, {ALICE: 3, FRANK: 1}) == FRANK
+    assert assignment.least_open(agents, {ALICE: 1, FRANK: 1}) == ALICE
+    assert assignment.automatic(AssignBy.NONE, agents, None, {}) is None
+    nobody = tuple(a for a in agents if not a.available)
+    assert assignment.automatic(AssignBy.ROUND_ROBIN, nobody, None, {}) is None

@@ -22,7 +22,7 @@ from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
-from maildesk.desk import auth, commands, verbs
+from maildesk.desk import assignment, auth, commands, verbs
 from maildesk.desk.plans import Plan, Record
 from maildesk.desk.timers import utc_text
 from maildesk.mail.inbound import Inbound
@@ -67,13 +67,14 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
             scene.now,
         )
         return AgentOutcome((), validation.refusals, True)
-    plan = verbs.plan_actions(
-        state_of(scene.ticket), validation.actions, agent, parsed.text, desk.directory
-    )
+    before = state_of(scene.ticket)
+    plan = verbs.plan_actions(before, validation.actions, agent, parsed.text, desk.directory)
+    if desk.settings.lifecycle.claim_on_reply:
+        plan = assignment.claimed(plan, before, agent.email)
     mails = carry_out(scene, plan)
     receipt = mail_out(scene, mails, plan)
-    # a mail with files always has a receipt: which went on to the customer, which not
-    if parsed.commands or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
+    # commands (and a claim) have a receipt; a mail with files always: which went on, which not
+    if plan.applied or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
         enqueue(
             scene.session,
             desk,

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from maildesk.config import AgentSettings, AssignBy
-from maildesk.desk.plans import Record, SetAssignee, Step
+from maildesk.desk.plans import Plan, Record, Reply, SetAssignee, Step, TicketState, preview
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +79,18 @@ WORDS = {
     AssignBy.ROUND_ROBIN: "the team's round-robin assignment",
     AssignBy.LEAST_OPEN: "the team's assignment to the agent with the fewest open tickets",
 }
+
+
+CLAIMED = "assigned to you: you answered it while nobody had it ([lifecycle] claim_on_reply)"
+
+
+def claimed(plan: Plan, before: TicketState, agent: str) -> Plan:
+    """An agent's public reply (never a note) to a ticket nobody has, nor gets by this mail's
+    own ``#assign``: the ticket becomes theirs before the reply goes out (event ``assigned``,
+    how ``reply``), and their receipt says so."""
+    at = next((i for i, step in enumerate(plan.steps) if isinstance(step, Reply)), None)
+    if at is None or preview(before, plan).assignee is not None:
+        return plan
+    claim = (SetAssignee(agent), Record("assigned", agent, {"assignee": agent, "how": "reply"}))
+    steps = (*plan.steps[:at], *claim, *plan.steps[at:])
+    return Plan(steps, (*plan.applied, CLAIMED))
