@@ -129,7 +129,7 @@ def test_filters_look_at_the_first_part_of_a_long_body_only() -> None:
 # --------------------------------------------------------------------------- the config
 
 
-def config_error(tmp_path: Path, rule: dict[str, Any]) -> str:
+def config_error(tmp_path: Path, rule: dict[str, Any], **more: Any) -> str:
     text = configs.config_text(
         desk={"name": "D", "address": "desk@example.com", "data_dir": tmp_path / "data"},
         mailboxes=[
@@ -144,8 +144,8 @@ def config_error(tmp_path: Path, rule: dict[str, Any]) -> str:
             }
         ],
         smtp={"host": "127.0.0.1", "port": 2, "security": "none"},
-        teams=[{"name": "support"}],
-        agents=[{"email": ALICE, "teams": ["support"]}],
+        teams=[{"name": "support", **more.get("team", {})}],
+        agents=[{"email": ALICE, "teams": ["support"], **more.get("agent", {})}],
         rules=[rule],
     )
     path = tmp_path / "maildesk.toml"
@@ -173,6 +173,16 @@ def test_a_bad_rule_stops_the_start_naming_its_key(
     tmp_path: Path, rule: dict[str, Any], named: str
 ) -> None:
     assert named in config_error(tmp_path, rule)
+
+
+def test_a_bad_assignment_key_stops_the_start_naming_it(tmp_path: Path) -> None:
+    rule = {"name": "r", "body": "x"}
+    refused = config_error(tmp_path, rule, team={"assign": "random"})
+    assert "[[teams]] #1 assign: must be one of none, round_robin, least_open" in refused
+    refused = config_error(tmp_path, rule, agent={"available": "no"})
+    assert "[[agents]] #1 available: must be a bool" in refused
+    refused = config_error(tmp_path, rule, team={"assign": "round_robin"}, agent={"x": 1})
+    assert "[[agents]] #1 x: unknown key" in refused
 
 
 # --------------------------------------------------------------------------- through the daemon
