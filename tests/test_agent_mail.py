@@ -155,6 +155,19 @@ def test_new_starts_a_conversation_the_customer_answers_into(world: DeskWorld) -
     assert world.mails_to(ALICE)[-1].message["Subject"] is not None  # she is told
 
 
+def test_new_takes_the_agents_file_to_the_customer(world: DeskWorld) -> None:
+    pdf = b"%PDF-1.4 invoice 42\n%%EOF\n"
+    mail = new_mail(personal_address(world), "#new dana@customer.test\n\nYour invoice.")
+    mail.add_attachment(pdf, maintype="application", subtype="pdf", filename="invoice-42.pdf")
+    world.deliver(mail)
+    world.run_once()
+    [first] = world.mails_to(CUSTOMER)
+    [part] = list(first.message.iter_attachments())
+    assert (part.get_filename(), part.get_content()) == ("invoice-42.pdf", pdf)
+    [receipt] = world.mails_to(ALICE)
+    assert "invoice-42.pdf" in text_of(receipt)
+
+
 def test_a_trusted_verdict_proves_new_as_today(world: DeskWorld) -> None:
     mail = new_mail(world.address, "#new dana@customer.test\n\nHello Dana, a question.")
     raw = f"{AR}: mx.example.com; dmarc=pass header.from=example.com\r\n".encode()
