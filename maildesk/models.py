@@ -106,10 +106,11 @@ class Status(enum.StrEnum):
     ESCALATED = "escalated"
     CLOSED = "closed"
     SPAM = "spam"  # no acknowledgment, no notice, no timers; listed only when asked for
+    MERGED = "merged"  # its thread moved to the ticket ``merged_into``; mail to it joins that one
 
 
 # what no timer, SLA or open count looks at
-SHELVED = (Status.CLOSED, Status.SPAM)
+SHELVED = (Status.CLOSED, Status.SPAM, Status.MERGED)
 
 
 class OutboxStatus(enum.StrEnum):
@@ -149,6 +150,7 @@ class Ticket(Base):
     # when mail to the requester failed for good (a proven report, or the SMTP server refused
     # the address); None again once they write. No reminders and no auto-close meanwhile.
     requester_bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    merged_into: Mapped[int | None] = mapped_column(Integer, nullable=True)  # status merged
 
     tags: Mapped[list[Tag]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", order_by="Tag.tag"
@@ -161,6 +163,9 @@ class Ticket(Base):
     )
     events: Mapped[list[Event]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", order_by="Event.id"
+    )
+    links: Mapped[list[Link]] = relationship(
+        cascade="all, delete-orphan", order_by="Link.other_id", foreign_keys="Link.ticket_id"
     )
 
     @property
@@ -178,6 +183,17 @@ class Tag(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
     ticket: Mapped[Ticket] = relationship(back_populates="tags")
+
+
+class Link(Base):
+    """Two tickets an agent linked (``#link``): one row each way, so either lists the other."""
+
+    __tablename__ = "ticket_links"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    linked_by: Mapped[str] = mapped_column(String(320), default="")
 
 
 class Participant(Base):
@@ -207,6 +223,7 @@ class Message(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     unverified: Mapped[bool] = mapped_column(Boolean, default=False)
     automatic: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)  # a reply kept until #send
     subject: Mapped[str] = mapped_column(String(998), default="")
     text: Mapped[str] = mapped_column(Text, default="")
     raw_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -400,20 +417,6 @@ class PipeCount(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-def add_pipe_count(session: Session, mailbox: str, outcome: str, reason: str) -> None:
-    """Add one to ``PipeCount`` (a row made on first use, by whichever process is first)."""
-    values = {"mailbox": mailbox, "outcome": outcome, "reason": reason, "count": 1}
-    table = cast(Table, PipeCount.__table__)
-    upsert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = upsert(table).values(values)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["mailbox", "outcome", "reason"],
-            set_={"count": table.c["count"] + 1},
-        )
-    )
-
-
 class Lease(Base):
     """One consumer per mailbox: the holder renews its lease; a dead holder's lease expires."""
 
@@ -462,7 +465,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 def _private_sqlite_files(path: Path) -> None:

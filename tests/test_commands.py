@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from maildesk.desk import merges
 from maildesk.desk.commands import (
     HELP,
     MAX_COMMANDS,
@@ -375,7 +376,9 @@ def test_help_covers_every_verb_with_an_example() -> None:
 
 def test_help_examples_are_valid_commands() -> None:
     examples = [line.split("Example: ")[1] for line in HELP.splitlines() if "Example: " in line]
-    on = OnTicket("dana@customer.test", ("dave@customer.test",))  # a ticket Dave is on
+    # a ticket Dave is on, where ticket 1041 exists and Alice has a reply held
+    named = merges.Named(1042, ((1041, "open"),), held=True)
+    on = OnTicket("dana@customer.test", ("dave@customer.test",), named)
     for example in examples:
         result = validate(parse("", example, REF), DIRECTORY, ALICE, on)
         assert result.ok, (example, result.refusals)

@@ -734,3 +734,43 @@ def test_files_are_mailed_in_batches_within_the_limit_and_a_larger_one_is_named(
     assert batches.mails == ((0, 1), (3,), (5,))
     assert [index for index, _ in batches.refused] == [2, 4]
     assert files.in_batches([], LIMITS).mails == ()
+
+
+# --- held replies, merge and link --------------------------------------------------------------
+
+
+def test_a_reply_overtaken_by_another_agents_is_held_but_never_the_assignees() -> None:
+    from maildesk.desk import merges
+    from maildesk.desk.plans import HoldReply, Overtaken, Plan, Record, Reply, TrackSla
+
+    reply = Reply("carol@example.com", "Carol", (), "On the reception desk.", True)
+    plan = Plan((reply, TrackSla()))
+    other = Overtaken("alice@example.com", datetime(2026, 11, 26, 9, 5, tzinfo=UTC), "guest2026")
+    held = merges.hold(plan, other, "carol@example.com", None)
+    assert held.steps[0] == HoldReply(reply, other)
+    assert isinstance(held.steps[1], Record) and held.steps[1].kind == "reply_held"
+    assert merges.hold(plan, other, "carol@example.com", "carol@example.com") == plan
+    assert merges.hold(plan, None, "carol@example.com", None) == plan
+
+
+def test_merge_link_send_and_drop_are_refused_with_a_reason() -> None:
+    from maildesk.desk import merges
+
+    named = merges.Named(2, ((1, "open"), (3, "merged")), held=False)
+    refusals = {
+        ("merge", ("#2",)): "itself",
+        ("merge", ("#9",)): "there is no ticket #9",
+        ("merge", ("#3",)): "merged into another ticket",
+        ("link", ()): "name one ticket",
+        ("send", ()): "no reply of yours is held",
+        ("drop", ()): "no reply of yours is held",
+    }
+    for (verb, args), reason in refusals.items():
+        with pytest.raises(merges.Refused, match=reason):
+            merges.resolve(verb, args, named)
+    assert merges.resolve("merge", ("[#1]",), named) == "1"
+    assert merges.resolve("link", ("3",), named) == "3"
+    assert merges.named_numbers([("merge", ("#1",)), ("link", ("[#3]",)), ("tag", ("4",))]) == (
+        1,
+        3,
+    )

@@ -65,7 +65,14 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0009(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE ticket_links"))
+    conn.execute(text("ALTER TABLE messages DROP COLUMN held"))
+    conn.execute(text("ALTER TABLE tickets DROP COLUMN merged_into"))
+
+
 def _undo_0008(conn: Connection) -> None:
+    _undo_0009(conn)
     conn.execute(text("DROP TABLE blocked_senders"))
 
 
@@ -261,5 +268,24 @@ def test_a_database_at_the_seventh_revision_gains_the_block_list(database_url: s
         db.upgrade()
         assert db.revision() == HEAD_REVISION
         assert "blocked_senders" in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_eighth_revision_gains_merges_links_and_held_replies(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0009(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+        assert "ticket_links" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        assert "ticket_links" in inspect(db.engine).get_table_names()
+        assert "merged_into" in {c["name"] for c in inspect(db.engine).get_columns("tickets")}
+        assert "held" in {c["name"] for c in inspect(db.engine).get_columns("messages")}
     finally:
         db.dispose()

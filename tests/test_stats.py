@@ -70,7 +70,7 @@ def test_stats_answer_a_support_leads_questions(
 
     week = run(world, capsys, "stats", "--since", "7d", "--json")
     assert week["opened"] == 2
-    assert week["by_status"] == {"open": 0, "pending": 1, "escalated": 0, "closed": 1}
+    assert week["by_status"] == {"open": 0, "pending": 1, "escalated": 0, "closed": 1, "merged": 0}
     assert week["closed"] == 1
     assert week["backlog"] == 2  # the old one and the pending one
     assert week["median_first_response_seconds"] == 1.5 * 3600

@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, guard
+from maildesk.act import files, guard, holding
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
-from maildesk.desk import assignment, auth, commands, verbs
+from maildesk.desk import assignment, auth, commands, merges, verbs
 from maildesk.desk.plans import Plan, Record
 from maildesk.desk.timers import utc_text
 from maildesk.mail.inbound import Inbound
@@ -50,7 +50,9 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     if not proof.ok:
         return refuse_unverified(scene, agent, proof, parsed)
     on = commands.OnTicket(
-        scene.ticket.requester, tuple(p.address for p in scene.ticket.participants)
+        scene.ticket.requester,
+        tuple(p.address for p in scene.ticket.participants),
+        named(scene, agent, parsed),
     )
     validation = commands.validate(parsed, desk.directory, agent.email, on)
     if not validation.ok:
@@ -69,6 +71,9 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
         return AgentOutcome((), validation.refusals, True)
     before = state_of(scene.ticket)
     plan = verbs.plan_actions(before, validation.actions, agent, parsed.text, desk.directory)
+    # a reply another agent's overtook is held (and claims nothing)
+    overtaken = holding.overtaken(scene.session, desk, scene.ticket, inbound, agent)
+    plan = merges.hold(plan, overtaken, agent.email, before.assignee)
     if desk.settings.lifecycle.claim_on_reply:
         plan = assignment.claimed(plan, before, agent.email)
     mails = carry_out(scene, plan)
@@ -82,6 +87,18 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
             scene.now,
         )
     return AgentOutcome(plan.applied, (), True)
+
+
+def named(scene: Scene, agent: AgentSettings, parsed: commands.Parsed) -> merges.Named:
+    """What ``#merge``, ``#link``, ``#send`` and ``#drop`` may name: the tickets the commands
+    name that exist, and whether the agent has a reply held on this ticket."""
+    verbs = {c.verb for c in parsed.commands}
+    if not verbs & set(merges.VERBS):
+        return merges.Named(scene.ticket.id)
+    numbers = merges.named_numbers([(c.verb, c.args) for c in parsed.commands])
+    found = scene.session.execute(select(Ticket.id, Ticket.status).where(Ticket.id.in_(numbers)))
+    held = holding.held_by(scene.session, scene.ticket, agent.email) is not None
+    return merges.Named(scene.ticket.id, tuple((n, str(s)) for n, s in found), held)
 
 
 def mail_out(scene: Scene, mails: Sequence[Mail], plan: Plan) -> Receipt:

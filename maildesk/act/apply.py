@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, notices, people, spam
+from maildesk.act import files, holding, merging, notices, people, spam
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
@@ -145,12 +145,33 @@ def _apply(scene: Scene, step: Step) -> list[Mail]:
             spam.block(scene.session, address, by, ticket, now)
         case plans.Acknowledge():
             return spam.missed(scene.session, scene.desk, ticket, now)
+        case plans.HoldReply() | plans.SendHeld() | plans.DropHeld():
+            return held(scene, step)
+        case plans.Merge():
+            return merging.merge(scene.session, scene.desk, ticket, step, now)
+        case plans.Link():
+            merging.link(scene.session, scene.desk, ticket, step, now)
         case plans.MarkReminded():
             ticket.reminded_at = now
         case plans.MarkBreached(targets=targets):
             ticket.sla_breached = ",".join(targets)
         case plans.TrackSla():
             sla.refresh_due(ticket, scene.desk.settings)
+    return []
+
+
+def held(scene: Scene, step: plans.HoldReply | plans.SendHeld | plans.DropHeld) -> list[Mail]:
+    """A reply held because another agent answered first, or sent or dropped after all."""
+    session, desk, ticket, now = scene.session, scene.desk, scene.ticket, scene.now
+    match step:
+        case plans.HoldReply(reply=reply):
+            body = words_of(scene, reply.canned, reply.text)
+            kept = keep_message(scene, plans.Keep(reply.actor, body, internal=True))
+            return holding.hold(desk, kept, step, now)
+        case plans.SendHeld():
+            return holding.send(session, desk, ticket, step, now)
+        case plans.DropHeld():
+            holding.drop(session, ticket, step, now)
     return []
 
 

@@ -120,6 +120,7 @@ CUSTOMER_MAILS = {
     "escalated": "escalation notice",
     "reminder": "reminder",
     "auto_closed": "auto-close notice",
+    "merged": "merge notice",
 }
 
 

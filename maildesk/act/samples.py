@@ -273,6 +273,13 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
             ),
         ],
         "auto_closed": [make.customer(make.closed, "auto_closed", waited="7 days")],
+        "merged": [
+            make.customer(
+                make.new,
+                "merged",
+                into={"ref": desk_ref(make, make.worked), "subject": make.worked.subject},
+            )
+        ],
         oversize.NOTICE: [
             make.desk.mailer.context(
                 oversize.notice_mail(make.desk, REQUESTER, subject, None, too_large)
@@ -290,6 +297,16 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         "agent_new": [
             make.notice(new, "agent_new", **replied),
             make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender="", files=[]),
+            make.notice(new, "agent_new", **replied, others=_others(make)),
+        ],
+        "agent_held": [
+            make.notice(
+                worked,
+                "agent_held",
+                text=AGENT_TEXT,
+                summary="The fuser is ordered; it arrives on Monday.",
+                other={"by": "Bob Jones", "email": "bob@example.com", "at": due},
+            )
         ],
         "agent_customer_replied": [make.notice(worked, "agent_customer_replied", **replied)],
         "agent_reopened": [make.notice(worked, "agent_reopened", **replied)],
@@ -325,6 +342,14 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(worked, "agent_sla", target="resolution", due=due, escalate_to=None),
         ],
     }
+
+
+def _others(make: _Maker) -> list[dict[str, str]]:
+    """The requester's other open tickets, as a new ticket's notice names them."""
+    return [
+        {"ref": desk_ref(make, ticket), "subject": ticket.subject}
+        for ticket in (make.worked, make.pending)
+    ]
 
 
 def _receipts(make: _Maker) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import assigning, guard
+from maildesk.act import assigning, guard, merging
 from maildesk.act import people as act_people
 from maildesk.act.apply import Scene, carry_out, keep_message, state_of
 from maildesk.act.means import Desk, StoredMail
@@ -76,7 +76,8 @@ class Lookups:
         return self.by_number(ticket_id) if ticket_id is not None else None
 
     def by_number(self, number: int) -> TicketView | None:
-        ticket = self.session.get(Ticket, number)
+        # mail to a merged ticket joins the one it went into
+        ticket = merging.followed(self.session, self.session.get(Ticket, number))
         if ticket is None:
             return None
         return TicketView(
@@ -149,7 +150,7 @@ def open_ticket(
     else:
         decided = assigning.intake(session, desk, opening.ruling or Ruling(opening.team))
     opened = customers.opened(first, opening.mailbox, linked, requester, decided, spam=opening.spam)
-    mails = carry_out(scene, opened)
+    mails = merging.listing_others(session, desk, ticket, carry_out(scene, opened))
     carry_out(scene, people.joined(inbound, wrote or requester, state_of(ticket), outsiders))
     heard_from(session, ticket, wrote, now)
     if opening.acknowledge and requester:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from maildesk.desk import people
+from maildesk.desk import merges, people
 
 VERBS = (
     "assign",
@@ -32,6 +32,7 @@ VERBS = (
     "requester",
     "spam",
     "notspam",
+    *merges.VERBS,
 )
 PRIORITIES = ("low", "medium", "high", "urgent")
 
@@ -353,7 +354,7 @@ def _action(command: Command, directory: Directory, actor: str) -> Action:
     raise _Refused(f"unknown command; known: {', '.join('#' + v for v in VERBS)}")
 
 
-_SINGLE_VALUED = ("assign", "escalate", "priority", "reply", "requester", "spam")
+_SINGLE_VALUED = ("assign", "escalate", "priority", "reply", "requester", "spam", "merge")
 # what an agent may have meant by words after a body command that takes no text on its line
 TEXT_HINT = (
     "; write your text on a line below the commands (only #close, #note and #escalate <team> "
@@ -375,7 +376,11 @@ def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
     for other in earlier:
         if action.verb in _SINGLE_VALUED and other.verb == action.verb:
             return f"conflicts with {other.source}"
-        if {action.verb, other.verb} in ({"close", "reopen"}, {"spam", "notspam"}):
+        if {action.verb, other.verb} in (
+            {"close", "reopen"},
+            {"spam", "notspam"},
+            {"send", "drop"},
+        ):
             return f"conflicts with {other.source}"
         if {action.verb, other.verb} == {"tag", "untag"} and set(action.words) & set(other.words):
             return f"conflicts with {other.source}"
@@ -408,6 +413,7 @@ class OnTicket:
 
     requester: str = ""
     cc: tuple[str, ...] = ()
+    named: merges.Named = merges.Named()  # the tickets and held reply the commands may name
 
 
 def _addresses(command: Command, directory: Directory) -> tuple[str, ...]:
@@ -491,6 +497,10 @@ def validate(
                 resolved = _people_action(command, directory, on or OnTicket())
             elif command.verb == "spam":
                 resolved = _spam_action(command, directory, on or OnTicket())
+            elif command.verb in merges.VERBS:
+                named = (on or OnTicket()).named
+                value = merges.resolve(command.verb, command.args, named)
+                resolved = Action(command.verb, value, source=command.source)
             else:
                 resolved = _action(command, directory, actor)
             action = _without_repeats(resolved, actions)
@@ -500,7 +510,7 @@ def validate(
             if conflict:
                 raise _Refused(conflict)
             actions.append(action)
-        except _Refused as refusal:
+        except (_Refused, merges.Refused) as refusal:
             refusals.append(f"{_short(command.source)}: {refusal}{_text_hint(command)}")
     if refusals:
         return Validation((), tuple(refusals))
@@ -529,7 +539,7 @@ def describe(action: Action) -> str:
         + (f"; {', '.join(action.words)} blocked: their mail opens nothing" if value else ""),
         "notspam": "not spam: open, the customer acknowledged and the team told",
     }
-    return lines.get(action.verb, action.source or action.verb)
+    return lines.get(action.verb) or merges.describe(action.verb, value) or action.source
 
 
 HELP = """\
@@ -575,3 +585,4 @@ never are.
     Not spam after all: the customer gets the acknowledgment, the team the notice.
                                                       Example: #notspam
 """
+HELP += merges.HELP

@@ -185,6 +185,56 @@ class Acknowledge:
 
 
 @dataclass(frozen=True, slots=True)
+class Overtaken:
+    """Another agent's reply the customer got after the notice an agent answered was sent:
+    who (``by``), when, and what they wrote."""
+
+    by: str
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReply:
+    """``reply`` is kept on the thread as held (internal) instead of mailed, and its agent is
+    mailed ``overtaken``, the reply that came first; ``#send`` or ``#drop`` decides."""
+
+    reply: Reply
+    overtaken: Overtaken
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeld:
+    """The agent's held reply goes to the customer after all (``#send``)."""
+
+    actor: str
+    agent_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropHeld:
+    """The agent's held reply is not sent; it stays an internal note (``#drop``)."""
+
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """The ticket's messages and people move into ticket ``into``; it becomes ``merged``."""
+
+    into: int
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The ticket and ticket ``other`` are linked, both ways."""
+
+    other: int
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class MarkReminded:
     """This pending period's reminder is dealt with (sent, or held)."""
 
@@ -220,6 +270,11 @@ Step = (
     | MailFiles
     | Block
     | Acknowledge
+    | HoldReply
+    | SendHeld
+    | DropHeld
+    | Merge
+    | Link
     | MarkReminded
     | MarkBreached
     | TrackSla
@@ -263,6 +318,8 @@ def preview(state: TicketState, plan: Plan) -> TicketState:
                 state = state.but(status=Status.PENDING)
             case Close():
                 state = state.but(status=Status.CLOSED)
+            case Merge():
+                state = state.but(status=Status.MERGED)
     return state
 
 
@@ -299,4 +356,10 @@ def mailed(plan: Plan) -> tuple[tuple[Whom | str, str], ...]:
                 found.append((to, "files"))
             case Acknowledge():
                 found += [(Whom.REQUESTER, "ack"), (Whom.TEAM, "notice")]
+            case HoldReply(reply=reply):
+                found.append((reply.actor, "held"))
+            case SendHeld():
+                found.append((Whom.REQUESTER, "reply"))
+            case Merge():
+                found.append((Whom.REQUESTER, "merged"))
     return tuple(found)

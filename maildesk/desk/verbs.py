@@ -19,14 +19,18 @@ from maildesk.desk.plans import (
     AddTags,
     Block,
     Close,
+    DropHeld,
     Keep,
+    Link,
     MailFiles,
+    Merge,
     Notify,
     Plan,
     Record,
     RemoveParticipants,
     RemoveTags,
     Reply,
+    SendHeld,
     SetAssignee,
     SetPriority,
     SetRequester,
@@ -218,6 +222,29 @@ def notspam(state: TicketState, action: commands.Action, order: Order) -> Planne
     return state.but(status=Status.OPEN), steps
 
 
+def merge(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The ticket's thread and people move into the one named; the mail's text stays a note
+    on the thread it joins."""
+    steps: list[Step] = []
+    if order.text:
+        steps.append(Keep(order.agent.email, order.text, internal=True))
+    steps.append(Merge(int(action.value or 0), order.agent.email))
+    return state.but(status=Status.MERGED), tuple(steps)
+
+
+def link(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    return state, (Link(int(action.value or 0), order.agent.email),)
+
+
+def send(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    """The agent's held reply goes out after all."""
+    return state, (SendHeld(order.agent.email, order.agent.name),)
+
+
+def drop(state: TicketState, action: commands.Action, order: Order) -> Planned:
+    return state, (DropHeld(order.agent.email),)
+
+
 def nothing(state: TicketState, action: commands.Action, order: Order) -> Planned:
     """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``)."""
     return state, ()
@@ -239,6 +266,10 @@ VERBS: dict[str, Planner] = {
     "requester": requester,
     "spam": spam,
     "notspam": notspam,
+    "merge": merge,
+    "link": link,
+    "send": send,
+    "drop": drop,
 }
 
 
@@ -248,7 +279,9 @@ def the_text(state: TicketState, order: Order) -> tuple[Step, ...]:
     verbs, text, actor = order.verbs, order.text, order.agent.email
     steps: list[Step] = []
     closing = "close" in verbs and state.status != Status.CLOSED
-    if "note" in verbs or "spam" in verbs or ("escalate" in verbs and text):
+    if "merge" in verbs:  # its text was kept before the thread moved
+        return (TrackSla(),)
+    if verbs & {"note", "spam", "send", "drop"} or ("escalate" in verbs and text):
         if text:
             steps.append(Keep(actor, text, internal=True))
             if "note" in verbs:

@@ -21,11 +21,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError
-from maildesk.models import Database, DatabaseError, Status, add_pipe_count
+from maildesk.models import Database, DatabaseError, PipeCount, Status
 from maildesk.ui.check import cmd_check_config
 from maildesk.ui.intake import cmd_intake_blocked, cmd_intake_unblock
 from maildesk.ui.listing import (
@@ -172,6 +177,20 @@ def count_piped(db: Database, mailbox: str, outcome: Any) -> None:
             add_pipe_count(session, mailbox, outcome.kind, reason_label(outcome))
     except DatabaseError as exc:
         log.warning("%s: <%s> not counted for /metrics: %s", mailbox, outcome.message_id, exc)
+
+
+def add_pipe_count(session: Session, mailbox: str, outcome: str, reason: str) -> None:
+    """Add one to ``PipeCount`` (a row made on first use, by whichever process is first)."""
+    values = {"mailbox": mailbox, "outcome": outcome, "reason": reason, "count": 1}
+    table = cast(Table, PipeCount.__table__)
+    upsert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(table).values(values)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["mailbox", "outcome", "reason"],
+            set_={"count": table.c["count"] + 1},
+        )
+    )
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

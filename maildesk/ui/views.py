@@ -42,6 +42,10 @@ def ticket_detail(ticket: Ticket, ref_format: str) -> dict[str, Any]:
         if ticket.rating is not None
         else None
     )
+    data["merged_into"] = (
+        ref_format.format(number=ticket.merged_into) if ticket.merged_into else None
+    )
+    data["links"] = [ref_format.format(number=link.other_id) for link in ticket.links]
     data["participants"] = participants(ticket)
     data["messages"] = [
         {

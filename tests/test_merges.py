@@ -1,0 +1,217 @@
+"""Two agents, two answers: a reply written against an older notice than another agent's reply
+is held, and #send or #drop decides; #merge and #link join tickets; a new ticket's notice names
+the requester's other open tickets. Through the daemon, on pymap and on Dovecot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from maildesk.demo.world import Captured
+from tests.desk import (
+    ALICE,
+    CAROL_AGENT,
+    CUSTOMER,
+    Clock,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    ref_number,
+    text_of,
+)
+from tests.loopback import ScriptedSmtp
+from tests.servers import ImapAccount
+
+
+@pytest.fixture
+def world(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(
+        imap_server, smtp_server, tmp_path, clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
+    )
+    yield w
+    w.close()
+
+
+def on_ticket(mails: list[Captured], number: int) -> list[Captured]:
+    return [m for m in mails if ref_number(m) == number]
+
+
+def subject(mail: Captured) -> str:
+    return str(mail.message["Subject"])
+
+
+def replies_to_customer(world: DeskWorld, number: int) -> list[str]:
+    """The agents' replies the customer got on ticket ``number`` (not the acknowledgment)."""
+    return [
+        text_of(m).split("\n--")[0].strip()
+        for m in on_ticket(world.mails_to(CUSTOMER), number)
+        if "received" not in text_of(m).lower() and "Re:" in subject(m)
+    ]
+
+
+def two_answers(world: DeskWorld) -> tuple[Captured, Captured]:
+    """A customer's question; Alice and Carol both get the notice; Alice answers first."""
+    world.deliver(customer_mail("Wifi password", "What is the guest wifi password?"))
+    world.run_once()
+    [alice_notice] = world.mails_to(ALICE)
+    [carol_notice] = world.mails_to(CAROL_AGENT)
+    world.clock.advance(minutes=5)
+    world.deliver(agent_reply(alice_notice, ALICE, "It is guest2026."))
+    world.run_once()
+    world.clock.advance(minutes=5)
+    return alice_notice, carol_notice
+
+
+def test_a_reply_to_an_older_notice_is_held_and_sent_with_send(world: DeskWorld) -> None:
+    _, carol_notice = two_answers(world)
+    number = ref_number(carol_notice)
+    world.deliver(agent_reply(carol_notice, CAROL_AGENT, "It is on the reception desk."))
+    world.run_once()
+
+    # the customer got one answer; Carol is told whose, and when, with its text
+    assert replies_to_customer(world, number) == ["It is guest2026."]
+    [held] = [m for m in world.mails_to(CAROL_AGENT) if "Held, not sent" in subject(m)]
+    assert "Alice Smith" in subject(held)
+    assert "It is guest2026." in text_of(held)
+    assert "It is on the reception desk." in text_of(held)
+    assert "09:05" in text_of(held)
+    shown = world.ticket(number)
+    assert "reply_held" in [e["kind"] for e in shown["events"]]
+    [kept] = [m for m in shown["messages"] if m["text"] == "It is on the reception desk."]
+    assert kept["internal"] is True
+
+    # answering the held mail with #send sends it after all, from a restarted desk
+    world.close()
+    world = DeskWorld(world.account, world.smtp, world.root, clock=world.clock)
+    try:
+        world.clock.advance(minutes=1)
+        world.deliver(agent_reply(held, CAROL_AGENT, "#send"))
+        world.run_once()
+        assert replies_to_customer(world, number) == [
+            "It is guest2026.",
+            "It is on the reception desk.",
+        ]
+        [kept] = [
+            m
+            for m in world.ticket(number)["messages"]
+            if m["text"] == "It is on the reception desk."
+        ]
+        assert kept["internal"] is False
+        # nothing is held any more: a second #send is refused, with the reason
+        world.deliver(agent_reply(held, CAROL_AGENT, "#send"))
+        world.run_once()
+        receipt = [m for m in world.mails_to(CAROL_AGENT) if "Not done" in subject(m)]
+        assert "no reply of yours is held on this ticket" in text_of(receipt[-1])
+    finally:
+        world.close()
+
+
+def test_a_held_reply_dropped_stays_a_note(world: DeskWorld) -> None:
+    _, carol_notice = two_answers(world)
+    number = ref_number(carol_notice)
+    world.deliver(agent_reply(carol_notice, CAROL_AGENT, "It is on the reception desk."))
+    world.run_once()
+    [held] = [m for m in world.mails_to(CAROL_AGENT) if "Held, not sent" in subject(m)]
+    world.deliver(agent_reply(held, CAROL_AGENT, "#drop"))
+    world.run_once()
+    assert replies_to_customer(world, number) == ["It is guest2026."]
+    shown = world.ticket(number)
+    assert "reply_dropped" in [e["kind"] for e in shown["events"]]
+    [kept] = [m for m in shown["messages"] if m["text"] == "It is on the reception desk."]
+    assert kept["internal"] is True
+
+
+def test_the_assignees_reply_is_never_held(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Wifi password", "What is the guest wifi password?"))
+    world.run_once()
+    [alice_notice] = world.mails_to(ALICE)
+    [carol_notice] = world.mails_to(CAROL_AGENT)
+    number = ref_number(carol_notice)
+    world.deliver(agent_reply(carol_notice, CAROL_AGENT, "#assign me"))
+    world.run_once()
+    world.clock.advance(minutes=5)
+    world.deliver(agent_reply(alice_notice, ALICE, "It is guest2026."))
+    world.run_once()
+    world.clock.advance(minutes=5)
+    world.deliver(agent_reply(carol_notice, CAROL_AGENT, "It is on the reception desk."))
+    world.run_once()
+    assert world.ticket(number)["assignee"] == CAROL_AGENT
+    assert replies_to_customer(world, number) == [
+        "It is guest2026.",
+        "It is on the reception desk.",
+    ]
+    assert not [m for m in world.mails_to(CAROL_AGENT) if "Held, not sent" in subject(m)]
+
+
+def test_merge_moves_the_thread_and_mail_to_the_old_ref_joins_the_target(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer jams", "The printer jams on every page."))
+    world.run_once()
+    world.clock.advance(minutes=10)
+    world.deliver(customer_mail("Printer still broken", "Did you see my mail about the printer?"))
+    world.run_once()
+    acks = world.mails_to(CUSTOMER)
+    second_notice = on_ticket(world.mails_to(ALICE), 2)[0]
+    # the second ticket's notice names the requester's first, still open
+    assert "Other open tickets of dana@customer.test" in text_of(second_notice)
+    assert "[#1] Printer jams" in text_of(second_notice)
+
+    refused = [
+        ("#merge #2", "cannot be merged into itself"),
+        ("#merge #99", "there is no ticket #99"),
+        ("#merge", "name one ticket"),
+    ]
+    for command, reason in refused:
+        world.deliver(agent_reply(second_notice, ALICE, command))
+        world.run_once()
+        receipt = [m for m in world.mails_to(ALICE) if "Not done" in subject(m)][-1]
+        assert reason in text_of(receipt)
+    world.deliver(agent_reply(second_notice, ALICE, "#merge #1\nSame printer as #1."))
+    world.run_once()
+
+    merged, target = world.ticket(2), world.ticket(1)
+    assert (merged["status"], merged["merged_into"]) == ("merged", "[#1]")
+    assert merged["messages"] == []
+    texts = [m["text"] for m in target["messages"]]
+    assert "Did you see my mail about the printer?" in texts
+    assert "Same printer as #1." in texts
+    # the customer is told once, under the old ref, that the target's ref is the one
+    [told] = [m for m in world.mails_to(CUSTOMER)[len(acks) :] if "[#1]" in text_of(m)]
+    assert ref_number(told) == 2
+    assert "both are handled under [#1]" in " ".join(text_of(told).split())
+    # a follow-up to the merged ref, by In-Reply-To of its old mail, joins the target
+    world.deliver(customer_mail("Re: [#2] Printer still broken", "Any news?", reply_to=acks[1]))
+    # and one naming only the old ref in its subject does too
+    world.deliver(customer_mail("Re: [#2] Printer still broken", "Hello again?"))
+    world.run_once()
+    texts = [m["text"] for m in world.ticket(1)["messages"]]
+    assert "Any news?" in texts and "Hello again?" in texts
+    assert len(world.tickets()) == 2
+    # merging into a merged ticket is refused
+    world.deliver(customer_mail("Toner", "The toner is empty."))
+    world.run_once()
+    third = on_ticket(world.mails_to(ALICE), 3)[0]
+    world.deliver(agent_reply(third, ALICE, "#merge #2"))
+    world.run_once()
+    receipt = [m for m in world.mails_to(ALICE) if "Not done" in subject(m)][-1]
+    assert "merged into another ticket" in text_of(receipt)
+
+
+def test_link_is_recorded_both_ways(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Printer jams", "The printer jams."))
+    world.deliver(customer_mail("Scanner too", "The scanner jams too.", sender="eve@customer.test"))
+    world.run_once()
+    notice = on_ticket(world.mails_to(ALICE), 2)[0]
+    world.deliver(agent_reply(notice, ALICE, "#link #1"))
+    world.run_once()
+    assert world.ticket(1)["links"] == ["[#2]"]
+    assert world.ticket(2)["links"] == ["[#1]"]
+    assert world.ticket(1)["status"] == "open"
+    shown = world.cli("tickets", "show", "2", "--json")
+    assert b'"links"' in shown.stdout and b'"merged_into": null' in shown.stdout
