@@ -313,6 +313,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         "agent_assigned": [
             make.notice(worked, "agent_assigned", by="Bob Jones", files=[]),
             make.notice(worked, "agent_assigned", by="Bob Jones", files=SAMPLE_FILES),
+            make.notice(new, "agent_assigned", by="rule printers", **replied, others=_others(make)),
         ],
         "agent_escalated": [
             make.notice(
