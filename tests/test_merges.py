@@ -15,6 +15,7 @@ from tests.desk import (
     ALICE,
     CAROL_AGENT,
     CUSTOMER,
+    ON_BOTH_DATABASES,
     Clock,
     DeskWorld,
     agent_reply,
@@ -25,14 +26,15 @@ from tests.desk import (
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
+pytestmark = ON_BOTH_DATABASES
+
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, database_url: str | None
 ) -> Iterator[DeskWorld]:
-    w = DeskWorld(
-        imap_server, smtp_server, tmp_path, clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
-    )
+    clock = Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
+    w = DeskWorld(imap_server, smtp_server, tmp_path, database_url=database_url, clock=clock)
     yield w
     w.close()
 
@@ -67,7 +69,9 @@ def two_answers(world: DeskWorld) -> tuple[Captured, Captured]:
     return alice_notice, carol_notice
 
 
-def test_a_reply_to_an_older_notice_is_held_and_sent_with_send(world: DeskWorld) -> None:
+def test_a_reply_to_an_older_notice_is_held_and_sent_with_send(
+    world: DeskWorld, database_url: str | None
+) -> None:
     _, carol_notice = two_answers(world)
     number = ref_number(carol_notice)
     world.deliver(agent_reply(carol_notice, CAROL_AGENT, "It is on the reception desk."))
@@ -87,7 +91,9 @@ def test_a_reply_to_an_older_notice_is_held_and_sent_with_send(world: DeskWorld)
 
     # answering the held mail with #send sends it after all, from a restarted desk
     world.close()
-    world = DeskWorld(world.account, world.smtp, world.root, clock=world.clock)
+    world = DeskWorld(
+        world.account, world.smtp, world.root, database_url=database_url, clock=world.clock
+    )
     try:
         world.clock.advance(minutes=1)
         world.deliver(agent_reply(held, CAROL_AGENT, "#send"))
