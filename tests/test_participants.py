@@ -145,13 +145,16 @@ def test_reply_to_is_not_the_requester_when_the_mailbox_says_so_or_it_is_the_des
         world.close()
 
 
-def test_a_reply_to_naming_the_desk_or_several_or_from_itself_keeps_from_as_the_requester(
+def test_a_reply_to_naming_the_desk_an_agent_several_or_from_itself_keeps_from_as_requester(
     world: DeskWorld,
 ) -> None:
     cases = {
         "the desk": "support@example.com",
         "two addresses": f"{GINA}, other@customer.test",
         "the sender itself": SHOP,
+        # a form filled in with an agent's address: the agent would get the acknowledgment
+        # and every answer, as the customer
+        "an agent": f"Alice <{ALICE.upper()}>",
     }
     for n, (what, reply_to) in enumerate(cases.items()):
         mail = web_form(**{"Reply-To": reply_to}).replace(b"form-1@", f"form-{what}-{n}@".encode())
@@ -160,6 +163,8 @@ def test_a_reply_to_naming_the_desk_or_several_or_from_itself_keeps_from_as_the_
     assert {t["subject"]: t["requester"] for t in world.tickets()} == {
         f"{what} never arrived": SHOP for what in cases
     }
+    # Alice has the team's notices, never a customer's acknowledgment
+    assert [m.message["Auto-Submitted"] for m in world.mails_to(ALICE)] == ["auto-generated"] * 4
 
 
 @ON_BOTH_DATABASES

@@ -667,18 +667,19 @@ def test_to_and_cc_of_a_customers_mail_join_but_the_desk_agents_and_people_on_it
         (("Reply-To: gina@customer.test, hal@customer.test",), "noreply@shop.test"),
         (("Reply-To: noreply@shop.test",), "noreply@shop.test"),
         (("Reply-To: support+x@example.com",), "noreply@shop.test"),
+        (("Reply-To: Alice <Alice@Example.com>",), "noreply@shop.test"),  # an agent
         (("Reply-To: gina@customer.test", "List-Id: <shop.lists.test>"), "noreply@shop.test"),
         (("Reply-To: gina@customer.test", "List-Post: <mailto:l@x.test>"), "noreply@shop.test"),
         ((), "noreply@shop.test"),
     ],
 )
-def test_a_new_mails_one_reply_to_is_its_requester_unless_the_desks_or_a_lists(
+def test_a_new_mails_one_reply_to_is_its_requester_unless_the_desks_an_agents_or_a_lists(
     headers: tuple[str, ...], requester: str
 ) -> None:
     inbound = mail("Shop <noreply@shop.test>", "Order 1234", *headers)
-    assert people.requester_of(inbound, (DESK,)) == requester
-    assert people.requester_of(inbound, (DESK,), use_reply_to=False) == "noreply@shop.test"
-    assert people.requester_of(mail(DESK, "loop", *headers), (DESK,), False) == ""
+    assert people.requester_of(inbound, OUTSIDERS) == requester
+    assert people.requester_of(inbound, OUTSIDERS, use_reply_to=False) == "noreply@shop.test"
+    assert people.requester_of(mail(DESK, "loop", *headers), OUTSIDERS, False) == ""
 
 
 # --------------------------------------------------------------------------- files

@@ -118,7 +118,7 @@ def open_ticket(
     # who wrote, as the mail says; the requester is whom the desk answers (Reply-To may say)
     wrote = inbound.requester or ""
     wrote = "" if people.is_own(wrote, outsiders.own) else wrote
-    requester = people.requester_of(inbound, outsiders.own, replies_to_reply_to(desk, opening))
+    requester = people.requester_of(inbound, outsiders, replies_to_reply_to(desk, opening))
     linked_to = opening.linked_to
     ticket = Ticket(
         subject=inbound.subject or "(no subject)",

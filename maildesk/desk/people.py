@@ -9,7 +9,7 @@ noreply@shop``, ``Reply-To:`` the customer). ``joined`` plans what a customer's 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from maildesk.config import Settings
@@ -79,21 +79,23 @@ def is_list_mail(inbound: Inbound) -> bool:
     return bool(inbound.header("list-id") or inbound.header("list-post"))
 
 
-def requester_of(inbound: Inbound, own: Sequence[str], use_reply_to: bool = True) -> str:
+def requester_of(inbound: Inbound, outsiders: Outsiders, use_reply_to: bool = True) -> str:
     """Whom a new ticket answers: the mail's one ``Reply-To`` address when it differs from
-    ``From:`` and is neither the desk's nor a list's (``use_reply_to``: the mailbox's
-    ``reply_to_requester``), else the first usable mailbox of From, Sender, Reply-To. Never
-    the desk itself ("": nobody)."""
+    ``From:`` and is neither the desk's, an agent's nor a list's (``use_reply_to``: the
+    mailbox's ``reply_to_requester``), else the first usable mailbox of From, Sender,
+    Reply-To. Never the desk itself ("": nobody). A Reply-To naming an agent would make the
+    agent the customer: the acknowledgment and every answer would go to her, as if she had
+    asked."""
     written = inbound.requester or ""
     if use_reply_to and len(inbound.reply_to) == 1 and not is_list_mail(inbound):
         answer = inbound.reply_to[0]
         if (
             answer not in (written, inbound.sender)
             and usable_address(answer) == answer
-            and not is_own(answer, own)
+            and not outsiders.excludes(answer)
         ):
             return answer
-    return "" if is_own(written, own) else written
+    return "" if is_own(written, outsiders.own) else written
 
 
 def address_of(word: str) -> str | None:
