@@ -122,7 +122,9 @@ def test_mail_to_a_revoked_address_proves_nothing(world: DeskWorld) -> None:
 
 def test_new_starts_a_conversation_the_customer_answers_into(world: DeskWorld) -> None:
     body = (
-        "#new <Dana@Customer.test>\n#tag billing\n#priority high\n#cc erin@customer.test\n\n"
+        # the addresses as a mail client writes them, a name before them
+        "#new Dana Example <Dana@Customer.test>\n#tag billing\n#priority high\n"
+        '#cc "Erin, Accounts" <erin@customer.test>\n\n'
         "Hello Dana,\n\nyour invoice 42 is ready; it is attached to your account.\n\nAlice"
     )
     world.deliver(new_mail(personal_address(world), body, subject="Fwd: Your invoice 42"))
@@ -185,7 +187,8 @@ MALFORMED = {
     "desk-address": ("#new {desk}\n\nHello.", "is the desk's own address"),
     "personal-address": ("#new {personal}\n\nHello.", "is the desk's own address"),
     "agent": ("#new bob@example.com\n\nHello.", "bob@example.com is an agent of this desk"),
-    "text-on-its-line": ("#new dana@customer.test Hello Dana", "#new takes one address"),
+    "text-on-its-line": ("#new dana@customer.test Hello Dana", "#new takes one address; write"),
+    "two": ("#new dana@customer.test, eve@customer.test\n\nHi.", "#cc the others on a line"),
     "twice": ("#new dana@customer.test\n#new eve@customer.test\n\nHi.", "one #new per message"),
     "nothing-to-send": ("#new dana@customer.test\n#tag billing", "nothing to send"),
     "close": ("#new dana@customer.test\n#close\n\nHi.", "#close: cannot come with #new"),

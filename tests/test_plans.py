@@ -585,6 +585,16 @@ def test_cc_adds_people_to_the_ticket_and_mails_nobody() -> None:
     assert plan.applied == (f"added to Cc: {ERIN}, {DAVE}, {CUSTOMER}",)
 
 
+def test_an_address_may_come_as_a_mail_client_writes_it_with_its_name() -> None:
+    """An agent pastes addresses from her mail client: the name before ``<...>`` is dropped."""
+    plan = people_say(f'#cc Erin Example <{ERIN}>, "Miller, Dave" <{DAVE}>')
+    assert isinstance(plan, Plan)
+    assert plan.applied == (f"added to Cc: {ERIN}, {DAVE}",)
+    swapped = people_say(f"#requester Erin <{ERIN}>")
+    assert isinstance(swapped, Plan)
+    assert preview(WITH_DAVE, swapped).requester == ERIN
+
+
 def test_uncc_takes_people_off_the_ticket() -> None:
     plan = people_say(f"#uncc {DAVE}")
     assert isinstance(plan, Plan)
@@ -619,7 +629,8 @@ def test_requester_swaps_and_the_requester_before_stays_on_cc_and_gets_the_answe
         ("#cc support+x1@example.com", "support+x1@example.com is the desk's own address"),
         (f"#cc {ALICE.email}", f"{ALICE.email} is an agent of this desk"),
         (f"#requester {BOB.email}", f"{BOB.email} is an agent of this desk, not a customer"),
-        (f"#requester {DAVE} {ERIN}", "name one address: a ticket has one requester"),
+        (f"#requester {DAVE}, {ERIN}", "a ticket has one requester (#cc the others)"),
+        ("#cc Dave dave@customer.test", "'Dave' is not a mail address"),
         (f"#requester {DESK}", "is the desk's own address"),
         (f"#uncc {ERIN}", f"#uncc {ERIN}: {ERIN} is not on this ticket's Cc"),
         (f"#uncc {CUSTOMER}", f"{CUSTOMER} is the requester; name another with #requester first"),
@@ -632,6 +643,8 @@ def test_malformed_people_commands_are_refused_with_the_reason(text: str, reason
     refused = people_say(text)
     assert isinstance(refused, commands.Validation) and not refused.ok
     assert reason in " ".join(refused.refusals), refused.refusals
+    if text.startswith(f"#requester {DAVE},"):  # two addresses are no text on its line
+        assert "write your text" not in " ".join(refused.refusals)
 
 
 def test_cc_beyond_the_most_a_ticket_keeps_is_refused() -> None:

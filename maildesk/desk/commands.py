@@ -366,9 +366,15 @@ _MOST_WORDS |= {"spam": 1, "notspam": 0}
 
 
 def _text_hint(command: Command) -> str:
-    """``TEXT_HINT`` for a refused body command with more words after it than it takes."""
+    """``TEXT_HINT`` for a refused body command with more words after it than it takes (not
+    for addresses: more of them than a command takes is no text)."""
     most = _MOST_WORDS.get(command.verb)
-    return TEXT_HINT if command.in_body and most is not None and len(command.args) > most else ""
+    args = command.args
+    if command.verb in PEOPLE:
+        args = people.address_words(args)
+        if all(people.address_of(arg) for arg in args):
+            return ""
+    return TEXT_HINT if command.in_body and most is not None and len(args) > most else ""
 
 
 def _conflict(action: Action, earlier: Sequence[Action]) -> str | None:
@@ -417,11 +423,12 @@ class OnTicket:
 
 
 def _addresses(command: Command, directory: Directory) -> tuple[str, ...]:
-    """The command's arguments as addresses (``<...>`` allowed), none the desk's own."""
+    """The command's arguments as addresses (``<...>`` allowed, a name before it dropped),
+    none the desk's own."""
     if not command.args:
         raise _Refused("name at least one address")
     found: dict[str, None] = {}
-    for arg in command.args:
+    for arg in people.address_words(command.args):
         address = people.address_of(arg)
         if address is None:
             raise _Refused(f"{arg!r} is not a mail address")
@@ -439,7 +446,7 @@ def _people_action(command: Command, directory: Directory, on: OnTicket) -> Acti
     agent = next((a for a in addresses if a in agents), None)
     if verb == "requester":
         if len(addresses) > 1:
-            raise _Refused("name one address: a ticket has one requester")
+            raise _Refused("name one address: a ticket has one requester (#cc the others)")
         if agent is not None:
             raise _Refused(f"{agent} is an agent of this desk, not a customer")
         return Action(verb, addresses[0], source=source)

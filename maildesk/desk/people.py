@@ -98,6 +98,24 @@ def requester_of(inbound: Inbound, outsiders: Outsiders, use_reply_to: bool = Tr
     return "" if is_own(written, outsiders.own) else written
 
 
+def address_words(args: Sequence[str]) -> tuple[str, ...]:
+    """A command's words without the display name a mail client writes before an address in
+    angle brackets (``Dave Miller <dave@customer.test>``, ``"Miller, Dave" <dave@...>``): the
+    words that hold no ``@`` right before such an address. Any other word is kept (and refused
+    if it is no address)."""
+    kept: list[str] = []
+    name: list[str] = []
+    for word in args:
+        if "@" not in word:
+            name.append(word)
+            continue
+        if not word.strip().startswith("<"):
+            kept.extend(name)
+        name = []
+        kept.append(word)
+    return (*kept, *name)
+
+
 def address_of(word: str) -> str | None:
     """A command's argument as an address the desk keeps (``<...>`` and case as the parser
     leaves them), or None when it is not one the desk could write to."""

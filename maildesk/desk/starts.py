@@ -76,11 +76,14 @@ def _address(command: commands.Command, directory: commands.Directory, desk: str
     """The customer address of ``#new``, or why it cannot start a conversation."""
     if not command.args:
         raise _Refusal("name the customer's address: #new dana@customer.test")
-    if len(command.args) > 1:
+    words = people.address_words(command.args)
+    if len(words) > 1:
+        if all(people.address_of(word) for word in words):
+            raise _Refusal("#new takes one address; #cc the others on a line below it")
         raise _Refusal("#new takes one address" + commands.TEXT_HINT)
-    address = people.address_of(command.args[0])
+    address = people.address_of(words[0])
     if address is None:
-        raise _Refusal(f"{command.args[0]} is not a mail address")
+        raise _Refusal(f"{words[0]} is not a mail address")
     _customer(address, directory, desk, "#new starts a ticket for a customer")
     return address
 
