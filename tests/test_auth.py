@@ -18,6 +18,7 @@ from maildesk.mail.marks import (
     check_token,
     make_token,
     reply_address,
+    token_ticket,
     tokens_in,
 )
 
@@ -367,6 +368,30 @@ def test_authenticate_records_both_checks_for_the_audit() -> None:
     assert proof.token_reason == "expired"
     assert "ambiguous" in proof.ar_reason
     assert token(expires=NOW) not in repr(proof)
+
+
+def test_a_token_of_a_ticket_merged_into_this_one_proves_the_agent_here() -> None:
+    trust = Trust(SECRET, DESK, TRUSTED, "token")
+    old = (reply_address(DESK, token(ticket=1041)),)
+    assert authenticate(trust, Claim(ALICE, 1042, old, (), merged=(1041,)), NOW).ok
+    # only a merged ticket's: a token of another ticket, or of none merged here, proves nothing
+    for merged in ((), (1040,)):
+        proof = authenticate(trust, Claim(ALICE, 1042, old, (), merged=merged), NOW)
+        assert (proof.ok, proof.token_reason) == (False, "other_ticket")
+    # and it is checked as that ticket's token: another agent's, or expired, fails as such
+    bobs = (reply_address(DESK, token(agent="bob@example.com", ticket=1041)),)
+    proof = authenticate(trust, Claim(ALICE, 1042, bobs, (), merged=(1041,)), NOW)
+    assert proof.token_reason == "other_agent"
+    expired = (reply_address(DESK, token(ticket=1041, expires=NOW)),)
+    proof = authenticate(trust, Claim(ALICE, 1042, expired, (), merged=(1041,)), NOW)
+    assert proof.token_reason == "expired"
+
+
+def test_token_ticket_reads_the_number_a_token_names() -> None:
+    assert token_ticket(token(ticket=1041)) == 1041
+    assert token_ticket(token(ticket=1041).upper()) == 1041
+    assert token_ticket("a" * (TOKEN_LENGTH - 1)) is None
+    assert token_ticket("1" * TOKEN_LENGTH) is None
 
 
 def test_dmarc_is_checked_against_the_agents_own_domain() -> None:

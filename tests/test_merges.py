@@ -21,6 +21,7 @@ from tests.desk import (
     agent_reply,
     customer_mail,
     ref_number,
+    reply_to_address,
     text_of,
 )
 from tests.loopback import ScriptedSmtp
@@ -221,3 +222,35 @@ def test_link_is_recorded_both_ways(world: DeskWorld) -> None:
     assert world.ticket(1)["status"] == "open"
     shown = world.cli("tickets", "show", "2", "--json")
     assert b'"links"' in shown.stdout and b'"merged_into": null' in shown.stdout
+
+
+def test_an_old_notice_of_a_merged_ticket_proves_its_agent_on_the_target(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer jams", "The printer jams on every page."))
+    world.deliver(customer_mail("Printer still broken", "Did you see my mail?"))
+    world.deliver(customer_mail("Scanner", "The scanner is slow.", sender="eve@customer.test"))
+    world.run_once()
+    [first_notice] = on_ticket(world.mails_to(ALICE), 1)
+    [second_notice] = on_ticket(world.mails_to(ALICE), 2)
+    [third_notice] = on_ticket(world.mails_to(ALICE), 3)
+    world.deliver(agent_reply(second_notice, ALICE, "#merge #1"))
+    world.run_once()
+
+    # Alice answers the notice of #2 she had: its token was made for #2, merged into #1
+    world.clock.advance(minutes=5)
+    world.deliver(agent_reply(second_notice, ALICE, "The tray was misaligned; fixed now."))
+    world.run_once()
+    assert "The tray was misaligned; fixed now." in replies_to_customer(world, 1)
+    [answer] = [m for m in world.ticket(1)["messages"] if m["text"].startswith("The tray")]
+    assert answer["internal"] is False and answer["from"] == ALICE
+    assert not [m for m in world.mails_to(ALICE) if "could not verify you" in subject(m)]
+
+    # a token of an unrelated ticket (#3, merged nowhere) proves nothing on #1
+    world.deliver(agent_reply(first_notice, ALICE, "#close", to=reply_to_address(third_notice)))
+    world.run_once()
+    [told] = [m for m in world.mails_to(ALICE) if "could not verify you" in subject(m)]
+    assert ref_number(told) == 1
+    assert "The reply token belongs to another ticket" in " ".join(text_of(told).split())
+    assert world.ticket(1)["status"] != "closed"
+    assert world.ticket(3)["status"] == "open"

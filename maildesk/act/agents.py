@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, guard, holding
+from maildesk.act import files, guard, holding, merging
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
@@ -25,6 +25,7 @@ from maildesk.config import AgentSettings
 from maildesk.desk import assignment, auth, commands, merges, verbs
 from maildesk.desk.plans import Plan, Record
 from maildesk.desk.timers import utc_text
+from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.models import Outbox, OutboxStatus, Ticket
 
@@ -46,7 +47,8 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     parsed = commands.parse(
         inbound.subject, text, desk.settings.desk.ref_pattern, desk.directory.teams
     )
-    proof = prove(desk, scene.ticket.id, inbound, agent, scene.now)
+    merged = merged_named(scene, inbound)
+    proof = prove(desk, scene.ticket.id, inbound, agent, scene.now, merged=merged)
     if not proof.ok:
         return refuse_unverified(scene, agent, proof, parsed)
     on = commands.OnTicket(
@@ -142,11 +144,31 @@ def held_line(mail: Mail, why: str) -> str:
     )
 
 
+def merged_named(scene: Scene, inbound: Inbound) -> tuple[int, ...]:
+    """The tickets the mail's reply tokens name that were merged into this one: an agent
+    answering an old notice of a merged ticket proves it with that notice's token."""
+    tokens = marks.tokens_in(addressed(inbound), scene.desk.settings.desk.address)
+    named = (marks.token_ticket(token) for token in tokens)
+    return merging.merged_into(scene.session, scene.ticket, [n for n in named if n is not None])
+
+
+def addressed(inbound: Inbound) -> tuple[str, ...]:
+    """Where the mail says it went: where its reply token or personal address is."""
+    return (*inbound.to, *inbound.cc, *inbound.delivered_to)
+
+
 def prove(
-    desk: Desk, ticket_number: int | None, inbound: Inbound, agent: AgentSettings, now: datetime
+    desk: Desk,
+    ticket_number: int | None,
+    inbound: Inbound,
+    agent: AgentSettings,
+    now: datetime,
+    *,
+    merged: tuple[int, ...] = (),
 ) -> auth.Proof:
     """Whether this mail provably comes from ``agent``: a reply token for the ticket (None: a
-    mail on no ticket), the agent's personal address, or a trusted verdict."""
+    mail on no ticket) or for one merged into it (``merged``), the agent's personal address,
+    or a trusted verdict."""
     if inbound.sender != agent.email:
         return auth.Proof(
             False,
@@ -161,13 +183,13 @@ def prove(
         tuple(security.trusted_authserv_ids),
         security.agent_auth,
     )
-    addresses = (*inbound.to, *inbound.cc, *inbound.delivered_to)
     claim = auth.Claim(
         agent.email,
         ticket_number,
-        addresses,
+        addressed(inbound),
         inbound.authentication_results,
         agent.address_version,
+        merged,
     )
     return auth.authenticate(trust, claim, now)
 

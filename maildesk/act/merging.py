@@ -9,6 +9,7 @@ mail) joins the target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,20 @@ def followed(session: Session, ticket: Ticket | None) -> Ticket | None:
             return ticket
         ticket = session.get(Ticket, ticket.merged_into)
     return ticket
+
+
+def merged_into(session: Session, ticket: Ticket, numbers: Sequence[int]) -> tuple[int, ...]:
+    """Of the tickets ``numbers`` (the first few), those merged into ``ticket``, directly or
+    along a chain of merges; never an unrelated one."""
+    found: list[int] = []
+    for number in list(dict.fromkeys(numbers))[:MERGE_HOPS]:
+        old = session.get(Ticket, number) if number != ticket.id else None
+        if old is None or old.merged_into is None:
+            continue
+        reached = followed(session, old)
+        if reached is not None and reached.id == ticket.id:
+            found.append(number)
+    return tuple(found)
 
 
 def merge(

@@ -18,7 +18,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from maildesk.mail.marks import check_personal, check_token, personal_tokens_in, tokens_in
+from maildesk.mail.marks import (
+    check_personal,
+    check_token,
+    personal_tokens_in,
+    token_ticket,
+    tokens_in,
+)
 
 # Preference among failed tokens when a message carries several: the most helpful explanation.
 _FAILURE_RANK = {
@@ -353,13 +359,15 @@ class Claim:
     no ticket, so no reply token can prove it): the To, Cc, Delivered-To and X-Original-To
     values (``addresses``), the Authentication-Results values as they arrived
     (``Inbound.authentication_results``), topmost first, and the version of the agent's
-    personal address (``[[agents]] address_version``)."""
+    personal address (``[[agents]] address_version``). ``merged``: tickets merged into this
+    one (along ``merged_into``), whose tokens prove the agent here as well."""
 
     agent: str
     ticket_number: int | None
     addresses: tuple[str, ...]
     authentication_results: tuple[str, ...]
     address_version: int = 1
+    merged: tuple[int, ...] = ()
 
 
 def _token_check(trust: Trust, claim: Claim, now: datetime) -> tuple[str, str]:
@@ -375,7 +383,10 @@ def _token_check(trust: Trust, claim: Claim, now: datetime) -> tuple[str, str]:
     if claim.ticket_number is None:
         return "", reason
     for token in tokens_in(claim.addresses, desk_address):
-        check = check_token(secret, token, agent, claim.ticket_number, now)
+        # a token for a ticket merged into this one is checked as that ticket's
+        named = token_ticket(token)
+        number = named if named in claim.merged else claim.ticket_number
+        check = check_token(secret, token, agent, number, now)
         if check.ok:
             return "token", "valid"
         if _FAILURE_RANK.get(check.reason, 9) < _FAILURE_RANK.get(reason, 9):

@@ -187,6 +187,17 @@ def check_token(
     return TokenCheck(True, "valid")
 
 
+def token_ticket(token: str) -> int | None:
+    """The ticket number a well-formed token names, unchecked (None for a malformed one): what
+    to check it against when the ticket it names was merged into another (``check_token``
+    proves it)."""
+    text = token.strip().lower()
+    if len(text) != TOKEN_LENGTH or not _TOKEN_RE.fullmatch(text):
+        return None
+    raw = base64.b32decode(text.upper())
+    return int.from_bytes(raw[1:5], "big") if raw[0] == TOKEN_VERSION else None
+
+
 def _split_address(address: str) -> tuple[str, str]:
     local, _, domain = address.strip().rpartition("@")
     return local, domain
