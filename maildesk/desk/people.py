@@ -9,7 +9,7 @@ noreply@shop``, ``Reply-To:`` the customer). ``joined`` plans what a customer's 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from maildesk.config import Settings
