@@ -254,3 +254,54 @@ def test_an_old_notice_of_a_merged_ticket_proves_its_agent_on_the_target(
     assert "The reply token belongs to another ticket" in " ".join(text_of(told).split())
     assert world.ticket(1)["status"] != "closed"
     assert world.ticket(3)["status"] == "open"
+
+
+def test_a_merge_joins_the_tags_and_the_target_keeps_its_sla_clock(
+    world: DeskWorld, database_url: str | None
+) -> None:
+    world.close()
+    sla = {"sla": {"medium": {"first_response": "30m"}}}
+    world = DeskWorld(
+        world.account,
+        world.smtp,
+        world.root,
+        tables=sla,
+        database_url=database_url,
+        clock=world.clock,
+    )
+    try:
+        world.deliver(customer_mail("Printer jams", "The printer jams on every page."))
+        world.run_once()
+        world.clock.advance(minutes=10)
+        world.deliver(customer_mail("Printer still broken", "Did you see my mail?"))
+        world.run_once()
+        [first_notice] = on_ticket(world.mails_to(ALICE), 1)
+        [second_notice] = on_ticket(world.mails_to(ALICE), 2)
+        world.deliver(agent_reply(first_notice, ALICE, "#tag printer"))
+        world.deliver(agent_reply(second_notice, ALICE, "#tag printer urgent"))
+        world.run_once()
+        assert world.ticket(2)["due_at"] == "2026-11-26T09:40:00Z"
+        world.clock.advance(minutes=5)
+        world.deliver(agent_reply(second_notice, ALICE, "#merge #1"))
+        world.run_once()
+
+        target, merged = world.ticket(1), world.ticket(2)
+        assert sorted(target["tags"]) == ["printer", "urgent"]
+        # the target runs its own clock; the merged ticket runs none
+        assert target["due_at"] == "2026-11-26T09:30:00Z"
+        assert merged["due_at"] is None
+        # the merged ticket keeps its history; the target records the merge
+        kinds = [e["kind"] for e in merged["events"]]
+        assert kinds == ["created", "acknowledged", "tagged", "merged"]
+        assert merged["tags"] == ["printer", "urgent"]
+        assert "merged_in" in [e["kind"] for e in target["events"]]
+
+        # past the due time the target's missed first response is told, the merged one's never
+        world.clock.advance(minutes=30)
+        world.run_once()
+        missed = [m for m in world.mails_to(ALICE) if "SLA missed" in subject(m)]
+        assert [ref_number(m) for m in missed] == [1]
+        assert world.ticket(1)["sla_breached"] == ["first_response"]
+        assert world.ticket(2)["sla_breached"] == []
+    finally:
+        world.close()

@@ -21,8 +21,8 @@ from maildesk.act import notices
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
-from maildesk.desk import people, plans
-from maildesk.models import SHELVED, Link, Message, Participant, Status, Ticket
+from maildesk.desk import people, plans, sla
+from maildesk.models import SHELVED, Link, Message, Participant, Status, Tag, Ticket
 
 MERGE_HOPS = 10  # a chain of merges followed this far (each merge refuses a merged target)
 OTHERS_LISTED = 10  # of the requester's other open tickets, a notice names at most this many
@@ -54,8 +54,9 @@ def merged_into(session: Session, ticket: Ticket, numbers: Sequence[int]) -> tup
 def merge(
     session: Session, desk: Desk, ticket: Ticket, step: plans.Merge, now: datetime
 ) -> list[Mail]:
-    """Move the ticket's messages (their files with them) and people into ``step.into``; the
-    ticket becomes ``merged``, and its customer is told once that the target's ref is the one."""
+    """Move the ticket's messages (their files with them), people and tags into ``step.into``;
+    the ticket becomes ``merged`` (it keeps its events, its history), its customer is told once
+    that the target's ref is the one, and the target's SLA due time is taken again."""
     target = session.get(Ticket, step.into)
     assert target is not None, f"no ticket {step.into}"
     told = notices.customer_mail(
@@ -67,9 +68,12 @@ def merge(
     )
     session.expire(ticket, ["messages"])
     _move_people(ticket, target, step.by, now)
+    have = {tag.tag for tag in target.tags}
+    target.tags.extend(Tag(tag=t.tag) for t in ticket.tags if t.tag not in have)
     ticket.merged_into = target.id
     set_status(ticket, Status.MERGED, now)
     target.updated_at = now
+    sla.refresh_due(target, desk.settings)
     event(session, ticket, "merged", step.by, now, into=desk.ref(target))
     event(session, target, "merged_in", step.by, now, **{"from": desk.ref(ticket)})
     return [told] if ticket.requester else []
