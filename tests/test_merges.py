@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -303,5 +304,77 @@ def test_a_merge_joins_the_tags_and_the_target_keeps_its_sla_clock(
         assert [ref_number(m) for m in missed] == [1]
         assert world.ticket(1)["sla_breached"] == ["first_response"]
         assert world.ticket(2)["sla_breached"] == []
+    finally:
+        world.close()
+
+
+def with_files(message: EmailMessage, *files: tuple[str, bytes]) -> EmailMessage:
+    for filename, data in files:
+        message.add_attachment(data, maintype="application", subtype="pdf", filename=filename)
+    return message
+
+
+def attachments(mail: Captured) -> dict[str, bytes]:
+    """The files a delivered mail carries, by name, as the recipient's client decodes them."""
+    return {
+        str(part.get_filename()): part.get_content() for part in mail.message.iter_attachments()
+    }
+
+
+def blob(name: str, size: int) -> bytes:
+    seed = name.encode() * 64
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def test_send_sends_the_held_replys_files_within_the_limits(
+    world: DeskWorld, database_url: str | None
+) -> None:
+    world.close()
+    limits = {"max_attachment_bytes": 60_000, "max_outbound_bytes": 100_000}
+    world = DeskWorld(
+        world.account,
+        world.smtp,
+        world.root,
+        tables={"limits": limits},
+        database_url=database_url,
+        clock=world.clock,
+    )
+    try:
+        _, carol_notice = two_answers(world)
+        number = ref_number(carol_notice)
+        contract, terms = blob("contract.pdf", 55_000), blob("terms.pdf", 50_000)
+        reply = with_files(
+            agent_reply(carol_notice, CAROL_AGENT, "The papers are attached."),
+            ("contract.pdf", contract),
+            ("huge.pdf", blob("huge.pdf", 70_000)),  # over max_attachment_bytes: not kept
+            ("terms.pdf", terms),  # 105 KB with the contract: over max_outbound_bytes
+            ("note.pdf", b"small\n"),
+        )
+        world.deliver(reply)
+        world.run_once()
+        [held] = [m for m in world.mails_to(CAROL_AGENT) if "Held, not sent" in subject(m)]
+        [receipt] = [m for m in world.mails_to(CAROL_AGENT) if "Done:" in subject(m)]
+        assert "contract.pdf (55 KB) not sent to the customer: held with your reply; #send" in (
+            " ".join(text_of(receipt).split())
+        )
+
+        world.deliver(agent_reply(held, CAROL_AGENT, "#send"))
+        world.run_once()
+        [answer] = [m for m in on_ticket(world.mails_to(CUSTOMER), number) if attachments(m)]
+        assert text_of(answer).startswith("The papers are attached.")
+        assert attachments(answer) == {"contract.pdf": contract, "note.pdf": b"small\n"}
+        receipt = [m for m in world.mails_to(CAROL_AGENT) if "Done:" in subject(m)][-1]
+        said = " ".join(text_of(receipt).split())
+        assert "your held reply sent to the customer" in said
+        assert "held reply: contract.pdf (55 KB) sent to the customer" in said
+        assert (
+            "held reply: huge.pdf (70 KB) not sent to the customer: it was not kept: larger"
+            " than max_attachment_bytes (60 KB) when it came" in said
+        )
+        assert (
+            "held reply: terms.pdf (50 KB) not sent to the customer: the files of one reply may"
+            " come to 100 KB in all (max_outbound_bytes)" in said
+        )
+        assert "held reply: note.pdf (6 bytes) sent to the customer" in said
     finally:
         world.close()

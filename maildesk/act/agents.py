@@ -22,12 +22,12 @@ from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
-from maildesk.desk import assignment, auth, commands, merges, verbs
+from maildesk.desk import assignment, auth, commands, merges, plans, verbs
 from maildesk.desk.plans import Plan, Record
 from maildesk.desk.timers import utc_text
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
-from maildesk.models import Outbox, OutboxStatus, Ticket
+from maildesk.models import Message, Outbox, OutboxStatus, Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
 
@@ -78,8 +78,9 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     plan = merges.hold(plan, overtaken, agent.email, before.assignee)
     if desk.settings.lifecycle.claim_on_reply:
         plan = assignment.claimed(plan, before, agent.email)
+    sending = sent_held(scene, agent, plan)
     mails = carry_out(scene, plan)
-    receipt = mail_out(scene, mails, plan)
+    receipt = mail_out(scene, mails, plan, sending)
     # commands (and a claim) have a receipt; a mail with files always: which went on, which not
     if plan.applied or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
         enqueue(
@@ -103,10 +104,19 @@ def named(scene: Scene, agent: AgentSettings, parsed: commands.Parsed) -> merges
     return merges.Named(scene.ticket.id, tuple((n, str(s)) for n, s in found), held)
 
 
-def mail_out(scene: Scene, mails: Sequence[Mail], plan: Plan) -> Receipt:
+def sent_held(scene: Scene, agent: AgentSettings, plan: Plan) -> Message | None:
+    """The held reply the plan's ``#send`` sends (read before it is sent, for the receipt)."""
+    if not any(isinstance(step, plans.SendHeld) for step in plan.steps):
+        return None
+    return holding.held_by(scene.session, scene.ticket, agent.email)
+
+
+def mail_out(
+    scene: Scene, mails: Sequence[Mail], plan: Plan, sending: Message | None = None
+) -> Receipt:
     """Enqueue the mails an agent's commands cause; the receipt says what was applied and who
     was not mailed, or was held back, or bounced before, and what became of each file of the
-    agent's mail."""
+    agent's mail (and of the held reply ``sending``, which ``#send`` sent)."""
     session, ticket, now = scene.session, scene.ticket, scene.now
     unmailed = not_mailed(session, scene.desk, ticket, mails)
     bounced = None if unmailed else bounced_before(session, ticket, mails, now)
@@ -117,8 +127,26 @@ def mail_out(scene: Scene, mails: Sequence[Mail], plan: Plan) -> Receipt:
         not_mailed=unmailed,
         held=tuple(held_line(mail, why) for mail, why in held),
         bounced=bounced,
-        files=files.receipt_lines(scene.desk, scene.inbound, mails, why_not),
+        files=file_lines(scene, mails, plan, sending, why_not),
     )
+
+
+def file_lines(
+    scene: Scene,
+    mails: Sequence[Mail],
+    plan: Plan,
+    sending: Message | None,
+    why_not: str | None,
+) -> tuple[str, ...]:
+    """The receipt's lines about files: a held reply's go when ``#send`` sends it (the mail
+    with ``#send`` is a note), and are held with it."""
+    desk, inbound = scene.desk, scene.inbound
+    if sending is not None:
+        own = files.receipt_lines(desk, inbound, (), files.WITH_SEND)
+        return (*own, *files.held_receipt_lines(desk, sending, why_not))
+    if any(isinstance(step, plans.HoldReply) for step in plan.steps):
+        return files.receipt_lines(desk, inbound, (), files.HELD)
+    return files.receipt_lines(desk, inbound, mails, why_not)
 
 
 def bounced_before(

@@ -67,6 +67,31 @@ def to_customer(
     return tuple(enclosures), pictures
 
 
+def stored(desk: Desk, message: Message) -> list[rules.File]:
+    """The files of a message on the thread, as the rules read them: kept while the blob store
+    still has them."""
+    return [
+        rules.File(
+            a.filename,
+            a.size,
+            kept=not a.dropped and a.path is not None and desk.store.path(a.path).is_file(),
+        )
+        for a in message.attachments
+    ]
+
+
+def held_to_customer(desk: Desk, message: Message) -> tuple[Enclosure, ...]:
+    """The files of a held reply that go to the customer when ``#send`` sends it: chosen as a
+    reply's are (``rules.to_customer``), read from the blob store when the mail is composed.
+    Its HTML was not kept, so an inline image goes as an attachment."""
+    choice = rules.to_customer(stored(desk, message), desk.settings.limits)
+    parts = message.attachments
+    return tuple(
+        Enclosure(parts[i].filename, parts[i].content_type, desk.store.path(parts[i].path or ""))
+        for i in choice.chosen
+    )
+
+
 def on_notice(
     desk: Desk, inbound: Inbound | None
 ) -> tuple[list[dict[str, Any]], tuple[Enclosure, ...]]:
@@ -169,6 +194,8 @@ def ticket_files(
 
 
 NO_REPLY = "this mail sent the customer nothing (a note, or commands alone); the ticket keeps it"
+HELD = "held with your reply; #send sends them with it"
+WITH_SEND = "#send sends the held reply as it was; this mail is a note, and the ticket keeps it"
 REFUSED = "your commands were refused, so nothing was sent; the ticket keeps it"
 NOT_MAILED = "nobody outside was mailed; the ticket keeps it"
 _TO_CUSTOMER = ("reply", "closed")
@@ -187,3 +214,14 @@ def receipt_lines(
     if why_not is None and carried:
         return rules.receipt_lines(found, rules.to_customer(found, desk.settings.limits), "")
     return rules.receipt_lines(found, None, why_not or NO_REPLY)
+
+
+def held_receipt_lines(desk: Desk, message: Message, why_not: str | None) -> tuple[str, ...]:
+    """The receipt's lines about the files of the held reply ``#send`` sent: with it to the
+    customer, or not and why (``why_not``: why no mail to the customer could carry them)."""
+    found = stored(desk, message)
+    if why_not is not None:
+        lines = rules.receipt_lines(found, None, why_not)
+    else:
+        lines = rules.receipt_lines(found, rules.to_customer(found, desk.settings.limits), "")
+    return tuple(f"held reply: {line}" for line in lines)

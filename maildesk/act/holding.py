@@ -10,12 +10,13 @@ other agent's reply since. A held reply is a message on the thread, internal and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import notices
+from maildesk.act import files, notices
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
@@ -74,7 +75,8 @@ def hold(desk: Desk, message: Message, step: plans.HoldReply, now: datetime) -> 
 def send(
     session: Session, desk: Desk, ticket: Ticket, step: plans.SendHeld, now: datetime
 ) -> list[Mail]:
-    """The held reply goes to the customer, as the reply it was; the thread shows it sent."""
+    """The held reply goes to the customer, as the reply it was, with its files (as a reply's
+    go, within ``[limits]``); the thread shows it sent."""
     message = held_by(session, ticket, step.actor)
     if message is None:  # validated against this transaction's state: cannot happen
         return []
@@ -90,6 +92,7 @@ def send(
         agent={"name": step.agent_name},
         images=[],
     )
+    mail = replace(mail, attachments=files.held_to_customer(desk, message))
     if ticket.first_response_at is None:
         ticket.first_response_at = now
     if ticket.status not in (Status.CLOSED, Status.MERGED):
