@@ -49,6 +49,11 @@ def people(ticket: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(p["address"], p["role"], p["added_by"]) for p in ticket["participants"]]
 
 
+def lines(mail: Captured) -> str:
+    """The mail's text with its lines ended as ``\\n``."""
+    return text_of(mail).replace("\r\n", "\n")
+
+
 def cc_of(mail: Captured) -> list[str]:
     return [a.strip() for a in str(mail.message.get("Cc", "")).split(",") if a.strip()]
 
@@ -70,6 +75,10 @@ def test_to_and_cc_of_every_customer_mail_join_the_ticket_but_the_desk_and_agent
     ticket = world.ticket(1)
     assert people(ticket) == [(CUSTOMER, "requester", CUSTOMER), (DAVE, "cc", CUSTOMER)]
     assert ticket["participants"][1]["added_at"] == ticket["created_at"]
+    # the agents' notice says who else reads the answers
+    [notice] = world.mails_to(ALICE)
+    assert f"\nCc: {DAVE} (copied on your replies)\n" in lines(notice)
+    assert "Requester:" not in text_of(notice)  # she is who wrote
 
     # a later mail of the customer's names someone new in To: they join too, added by her
     later = customer_mail(
@@ -90,6 +99,9 @@ def test_to_and_cc_of_every_customer_mail_join_the_ticket_but_the_desk_and_agent
     [added] = [e for e in ticket["events"] if e["kind"] == "cc_added"][1:]
     assert added["actor"] == CUSTOMER and added["detail"] == {"added": [ERIN]}
     assert world.mails_to(ERIN) == []  # joining mails nobody
+    replied = world.mails_to(ALICE)[-1]
+    assert "Customer replied" in str(replied.message["Subject"])
+    assert f"\nCc: {DAVE}, {ERIN} (copied on your replies)\n" in lines(replied)
     shown = world.cli("tickets", "show", "1")
     assert f"cc {DAVE}, {ERIN}" in shown.stdout.decode()
 
@@ -118,6 +130,9 @@ def test_a_web_forms_reply_to_customer_is_the_requester_and_gets_the_answer(
     assert world.mails_to(SHOP) == []
 
     [notice] = world.mails_to(ALICE)
+    said = lines(notice)
+    assert f"from {SHOP}.\n" in said
+    assert f"\nRequester: {GINA} (your replies go there)\n" in said
     world.deliver(agent_reply(notice, ALICE, "Hi Gina, a new parcel is on its way."))
     world.run_once()
     [_, answer] = world.mails_to(GINA)

@@ -107,6 +107,7 @@ def ticket_context(desk: Desk, ticket: Ticket, *, to_agent: bool = False) -> dic
             "team": ticket.team,
             "assignee": ticket.assignee,
             "requester": ticket.requester,
+            "cc": list(people.copied(desk, ticket)),
             "tags": sorted(t.tag for t in ticket.tags),
         }
     }

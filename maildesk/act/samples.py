@@ -21,9 +21,10 @@ from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
 from maildesk.desk import auth, commands
 from maildesk.mail.rendering import HTML, TEXT, TemplateError, TemplateProblem
-from maildesk.models import Status, Tag, Ticket
+from maildesk.models import Participant, Status, Tag, Ticket
 
 REQUESTER = "jane.doe@example.org"
+COLLEAGUE = "sam.lee@example.org"  # on the Cc of the worked sample
 CUSTOMER_TEXT = """\
 Hello,
 
@@ -128,9 +129,11 @@ def sample_ticket(
     assignee: str | None = None,
     tags: tuple[str, ...] = (),
     team: str | None = None,
+    cc: tuple[str, ...] = (),
 ) -> Ticket:
     """A ticket as the rules hand it to a template (never added to a session)."""
     now = desk.clock()
+    copied = [Participant(address=a, added_at=now, added_by=REQUESTER) for a in cc]
     return Ticket(
         id=1042,
         subject="Printer on the 3rd floor jams on every page",
@@ -144,7 +147,7 @@ def sample_ticket(
         updated_at=now,
         status_since=now,
         tags=[Tag(tag=t) for t in tags],
-        participants=[],
+        participants=copied,
         messages=[],
         events=[],
     )
@@ -165,7 +168,9 @@ class _Maker:
         self.other_team = teams[1] if len(teams) > 1 else teams[0]
         email = self.agent.email
         self.new = sample_ticket(desk)
-        self.worked = sample_ticket(desk, assignee=email, tags=("hardware", "printer"))
+        self.worked = sample_ticket(
+            desk, assignee=email, tags=("hardware", "printer"), cc=(COLLEAGUE,)
+        )
         self.pending = sample_ticket(desk, Status.PENDING, assignee=email, tags=("printer",))
         self.closed = sample_ticket(desk, Status.CLOSED, assignee=email, tags=("printer",))
         self.escalated = sample_ticket(

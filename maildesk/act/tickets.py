@@ -150,19 +150,17 @@ def open_ticket(
     else:
         decided = assigning.intake(session, desk, opening.ruling or Ruling(opening.team))
     opened = customers.opened(first, opening.mailbox, linked, requester, decided, spam=opening.spam)
-    mails = merging.listing_others(session, desk, ticket, carry_out(scene, opened))
-    carry_out(scene, people.joined(inbound, wrote or requester, state_of(ticket), outsiders))
+    joined = people.joined(inbound, wrote or requester, state_of(ticket), outsiders)
+    mails = carry_out(scene, opened.before_mails(joined))  # its notice names them
+    mails = merging.listing_others(session, desk, ticket, mails)
     heard_from(session, ticket, wrote, now)
     if opening.acknowledge and requester:
         mails += acknowledgment(session, desk, ticket, inbound, now)
     sla.refresh_due(ticket, desk.settings)
     enqueue(session, desk, mails, now)
+    said = {"message_id": inbound.message_id, "ticket": desk.ref(ticket)}
     log.info(
-        "new ticket %s from %s <%s>",
-        desk.ref(ticket),
-        requester,
-        inbound.message_id,
-        extra={"message_id": inbound.message_id, "ticket": desk.ref(ticket)},
+        "new ticket %s from %s <%s>", desk.ref(ticket), requester, said["message_id"], extra=said
     )
     return ticket
 
@@ -357,8 +355,8 @@ def customer_reply(scene: Scene, mailbox: str) -> Answered:
         opening = Opening(ticket.team, mailbox, linked_to=ticket)
         linked = open_ticket(session, desk, inbound, scene.stored, opening, now)
         return Answered(followed.case, linked)
-    mails = carry_out(scene, followed.plan)
     outsiders = act_people.outsiders(desk)
-    carry_out(scene, people.joined(inbound, sender, state_of(ticket), outsiders))
+    joined = people.joined(inbound, sender, state_of(ticket), outsiders)
+    mails = carry_out(scene, followed.plan.before_mails(joined))
     enqueue(session, desk, mails, now)
     return Answered(followed.case, ticket)

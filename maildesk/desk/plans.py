@@ -294,6 +294,13 @@ class Plan:
     def mails(self) -> tuple[Notify, ...]:
         return tuple(step for step in self.steps if isinstance(step, Notify))
 
+    def before_mails(self, other: Plan) -> Plan:
+        """This plan with ``other``'s steps carried out before its first mail, which then
+        shows what they changed (the people a customer's mail named, in its notice)."""
+        steps = self.steps
+        at = next((i for i, step in enumerate(steps) if isinstance(step, Notify)), len(steps))
+        return Plan(steps[:at] + other.steps + steps[at:], self.applied + other.applied)
+
 
 def preview(state: TicketState, plan: Plan) -> TicketState:
     """The ticket as ``plan`` leaves it (what its agents and customer will see), without
