@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.models import Ledger
-from tests.desk import ALICE, CAROL_AGENT, CUSTOMER, DeskWorld, customer_mail
+from tests.desk import ALICE, CAROL_AGENT, CUSTOMER, ON_BOTH_DATABASES, DeskWorld, customer_mail
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
@@ -35,13 +35,13 @@ VERDICTS = [
 
 @pytest.fixture
 def world(
-    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, database_url: str | None
 ) -> Iterator[DeskWorld]:
     tables = {
         "security": {"trusted_authserv_ids": ["mx.example.com"]},
         "intake": {"blocked_senders": ["*@blocked.test"]},
     }
-    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=tables)
+    w = DeskWorld(imap_server, smtp_server, tmp_path, tables=tables, database_url=database_url)
     yield w
     w.close()
 
@@ -131,6 +131,7 @@ def blocked_list(world: DeskWorld) -> list[dict]:
     return json.loads(done.stdout)
 
 
+@ON_BOTH_DATABASES
 def test_spam_block_stops_the_next_mail_from_that_sender(world: DeskWorld) -> None:
     world.deliver(customer_mail("Invoice overdue", "Open the attachment.", sender=SPAMMER))
     world.run_once()
