@@ -198,9 +198,8 @@ class Link(Base):
 
 class Participant(Base):
     """An address on a ticket's Cc besides its requester: named in To or Cc of a customer's
-    mail, or added by an agent (``#cc``). They may follow up by ref, and the mails to the
-    requester that carry the ticket's news (replies, escalation, closing) copy them.
-    ``added_by``: the customer whose mail named them, or the agent."""
+    mail, or added by an agent (``#cc``, ``added_by``). They may follow up by ref, and the
+    mails that carry the ticket's news copy them. ``bounced_at``: a copy was refused for good."""
 
     __tablename__ = "participants"
 
@@ -208,6 +207,7 @@ class Participant(Base):
     address: Mapped[str] = mapped_column(String(320), primary_key=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
     added_by: Mapped[str] = mapped_column(String(320), default="")
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ticket: Mapped[Ticket] = relationship(back_populates="participants")
 
 
@@ -465,7 +465,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def _private_sqlite_files(path: Path) -> None:

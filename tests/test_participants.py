@@ -238,16 +238,37 @@ def test_a_bounce_of_a_copy_is_about_its_participant_alone(world: DeskWorld) -> 
     world.deliver(agent_reply(notice, ALICE, "Which model is it?"))
     world.run_once()
     [to_dave] = world.mails_to(DAVE)
+    before = len(world.mails_to(ALICE))
     world.deliver(delivery_report(to_dave, "failed", "5.1.1", diagnostic="550 5.1.1 unknown"))
     world.run_once()
     ticket = world.ticket(1)
     [bounce] = [e for e in ticket["events"] if e["kind"] == "bounce"]
     assert bounce["detail"]["recipient"] == DAVE
     assert ticket["requester_bounced"] is False  # Carol's mail arrived
+    # Dave is marked on the ticket, and its owner told which mail did not reach whom
+    assert [p["bounced"] for p in ticket["participants"]] == [False, True]
+    [marked] = [e for e in ticket["events"] if e["kind"] == "participant_bounced"]
+    assert (marked["detail"]["address"], marked["detail"]["status"]) == (DAVE, "5.1.1")
+    [told] = world.mails_to(ALICE)[before:]
+    said = " ".join(text_of(told).split())
+    assert str(told.message["Subject"]).startswith("[#1] Mail not delivered")
+    assert f"The reply sent to {DAVE} on ticket [#1] was not delivered" in said
+    assert f"{DAVE} is on this ticket's Cc" in said and f"#uncc {DAVE}" in said
+    assert "no reminder and does not close by itself" not in said  # that is the requester's
     # the closing notice is made from the template: held for Dave, who bounced, sent to Carol
     world.deliver(agent_reply(notice, ALICE, "#close"))
     world.run_once()
     assert len(world.mails_to(DAVE)) == 1 and len(world.mails_to(CUSTOMER)) == 3
+
+    # Dave writes again: his address works, the mark goes
+    world.deliver(
+        customer_mail("Re: Printer broken", "New address, same me.", sender=DAVE, reply_to=to_dave)
+    )
+    world.run_once()
+    ticket = world.ticket(1)
+    assert [p["bounced"] for p in ticket["participants"]] == [False, False]
+    assert ticket["events"][-1]["kind"] != "participant_bounced"
+    assert any(e["kind"] == "bounce_cleared" and e["actor"] == DAVE for e in ticket["events"])
 
 
 def receipt_after(world: DeskWorld, mail: Any) -> str:

@@ -65,7 +65,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0010(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE participants DROP COLUMN bounced_at"))
+
+
 def _undo_0009(conn: Connection) -> None:
+    _undo_0010(conn)
     conn.execute(text("DROP TABLE ticket_links"))
     conn.execute(text("ALTER TABLE messages DROP COLUMN held"))
     conn.execute(text("ALTER TABLE tickets DROP COLUMN merged_into"))
@@ -287,5 +292,20 @@ def test_a_database_at_the_eighth_revision_gains_merges_links_and_held_replies(
         assert "ticket_links" in inspect(db.engine).get_table_names()
         assert "merged_into" in {c["name"] for c in inspect(db.engine).get_columns("tickets")}
         assert "held" in {c["name"] for c in inspect(db.engine).get_columns("messages")}
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_ninth_revision_marks_bounced_participants(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0010(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0009'"))
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        columns = {c["name"] for c in inspect(db.engine).get_columns("participants")}
+        assert "bounced_at" in columns
     finally:
         db.dispose()

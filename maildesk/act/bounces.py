@@ -8,7 +8,8 @@ value inside their own transaction, so the notice to the agents is written with 
 Only the customers' mail is told about: the desk's mail to its own agents and admin is not (a
 bounce notice that bounces must not cause another). A requester whose address was refused for
 good is marked on the ticket (``requester_bounced``), which stops the reminder and auto-close
-timers until the customer writes again.
+timers until the customer writes again; a participant whose copy was refused is marked on its
+row (``participant_bounced``), and their copies of automatic mail are held.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from maildesk.desk import commands
 from maildesk.desk.timers import utc_text
 from maildesk.mail.compose import subject_of
 from maildesk.mail.smtp import SendResult
-from maildesk.models import Outbox, Ticket
+from maildesk.models import Outbox, Participant, Ticket
 
 log = logging.getLogger("maildesk.bounces")  # the logs name the job, not the module path
 
@@ -51,25 +52,24 @@ class Undelivered:
 def undelivered(
     session: Session, desk: Desk, row: Outbox, what: Undelivered, now: datetime
 ) -> None:
-    """``row`` will not arrive: suppress the address if it was refused, mark the ticket if it
-    is its requester's, and tell the assignee (else the team) which mail, where, and why."""
+    """``row`` will not arrive: suppress the address if it was refused, mark the ticket's
+    requester or the participant it went to, and tell the assignee (else the team) which
+    mail, where, and why."""
     if what.address_refused:
         guard.suppress(session, what.address, what.status, now)
     ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
-    if ticket is None or not to_customer(desk, ticket, row):
+    if ticket is None or not to_customer(desk, row):
         return  # the desk's mail to agents or the admin: told to no one, so nothing loops
-    if what.address_refused and ticket.requester_bounced_at is None:
-        ticket.requester_bounced_at = now
-        event(
-            session,
-            ticket,
-            "requester_bounced",
-            "",
-            now,
-            address=what.address,
-            status=what.status,
-            effect="no reminder and no auto-close until the customer writes again",
-        )
+    if row.recipient.lower() == ticket.requester.lower():
+        copied = None
+        if what.address_refused:
+            _requester_bounced(session, ticket, what, now)
+    else:
+        copied = next((p for p in ticket.participants if p.address == row.recipient), None)
+        if copied is None:
+            return  # no longer on the ticket (taken off its Cc, say): nothing to do about it
+        if what.address_refused:
+            _participant_bounced(session, ticket, copied, what, now)
     notices = notify_owner(
         desk,
         ticket,
@@ -86,7 +86,8 @@ def undelivered(
         status=what.status,
         words=what.words,
         via=what.via,
-        requester_bounced=ticket.requester_bounced_at is not None,
+        requester_bounced=copied is None and ticket.requester_bounced_at is not None,
+        participant_bounced=copied is not None and copied.bounced_at is not None,
     )
     enqueue(session, desk, notices, now)
     log.info(
@@ -101,13 +102,46 @@ def undelivered(
     )
 
 
-def to_customer(desk: Desk, ticket: Ticket, row: Outbox) -> bool:
-    """Whether ``row`` is one of the ticket's mails to its customer (not to an agent)."""
-    return (
-        row.kind in CUSTOMER_MAILS
-        and row.recipient.lower() == ticket.requester.lower()
-        and desk.settings.agent(row.recipient) is None
+def _requester_bounced(session: Session, ticket: Ticket, what: Undelivered, now: datetime) -> None:
+    if ticket.requester_bounced_at is not None:
+        return
+    ticket.requester_bounced_at = now
+    event(
+        session,
+        ticket,
+        "requester_bounced",
+        "",
+        now,
+        address=what.address,
+        status=what.status,
+        effect="no reminder and no auto-close until the customer writes again",
     )
+
+
+def _participant_bounced(
+    session: Session, ticket: Ticket, copied: Participant, what: Undelivered, now: datetime
+) -> None:
+    """A participant's address refused a copy for good: marked on the ticket. Their copies of
+    automatic mail are held (the address is suppressed); the requester's mail goes on."""
+    if copied.bounced_at is not None:
+        return
+    copied.bounced_at = now
+    event(
+        session,
+        ticket,
+        "participant_bounced",
+        "",
+        now,
+        address=what.address,
+        status=what.status,
+        effect="no copy of automatic mail until they write again; replies are still copied",
+    )
+
+
+def to_customer(desk: Desk, row: Outbox) -> bool:
+    """Whether ``row`` is one of a ticket's mails to its customers (its requester, or a copy
+    to a participant), not to an agent."""
+    return row.kind in CUSTOMER_MAILS and desk.settings.agent(row.recipient) is None
 
 
 def refused(session: Session, desk: Desk, row: Outbox, result: SendResult, now: datetime) -> None:

@@ -192,19 +192,22 @@ class _Maker:
         return self.desk.mailer.context(mail)
 
 
-def _bounce(make: _Maker, *, requester_bounced: bool) -> dict[str, Any]:
+def _bounce(
+    make: _Maker, *, requester_bounced: bool = False, participant_bounced: bool = False
+) -> dict[str, Any]:
     """What ``bounces`` tells the owner of a ticket about a mail that did not arrive."""
     return {
         "mail": {
-            "kind": "acknowledgment",
+            "kind": "reply" if participant_bounced else "acknowledgment",
             "subject": "[#1042] Printer on the 3rd floor jams on every page",
             "date": "Thu 26 Nov 2026 09:00 UTC",
         },
-        "address": REQUESTER,
+        "address": "dave.doe@example.org" if participant_bounced else REQUESTER,
         "status": "5.1.1",
         "words": "smtp; 550 5.1.1 <jane.doe@example.org>: Recipient address rejected",
         "via": "a delivery report",
         "requester_bounced": requester_bounced,
+        "participant_bounced": participant_bounced,
     }
 
 
@@ -338,6 +341,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         "agent_bounce": [
             make.notice(worked, "agent_bounce", **_bounce(make, requester_bounced=True)),
             make.notice(new, "agent_bounce", **_bounce(make, requester_bounced=False)),
+            make.notice(worked, "agent_bounce", **_bounce(make, participant_bounced=True)),
         ],
         "agent_unverified": _unverified(make),
         **_without_ticket(make),

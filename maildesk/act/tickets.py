@@ -305,8 +305,12 @@ _MARKED = select(Ticket).where(
 def heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> None:
     """The requester wrote from their address, so it works again: no ticket of theirs stays
     marked as bounced (``requester_bounced``). Automatic mail to the address stays suppressed
-    for its days: that mail came from an address does not make mail to it arrive."""
-    if not sender or sender != ticket.requester:
+    for its days: that mail came from an address does not make mail to it arrive. A
+    participant who wrote is no longer marked either."""
+    if not sender:
+        return
+    if sender != ticket.requester:
+        _participant_heard_from(session, ticket, sender, now)
         return
     if ticket.requester_bounced_at is None:
         # a mark is only ever set with a suppression of the address: without one, none to clear
@@ -315,6 +319,14 @@ def heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> 
     for marked in session.scalars(_MARKED, {"requester": sender}):
         marked.requester_bounced_at = None
         event(session, marked, "bounce_cleared", sender, now, reason="the customer wrote again")
+
+
+def _participant_heard_from(session: Session, ticket: Ticket, sender: str, now: datetime) -> None:
+    """A participant marked as bounced wrote: their address works again, the mark goes."""
+    for row in ticket.participants:
+        if row.address == sender and row.bounced_at is not None:
+            row.bounced_at = None
+            event(session, ticket, "bounce_cleared", sender, now, reason="the participant wrote")
 
 
 def automatic_followup(scene: Scene, reason: str) -> None:

@@ -88,9 +88,11 @@ def participants(ticket: Ticket) -> list[dict[str, Any]]:
     if ticket.requester:
         named = [e for e in ticket.events if e.kind == "requester_changed"]
         at, by = (named[-1].at, named[-1].actor) if named else (ticket.created_at, "")
-        people.append(_person(ticket.requester, "requester", at, by or ticket.requester))
+        person = _person(ticket.requester, "requester", at, by or ticket.requester)
+        people.append({**person, "bounced": ticket.requester_bounced_at is not None})
     for row in sorted(ticket.participants, key=lambda p: (p.added_at, p.address)):
-        people.append(_person(row.address, "cc", row.added_at, row.added_by))
+        person = _person(row.address, "cc", row.added_at, row.added_by)
+        people.append({**person, "bounced": row.bounced_at is not None})
     return people
 
 
