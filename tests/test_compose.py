@@ -284,7 +284,9 @@ def test_a_non_ascii_address_is_written_as_utf8_not_as_an_encoded_word(
 @COMPOSE
 @given(
     name=text,
-    ctype=st.sampled_from(["application/pdf", "image/png", "text/plain", "bad type\r\nX: y", ""]),
+    ctype=st.sampled_from(
+        ["application/pdf", "image/png", "text/plain", "message/rfc822", "bad type\r\nX: y", ""]
+    ),
     data=st.binary(max_size=3000),
     html=st.sampled_from([None, "<p>Attached.</p>", '<img src="cid:logo.1@example.com">']),
 )

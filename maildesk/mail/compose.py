@@ -166,6 +166,8 @@ def _file_part(file: Enclosure, *, inline: bool) -> bytes:
     reader: quoted where it is plain ASCII, else as an RFC 2231 parameter (and as encoded words
     in ``name``, which older readers show)."""
     ctype = file.content_type.lower() if _MIME_TYPE.fullmatch(file.content_type.lower()) else ""
+    if ctype.startswith(("message/", "multipart/")):  # never base64 in MIME (RFC 2046): an
+        ctype = ""  # attached mail goes as a file of bytes, its name (.eml) saying what it is
     name = clean_header(file.filename, 255).strip() or "attachment"
     if _PLAIN_NAME.fullmatch(name) and '"' not in name and "\\" not in name:
         shown, given = f'name="{name}"', f'filename="{name}"'
