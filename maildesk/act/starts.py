@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, files, tickets
+from maildesk.act import agents, tickets
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import enqueue
@@ -96,11 +96,7 @@ def conversation(arrival: Arrival, agent: AgentSettings, start: starts.Conversat
     scene = Scene(session, desk, ticket, arrival.inbound, arrival.stored, now)
     plan = starts.conversation(start, agent, arrival.team, arrival.mailbox, desk.directory)
     mails = carry_out(scene, plan)
-    receipt = agents.mail_out(scene, mails, plan)
-    if arrival.inbound.attachments:  # the files went on with the text, or not, and why
-        why_not = files.NOT_MAILED if receipt.not_mailed else None
-        lines = files.receipt_lines(desk, arrival.inbound, mails, why_not)
-        receipt = replace(receipt, files=lines)
+    receipt = agents.mail_out(scene, mails, plan)  # its files too: sent on, or not and why
     enqueue(session, desk, [agents.receipt_mail(desk, ticket, agent, now, receipt)], now)
     log.info(
         "new ticket %s with %s started by %s <%s>",
