@@ -328,3 +328,37 @@ def test_agents_cc_uncc_and_name_the_requester_by_mail_and_malformed_ones_are_re
     assert "Secret words." not in " ".join(text_of(m) for m in world.mails_to(GINA))
     kinds = [e["kind"] for e in after["events"]]
     assert {"cc_added", "requester_changed", "cc_removed"} <= set(kinds)
+
+
+JOERG = "jörg@kunde.test"  # a participant whose address needs SMTPUTF8 (RFC 6531)
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["smtputf8", "no-smtputf8"])
+def test_a_non_ascii_participant_is_copied_only_where_the_server_takes_it(
+    imap_server: ImapAccount, tmp_path: Path, announced: bool
+) -> None:
+    with ScriptedSmtp(smtputf8=announced) as smtp:
+        world = DeskWorld(imap_server, smtp, tmp_path)
+        try:
+            cc = f"Jörg <{JOERG}>, {DAVE}"
+            world.deliver(customer_mail("Drucker", "Er druckt nicht.", headers=[("Cc", cc)]))
+            world.run_once()  # the acknowledgment: the desk learns what the server announces
+            assert [p for p, *_ in people(world.ticket(1))] == [CUSTOMER, DAVE, JOERG]
+            [notice] = world.mails_to(ALICE)
+            said = receipt_after(world, agent_reply(notice, ALICE, "Welches Modell?"))
+            [_, to_carol] = world.mails_to(CUSTOMER)
+            [to_dave] = world.mails_to(DAVE)
+            if announced:
+                [to_joerg] = world.mails_to(JOERG)
+                assert sorted(cc_of(to_carol)) == sorted([DAVE, JOERG]) == sorted(cc_of(to_joerg))
+                assert "not copied" not in said
+                return
+            # without SMTPUTF8 a header naming him cannot be sent: he is left out of the Cc
+            assert world.mails_to(JOERG) == []
+            for mail in (to_carol, to_dave):
+                assert cc_of(mail) == [DAVE] and mail.raw.isascii()
+            assert f"{JOERG} was not copied" in said and "does not announce SMTPUTF8" in said
+            [event] = [e for e in world.ticket(1)["events"] if e["kind"] == "not_copied"]
+            assert (event["detail"]["recipient"], event["detail"]["mail"]) == (JOERG, "reply")
+        finally:
+            world.close()

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from maildesk.act import files, guard, holding, merging
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
-from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed
+from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed, uncopied
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
 from maildesk.desk import assignment, auth, commands, merges, plans, verbs
@@ -82,7 +82,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     mails = carry_out(scene, plan)
     receipt = mail_out(scene, mails, plan, sending)
     # commands (and a claim) have a receipt; a mail with files always: which went on, which not
-    if plan.applied or receipt.not_mailed or receipt.held or receipt.bounced or receipt.files:
+    if plan.applied or receipt.says_more:
         enqueue(
             scene.session,
             desk,
@@ -120,6 +120,7 @@ def mail_out(
     session, ticket, now = scene.session, scene.ticket, scene.now
     unmailed = not_mailed(session, scene.desk, ticket, mails)
     bounced = None if unmailed else bounced_before(session, ticket, mails, now)
+    left_out = {} if unmailed else uncopied(session, scene.desk, mails)
     held = enqueue(session, scene.desk, mails, now)
     why_not = files.NOT_MAILED if unmailed else None
     return Receipt(
@@ -127,6 +128,7 @@ def mail_out(
         not_mailed=unmailed,
         held=tuple(held_line(mail, why) for mail, why in held),
         bounced=bounced,
+        uncopied=tuple(f"{address} was not copied: {why}" for address, why in left_out.items()),
         files=file_lines(scene, mails, plan, sending, why_not),
     )
 
@@ -338,7 +340,13 @@ class Receipt:
     not_mailed: str | None = None  # why nobody outside was mailed, when someone should have been
     held: tuple[str, ...] = ()  # mails to the customer held back (``held_line``)
     bounced: str | None = None  # the agent's words went to an address that bounced before
+    uncopied: tuple[str, ...] = ()  # participants left out of the Cc, and why
     files: tuple[str, ...] = ()  # the files of the agent's mail: sent on, or not and why
+
+    @property
+    def says_more(self) -> bool:
+        """It tells of something beyond the commands applied: the agent gets it for that."""
+        return bool(self.not_mailed or self.held or self.bounced or self.uncopied or self.files)
 
 
 def receipt_mail(
@@ -358,5 +366,6 @@ def receipt_mail(
         not_mailed=receipt.not_mailed,
         held=list(receipt.held),
         bounced=receipt.bounced,
+        uncopied=list(receipt.uncopied),
         files=list(receipt.files),
     )

@@ -8,6 +8,7 @@ sent inline: the delivery process sends them after the commit).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -226,6 +227,7 @@ def enqueue(
         elif not mail.to:
             event(session, ticket, "not_mailed", "", now, mail=mail.kind, reason=NO_ADDRESS)
         else:
+            mail = _copyable(session, desk, mail, now)
             undeliverable = {a: desk.mailer.undeliverable(session, a) for a in (mail.to, *mail.cc)}
             queued = desk.mailer.enqueue(session, mail, now)
             for address, why in undeliverable.items():
@@ -235,6 +237,36 @@ def enqueue(
             if queued.held and not undeliverable[mail.to]:
                 held.append((mail, queued.held))
     return held
+
+
+def uncopied(session: Session, desk: Desk, mails: Iterable[Mail]) -> dict[str, str]:
+    """The Cc of ``mails`` the SMTP server cannot be given, with why (``undeliverable``)."""
+    found = {}
+    for mail in mails:
+        for address in mail.cc:
+            why = desk.mailer.undeliverable(session, address, copied=True)
+            if why:
+                found[address] = why
+    return found
+
+
+def _copyable(session: Session, desk: Desk, mail: Mail, now: datetime) -> Mail:
+    """``mail`` without the Cc it cannot carry; each left out is on the ticket's timeline."""
+    left_out = uncopied(session, desk, (mail,))
+    if not left_out or mail.ticket is None:
+        return mail
+    for address, why in left_out.items():
+        event(
+            session,
+            mail.ticket,
+            "not_copied",
+            "",
+            now,
+            mail=mail.kind,
+            recipient=address,
+            error=why,
+        )
+    return replace(mail, cc=tuple(a for a in mail.cc if a not in left_out))
 
 
 def not_mailed(session: Session, desk: Desk, ticket: Ticket, mails: Sequence[Mail]) -> str | None:

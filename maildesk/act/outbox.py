@@ -214,17 +214,19 @@ class Mailer:
         }
         insert_row(session, Outbox, values)
 
-    def undeliverable(self, session: Any, address: str) -> str | None:
+    def undeliverable(self, session: Any, address: str, *, copied: bool = False) -> str | None:
         """Why mail to ``address`` cannot go out through our SMTP server, when that is known
         before trying: a non-ASCII address (RFC 6531) and a server that did not announce
         SMTPUTF8 the last time the delivery process connected. Unknown yet: None (the delivery
-        process finds out, and fails the mail then with the same reason)."""
+        process finds out, and fails the mail then with the same reason), but for an address
+        in the Cc of a mail (``copied``): every copy carries it, so the server must be known
+        to take it."""
         if address.isascii():
             return None
         smtp = self.settings.smtp
         with session.no_autoflush:
             known = session.get(SmtpCapabilities, server_name(smtp))
-        if known is None or known.smtputf8:
+        if known.smtputf8 if known is not None else not copied:
             return None
         return no_smtputf8(smtp, address)
 

@@ -390,6 +390,11 @@ def _receipts(make: _Maker) -> list[dict[str, Any]]:
                 applied=("closed",),
                 held=("the closing mail: loop protection: 10 automatic mails in the hour",),
                 bounced=f"{REQUESTER} bounced permanently on Thu 26 Nov 2026 (5.1.1); sent anyway",
+                uncopied=(
+                    "jörg@example.org was not copied: the address jörg@example.org is not ASCII,"
+                    " and the SMTP server smtp.example.org:587 does not announce SMTPUTF8"
+                    " (RFC 6531), which mail to it needs",
+                ),
             ),
         ),
         make.receipt(
