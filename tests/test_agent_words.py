@@ -134,3 +134,33 @@ def test_an_agents_reply_reaches_an_address_that_bounced_and_the_receipt_says_so
     [receipt] = receipts(world, 1)  # a receipt even for a plain reply, to say this
     text = " ".join(text_of(receipt).split())
     assert f"{CUSTOMER} bounced permanently on 2026-11-26 09:00 UTC (5.1.1); sent anyway" in text
+
+
+def test_a_receipt_lists_the_commands_only_when_one_was_refused_or_asked_for(
+    world: DeskWorld,
+) -> None:
+    world.deliver(customer_mail("Printer broken", "It prints blank pages."))
+    world.run_once()
+    notice = on_ticket(world.mails_to(ALICE), 1)[0]
+    hint = "For the list of commands, reply with #help on a line of its own."
+
+    world.deliver(agent_reply(notice, ALICE, "#assign me\n#priority high"))
+    world.run_once()
+    [done] = receipts(world, 1)
+    text = text_of(done).replace("\r\n", "\n")
+    assert "assigned to you (" in text
+    # the state in whole sentences, each on its line; then one line on how to ask for the list
+    assert "is now open.\nPriority high, team support, assignee alice@example.com.\n" in text
+    assert text.rstrip().endswith(hint)
+    assert "#escalate <team>" not in text
+    assert len(text.strip().splitlines()) < 12
+
+    world.deliver(agent_reply(notice, ALICE, "#help"))
+    world.deliver(agent_reply(notice, ALICE, "#priority hgih"))
+    world.run_once()
+    [asked] = [m for m in receipts(world, 1)[1:] if " Done" in str(m.message["Subject"])]
+    [refused] = [m for m in receipts(world, 1) if "Not done" in str(m.message["Subject"])]
+    for receipt in (asked, refused):
+        assert "#escalate <team>" in text_of(receipt)  # the whole list
+        assert hint not in text_of(receipt)
+    assert "the commands are listed below" in text_of(asked)

@@ -351,6 +351,8 @@ def test_huge_body_parses_in_linear_time() -> None:
     ("commands", "line"),
     [
         ("#assign bob", "assigned to Bob Baker <bob@example.com>"),
+        ("#assign me", "assigned to you (Alice Archer <alice@example.com>)"),
+        ("#help", "the commands are listed below"),
         ("#note", "kept as an internal note; the customer gets nothing"),
         ("#escalate billing", "escalated to team billing"),
         ("#close", "closed"),
@@ -363,7 +365,7 @@ def test_huge_body_parses_in_linear_time() -> None:
 )
 def test_describe(commands: str, line: str) -> None:
     (action,) = check(subject=f"[#1042] x {commands}").actions
-    assert describe(action) == line
+    assert describe(action, ALICE) == line
 
 
 def test_help_covers_every_verb_with_an_example() -> None:

@@ -81,6 +81,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     sending = sent_held(scene, agent, plan)
     mails = carry_out(scene, plan)
     receipt = mail_out(scene, mails, plan, sending)
+    receipt = replace(receipt, help=any(a.verb == "help" for a in validation.actions))
     # commands (and a claim) have a receipt; a mail with files always: which went on, which not
     if plan.applied or receipt.says_more:
         enqueue(
@@ -342,6 +343,7 @@ class Receipt:
     bounced: str | None = None  # the agent's words went to an address that bounced before
     uncopied: tuple[str, ...] = ()  # participants left out of the Cc, and why
     files: tuple[str, ...] = ()  # the files of the agent's mail: sent on, or not and why
+    help: bool = False  # the agent asked for the list of commands (``#help``)
 
     @property
     def says_more(self) -> bool:
@@ -352,7 +354,8 @@ class Receipt:
 def receipt_mail(
     desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime, receipt: Receipt
 ) -> Mail:
-    """The one reply to an agent's commands: what was done, what was refused, and the help."""
+    """The one reply to an agent's commands: what was done, what was refused; the list of
+    commands when one was refused or the agent asked (``#help``), else where to ask for it."""
     return agent_mail(
         desk,
         ticket,
@@ -368,4 +371,5 @@ def receipt_mail(
         bounced=receipt.bounced,
         uncopied=list(receipt.uncopied),
         files=list(receipt.files),
+        help=commands.HELP if receipt.refused or receipt.help else "",
     )

@@ -363,13 +363,17 @@ def _others(make: _Maker) -> list[dict[str, str]]:
 
 
 def _receipts(make: _Maker) -> list[dict[str, Any]]:
-    """A receipt with commands applied, one refused, one not mailed, one held and bounced."""
+    """A receipt with commands applied, one refused, one not mailed, one held and bounced, one
+    with the list of commands the agent asked for (``#help``)."""
     agent, new, worked = make.agent, make.new, make.worked
     return [
         make.receipt(
             worked,
-            agents.Receipt(applied=(f"assigned to {agent.name} <{agent.email}>", "tagged printer")),
+            agents.Receipt(
+                applied=(f"assigned to you ({agent.name} <{agent.email}>)", "tagged printer")
+            ),
         ),
+        make.receipt(worked, agents.Receipt(applied=("the commands are listed below",), help=True)),
         make.receipt(
             new,
             agents.Receipt(
@@ -460,9 +464,16 @@ def _without_ticket(make: _Maker) -> dict[str, list[dict[str, Any]]]:
                 commands=["#new x@y.test"],
                 count=1,
                 subject=subject,
+                replay=False,
             ),
             made(
-                starts.ADDRESS_NOTICE, "agent_address", reason=why, commands=[], count=7, subject=""
+                starts.ADDRESS_NOTICE,
+                "agent_address",
+                reason=why,
+                commands=[],
+                count=7,
+                subject="",
+                replay=True,
             ),
         ],
     }

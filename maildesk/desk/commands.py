@@ -33,6 +33,7 @@ VERBS = (
     "spam",
     "notspam",
     *merges.VERBS,
+    "help",
 )
 PRIORITIES = ("low", "medium", "high", "urgent")
 
@@ -332,7 +333,7 @@ def _tags(command: Command) -> tuple[str, ...]:
 
 def _action(command: Command, directory: Directory, actor: str) -> Action:
     verb, source = command.verb, command.source
-    if verb in ("note", "close", "reopen", "files", "notspam"):
+    if verb in ("note", "close", "reopen", "files", "notspam", "help"):
         _no_args(command)
         return Action(verb, None, source=source)
     if verb == "assign":
@@ -362,7 +363,7 @@ TEXT_HINT = (
 )
 # how many words these verbs take before the hint (a name of two words gets it only if unknown)
 _MOST_WORDS = {"priority": 1, "reply": 1, "assign": 1, "reopen": 0, "files": 0, "requester": 1}
-_MOST_WORDS |= {"spam": 1, "notspam": 0}
+_MOST_WORDS |= {"spam": 1, "notspam": 0, "help": 0}
 
 
 def _text_hint(command: Command) -> str:
@@ -524,11 +525,12 @@ def validate(
     return Validation(tuple(actions), ())
 
 
-def describe(action: Action) -> str:
-    """One line for the receipt: what the action did."""
+def describe(action: Action, actor: str = "") -> str:
+    """One line for the receipt of ``actor``'s commands: what the action did."""
     value = action.value or ""
     if action.verb == "assign":
-        return f"assigned to {action.name} <{value}>" if action.name else f"assigned to {value}"
+        named = f"{action.name} <{value}>" if action.name else value
+        return f"assigned to you ({named})" if value and value == actor else f"assigned to {named}"
     lines = {
         "note": "kept as an internal note; the customer gets nothing",
         "escalate": f"escalated to team {value}",
@@ -545,6 +547,7 @@ def describe(action: Action) -> str:
         "spam": "marked as spam; nobody else is mailed"
         + (f"; {', '.join(action.words)} blocked: their mail opens nothing" if value else ""),
         "notspam": "not spam: open, the customer acknowledged and the team told",
+        "help": "the commands are listed below",
     }
     return lines.get(action.verb) or merges.describe(action.verb, value) or action.source
 
@@ -591,5 +594,7 @@ never are.
 #notspam
     Not spam after all: the customer gets the acknowledgment, the team the notice.
                                                       Example: #notspam
+#help
+    Have this list in your receipt.                   Example: #help
 """
 HELP += merges.HELP

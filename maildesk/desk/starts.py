@@ -202,7 +202,7 @@ def forwarded(
     lines = [f"opened a ticket for {start.sender} from the mail you forwarded"]
     if start.note:
         lines.append("your words above the forward kept as an internal note")
-    described = [commands.describe(a) for a in start.actions if a.verb != "note"]
+    described = [commands.describe(a, agent.email) for a in start.actions if a.verb != "note"]
     return Plan(planned.steps, (*lines, *described))
 
 

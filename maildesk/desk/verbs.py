@@ -246,7 +246,8 @@ def drop(state: TicketState, action: commands.Action, order: Order) -> Planned:
 
 
 def nothing(state: TicketState, action: commands.Action, order: Order) -> Planned:
-    """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``)."""
+    """``#note``, ``#close`` and ``#reply``: they say what becomes of the text (``the_text``);
+    ``#help``: the receipt lists the commands."""
     return state, ()
 
 
@@ -270,6 +271,7 @@ VERBS: dict[str, Planner] = {
     "link": link,
     "send": send,
     "drop": drop,
+    "help": nothing,
 }
 
 
@@ -313,7 +315,7 @@ def plan_actions(
         state, planned = VERBS[action.verb](state, action, order)
         steps += planned
     steps += the_text(state, order)
-    return Plan(tuple(steps), tuple(commands.describe(a) for a in actions))
+    return Plan(tuple(steps), tuple(commands.describe(a, agent.email) for a in actions))
 
 
 def refused(actor: str, text: str, refusals: Sequence[str]) -> Plan:
