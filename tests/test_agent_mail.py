@@ -244,7 +244,12 @@ def test_forged_agent_mail_without_her_token_does_nothing_and_she_is_told_once(
     [notice] = only_to(world, ALICE)  # told once, nobody else mailed
     said = " ".join(text_of(notice).split())
     assert "could not be verified" in said
-    assert personal_address(world) in said
+    # what to do: send it again to her address, given on a line of its own; a replay is the
+    # administrator's, and only by the trusted verdict this desk reads
+    assert "If you sent it, send it again to your personal desk address:" in said
+    assert f"\n    {personal_address(world)}\n" in text_of(notice).replace("\r\n", "\n")
+    assert "handle it again (maildesk quarantine replay) if it carries the trusted" in said
+    assert "once it can be verified" not in said
     assert reply_to_address(notice) == personal_address(world)
     assert "#close" not in str(notice.message["Subject"])  # a forger's subject commands nothing
     entries = quarantined(world)

@@ -250,6 +250,8 @@ def unproven(
         commands=agents.listed_commands(parsed),
         count=held + 1,
         subject=shown_subject(arrival.inbound.subject),
+        # a replay can prove the mail only by a trusted verdict it carries
+        replay=bool(desk.settings.security.trusted_authserv_ids),
     )
     if last_sent is not None and last_sent > now - ADDRESS_NOTICE_EVERY:
         mail = replace(mail, held_back=HELD_BACK)
