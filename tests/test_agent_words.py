@@ -164,3 +164,32 @@ def test_a_receipt_lists_the_commands_only_when_one_was_refused_or_asked_for(
         assert "#escalate <team>" in text_of(receipt)  # the whole list
         assert hint not in text_of(receipt)
     assert "the commands are listed below" in text_of(asked)
+
+
+def test_the_customers_copy_of_a_reply_names_no_message_id_of_the_agents_mail(
+    world: DeskWorld,
+) -> None:
+    first = customer_mail("Printer broken", "It prints blank pages.")
+    world.deliver(first)
+    world.run_once()
+    notice = on_ticket(world.mails_to(ALICE), 1)[0]
+    answers = [
+        agent_reply(notice, ALICE, "Is it plugged in?"),
+        agent_reply(notice, ALICE, "Also, which model is it?"),
+    ]
+    for answer in answers:
+        world.deliver(answer)
+        world.run_once()
+    _, *replies = world.mails_to(CUSTOMER)
+    assert len(replies) == 2
+    agents_ids = {str(answer["Message-ID"]) for answer in answers}
+    for reply in replies:
+        named = f"{reply.message['References']} {reply.message['In-Reply-To']}"
+        assert str(first["Message-ID"]) in named  # the customer's own mail
+        assert not [mid for mid in agents_ids if mid in named]  # never the agent's
+        assert "example.com" not in named  # nor her mail host
+
+    # the customer answers the last reply: it threads into the ticket all the same
+    world.deliver(customer_mail("Re: Printer broken", "A LaserJet 4.", reply_to=replies[-1]))
+    world.run_once()
+    assert [m["text"] for m in world.ticket(1)["messages"]][-1].startswith("A LaserJet 4.")

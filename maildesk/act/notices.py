@@ -47,15 +47,23 @@ def _in_memory(ticket: Ticket) -> bool:
     return session is None or ticket.id is None or ticket.id in session.info.get(_MADE, ())
 
 
-def thread_ids(ticket: Ticket) -> tuple[str, ...]:
+def thread_ids(ticket: Ticket, unseen: Sequence[str] = ()) -> tuple[str, ...]:
     """Message-IDs of the customer-visible thread, oldest first (for References): the last
-    ``THREAD_IDS``, read as such. Loading the ticket's messages, text and all, made every mail
-    on a ticket cost the daemon its whole history, which a customer can grow at will."""
+    ``THREAD_IDS``, read as such, but those of messages from ``unseen`` (the agents, for mail
+    to a customer: an agent's reply is kept under the Message-ID of the mail the agent sent the
+    desk, which the customer never saw and which names the agent's mail host). Loading the
+    ticket's messages, text and all, made every mail on a ticket cost the daemon its whole
+    history, which a customer can grow at will."""
     session = object_session(ticket)
     if session is None or _in_memory(ticket):
-        ids = [m.message_id for m in ticket.messages if m.message_id and not m.internal]
+        ids = [
+            m.message_id
+            for m in ticket.messages
+            if m.message_id and not m.internal and m.sender not in unseen
+        ]
         return tuple(ids[-THREAD_IDS:])
-    found = session.scalars(_THREAD_IDS, {"ticket": ticket.id, "up_to": THREAD_IDS})
+    wanted = {"ticket": ticket.id, "up_to": THREAD_IDS, "unseen": list(unseen)}
+    found = session.scalars(_THREAD_IDS, wanted)
     return tuple(reversed([message_id for message_id in found if message_id]))
 
 
@@ -77,6 +85,7 @@ _THREAD_IDS = (
         Message.message_id.is_not(None),
         Message.message_id != "",
         Message.internal.is_(False),
+        Message.sender.not_in(bindparam("unseen", expanding=True)),
     )
     .order_by(Message.id.desc())
     .limit(bindparam("up_to"))
@@ -151,7 +160,7 @@ def customer_mail(
         automatic=not words,
         auto_submitted="auto-replied" if kind == "ack" else "auto-generated",
         in_reply_to=last_customer_message_id(ticket),
-        references=thread_ids(ticket),
+        references=thread_ids(ticket, [agent.email for agent in desk.settings.agents]),
         cc=cc,
     )
 
