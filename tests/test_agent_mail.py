@@ -443,3 +443,14 @@ def test_a_forged_forward_opens_nothing(world: DeskWorld) -> None:
     assert "could not be verified" in text_of(notice)
     [entry] = quarantined(world)
     assert entry["error"].startswith("unverified agent mail")
+
+
+def test_a_new_below_other_text_is_refused_with_where_it_goes(world: DeskWorld) -> None:
+    body = "Hi Dana,\n\n#new dana@customer.test\n\nYour order shipped today."
+    world.deliver(new_mail(personal_address(world), body))
+    world.run_once()
+    assert world.tickets() == []
+    [receipt] = only_to(world, ALICE)
+    said = " ".join(text_of(receipt).split())
+    assert "#new must be on the first line of your message, above your text" in said
+    assert "asked to start none" not in said

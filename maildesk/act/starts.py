@@ -79,7 +79,7 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     start = starts.decide(parsed, desk.directory, agent.email, desk.settings.desk.address)
     if isinstance(start, starts.Unstarted) and inbound.forwarded is not None:
         return forward(arrival, agent, inbound.forwarded)
-    match start:
+    match starts.placed(parsed, start):
         case starts.Conversation():
             return conversation(arrival, agent, start)
         case starts.Refused(reasons=reasons):

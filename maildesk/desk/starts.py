@@ -128,6 +128,21 @@ def decide(
     return Conversation(address, validation.actions, parsed.text)
 
 
+MISPLACED_NEW = "#new must be on the first line of your message, above your text"
+
+
+def placed(parsed: commands.Parsed, start: Start) -> Start:
+    """``start``, but a mail that starts nothing because its ``#new`` line comes below other
+    text is refused with where ``#new`` goes (not told it asked for nothing)."""
+    if not isinstance(start, Unstarted):
+        return start
+    for line in parsed.text.splitlines():
+        words = line.split()
+        if words and words[0].rstrip(".,;:!?").lower() == "#" + NEW:
+            return Refused((MISPLACED_NEW,))
+    return start
+
+
 def _allowed(
     actions: tuple[commands.Action, ...], allowed: tuple[str, ...], what: str
 ) -> list[str]:
