@@ -80,8 +80,8 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     if isinstance(start, starts.Unstarted) and inbound.forwarded is not None:
         return forward(arrival, agent, inbound.forwarded)
     match starts.placed(parsed, start):
-        case starts.Conversation():
-            return conversation(arrival, agent, start)
+        case starts.Conversation() as asked:
+            return conversation(arrival, agent, asked)
         case starts.Refused(reasons=reasons):
             not_started(arrival, agent, reasons)
             return Started(None, "agent mail without a ticket ref refused: " + "; ".join(reasons))
