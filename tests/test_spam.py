@@ -177,6 +177,31 @@ def test_spam_block_stops_the_next_mail_from_that_sender(world: DeskWorld) -> No
     assert [t["status"] for t in world.tickets()] == ["spam", "open"]
 
 
+def test_spam_block_blocks_who_sent_it_never_the_reply_to_it_named(world: DeskWorld) -> None:
+    """A spammer names a customer in Reply-To (the ticket answers her, as a web form's): the
+    agent's ``#spam block`` blocks the address the mail came from, so nobody can have another
+    person's mail kept out by sending spam in her name."""
+    victim = "dana@customer.test"
+    spam = customer_mail("You won", "Claim now.", sender=SPAMMER, headers=[("Reply-To", victim)])
+    world.deliver(spam)
+    world.run_once()
+    assert world.ticket(1)["requester"] == victim
+    world.deliver(from_agent("[#1] #spam block"))
+    world.run_once()
+    [receipt] = world.mails_to(ALICE)[1:]
+    assert f"{SPAMMER} blocked" in " ".join(receipt.message.get_body().get_content().split())
+    assert [e["address"] for e in blocked_list(world) if e["source"] == "agent"] == [SPAMMER]
+
+    world.deliver(customer_mail("My order", "Where is it?", sender=victim))
+    world.deliver(customer_mail("You won again", "Claim now.", sender=SPAMMER))
+    world.run_once()
+    # her mail opens a ticket; the spammer's opens nothing
+    assert [(t["requester"], t["status"]) for t in world.tickets()] == [
+        (victim, "spam"),
+        (victim, "open"),
+    ]
+
+
 def test_notspam_opens_the_ticket_and_sends_what_it_missed(world: DeskWorld) -> None:
     mail = customer_mail("Printer broken", "It prints blank pages.")
     world.deliver(arrived(mail, above="X-Spam-Status: Yes, score=6.1\r\n"))

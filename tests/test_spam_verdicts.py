@@ -152,26 +152,26 @@ DIRECTORY = commands.Directory(
 )
 
 
-def validated(words: str, requester: str) -> commands.Validation:
+def validated(words: str, sender: str) -> commands.Validation:
+    """``words`` on a ticket whose first customer mail came from ``sender`` (its requester)."""
     parsed = commands.parse(f"[#1] {words}", "", r"\[#(?P<number>\d+)\]")
-    return commands.validate(parsed, DIRECTORY, ALICE.email, commands.OnTicket(requester))
+    on = commands.OnTicket(sender, sender=sender)
+    return commands.validate(parsed, DIRECTORY, ALICE.email, on)
 
 
 @pytest.mark.parametrize(
-    "words, requester, refusal",
+    "words, sender, refusal",
     [
         ("#spam block", "alice@example.com", "is an agent of this desk and cannot be blocked"),
         ("#spam block", "support+x@example.com", "the desk's own address and cannot be blocked"),
-        ("#spam block", "", "no requester address to block"),
+        ("#spam block", "", "no customer's mail on this ticket has a sender address"),
         ("#spam now", "win@lottery.test", "#spam takes no arguments but block"),
         ("#notspam please", "win@lottery.test", "#notspam takes no arguments"),
         ("#spam #notspam", "win@lottery.test", "conflicts with #spam"),
     ],
 )
-def test_spam_commands_are_refused_with_the_reason(
-    words: str, requester: str, refusal: str
-) -> None:
-    found = validated(words, requester)
+def test_spam_commands_are_refused_with_the_reason(words: str, sender: str, refusal: str) -> None:
+    found = validated(words, sender)
     assert not found.ok and refusal in found.refusals[0]
 
 

@@ -55,6 +55,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
         scene.ticket.requester,
         tuple(p.address for p in scene.ticket.participants),
         named(scene, agent, parsed),
+        first_sender(scene, parsed),
     )
     validation = commands.validate(parsed, desk.directory, agent.email, on)
     if not validation.ok:
@@ -103,6 +104,25 @@ def named(scene: Scene, agent: AgentSettings, parsed: commands.Parsed) -> merges
     found = scene.session.execute(select(Ticket.id, Ticket.status).where(Ticket.id.in_(numbers)))
     held = holding.held_by(scene.session, scene.ticket, agent.email) is not None
     return merges.Named(scene.ticket.id, tuple((n, str(s)) for n, s in found), held)
+
+
+def first_sender(scene: Scene, parsed: commands.Parsed) -> str:
+    """Whom the ticket's first customer mail came from (what ``#spam block`` blocks): the
+    sender of its first public message no agent wrote; "" when it has none."""
+    if not any(c.verb == "spam" for c in parsed.commands):
+        return ""
+    agents = [a.email for a in scene.desk.settings.agents]
+    found = scene.session.scalar(
+        select(Message.sender)
+        .where(
+            Message.ticket_id == scene.ticket.id,
+            Message.internal.is_(False),
+            Message.sender.not_in(agents),
+        )
+        .order_by(Message.id)
+        .limit(1)
+    )
+    return found or ""
 
 
 def sent_held(scene: Scene, agent: AgentSettings, plan: Plan) -> Message | None:

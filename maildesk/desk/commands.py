@@ -421,6 +421,7 @@ class OnTicket:
     requester: str = ""
     cc: tuple[str, ...] = ()
     named: merges.Named = merges.Named()  # the tickets and held reply the commands may name
+    sender: str = ""  # whom the ticket's first customer mail came from (``#spam block``)
 
 
 def _addresses(command: Command, directory: Directory) -> tuple[str, ...]:
@@ -467,15 +468,16 @@ def _people_action(command: Command, directory: Directory, on: OnTicket) -> Acti
 
 
 def _spam_action(command: Command, directory: Directory, on: OnTicket) -> Action:
-    """``#spam``, and ``#spam block``: the requester's address goes on the block list too
-    (never an agent's or the desk's own)."""
+    """``#spam``, and ``#spam block``: the address the ticket's first customer mail came from
+    goes on the block list too (never an agent's or the desk's own); not the requester, whom
+    anyone may name in a Reply-To."""
     if not command.args:
         return Action("spam", None, source=command.source)
     if [a.lower() for a in command.args] != ["block"]:
         raise _Refused("#spam takes no arguments but block")
-    address = on.requester
+    address = on.sender
     if not address:
-        raise _Refused("the ticket has no requester address to block")
+        raise _Refused("no customer's mail on this ticket has a sender address to block")
     if people.is_own(address, directory.own):
         raise _Refused(f"{address} is the desk's own address and cannot be blocked")
     if address in {agent[0].strip().lower() for agent in directory.agents}:
@@ -589,8 +591,8 @@ never are.
     Answer this address from now on; the requester before stays on Cc.
                                                       Example: #requester gina@customer.test
 #spam [block]
-    Mark as spam: nobody is mailed, your text stays a note; with block, the requester's
-    mail opens nothing from now on.                   Example: #spam block
+    Mark as spam: nobody is mailed, your text stays a note; with block, mail from
+    whom it came opens nothing from now on.           Example: #spam block
 #notspam
     Not spam after all: the customer gets the acknowledgment, the team the notice.
                                                       Example: #notspam
