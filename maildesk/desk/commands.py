@@ -468,15 +468,13 @@ def _people_action(command: Command, directory: Directory, on: OnTicket) -> Acti
 
 
 def _spam_action(command: Command, directory: Directory, on: OnTicket) -> Action:
-    """``#spam``, and ``#spam block``: the address the ticket's first customer mail came from
-    goes on the block list too (never an agent's or the desk's own); not the requester, whom
-    anyone may name in a Reply-To."""
+    """``#spam``, and ``#spam block``: whom its first customer mail came from (not a Reply-To
+    anyone may write) is blocked too, never an agent or the desk's own address."""
     if not command.args:
         return Action("spam", None, source=command.source)
     if [a.lower() for a in command.args] != ["block"]:
         raise _Refused("#spam takes no arguments but block")
-    address = on.sender
-    if not address:
+    if not (address := on.sender):
         raise _Refused("no customer's mail on this ticket has a sender address to block")
     if people.is_own(address, directory.own):
         raise _Refused(f"{address} is the desk's own address and cannot be blocked")
