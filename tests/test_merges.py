@@ -378,3 +378,23 @@ def test_send_sends_the_held_replys_files_within_the_limits(
         assert "held reply: note.pdf (6 bytes) sent to the customer" in said
     finally:
         world.close()
+
+
+def test_a_ticket_number_no_ticket_can_have_is_no_ticket(world: DeskWorld) -> None:
+    """A ref beyond the numbers a ticket can have (PostgreSQL keeps them in 32 bits) names no
+    ticket: a customer's mail with one opens a new ticket, an agent's #merge or #link naming one
+    is refused with the reason, ``tickets show`` says there is none; never a failed message."""
+    world.deliver(customer_mail("Re: [#2147483648] Printer jams", "The printer jams."))
+    world.run_once()
+    [ticket] = world.tickets()
+    assert ticket["subject"] == "Re: [#2147483648] Printer jams"
+    assert len(world.mails_to(CUSTOMER)) == 1  # the acknowledgment
+    notice = on_ticket(world.mails_to(ALICE), 1)[0]
+    for command in ("#merge #99999999999", "#link 2147483648"):
+        world.deliver(agent_reply(notice, ALICE, command))
+        world.run_once()
+        receipt = [m for m in world.mails_to(ALICE) if "Not done" in subject(m)][-1]
+        assert f"{command}: there is no ticket" in text_of(receipt)
+    shown = world.cli("tickets", "show", "99999999999")
+    assert shown.returncode == 1 and b"Traceback" not in shown.stderr
+    assert b"no ticket" in shown.stderr

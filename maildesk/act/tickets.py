@@ -31,6 +31,7 @@ from maildesk.act.notices import (
 )
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
+from maildesk.config import MAX_TICKET_NUMBER
 from maildesk.desk import customers, people, sla
 from maildesk.desk.customers import Case
 from maildesk.desk.plans import Keep
@@ -76,6 +77,8 @@ class Lookups:
         return self.by_number(ticket_id) if ticket_id is not None else None
 
     def by_number(self, number: int) -> TicketView | None:
+        if not 0 < number <= MAX_TICKET_NUMBER:  # a ref no ticket can have
+            return None
         # mail to a merged ticket joins the one it went into
         ticket = merging.followed(self.session, self.session.get(Ticket, number))
         if ticket is None:

@@ -11,6 +11,7 @@ from maildesk.config.exposure import is_loopback, url_has_password
 from maildesk.config.reading import build, find_config, load
 from maildesk.config.settings import (
     EX_CONFIG,
+    MAX_TICKET_NUMBER,
     AgentSettings,
     AssignBy,
     BusinessHours,
@@ -36,6 +37,7 @@ from maildesk.config.table import parse_duration, resolve
 
 __all__ = [
     "EX_CONFIG",
+    "MAX_TICKET_NUMBER",
     "AgentSettings",
     "AssignBy",
     "BusinessHours",

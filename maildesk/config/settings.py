@@ -80,6 +80,10 @@ class DeskSettings:
         return re.escape(before) + r"(?P<number>\d{1,12})" + re.escape(after)
 
 
+# the highest number a ticket can have (a PostgreSQL integer): a ref beyond it names no ticket
+MAX_TICKET_NUMBER = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxSettings:
     name: str

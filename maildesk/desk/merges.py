@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from maildesk.config import MAX_TICKET_NUMBER
 from maildesk.desk.plans import HoldReply, Overtaken, Plan, Record, Reply, Step
 
 VERBS = ("merge", "link", "send", "drop")
@@ -46,7 +47,7 @@ def named_numbers(commands: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[int,
     for verb, args in commands:
         if verb in ("merge", "link") and len(args) == 1:
             number = number_of(args[0])
-            if number is not None:
+            if number is not None and number <= MAX_TICKET_NUMBER:
                 found.setdefault(number, None)
     return tuple(found)[:10]
 

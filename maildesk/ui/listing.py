@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from maildesk.config import Settings
+from maildesk.config import MAX_TICKET_NUMBER, Settings
 from maildesk.mail import marks
 from maildesk.models import Status, Ticket
 from maildesk.ui.start import load_settings, open_db
@@ -57,7 +57,9 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
 
 def find_ticket(session: Any, settings: Settings, ref: str) -> Ticket | None:
     match = re.search(r"\d+", ref)
-    return session.get(Ticket, int(match.group())) if match else None
+    if match is None or not 0 < int(match.group()) <= MAX_TICKET_NUMBER:
+        return None
+    return session.get(Ticket, int(match.group()))
 
 
 def cmd_tickets_show(args: argparse.Namespace) -> int:
