@@ -111,7 +111,9 @@ def other_open(session: Session, desk: Desk, ticket: Ticket) -> list[dict[str, A
     subject of at most ``OTHERS_LISTED`` (index on requester)."""
     if not ticket.requester:
         return []
-    rows = session.execute(_OTHERS, {"requester": ticket.requester, "ticket": ticket.id})
+    # read on the connection, not flushing the new ticket's pending rows only to leave it out
+    params = {"requester": ticket.requester, "ticket": ticket.id}
+    rows = session.connection().execute(_OTHERS, params)
     return [{"ref": desk.settings.desk.ref(number), "subject": subject} for number, subject in rows]
 
 

@@ -61,7 +61,8 @@ def blocked(session: Session, desk: Desk, route: Route, inbound: Inbound) -> str
     found = spam.blocked(addresses, desk.settings.intake.blocked_senders)
     if found is not None:
         return found
-    stored = session.scalar(_BLOCKED, {"addresses": addresses})
+    # read on the connection: nothing pending in the transaction is about the block list
+    stored = session.connection().execute(_BLOCKED, {"addresses": addresses}).scalar()
     return f"{stored} was blocked by an agent (#spam block)" if stored else None
 
 
