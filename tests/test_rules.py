@@ -388,6 +388,26 @@ def test_least_open_fills_the_emptiest_agent_first(
         w.close()
 
 
+def test_a_rule_naming_an_agent_on_leave_leaves_the_ticket_to_the_team(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path
+) -> None:
+    """Erin is ``available = false``: a rule that names her would leave the customer with
+    someone on leave and the team untold; the team's own assignment decides instead."""
+    vip = {"name": "vip", "subject": "^VIP", "assign": ERIN, "tags": ["vip"]}
+    w = assigning_world(imap_server, smtp_server, tmp_path, "round_robin", rules=[vip])
+    try:
+        w.deliver(customer_mail("VIP 1", "Call me."))
+        w.run_once()
+        [ticket] = w.tickets()
+        assert ticket["tags"] == ["vip"]  # the rule's other actions apply
+        assert ticket["assignee"] == ALICE
+        assert events(ticket, "assigned")[0]["detail"]["how"] == "round_robin"
+        assert assigned_notices(w, ALICE) == ["[#1] Assigned to you: VIP 1"]
+        assert not w.mails_to(ERIN)
+    finally:
+        w.close()
+
+
 # --------------------------------------------------------------------------- claim on reply
 
 

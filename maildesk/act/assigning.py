@@ -25,12 +25,14 @@ from maildesk.models import Event, Status, Ticket
 
 
 def intake(session: Session, desk: Desk, ruling: Ruling) -> Intake:
-    """The rules' steps, then the assignee's (a rule's agent, else the team's turn)."""
+    """The rules' steps, then the assignee's (a rule's agent if available, else the team's
+    turn)."""
     settings = desk.settings
     agent = settings.agent(ruling.assignee)
     if agent is not None and ruling.by is not None:
-        chosen = assignment.by_rule(agent, ruling.by)
-        return Intake((*ruling.steps, *chosen.steps(ruling.team, ruling.by)), chosen)
+        chosen = assignment.by_rule(agent, ruling.by)  # None: they are on leave
+        if chosen is not None:
+            return Intake((*ruling.steps, *chosen.steps(ruling.team, ruling.by)), chosen)
     team = settings.team(ruling.team)
     how = team.assign if team is not None else AssignBy.NONE
     if how is AssignBy.NONE:

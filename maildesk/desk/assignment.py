@@ -32,8 +32,9 @@ class Assigned:
         return (SetAssignee(self.assignee), Record("assigned", "", detail))
 
 
-def by_rule(agent: AgentSettings, rule: str) -> Assigned:
-    return Assigned(agent.email, "rule", f"rule {rule}")
+def by_rule(agent: AgentSettings, rule: str) -> Assigned | None:
+    """A rule's agent; None when they are not available (on leave): the team's way decides."""
+    return Assigned(agent.email, "rule", f"rule {rule}") if agent.available else None
 
 
 def turn(agents: Sequence[AgentSettings], last: str | None) -> str | None:
