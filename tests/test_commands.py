@@ -378,9 +378,9 @@ def test_help_covers_every_verb_with_an_example() -> None:
 
 def test_help_examples_are_valid_commands() -> None:
     examples = [line.split("Example: ")[1] for line in HELP.splitlines() if "Example: " in line]
-    # a ticket Dave is on, where ticket 1041 exists and Alice has a reply held
+    # a ticket Dana wrote and Dave is on, where ticket 1041 exists and Alice has a reply held
     named = merges.Named(1042, ((1041, "open"),), held=True)
-    on = OnTicket("dana@customer.test", ("dave@customer.test",), named)
+    on = OnTicket("dana@customer.test", ("dave@customer.test",), named, "dana@customer.test")
     for example in examples:
         result = validate(parse("", example, REF), DIRECTORY, ALICE, on)
         assert result.ok, (example, result.refusals)
