@@ -22,7 +22,7 @@ from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event, set_status
 from maildesk.desk import people, plans, sla
-from maildesk.models import SHELVED, Link, Message, Participant, Status, Tag, Ticket
+from maildesk.models import SHELVED, DatabaseError, Link, Message, Participant, Status, Tag, Ticket
 
 MERGE_HOPS = 10  # a chain of merges followed this far (each merge refuses a merged target)
 OTHERS_LISTED = 10  # of the requester's other open tickets, a notice names at most this many
@@ -57,6 +57,7 @@ def merge(
     """Move the ticket's messages (their files with them), people and tags into ``step.into``;
     the ticket becomes ``merged`` (it keeps its events, its history), its customer is told once
     that the target's ref is the one, and the target's SLA due time is taken again."""
+    _lock_both(session, ticket.id, step.into)
     target = session.get(Ticket, step.into)
     assert target is not None, f"no ticket {step.into}"
     told = notices.customer_mail(
@@ -77,6 +78,21 @@ def merge(
     event(session, ticket, "merged", step.by, now, into=desk.ref(target))
     event(session, target, "merged_in", step.by, now, **{"from": desk.ref(ticket)})
     return [told] if ticket.requester else []
+
+
+def _lock_both(session: Session, one: int, other: int) -> None:
+    """Both tickets' rows locked, in id order, and neither merged meanwhile: two daemons each
+    merging one of the two into the other would otherwise leave both merged. The one that waits
+    finds the other's merge committed and fails as a database error: the message is taken
+    again, and its ``#merge`` refused then, with the reason."""
+    rows = session.execute(
+        select(Ticket.id, Ticket.merged_into)
+        .where(Ticket.id.in_(sorted((one, other))))
+        .order_by(Ticket.id)
+        .with_for_update()
+    ).all()
+    if any(merged is not None for _, merged in rows):
+        raise DatabaseError(f"ticket {one} or {other} was merged meanwhile")
 
 
 def _move_people(ticket: Ticket, target: Ticket, by: str, now: datetime) -> None:
