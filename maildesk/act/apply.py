@@ -196,7 +196,9 @@ def mails_to(scene: Scene, step: plans.Notify, context: dict[str, Any]) -> list[
                 )
             ]
         case Whom.TEAM:
-            return notices.notify_team(desk, ticket, step.kind, step.template, now, **context)
+            return notices.notify_team(
+                desk, ticket, step.kind, step.template, now, but=step.but, **context
+            )
         case Whom.OWNER:
             return notices.notify_owner(desk, ticket, step.kind, step.template, now, **context)
     agent = desk.settings.agent(step.to)

@@ -304,11 +304,20 @@ def admin_alert(desk: Desk, subject: str, text: str) -> Mail | None:
 
 
 def notify_team(
-    desk: Desk, ticket: Ticket, kind: str, template: str, now: datetime, **ctx: Any
+    desk: Desk,
+    ticket: Ticket,
+    kind: str,
+    template: str,
+    now: datetime,
+    *,
+    but: str | None = None,
+    **ctx: Any,
 ) -> list[Mail]:
+    """Every agent of the ticket's team, but the one ``but`` names."""
     return [
         agent_mail(desk, ticket, agent, kind, template, now, **ctx)
         for agent in desk.settings.team_agents(ticket.team)
+        if agent.email != but
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -85,7 +86,7 @@ def missed(session: Session, desk: Desk, ticket: Ticket, now: datetime) -> list[
         max_attachment_bytes=desk.settings.limits.max_attachment_bytes,
     )
     text = session.scalar(_FIRST_WORDS, {"ticket": ticket.id}) or ""
-    context = {"text": text, "sender": ticket.requester, "files": []}
+    context: dict[str, Any] = {"text": text, "sender": ticket.requester, "files": []}
     return [ack, *notices.notify_team(desk, ticket, "notice", "agent_new", now, **context)]
 
 

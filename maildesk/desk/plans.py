@@ -128,13 +128,15 @@ class Keep:
 @dataclass(frozen=True, slots=True)
 class Notify:
     """A mail. ``to``: a ``Whom`` or an agent's address. ``words``: it carries a person's words
-    (a mail to the requester that is never held back as automatic)."""
+    (a mail to the requester that is never held back as automatic). ``but``: an agent left out
+    of a mail to the team (the one who caused it, and knows)."""
 
     to: Whom | str
     kind: str
     template: str
     context: Mapping[str, Any] = field(default_factory=dict)
     words: bool = False
+    but: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
