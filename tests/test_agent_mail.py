@@ -26,6 +26,7 @@ from maildesk.service.wiring import desk_for
 from tests.desk import (
     ALICE,
     BOB,
+    CAROL_AGENT,
     CUSTOMER,
     Clock,
     DeskWorld,
@@ -369,13 +370,21 @@ def test_a_forward_opens_a_ticket_for_the_original_sender(
     [ack] = world.mails_to(sender)  # as if she had written to the desk
     assert str(ack.message["Subject"]).startswith("[#1]")
     assert note.split("\n")[0] not in text_of(ack)  # Alice's words are never mailed to her
-    notices = [m for m in world.mails_to(ALICE) if " New: " in str(m.message["Subject"])]
-    [notice] = notices
-    assert [p.get_filename() for p in notice.message.iter_attachments()] == files
-    [receipt] = [m for m in world.mails_to(ALICE) if "Done" in str(m.message["Subject"])]
+    [receipt] = world.mails_to(ALICE)  # she gets her receipt alone, no notice of her forward
+    assert "Done" in str(receipt.message["Subject"])
     said = " ".join(text_of(receipt).split())
     assert f"opened a ticket for {sender} from the mail you forwarded" in said
     assert quarantined(world) == []
+    if name == "forward-gmail-english.eml":  # "#assign me": she took it, nobody else is told
+        assert world.mails_to(CAROL_AGENT) == []
+        return
+    [notice] = world.mails_to(CAROL_AGENT)  # the rest of her team
+    assert f"[#1] New: {subject}" == str(notice.message["Subject"])
+    assert [p.get_filename() for p in notice.message.iter_attachments()] == files
+    told = " ".join(text_of(notice).split())
+    assert f"from {sender}, forwarded by Alice Smith <{ALICE}>." in told
+    assert " ".join(f"Alice Smith wrote: {note} The forwarded message:".split()) in told
+    assert " ".join(text.split()) in told
 
 
 def test_commands_above_a_forward_apply_to_its_ticket(world: DeskWorld) -> None:
@@ -389,6 +398,72 @@ def test_commands_above_a_forward_apply_to_its_ticket(world: DeskWorld) -> None:
     assert gmail["assignee"] == ALICE
     assert (outlook["tags"], outlook["priority"], outlook["assignee"]) == (["vpn"], "high", None)
     assert outlook["messages"][1]["text"] == "Forwarding.\n\nAlice"
+
+
+def assigning_round_robin(world: DeskWorld) -> None:
+    """The support team (Alice, Carol White) takes turns at new tickets from now on."""
+    world.tables["teams"] = [{"name": "support", "assign": "round_robin"}, {"name": "engineering"}]
+    world.rewrite_config()
+    world.desk.close()
+    world.settings = config.load(world.config_path)
+    world.desk = desk_for(world.settings, clock=world.clock)
+
+
+def test_a_forward_assigned_to_a_colleague_tells_her_alone_once(world: DeskWorld) -> None:
+    assigning_round_robin(world)  # Alice's turn first: her #assign must win over it
+    raw = addressed("forward-attached-eml.eml", personal_address(world)).replace(
+        b"Alice\r\n", b"Alice\r\n\r\n#assign carol@example.com\r\n#priority high\r\n", 1
+    )
+    world.deliver(raw)
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert (ticket["assignee"], ticket["priority"]) == (CAROL_AGENT, "high")
+    assigned = [e for e in world.ticket(1)["events"] if e["kind"] == "assigned"]
+    assert [e["actor"] for e in assigned] == [ALICE]  # no turn of the team taken
+    [notice] = world.mails_to(CAROL_AGENT)  # one notice, the customer's mail in it
+    assert str(notice.message["Subject"]) == "[#1] Assigned to you: Contract renewal questions"
+    told = " ".join(text_of(notice).split())
+    assert f"from carol@example.org, forwarded by Alice Smith <{ALICE}>, who assigned" in told
+    assert "Alice Smith wrote: Renewal question from Carol, attached. #priority high" in told
+    assert "before we renew: is the support plan still 24/7?" in told
+    assert "#assign carol" not in told  # her commands are not her note
+    assert [p.get_filename() for p in notice.message.iter_attachments()] == ["contract-2025.pdf"]
+    [receipt] = world.mails_to(ALICE)
+    assert "Done" in str(receipt.message["Subject"])
+    assert f"assigned to Carol White <{CAROL_AGENT}>" in " ".join(text_of(receipt).split())
+    assert world.mails_to(BOB) == []
+
+
+def test_a_forward_its_agent_assigns_herself_tells_nobody_else(world: DeskWorld) -> None:
+    assigning_round_robin(world)
+    world.deliver(addressed("forward-gmail-english.eml", personal_address(world)))  # #assign me
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert ticket["assignee"] == ALICE
+    [receipt] = world.mails_to(ALICE)  # her receipt alone
+    said = " ".join(text_of(receipt).split())
+    assert f"assigned to you (Alice Smith <{ALICE}>)" in said
+    assert world.mails_to(CAROL_AGENT) == world.mails_to(BOB) == []
+    assert [list(m.rcpt_tos) for m in world.smtp.messages if ALICE not in m.rcpt_tos] == [
+        ["carol@example.org"]  # the customer's acknowledgment
+    ]
+
+
+def test_an_unassigned_forward_tells_the_team_but_its_agent(world: DeskWorld) -> None:
+    world.deliver(addressed("forward-outlook-english.eml", personal_address(world)))
+    world.run_once()
+
+    [ticket] = world.tickets()
+    assert ticket["assignee"] is None
+    [notice] = world.mails_to(CAROL_AGENT)
+    assert str(notice.message["Subject"]) == "[#1] New: VPN drops every ten minutes"
+    told = " ".join(text_of(notice).split())
+    assert f"forwarded by Alice Smith <{ALICE}>" in told
+    assert "Alice Smith wrote: Forwarding as discussed. Alice" in told
+    [receipt] = world.mails_to(ALICE)  # her receipt alone
+    assert str(receipt.message["Subject"]).startswith("[#1] Done")
 
 
 def test_no_acknowledgment_for_a_forward_when_the_desk_says_so(

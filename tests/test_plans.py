@@ -34,12 +34,14 @@ from maildesk.desk import (
     timers,
     verbs,
 )
+from maildesk.desk.assignment import Assigned
 from maildesk.desk.customers import Case, Written
 from maildesk.desk.plans import (
     AddParticipants,
     Keep,
     MarkBreached,
     MarkReminded,
+    Notify,
     Plan,
     Rate,
     Record,
@@ -321,6 +323,50 @@ def test_a_forward_that_cannot_be_a_customers_ticket_starts_nothing(
     start = forwarded_by_alice(note, sender)
     assert isinstance(start, starts.Refused)
     assert any(reason in line for line in start.reasons), start.reasons
+
+
+FORWARDED_MAIL = Written(CUSTOMER, "Printer broken.")
+ROUND_ROBIN = Assigned(BOB.email, "round_robin", "the team's round-robin assignment")
+
+
+def forward_notice(note: str, assigned: Assigned | None = None) -> tuple[Notify, ...]:
+    """The notices of the ticket Alice's forward with ``note`` above it opens."""
+    start = forwarded_by_alice(note)
+    assert isinstance(start, starts.Forward)
+    forward = starts.forwarding(start, ALICE)
+    intake = customers.Intake(assigned=assigned)
+    return customers.opened(FORWARDED_MAIL, "support", None, None, intake, forward=forward).mails()
+
+
+def test_a_forwards_notice_names_its_agent_and_note_and_leaves_them_out() -> None:
+    [notice] = forward_notice("#tag vpn\nCarol is on floor 2.")
+    assert (notice.to, notice.template, notice.but) == (Whom.TEAM, "agent_new", ALICE.email)
+    shown = {"name": "Alice", "email": ALICE.email, "note": "Carol is on floor 2."}
+    assert notice.context["forwarded"] == shown
+    assert notice.context["text"] == "Printer broken."
+
+
+def test_a_forward_assigned_by_its_agent_tells_the_assignee_alone_once() -> None:
+    # her #assign wins over the team's turn, which the act layer does not take then
+    [notice] = forward_notice("Please take this.\n#assign bob", ROUND_ROBIN)
+    assert (notice.to, notice.template) == (BOB.email, "agent_assigned")
+    assert (notice.context["by"], notice.context["text"]) == ("Alice", "Printer broken.")
+    assert notice.context["forwarded"]["note"] == "Please take this."
+    start = forwarded_by_alice("Please take this.\n#assign bob")
+    assert isinstance(start, starts.Forward)
+    plan = starts.forwarded(OPEN.but(tags=()), start, ALICE, DIRECTORY)
+    assert preview(OPEN, plan).assignee == BOB.email
+    assert mailed(plan) == ()  # the opening notice told Bob; not a second time
+
+
+def test_a_forward_its_agent_takes_tells_nobody() -> None:
+    assert forward_notice("Mine.\n#assign me", ROUND_ROBIN) == ()
+
+
+def test_a_forward_without_assign_keeps_the_teams_assignment() -> None:
+    [notice] = forward_notice("Please take this.", ROUND_ROBIN)
+    assert (notice.to, notice.template) == (BOB.email, "agent_assigned")
+    assert notice.context["by"] == "the team's round-robin assignment"
 
 
 def test_an_agents_mail_without_new_starts_nothing() -> None:

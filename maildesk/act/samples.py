@@ -297,6 +297,14 @@ def _to_customers(make: _Maker, limit: int) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+# an agent's forward of the customer's mail, as the notice of its new ticket names it
+FORWARDED = {
+    "name": "Bob Jones",
+    "email": "bob@example.com",
+    "note": "Carol called about this too; the printer is on floor 2.",
+}
+
+
 def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
     agent, new, worked, escalated = make.agent, make.new, make.worked, make.escalated
     due = "Thu 26 Nov 2026 13:00 UTC"
@@ -306,6 +314,8 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(new, "agent_new", **replied),
             make.notice(new, "agent_new", text=CUSTOMER_TEXT, sender="", files=[]),
             make.notice(new, "agent_new", **replied, others=_others(make)),
+            make.notice(new, "agent_new", **replied, forwarded=FORWARDED),
+            make.notice(new, "agent_new", **replied, forwarded={**FORWARDED, "note": ""}),
         ],
         "agent_held": [
             make.notice(
@@ -322,6 +332,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
             make.notice(worked, "agent_assigned", by="Bob Jones", files=[]),
             make.notice(worked, "agent_assigned", by="Bob Jones", files=SAMPLE_FILES),
             make.notice(new, "agent_assigned", by="rule printers", **replied, others=_others(make)),
+            make.notice(new, "agent_assigned", by="Bob Jones", **replied, forwarded=FORWARDED),
         ],
         "agent_escalated": [
             make.notice(

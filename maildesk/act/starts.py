@@ -124,7 +124,8 @@ def forward(arrival: Arrival, agent: AgentSettings, forwarded: Forwarded) -> Sta
         not_started(arrival, agent, start.reasons)
         return Started(None, "forwarded mail refused: " + "; ".join(start.reasons))
     acknowledge = desk.settings.lifecycle.ack_forwarded
-    opening = tickets.Opening(arrival.team, arrival.mailbox, acknowledge=acknowledge)
+    told = starts.forwarding(start, agent)
+    opening = tickets.Opening(arrival.team, arrival.mailbox, acknowledge=acknowledge, forward=told)
     first = as_written(inbound, forwarded)
     ticket = tickets.open_ticket(session, desk, first, arrival.stored, opening, now)
     # the agent's words: a message of its own, without the files the first one has

@@ -106,6 +106,7 @@ class Opening:
     linked_to: Ticket | None = None
     spam: str | None = None  # the MTA's verdict: status spam, nobody told (``desk.spam``)
     ruling: Ruling | None = None  # what the rules decided (``rules.judge``); None: none applied
+    forward: customers.Forwarding | None = None  # an agent forwarded the mail
 
 
 def open_ticket(
@@ -148,11 +149,10 @@ def open_ticket(
     scene = Scene(session, desk, ticket, inbound, stored, now)
     first = customers.Written(wrote, inbound.text.strip())
     linked = desk.ref(linked_to) if linked_to is not None else None
-    if opening.spam is not None:  # nobody is told of spam: no rules, no assignee
-        decided = customers.Intake()
-    else:
-        decided = assigning.intake(session, desk, opening.ruling or Ruling(opening.team))
-    opened = customers.opened(first, opening.mailbox, linked, requester, decided, spam=opening.spam)
+    decided, spam, forward = intake(session, desk, opening), opening.spam, opening.forward
+    opened = customers.opened(
+        first, opening.mailbox, linked, requester, decided, spam=spam, forward=forward
+    )
     joined = people.joined(inbound, wrote or requester, state_of(ticket), outsiders)
     mails = carry_out(scene, opened.before_mails(joined))  # its notice names them
     mails = merging.listing_others(session, desk, ticket, mails)
@@ -166,6 +166,17 @@ def open_ticket(
         "new ticket %s from %s <%s>", desk.ref(ticket), requester, said["message_id"], extra=said
     )
     return ticket
+
+
+def intake(session: Session, desk: Desk, opening: Opening) -> customers.Intake:
+    """The rules' and the assignment's decisions for a new ticket: none for spam (nobody is
+    told, nobody assigned); the rules' alone when the agent who forwarded it assigns it."""
+    ruling = opening.ruling or Ruling(opening.team)
+    if opening.spam is not None:
+        return customers.Intake()
+    if opening.forward is not None and opening.forward.assignee is not None:
+        return customers.Intake(ruling.steps)
+    return assigning.intake(session, desk, ruling)
 
 
 def replies_to_reply_to(desk: Desk, opening: Opening) -> bool:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from maildesk.desk.assignment import Assigned
 from maildesk.desk.plans import (
@@ -63,6 +64,22 @@ class Intake:
     assigned: Assigned | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """A customer's mail an agent forwarded to the desk: the agent (``by``, their ``name``),
+    their ``note`` (their words above the forward, commands removed), and the agent their
+    commands assign the ticket to (``assignee``; None: they assign it to nobody)."""
+
+    by: str
+    name: str
+    note: str
+    assignee: str | None = None
+
+    def shown(self) -> dict[str, str]:
+        """What the notice about the new ticket says of the forward."""
+        return {"name": self.name, "email": self.by, "note": self.note}
+
+
 def opened(
     mail: Written,
     mailbox: str,
@@ -71,12 +88,14 @@ def opened(
     intake: Intake = Intake(),
     *,
     spam: str | None = None,
+    forward: Forwarding | None = None,
 ) -> Plan:
     """A new ticket's first mail: kept, the creation recorded (with the closed ticket it follows
     up, and a warning when the mail has no address to answer), then what the rules and the
-    assignment decided (``intake``), and the team told; or, when it has an assignee, the
-    assignee alone. ``requester``: whom the ticket answers, when not the writer (a web form's
-    ``Reply-To``). ``spam``: the MTA's verdict; the ticket is ``spam`` and nobody is told."""
+    assignment decided (``intake``), and the team told (``notice``). ``requester``: whom the
+    ticket answers, when not the writer (a web form's ``Reply-To``). ``spam``: the MTA's
+    verdict; the ticket is ``spam`` and nobody is told. ``forward``: an agent forwarded the
+    mail."""
     detail: dict[str, str] = {"mailbox": mailbox}
     if linked_to is not None:
         detail["linked_to"] = linked_to
@@ -90,11 +109,27 @@ def opened(
     kept = (Keep(mail.sender, mail.text), Record("created", mail.sender, detail))
     if spam is not None:
         return Plan((*kept, SetStatus(Status.SPAM), Record("spam", "", {"verdict": spam})))
-    notice = Notify(Whom.TEAM, "notice", "agent_new", context)
-    if intake.assigned is not None:
-        told = {**context, "by": intake.assigned.by}
-        notice = Notify(intake.assigned.assignee, "notice", "agent_assigned", told)
-    return Plan((*kept, *intake.steps, notice))
+    return Plan((*kept, *intake.steps, *notice(context, intake.assigned, forward)))
+
+
+def notice(
+    context: dict[str, Any], assigned: Assigned | None, forward: Forwarding | None
+) -> tuple[Notify, ...]:
+    """Who hears of a new ticket: its assignee alone, when it has one (none when the agent who
+    forwarded it assigned it to themselves: they know); else the team, but the agent who
+    forwarded it. A forward's notice names the agent and carries their note."""
+    but = None
+    if forward is not None:
+        context = {**context, "forwarded": forward.shown()}
+        but = forward.by
+        if forward.assignee == forward.by:
+            return ()
+        if forward.assignee is not None:  # their commands assign it, not the team's turn
+            assigned = Assigned(forward.assignee, "forward", forward.name)
+    if assigned is not None:
+        told = {**context, "by": assigned.by}
+        return (Notify(assigned.assignee, "notice", "agent_assigned", told),)
+    return (Notify(Whom.TEAM, "notice", "agent_new", context, but=but),)
 
 
 def follow_up(

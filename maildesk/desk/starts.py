@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 from maildesk.config import AgentSettings
 from maildesk.desk import commands, people, verbs
-from maildesk.desk.plans import Plan, Record, Reply, SetAssignee, Step, TicketState
+from maildesk.desk.customers import Forwarding
+from maildesk.desk.plans import Notify, Plan, Record, Reply, SetAssignee, Step, TicketState
 from maildesk.mail.marks import is_desk_address
 from maildesk.models import Status
 
@@ -204,21 +205,38 @@ def forward(
     return Forward(sender, validation.actions, parsed.text)
 
 
+def forwarding(start: Forward, agent: AgentSettings) -> Forwarding:
+    """The forward as the ticket's opening reads it: who forwarded it, their note, and the
+    agent their commands assign it to (the last ``#assign``), who alone is told of it."""
+    assignee = None
+    for action in start.actions:
+        if action.verb == "assign":
+            assignee = action.value
+    return Forwarding(agent.email, agent.name, start.note, assignee)
+
+
 def forwarded(
     state: TicketState, start: Forward, agent: AgentSettings, directory: commands.Directory
 ) -> Plan:
     """What an agent's commands and words do to the ticket just opened from their forward:
-    the commands apply, the words are an internal note (never mailed to the customer)."""
+    the commands apply, the words are an internal note (never mailed to the customer). The
+    assignee was told by the ticket's opening notice (with the customer's text and files),
+    not a second time here."""
     note = commands.Action("note", None, source="#note")
     actions = start.actions
     if not any(a.verb == "note" for a in actions):
         actions = (*actions, note)
     planned = verbs.plan_actions(state, actions, agent, start.note, directory)
+    steps = tuple(
+        step
+        for step in planned.steps
+        if not (isinstance(step, Notify) and step.template == "agent_assigned")
+    )
     lines = [f"opened a ticket for {start.sender} from the mail you forwarded"]
     if start.note:
         lines.append("your words above the forward kept as an internal note")
     described = [commands.describe(a, agent.email) for a in start.actions if a.verb != "note"]
-    return Plan(planned.steps, (*lines, *described))
+    return Plan(steps, (*lines, *described))
 
 
 def subject_of(subject: str) -> str:
