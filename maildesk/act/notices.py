@@ -20,7 +20,7 @@ from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
 from maildesk.config import AgentSettings
-from maildesk.desk import commands
+from maildesk.desk import commands, guide
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.models import Message, Ticket
@@ -205,7 +205,7 @@ def agent_mail(
         context={
             **ticket_context(desk, ticket, to_agent=True),
             "agent": {"email": agent.email, "name": agent.name},
-            "help": commands.HELP,
+            "help": guide.NOTICE_HELP,
             **context,
         },
         automatic=True,
