@@ -22,7 +22,8 @@ from benchmarks.world import customer_mail
 from maildesk import config as config_module
 from maildesk.act import ingest
 from maildesk.act.outbox import Mail
-from maildesk.models import Database, Event, Ledger, Message, Outbox, Ticket
+from maildesk.database import Database
+from maildesk.models import Event, Ledger, Message, Outbox, Ticket
 from maildesk.service.wiring import desk_for
 
 SEED_CHUNK = 50_000

@@ -30,10 +30,11 @@ from typing import IO, Any, TypeVar
 import pytest
 
 from maildesk import config
+from maildesk.database import Database
 from maildesk.demo import configs
 from maildesk.demo.configs import merged
 from maildesk.demo.world import Captured
-from maildesk.models import Database, Ticket
+from maildesk.models import Ticket
 from maildesk.service.daemon import Daemon
 from maildesk.service.timings import Timings
 from maildesk.service.wiring import desk_for

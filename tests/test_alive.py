@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from maildesk.database import PROBE_WAIT
 from maildesk.demo.world import free_port
-from maildesk.models import PROBE_WAIT, Lease, Outbox, OutboxStatus
+from maildesk.models import Lease, Outbox, OutboxStatus
 from maildesk.service.daemon import FATAL_GRACE
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.metrics import stamp

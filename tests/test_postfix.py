@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from maildesk.database import Database
 from maildesk.demo import configs
 from maildesk.demo.world import free_port
-from maildesk.models import Database, Ledger, Ticket
+from maildesk.models import Ledger, Ticket
 from tests.desk import ALICE, CUSTOMER, agent_reply, customer_mail, reply_to_address, wait_until
 from tests.loopback import ScriptedSmtp
 

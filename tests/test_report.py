@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from maildesk import config
+from maildesk.database import Database
 from maildesk.demo import configs
-from maildesk.models import Database, Event, Status, Ticket
+from maildesk.models import Event, Status, Ticket
 from maildesk.ui import cli
 
 CONFIG = configs.config_text(

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
 import maildesk.models
-from maildesk.models import HEAD_REVISION, Database
+from maildesk.database import HEAD_REVISION, Database
 
 
 def test_head_revision_is_the_newest_migration() -> None:

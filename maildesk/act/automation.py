@@ -28,8 +28,9 @@ from maildesk.act.notices import admin_alert, enqueue
 from maildesk.act.outbox import Mail
 from maildesk.act.timeline import event
 from maildesk.config import Settings
+from maildesk.database import Database
 from maildesk.desk import sla, timers
-from maildesk.models import SHELVED, Database, DatabaseError, Event, Status, Ticket
+from maildesk.models import SHELVED, DatabaseError, Event, Status, Ticket
 
 log = logging.getLogger("maildesk.automation")  # the logs name the job, not the module path
 

@@ -28,20 +28,12 @@ from maildesk.act import agents, bounces, intake, spam, starts, tickets
 from maildesk.act.apply import Scene
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.timeline import event
+from maildesk.database import Database
 from maildesk.desk import routing, rules
 from maildesk.desk.customers import Case
 from maildesk.mail.inbound import Inbound, Limits, ReportRecipient
 from maildesk.mail.parsing import Budget
-from maildesk.models import (
-    Database,
-    DatabaseError,
-    Ledger,
-    Outbox,
-    OutboxStatus,
-    RawMail,
-    Ticket,
-    insert_row,
-)
+from maildesk.models import DatabaseError, Ledger, Outbox, OutboxStatus, RawMail, Ticket, insert_row
 
 log = logging.getLogger("maildesk.ingest")  # the logs name the job, not the module path
 

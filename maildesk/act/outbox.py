@@ -31,19 +31,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk.act import guard
 from maildesk.act.claims import CLAIM_BYTES, within
 from maildesk.config import Settings
+from maildesk.database import Database
 from maildesk.mail.compose import Draft, Enclosure, clean_header, compose
 from maildesk.mail.marks import bounce_address, own_message_id
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
 from maildesk.mail.smtp import DeliveryOutcome, Sender, SendResult, no_smtputf8, server_name
-from maildesk.models import (
-    Database,
-    Event,
-    Outbox,
-    OutboxStatus,
-    SmtpCapabilities,
-    Ticket,
-    insert_row,
-)
+from maildesk.models import Event, Outbox, OutboxStatus, SmtpCapabilities, Ticket, insert_row
 
 log = logging.getLogger("maildesk.outbox")  # the logs name the job, not the module path
 

@@ -24,12 +24,13 @@ from maildesk.act import ingest
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import admin_alert
 from maildesk.act.outbox import Mail
+from maildesk.database import Database
 from maildesk.desk import routing
 from maildesk.desk.timers import utc_text
 from maildesk.mail import marks, parsing
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.rendering import filesize
-from maildesk.models import Database, DatabaseError, Ledger, Outbox, OutboxStatus
+from maildesk.models import DatabaseError, Ledger, Outbox, OutboxStatus
 
 log = logging.getLogger("maildesk.oversize")  # the logs name the job, not the module path
 

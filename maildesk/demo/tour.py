@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from maildesk import config
+from maildesk.database import Database
 from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
-from maildesk.models import Database, Ticket
+from maildesk.models import Ticket
 from maildesk.service.daemon import Daemon
 from maildesk.service.wiring import desk_for
 from maildesk.ui import views

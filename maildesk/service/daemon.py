@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from maildesk.act import automation, ingest
 from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
-from maildesk.models import Database, DatabaseError
+from maildesk.database import Database
+from maildesk.models import DatabaseError
 from maildesk.service.delivery import Courier, Delivery
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.intake import Intake

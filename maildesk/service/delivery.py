@@ -25,8 +25,9 @@ from pathlib import Path
 
 from maildesk.act import bounces, outbox
 from maildesk.config import Settings
+from maildesk.database import Database
 from maildesk.mail import smtp
-from maildesk.models import Database, DatabaseError, Outbox, Session
+from maildesk.models import DatabaseError, Outbox, Session
 from maildesk.service import oauth
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.leases import holder_alive

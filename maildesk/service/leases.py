@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from maildesk.models import Database, DatabaseError, Lease
+from maildesk.database import Database
+from maildesk.models import DatabaseError, Lease
 
 log = logging.getLogger("maildesk.daemon")  # the logs name the job, not the module path
 

@@ -30,16 +30,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from maildesk.database import Database
 from maildesk.desk.routing import Ignored
-from maildesk.models import (
-    Database,
-    DatabaseError,
-    Outbox,
-    OutboxStatus,
-    PipeCount,
-    Status,
-    Ticket,
-)
+from maildesk.models import DatabaseError, Outbox, OutboxStatus, PipeCount, Status, Ticket
 
 log = logging.getLogger("maildesk.metrics")  # the logs name the job, not the module path
 

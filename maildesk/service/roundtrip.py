@@ -29,9 +29,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from maildesk.config import MailboxSettings, Settings
+from maildesk.database import Database
 from maildesk.mail import compose, smtp
 from maildesk.mail.imap import Mailbox, MailboxError
-from maildesk.models import Database, DatabaseError, Ledger
+from maildesk.models import DatabaseError, Ledger
 
 POLL_SECONDS = 0.25  # between two searches of the mailboxes
 DELETE_SECONDS = 15.0  # how long removing the probe may chase a daemon moving it

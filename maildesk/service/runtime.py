@@ -26,7 +26,7 @@ from maildesk import config
 from maildesk.act import samples
 from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
-from maildesk.models import Database
+from maildesk.database import Database
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.leases import Leases, new_holder
 from maildesk.service.timings import Timings

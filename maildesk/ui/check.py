@@ -12,7 +12,8 @@ import asyncio
 import sys
 
 from maildesk.config import Settings
-from maildesk.models import Database, DatabaseError
+from maildesk.database import Database
+from maildesk.models import DatabaseError
 from maildesk.ui.start import load_settings
 
 

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from maildesk import private
 from maildesk.config import EX_CONFIG, ConfigError
-from maildesk.models import Database, DatabaseError, PipeCount, Status
+from maildesk.database import Database
+from maildesk.models import DatabaseError, PipeCount, Status
 from maildesk.ui.check import cmd_check_config
 from maildesk.ui.intake import cmd_intake_blocked, cmd_intake_unblock
 from maildesk.ui.listing import (

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import select
 
 from maildesk.config import Settings
-from maildesk.models import Database, Ledger
+from maildesk.database import Database
+from maildesk.models import Ledger
 from maildesk.ui.start import checked_desk, load_settings, open_db
 from maildesk.ui.views import iso, table
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from maildesk import config as config_module
 from maildesk.config import Settings
-from maildesk.models import Database
+from maildesk.database import Database
 from maildesk.ui import stats
 
 if TYPE_CHECKING:
