@@ -16,7 +16,15 @@ import pytest
 
 from maildesk.act import samples
 from maildesk.ui import cli
-from tests.desk import ALICE, CUSTOMER, DeskWorld, agent_reply, customer_mail, text_of
+from tests.desk import (
+    ALICE,
+    CUSTOMER,
+    ON_BOTH_DATABASES,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    text_of,
+)
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
 
@@ -135,3 +143,25 @@ def test_poison_mail_is_quarantined_and_the_batch_goes_on_then_replayed(
     # and the server still holds every message: maildesk never deletes mail
     total = len(world.account.uids("Quarantine")) + len(world.account.uids("Processed"))
     assert total == 6
+
+
+@ON_BOTH_DATABASES
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_replay_of_an_id_no_row_can_have_says_so(
+    imap_server: ImapAccount,
+    smtp_server: ScriptedSmtp,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    database_url: str | None,
+) -> None:
+    """An operator's typo past the largest row ID: one line, not PostgreSQL's traceback."""
+    w = DeskWorld(imap_server, smtp_server, tmp_path, database_url=database_url)
+    monkeypatch.setenv("MAILDESK_CONFIG", str(w.config_path))
+    try:
+        for wrong in ("99999999999", "0", "-3"):
+            capsys.readouterr()
+            assert cli.main(["quarantine", "replay", wrong]) == 1
+            assert capsys.readouterr().err == f"maildesk: no quarantined message {wrong}\n"
+    finally:
+        w.close()

@@ -53,6 +53,10 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# the largest row ID either database keeps (a PostgreSQL ``integer``)
+LARGEST_ID = 2**31 - 1
+
+
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     from maildesk.act import ingest
 
@@ -65,6 +69,9 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
             if args.id is None:
                 print("maildesk: give a quarantine ID or --all", file=sys.stderr)
                 return 2
+            if not 0 < args.id <= LARGEST_ID:  # PostgreSQL refuses to compare with it
+                print(f"maildesk: no quarantined message {args.id}", file=sys.stderr)
+                return 1
             query = query.where(Ledger.id == args.id)
         rows = [(r.id, r.mailbox, r.uidvalidity, r.uid, r.raw_path) for r in session.scalars(query)]
     if not rows and not args.all:
