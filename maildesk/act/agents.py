@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.act import files, guard, holding, merging
@@ -27,7 +27,7 @@ from maildesk.desk.plans import Plan, Record
 from maildesk.desk.timers import utc_text
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
-from maildesk.models import Message, Outbox, OutboxStatus, Ticket
+from maildesk.models import Message, Outbox, Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
 
@@ -282,7 +282,6 @@ def refuse_unverified(
 
 
 UNVERIFIED_NOTICE = "unverified"  # the outbox kind of the notice about unverified mail
-UNVERIFIED_NOTICE_EVERY = timedelta(hours=1)
 HELD_BACK = "held back: one notice about unverified mail an hour"
 
 
@@ -300,11 +299,9 @@ def unverified_notice(
     in the database, so the cap holds across daemons), and the next one sent says how many
     came since the last notice and on which tickets."""
     session, desk, ticket, now = scene.session, scene.desk, scene.ticket, scene.now
-    last_sent = session.scalar(_LAST_NOTICE_SENT, {"agent": agent.email})
-    since = {"agent": agent.email, "since": last_sent}
-    held = session.scalar(_HELD_NOTICES, since) or 0
-    numbers = {ticket.id, *session.scalars(_HELD_TICKETS, since)}
-    recent = last_sent is not None and last_sent > now - UNVERIFIED_NOTICE_EVERY
+    cap = guard.hourly(session, UNVERIFIED_NOTICE, agent.email, now)
+    held_on = session.scalars(_HELD_TICKETS, cap.bind(agent.email, UNVERIFIED_NOTICE))
+    numbers = {ticket.id, *held_on}
     mail = agent_mail(
         desk,
         ticket,
@@ -315,10 +312,10 @@ def unverified_notice(
         reason=proof.reason,
         commands=listed_commands(parsed),
         text=text,
-        count=held + 1,
+        count=cap.held + 1,
         tickets=[desk.settings.desk.ref(number) for number in sorted(numbers)],
     )
-    return replace(mail, held_back=HELD_BACK) if recent else mail
+    return replace(mail, held_back=HELD_BACK) if cap.hold else mail
 
 
 def listed_commands(parsed: commands.Parsed) -> list[str]:
@@ -329,22 +326,11 @@ def listed_commands(parsed: commands.Parsed) -> list[str]:
     return [*shown, f"and {more:,} more"] if more else shown
 
 
-# Built once: the outbox rows of the notice to one agent (index on recipient and created_at).
-_LAST_NOTICE_SENT = select(func.max(Outbox.created_at)).where(
-    Outbox.recipient == bindparam("agent"),
-    Outbox.kind == UNVERIFIED_NOTICE,
-    Outbox.status != OutboxStatus.SUPPRESSED,
-)
-_HELD_SINCE = (
-    Outbox.recipient == bindparam("agent"),
-    Outbox.kind == UNVERIFIED_NOTICE,
-    Outbox.status == OutboxStatus.SUPPRESSED,
-    Outbox.created_at >= bindparam("since"),
-)
-_HELD_NOTICES = select(func.count(Outbox.id)).where(*_HELD_SINCE)
+# Built once: the tickets of the notices held back since the last one sent (index on
+# recipient and created_at).
 _HELD_TICKETS = (
     select(Outbox.ticket_id)
-    .where(*_HELD_SINCE, Outbox.ticket_id.is_not(None))
+    .where(*guard.HELD_SINCE, Outbox.ticket_id.is_not(None))
     .distinct()
     .order_by(Outbox.ticket_id)
     .limit(20)

@@ -32,6 +32,18 @@ SUPPRESS_AFTER_BOUNCE = timedelta(days=7)
 _SUPPRESSION = select(Suppression.until, Suppression.reason, Suppression.bounced_at).where(
     Suppression.address == bindparam("address")
 )
+_LAST_SENT = select(func.max(Outbox.created_at)).where(
+    Outbox.recipient == bindparam("to"),
+    Outbox.kind == bindparam("kind"),
+    Outbox.status != OutboxStatus.SUPPRESSED,
+)
+HELD_SINCE = (
+    Outbox.recipient == bindparam("to"),
+    Outbox.kind == bindparam("kind"),
+    Outbox.status == OutboxStatus.SUPPRESSED,
+    Outbox.created_at >= bindparam("since"),
+)
+_HELD = select(func.count(Outbox.id)).where(*HELD_SINCE)
 _RECENT_AUTOMATIC = select(func.count(Outbox.id)).where(
     Outbox.recipient == bindparam("address"),
     Outbox.automatic.is_(True),
@@ -46,6 +58,33 @@ class Bounced:
 
     at: datetime | None
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hourly:
+    """Where a mail sent at most once an hour to one address stands: when the last one went
+    (None: never), how many were held back since, and whether this one is held back too."""
+
+    last_sent: datetime | None
+    held: int
+    hold: bool
+
+    def bind(self, to: str, kind: str) -> dict[str, Any]:
+        """The parameters of ``HELD_SINCE``, for a caller's own question about the held."""
+        return {"to": to, "kind": kind, "since": self.last_sent}
+
+
+HOURLY = timedelta(hours=1)
+
+
+def hourly(session: Any, kind: str, to: str, now: datetime) -> Hourly:
+    """For a notice that forged or repeated mail could multiply (an outbox ``kind`` to ``to``):
+    one an hour is sent, one within the hour after it is written to the outbox held back, and
+    the next one sent can say how many came since. Counted in the database, so the cap holds
+    across daemons and ``maildesk ingest``."""
+    last = session.scalar(_LAST_SENT, {"to": to, "kind": kind})
+    held = session.scalar(_HELD, {"to": to, "kind": kind, "since": last}) if last else 0
+    return Hourly(last, held or 0, last is not None and last > now - HOURLY)
 
 
 # ``session.info`` key: the suppression rows this transaction has read, by address (None: no

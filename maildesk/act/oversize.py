@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import ingest
+from maildesk.act import guard, ingest
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import admin_alert
 from maildesk.act.outbox import Mail
@@ -30,7 +30,7 @@ from maildesk.desk.timers import utc_text
 from maildesk.mail import marks, parsing
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.rendering import filesize
-from maildesk.models import DatabaseError, Ledger, Outbox, OutboxStatus
+from maildesk.models import DatabaseError, Ledger, Outbox
 
 log = logging.getLogger("maildesk.oversize")  # the logs name the job, not the module path
 
@@ -38,7 +38,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n|\r\r")  # as ``inbound`` finds the end of
 
 NOTICE = "too_large"  # the outbox kind (and template) of the notice to the sender
 ALERT = "oversize-alert"  # the outbox kind of the alert to the admin
-EVERY = timedelta(hours=1)  # at most one notice per sender, and one alert, in this time
+EVERY = timedelta(hours=1)  # at most one notice per sender in this time (one alert: guard)
 HELD_BACK = "held back: one alert about oversized mail an hour"
 TOLD = "sender told"
 
@@ -168,9 +168,8 @@ def _alert_admin(
     admin = desk.settings.desk.admin_address
     if not admin:
         return
-    last = session.scalar(_LAST_ALERT, {"admin": admin})
-    held = session.scalar(_HELD_ALERTS, {"admin": admin, "since": last}) if last else 0
-    count = (held or 0) + 1
+    cap = guard.hourly(session, ALERT, admin, now)
+    last, held, count = cap.last_sent, cap.held, cap.held + 1
     limit = filesize(desk.settings.limits.max_message_bytes)
     messages = "1 message" if count == 1 else f"{count} messages"
     since = f" since the last alert ({utc_text(last)})" if last and held else ""
@@ -186,7 +185,7 @@ def _alert_admin(
     )
     alert = admin_alert(desk, f"{messages} too large to take, quarantined", text)
     if alert is not None:
-        held_back = HELD_BACK if last is not None and last > now - EVERY else None
+        held_back = HELD_BACK if cap.hold else None
         desk.mailer.enqueue(session, replace(alert, kind=ALERT, held_back=held_back), now)
 
 
@@ -215,15 +214,4 @@ _QUARANTINED = select(Ledger.reason).where(
 )
 _LAST_NOTICE = select(func.max(Outbox.created_at)).where(
     Outbox.recipient == bindparam("address"), Outbox.kind == NOTICE
-)
-_LAST_ALERT = select(func.max(Outbox.created_at)).where(
-    Outbox.recipient == bindparam("admin"),
-    Outbox.kind == ALERT,
-    Outbox.status != OutboxStatus.SUPPRESSED,
-)
-_HELD_ALERTS = select(func.count(Outbox.id)).where(
-    Outbox.recipient == bindparam("admin"),
-    Outbox.kind == ALERT,
-    Outbox.status == OutboxStatus.SUPPRESSED,
-    Outbox.created_at >= bindparam("since"),
 )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, tickets
+from maildesk.act import agents, guard, tickets
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import enqueue
@@ -27,13 +26,12 @@ from maildesk.desk import auth, commands, starts
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parse.forward import Forwarded
-from maildesk.models import Outbox, OutboxStatus, Status, Ticket
+from maildesk.models import Status, Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
 
 UNVERIFIED = "unverified agent mail"  # the quarantine reason, before why
 ADDRESS_NOTICE = "address_notice"  # the outbox kind of the notice about it
-ADDRESS_NOTICE_EVERY = timedelta(hours=1)
 HELD_BACK = "held back: one notice about unverified mail without a ticket ref an hour"
 
 
@@ -240,8 +238,7 @@ def unproven(
     says how many came since."""
     session, desk, now = arrival.session, arrival.desk, arrival.now
     why = unproven_reason(proof)
-    last_sent = session.scalar(_LAST_SENT, {"agent": agent.email})
-    held = session.scalar(_HELD_SINCE, {"agent": agent.email, "since": last_sent}) or 0
+    cap = guard.hourly(session, ADDRESS_NOTICE, agent.email, now)
     mail = to_agent(
         desk,
         agent,
@@ -249,12 +246,12 @@ def unproven(
         "agent_address",
         reason=why,
         commands=agents.listed_commands(parsed),
-        count=held + 1,
+        count=cap.held + 1,
         subject=shown_subject(arrival.inbound.subject),
         # a replay can prove the mail only by a trusted verdict it carries
         replay=bool(desk.settings.security.trusted_authserv_ids),
     )
-    if last_sent is not None and last_sent > now - ADDRESS_NOTICE_EVERY:
+    if cap.hold:
         mail = replace(mail, held_back=HELD_BACK)
     enqueue(session, desk, [mail], now)
     log.warning(
@@ -275,17 +272,3 @@ def unproven_reason(proof: auth.Proof) -> str:
         "It was not sent to your personal desk address, and carried no trusted sender "
         "authentication."
     )
-
-
-# Built once: the notices to one agent (index on recipient and created_at).
-_LAST_SENT = select(func.max(Outbox.created_at)).where(
-    Outbox.recipient == bindparam("agent"),
-    Outbox.kind == ADDRESS_NOTICE,
-    Outbox.status != OutboxStatus.SUPPRESSED,
-)
-_HELD_SINCE = select(func.count(Outbox.id)).where(
-    Outbox.recipient == bindparam("agent"),
-    Outbox.kind == ADDRESS_NOTICE,
-    Outbox.status == OutboxStatus.SUPPRESSED,
-    Outbox.created_at >= bindparam("since"),
-)
