@@ -26,7 +26,7 @@ from maildesk.desk import auth, commands, starts
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parse.forward import Forwarded
-from maildesk.models import Status, Ticket
+from maildesk.models import Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
 
@@ -90,7 +90,9 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
 def conversation(arrival: Arrival, agent: AgentSettings, start: starts.Conversation) -> Started:
     """``#new``: a ticket for the customer, the agent's text mailed to them, a receipt."""
     session, desk, now = arrival.session, arrival.desk, arrival.now
-    ticket = new_ticket(arrival, start.address, starts.subject_of(arrival.inbound.subject))
+    subject = starts.subject_of(arrival.inbound.subject)
+    opening = tickets.Opening(arrival.team, arrival.mailbox)
+    ticket = tickets.blank_ticket(session, desk, start.address, subject, opening, now)
     scene = Scene(session, desk, ticket, arrival.inbound, arrival.stored, now)
     plan = starts.conversation(start, agent, arrival.team, arrival.mailbox, desk.directory)
     mails = carry_out(scene, plan)
@@ -158,30 +160,6 @@ def as_written(inbound: Inbound, forwarded: Forwarded) -> Inbound:
         attachments=forwarded.attachments,
         forwarded=None,
     )
-
-
-def new_ticket(arrival: Arrival, requester: str, subject: str) -> Ticket:
-    """An empty ticket for ``requester`` in the mailbox's team, open."""
-    now = arrival.now
-    ticket = Ticket(
-        subject=subject or "(no subject)",
-        requester=requester,
-        status=Status.OPEN,
-        priority="medium",
-        team=arrival.team,
-        mailbox=arrival.mailbox,
-        created_at=now,
-        updated_at=now,
-        status_since=now,
-        # a new ticket's collections are known to be empty: no lazy loads for them
-        tags=[],
-        participants=[],
-        messages=[],
-        events=[],
-    )
-    arrival.session.add(ticket)
-    arrival.session.flush()
-    return ticket
 
 
 def personal(desk: Desk, agent: AgentSettings) -> str:

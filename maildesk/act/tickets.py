@@ -109,23 +109,14 @@ class Opening:
     forward: customers.Forwarding | None = None  # an agent forwarded the mail
 
 
-def open_ticket(
-    session: Session,
-    desk: Desk,
-    inbound: Inbound,
-    stored: StoredMail,
-    opening: Opening,
-    now: datetime,
+def blank_ticket(
+    session: Session, desk: Desk, requester: str, subject: str, opening: Opening, now: datetime
 ) -> Ticket:
-    """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
-    outsiders = act_people.outsiders(desk)
-    # who wrote, as the mail says; the requester is whom the desk answers (Reply-To may say)
-    wrote = inbound.requester or ""
-    wrote = "" if people.is_own(wrote, outsiders.own) else wrote
-    requester = people.requester_of(inbound, outsiders, replies_to_reply_to(desk, opening))
+    """A ticket for ``requester`` in the opening's team and mailbox, open, with nothing on it
+    yet: inserted with its SLA due time (not an update after)."""
     linked_to = opening.linked_to
     ticket = Ticket(
-        subject=inbound.subject or "(no subject)",
+        subject=subject or "(no subject)",
         requester=requester,
         status=Status.OPEN,
         priority="medium",
@@ -142,13 +133,31 @@ def open_ticket(
         messages=[],
         events=[],
     )
-    sla.refresh_due(ticket, desk.settings)  # in the insert, not an update after it
+    sla.refresh_due(ticket, desk.settings)
     session.add(ticket)
     session.flush()
+    return ticket
+
+
+def open_ticket(
+    session: Session,
+    desk: Desk,
+    inbound: Inbound,
+    stored: StoredMail,
+    opening: Opening,
+    now: datetime,
+) -> Ticket:
+    """A new ticket from a customer's mail: acknowledgment to them, notice to the team."""
+    outsiders = act_people.outsiders(desk)
+    # who wrote, as the mail says; the requester is whom the desk answers (Reply-To may say)
+    wrote = inbound.requester or ""
+    wrote = "" if people.is_own(wrote, outsiders.own) else wrote
+    requester = people.requester_of(inbound, outsiders, replies_to_reply_to(desk, opening))
+    ticket = blank_ticket(session, desk, requester, inbound.subject, opening, now)
     made(session, ticket)
     scene = Scene(session, desk, ticket, inbound, stored, now)
     first = customers.Written(wrote, inbound.text.strip())
-    linked = desk.ref(linked_to) if linked_to is not None else None
+    linked = desk.ref(opening.linked_to) if opening.linked_to is not None else None
     decided, spam, forward = intake(session, desk, opening), opening.spam, opening.forward
     opened = customers.opened(
         first, opening.mailbox, linked, requester, decided, spam=spam, forward=forward
