@@ -22,8 +22,9 @@ from maildesk.act.timeline import event
 from maildesk.config import AgentSettings
 from maildesk.desk import commands, guide
 from maildesk.mail import marks
+from maildesk.mail.actions import Action
 from maildesk.mail.inbound import Inbound
-from maildesk.models import Message, Ticket
+from maildesk.models import Message, Status, Ticket
 
 THREAD_IDS = 10  # the last Message-IDs of a thread a mail names in References
 
@@ -212,7 +213,47 @@ def agent_mail(
         to_agent=True,
         reply_to=marks.reply_address(desk.settings.desk.address, token),
         references=thread_ids(ticket),
+        actions=one_tap(desk, ticket, agent, template),
     )
+
+
+# The notices that tell an agent about a ticket end with one-tap links; the mails that answer
+# her own message (a receipt, a held reply, an unverified one) do not: she has just acted.
+LINKED = frozenset(
+    (
+        "agent_new",
+        "agent_assigned",
+        "agent_customer_replied",
+        "agent_reopened",
+        "agent_escalated",
+        "agent_sla",
+        "agent_bounce",
+        "agent_files",
+    )
+)
+
+
+def one_tap(desk: Desk, ticket: Ticket, agent: AgentSettings, template: str) -> tuple[Action, ...]:
+    """The links a notice made from ``template`` ends with, as the ticket stands: "Take it"
+    unless it is hers already, "Close" and "Escalate to <team>" (each team but its own) while
+    it is not closed, "Internal note" always; none on a merged or spam ticket (nothing to act
+    on there)."""
+    if template not in LINKED or ticket.status in (Status.MERGED, Status.SPAM):
+        return ()
+    found = []
+    is_open = ticket.status != Status.CLOSED
+    if is_open and (ticket.assignee or "").lower() != agent.email.lower():
+        found.append(Action("Take it", "#assign me"))
+    if is_open:
+        found.append(Action("Close", "#close"))
+    found.append(Action("Internal note", "#note "))
+    if is_open:
+        found += [
+            Action(f"Escalate to {team.name}", f"#escalate {team.name} ")
+            for team in desk.settings.teams
+            if team.name != ticket.team
+        ]
+    return tuple(found)
 
 
 NO_ADDRESS = (

@@ -32,6 +32,7 @@ from maildesk.act import guard
 from maildesk.act.claims import CLAIM_BYTES, within
 from maildesk.config import Settings
 from maildesk.database import Database
+from maildesk.mail.actions import Action, with_actions
 from maildesk.mail.compose import Draft, Enclosure, clean_header, compose
 from maildesk.mail.marks import bounce_address, own_message_id
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
@@ -75,6 +76,8 @@ class Mail:
     # copied to these (the ticket's participants): one mail, with a Cc header, and an outbox
     # row, its own envelope, for each of them (``Outbox``)
     cc: tuple[str, ...] = ()
+    # a notice's one-tap links (``actions.with_actions``), addressed to its ``reply_to``
+    actions: tuple[Action, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +309,8 @@ class Mailer:
     def draft(self, mail: Mail, rendered: Rendered, message_id: str, now: datetime) -> Draft:
         """What ``compose`` makes ``mail``'s bytes from: its rendered words, from the desk."""
         desk = self.settings.desk
+        if mail.to_agent:  # with its links, and an HTML part
+            rendered = with_actions(rendered, mail.actions, mail.reply_to)
         return Draft(
             sender_name=desk.name,
             sender=desk.address,
