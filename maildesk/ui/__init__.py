@@ -1,1 +1,1 @@
-"""What people use: the command line, the MTA pipe, stats and the HTML report."""
+"""What people use: the command line, the MTA pipe and the views of tickets."""

@@ -208,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from maildesk.ui import stats
+    from maildesk.act import stats
 
     settings = load_settings(args)
     since, now = window(args.since)
@@ -223,7 +223,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from maildesk.ui import report
+    from maildesk.act import report
 
     settings = load_settings(args)
     since, now = window(args.since)

@@ -79,7 +79,7 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
 
 
 def cmd_agents_list(args: argparse.Namespace) -> int:
-    from maildesk.ui import stats
+    from maildesk.act import stats
 
     settings = load_settings(args)
     db = open_db(settings)
@@ -126,7 +126,7 @@ def cmd_agents_address(args: argparse.Namespace) -> int:
 
 
 def cmd_teams_list(args: argparse.Namespace) -> int:
-    from maildesk.ui import stats
+    from maildesk.act import stats
 
     settings = load_settings(args)
     db = open_db(settings)

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from maildesk import config as config_module
+from maildesk.act import stats
 from maildesk.config import Settings
 from maildesk.database import Database
-from maildesk.ui import stats
 
 if TYPE_CHECKING:
     from maildesk.act.means import Desk

@@ -143,7 +143,7 @@ def render_ticket(data: dict[str, Any]) -> str:
 
 
 def render_stats(figures: Any) -> str:
-    from maildesk.ui.stats import duration_text as d
+    from maildesk.act.stats import duration_text as d
 
     satisfaction = (
         f"{figures.satisfaction_average:.1f}/5 from {figures.satisfaction_count} rating"

@@ -1,6 +1,6 @@
 """How the desk is doing over a window, as numbers and as one self-contained HTML page of charts.
 
-Read-only, beside the flow, under ``cli``'s ``report``: ``build`` gathers the figures into a
+Read-only, beside the flow, under ``cli``'s ``report`` and the admin's ``digest``: ``build`` gathers the figures into a
 ``DeskReport`` value (tickets opened and closed per day, the backlog by status now, time to
 first response and to close as distributions, SLA compliance, satisfaction);
 ``DeskReport.as_json`` is what ``maildesk report --json`` prints, and ``render_html`` draws the
@@ -30,11 +30,11 @@ from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maildesk.act import stats
 from maildesk.config import Settings
 from maildesk.desk import sla, timers
 from maildesk.mail import rendering
 from maildesk.models import SHELVED, Event, Status, Ticket
-from maildesk.ui import stats
 
 # Time buckets for the distributions: upper bounds in seconds, and how they read.
 BUCKETS: tuple[tuple[float, str], ...] = (
@@ -497,7 +497,7 @@ def render_html(report: DeskReport) -> str:
         f"{report.since.astimezone(zone).strftime('%d %b %Y %H:%M')} – "
         f"{report.until.astimezone(zone).strftime('%d %b %Y %H:%M')} ({report.zone})"
     )
-    page = resources.files("maildesk.ui").joinpath("report.html.j2").read_text(encoding="utf-8")
+    page = resources.files("maildesk.act").joinpath("report.html.j2").read_text(encoding="utf-8")
     return rendering.render_page(
         page,
         {

@@ -3,7 +3,8 @@
 Beside the flow, read-only: tickets opened in the window by status and team, the backlog now,
 median time to the first agent response (``first_response_at - created_at``), median time to
 close (of tickets closed in the window), and satisfaction (average and count of the ratings
-given in the window). ``cli`` prints it as a table or as JSON.
+given in the window). ``cli`` prints it as a table or as JSON; the admin's ``digest`` mails it
+(it sits below the command line for that).
 """
 
 from __future__ import annotations
