@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
 import maildesk.models
+from maildesk.act import search
 from maildesk.database import HEAD_REVISION, Database
 
 
@@ -65,7 +66,23 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0011(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        for kind, name in conn.execute(
+            text(
+                "SELECT type, name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%search%'"
+            )
+        ).all():
+            conn.execute(text(f"DROP {kind} {name}"))
+        conn.execute(text("DROP TABLE messages_search"))
+        conn.execute(text("DROP TABLE tickets_search"))
+    else:
+        conn.execute(text("ALTER TABLE messages DROP COLUMN search"))
+        conn.execute(text("ALTER TABLE tickets DROP COLUMN search"))
+
+
 def _undo_0010(conn: Connection) -> None:
+    _undo_0011(conn)
     conn.execute(text("ALTER TABLE participants DROP COLUMN bounced_at"))
 
 
@@ -307,5 +324,22 @@ def test_a_database_at_the_ninth_revision_marks_bounced_participants(database_ur
         assert db.revision() == HEAD_REVISION
         columns = {c["name"] for c in inspect(db.engine).get_columns("participants")}
         assert "bounced_at" in columns
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_tenth_revision_gains_the_search_index(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0011(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0010'"))
+            _a_customer_who_answered_and_one_who_did_not(conn)
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        with db.sessions.begin() as session:  # the tickets of before are found
+            assert [m.ticket_id for m in search.find(session, "thanks")] == [1]
+            assert [m.ticket_id for m in search.find(session, "first")] == [2, 1]
     finally:
         db.dispose()

@@ -1,0 +1,253 @@
+"""Finding tickets by words: the read side of the full-text index.
+
+The index is the database's (migration 0011): SQLite FTS5 tables fed by triggers, PostgreSQL
+``tsvector`` columns with GIN indexes, over ticket subjects and every message's subject and
+text (customer mail, agent replies, internal notes), written in the message's own transaction.
+``tickets search``, ``#search`` by mail and the demo ask ``find``.
+
+The user's words are data, never query syntax: each word becomes a phrase of its letters and
+digits (``E-4711`` the phrase ``e 4711``, ``alice@example.com`` ``alice example com``), built
+here and handed to the engine as a bound value; quotes, ``NEAR``, ``*``, ``:``, parentheses
+and ``AND``/``OR``/``NOT`` are words like any other. At most ``MAX_TERMS`` words of the first
+``MAX_INPUT_CHARS`` characters are looked for, so no input costs more than a bounded query.
+
+A ticket matches when its subject, or one of its messages, holds all the words. The best first:
+tickets whose subject holds them, then those with a message holding the words as typed (next
+to each other, in order), then the rest; newest first among equals. Each kind is read from the
+index newest first and cut at ``CANDIDATES`` rows, which bounds the work for common words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from maildesk.models import Message, Status, Ticket
+
+__all__ = ["Match", "find", "terms"]
+
+MAX_INPUT_CHARS = 1000  # of the words given; the rest is not looked at
+MAX_TERMS = 16  # words looked for (the first, without repeats)
+MAX_TOKEN_CHARS = 200  # a longer run of letters is in no index (PostgreSQL drops them)
+CANDIDATES = 500  # index rows read per kind of match, newest first
+SEARCHED_CHARS = 100_000  # of a message's text, indexed (migration 0011) and read for context
+CONTEXT_CHARS = 160  # of the line of context shown per match
+_BEFORE = 50  # characters of context shown before the first matching word
+
+_TOKEN = re.compile(r"[^\W_]+")
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One ticket found: ``at`` is when the matching message came (the ticket's start when its
+    subject matched), ``context`` one line of that message around the first matching word."""
+
+    ticket_id: int
+    subject: str
+    status: Status
+    requester: str
+    at: datetime
+    context: str
+    in_subject: bool = False
+
+
+def terms(words: str) -> list[tuple[str, ...]]:
+    """The words looked for, each as the tokens the index holds (lowercase letters and digits),
+    at most ``MAX_TERMS``, without repeats; a word of no letters or digits is no term."""
+    cut = words[:MAX_INPUT_CHARS]
+    if len(words) > MAX_INPUT_CHARS and not words[MAX_INPUT_CHARS].isspace() and cut.split():
+        if not cut[-1].isspace():  # no half of a word
+            cut = cut[: len(cut) - len(cut.split()[-1])]
+    found: list[tuple[str, ...]] = []
+    for word in cut.split():
+        tokens = tuple(token.lower() for token in _TOKEN.findall(word))
+        if tokens and tokens not in found:
+            found.append(tokens)
+        if len(found) == MAX_TERMS:
+            break
+    return found
+
+
+def find(session: Session, words: str, *, limit: int = 20) -> list[Match]:
+    """The ``limit`` best tickets for ``words`` (see the module's docstring); none for no words."""
+    wanted = terms(words)
+    if not wanted or limit < 1 or any(len(t) > MAX_TOKEN_CHARS for w in wanted for t in w):
+        return []
+    engine = _SQLITE if session.get_bind().dialect.name == "sqlite" else _POSTGRESQL
+    by_subject = engine.tickets(session, wanted)
+    phrase = [tuple(t for w in wanted for t in w)]
+    exact = engine.messages(session, phrase) if len(wanted) > 1 else []
+    loose = engine.messages(session, wanted)
+    kinds = {m: _LOOSE for m in loose} | {m: _EXACT for m in exact}
+    return _ranked(session, wanted, by_subject, kinds, limit)
+
+
+# ---------------------------------------------------------------------------- the engines
+
+
+class _Sqlite:
+    """FTS5: a query of quoted phrases (implicit AND), read in rowid order, newest first."""
+
+    @staticmethod
+    def _query(wanted: list[tuple[str, ...]]) -> str:
+        return " ".join('"' + " ".join(tokens) + '"' for tokens in wanted)
+
+    def tickets(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+        rows = session.execute(
+            text(
+                "SELECT rowid FROM tickets_search WHERE tickets_search MATCH :q"
+                " ORDER BY rowid DESC LIMIT :n"
+            ),
+            {"q": self._query(wanted), "n": CANDIDATES},
+        )
+        return [int(row[0]) for row in rows]
+
+    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+        rows = session.execute(
+            text(
+                "SELECT rowid FROM messages_search WHERE messages_search MATCH :q"
+                " ORDER BY rowid DESC LIMIT :n"
+            ),
+            {"q": self._query(wanted), "n": CANDIDATES},
+        )
+        return [int(row[0]) for row in rows]
+
+
+class _Postgresql:
+    """tsvector: one ``phraseto_tsquery`` per word, joined with ``&&``; every word a bound
+    value, never parsed as tsquery syntax."""
+
+    @staticmethod
+    def _query(wanted: list[tuple[str, ...]]) -> tuple[str, dict[str, object]]:
+        names = [f"w{i}" for i in range(len(wanted))]
+        sql = " && ".join(f"phraseto_tsquery('simple', :{name})" for name in names)
+        return f"({sql})", {
+            name: " ".join(tokens) for name, tokens in zip(names, wanted, strict=True)
+        }
+
+    def tickets(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+        query, values = self._query(wanted)
+        rows = session.execute(
+            text(f"SELECT id FROM tickets WHERE search @@ {query} ORDER BY id DESC LIMIT :n"),
+            {**values, "n": CANDIDATES},
+        )
+        return [int(row[0]) for row in rows]
+
+    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+        query, values = self._query(wanted)
+        rows = session.execute(
+            text(f"SELECT id FROM messages WHERE search @@ {query} ORDER BY id DESC LIMIT :n"),
+            {**values, "n": CANDIDATES},
+        )
+        return [int(row[0]) for row in rows]
+
+
+_SQLITE = _Sqlite()
+_POSTGRESQL = _Postgresql()
+
+
+# ---------------------------------------------------------------------------- ranking
+
+
+_SUBJECT, _EXACT, _LOOSE = 0, 1, 2  # the kinds of match, best first
+
+
+def _ranked(
+    session: Session,
+    wanted: list[tuple[str, ...]],
+    by_subject: list[int],
+    kinds: dict[int, int],
+    limit: int,
+) -> list[Match]:
+    """One match per ticket, the best kind first, newest first among equals."""
+    best: dict[int, tuple[int, datetime, int | None]] = {}  # ticket: kind, at, message
+    for message_id, (ticket_id, at) in _message_rows(session, list(kinds)).items():
+        mine = (kinds[message_id], at, message_id)
+        if ticket_id not in best or _key(mine) < _key(best[ticket_id]):
+            best[ticket_id] = mine
+    tickets = _ticket_rows(session, [*by_subject, *best])
+    for ticket_id in by_subject:
+        ticket = tickets.get(ticket_id)
+        if ticket is not None and ticket.status != Status.MERGED:
+            _, at, shown = best.get(ticket_id, (_SUBJECT, ticket.created_at, None))
+            best[ticket_id] = (_SUBJECT, at, shown)  # a message's line of context, if any
+    order = sorted((t for t in best if t in tickets), key=lambda t: (*_key(best[t]), -t))
+    chosen = order[:limit]
+    texts = _texts(session, [m for t in chosen if (m := best[t][2]) is not None])
+    pattern = _words_pattern(wanted)
+    return [
+        Match(
+            ticket_id=t,
+            subject=tickets[t].subject,
+            status=Status(tickets[t].status),
+            requester=tickets[t].requester,
+            at=best[t][1],
+            context=_context(texts.get(best[t][2] or 0, (tickets[t].subject, "")), pattern),
+            in_subject=best[t][0] == _SUBJECT,
+        )
+        for t in chosen
+    ]
+
+
+def _key(found: tuple[int, datetime, int | None]) -> tuple[int, float, int]:
+    kind, at, message_id = found
+    return kind, -at.timestamp(), -(message_id or 0)
+
+
+def _message_rows(session: Session, ids: list[int]) -> dict[int, tuple[int, datetime]]:
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Message.id, Message.ticket_id, Message.created_at).where(
+            Message.id.in_(bindparam("ids", expanding=True))
+        ),
+        {"ids": list(set(ids))},
+    )
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def _ticket_rows(session: Session, ids: list[int]) -> dict[int, Ticket]:
+    if not ids:
+        return {}
+    found = session.scalars(select(Ticket).where(Ticket.id.in_(set(ids)))).all()
+    return {ticket.id: ticket for ticket in found}
+
+
+def _texts(session: Session, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """The messages' text as far as it is indexed (never a whole huge text)."""
+    if not ids:
+        return {}
+    searched = func.substr(Message.text, 1, SEARCHED_CHARS)
+    rows = session.execute(select(Message.id, Message.subject, searched).where(Message.id.in_(ids)))
+    return {row[0]: (row[1], row[2] or "") for row in rows}
+
+
+# ---------------------------------------------------------------------------- context
+
+
+def _words_pattern(wanted: list[tuple[str, ...]]) -> re.Pattern[str]:
+    tokens = sorted({t for w in wanted for t in w}, key=len, reverse=True)
+    alternatives = "|".join(re.escape(t) for t in tokens)
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+
+
+def _context(searched: tuple[str, str], pattern: re.Pattern[str]) -> str:
+    """One line of at most ``CONTEXT_CHARS`` around the first matching word of the text, else
+    of the subject ("…" where cut)."""
+    subject, text_ = searched
+    found = pattern.search(text_)
+    if found is None and (in_subject := pattern.search(subject)) is not None:
+        text_, found = subject, in_subject
+    start = max(0, found.start() - _BEFORE) if found else 0
+    window = text_[start : start + CONTEXT_CHARS * 4]
+    line = _SPACES.sub(" ", "".join(c if c.isprintable() else " " for c in window)).strip()
+    if start > 0:
+        line = "…" + line
+    if len(line) > CONTEXT_CHARS or start + len(window) < len(text_):
+        line = line[: CONTEXT_CHARS - 1].rstrip() + "…"
+    return line
