@@ -8,6 +8,7 @@ internal note, a merge, the same mail taken twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,3 +328,48 @@ def _indexed_messages(session: Session, word: str) -> int:
     else:
         query = "SELECT count(*) FROM messages WHERE search @@ to_tsquery('simple', :w)"
     return int(session.execute(text(query), {"w": word}).scalar_one())
+
+
+@ON_BOTH_DATABASES
+def test_tickets_search_on_the_command_line(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Printer broken", "Order E-4711: the printer\nprints blank pages."))
+    world.deliver(customer_mail("Scanner", "The scanner is fine, the printer is not."))
+    world.run_once()
+
+    done = world.cli("tickets", "search", "--json", "printer")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert [(m["ref"], m["number"], m["in_subject"]) for m in found] == [
+        ("[#1]", 1, True),
+        ("[#2]", 2, False),
+    ]
+    assert set(found[0]) == {
+        "ref",
+        "number",
+        "subject",
+        "status",
+        "requester",
+        "at",
+        "context",
+        "in_subject",
+    }
+    assert (found[1]["subject"], found[1]["status"], found[1]["requester"]) == (
+        "Scanner",
+        "open",
+        CUSTOMER,
+    )
+    assert found[1]["context"] == "The scanner is fine, the printer is not."
+    assert found[1]["at"].endswith("Z")
+
+    table = world.cli("tickets", "search", "E-4711", "blank").stdout.decode().splitlines()
+    assert table[0].split() == ["REF", "STATUS", "AT", "REQUESTER", "SUBJECT"]
+    assert table[1].startswith("[#1]") and table[1].endswith("Printer broken")
+    assert table[2] == "    Order E-4711: the printer prints blank pages."
+    assert len(table) == 3
+
+    limited = json.loads(world.cli("tickets", "search", "printer", "--limit", "1", "--json").stdout)
+    assert [m["number"] for m in limited] == [1]
+    nothing = world.cli("tickets", "search", "NEAR(", '"', "*")
+    assert (nothing.returncode, nothing.stdout) == (0, b"no ticket matches\n")
+    wrong = world.cli("tickets", "search", "printer", "--limit", "0")
+    assert wrong.returncode == 2 and b"not a number of tickets: '0'" in wrong.stderr

@@ -33,6 +33,7 @@ from maildesk.config import EX_CONFIG, ConfigError
 from maildesk.database import Database
 from maildesk.models import DatabaseError, PipeCount, Status
 from maildesk.ui.check import cmd_check_config
+from maildesk.ui.files import cmd_tickets_files, cmd_tickets_search, positive
 from maildesk.ui.intake import cmd_intake_blocked, cmd_intake_unblock
 from maildesk.ui.listing import (
     cmd_agents_address,
@@ -291,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     tshow.add_argument("ref", help="the ref ([#12]) or the bare number")
     tshow.add_argument("--json", action="store_true")
     tshow.set_defaults(func=cmd_tickets_show)
+    tsearch = tickets.add_parser("search", help="the tickets whose subject or mail holds words")
+    tsearch.add_argument("words", nargs="+", help="all of them in one subject or message")
+    tsearch.add_argument("--limit", type=positive, default=20, help="at most N (default 20)")
+    tsearch.add_argument("--json", action="store_true")
+    tsearch.set_defaults(func=cmd_tickets_search)
+    tfiles = tickets.add_parser("files", help="write a ticket's attachments (or mail) to files")
+    tfiles.add_argument("ref", help="the ref ([#12]) or the bare number")
+    tfiles.add_argument("-o", "--output", default=".", metavar="DIR", help="default: here")
+    tfiles.add_argument("--raw", action="store_true", help="the messages as .eml, as they came")
+    tfiles.set_defaults(func=cmd_tickets_files)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
