@@ -42,6 +42,8 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "Attachment",
     "Base",
+    "Blob",
+    "BlobChunk",
     "DatabaseError",
     "Event",
     "Lease",
@@ -329,6 +331,32 @@ class RawMail(Base):
     __tablename__ = "raw_mail"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Blob(Base):
+    """A file of the database store (``[store] backend = "database"``), by the name rows keep
+    (its SHA-256 in it): an attachment, or raw mail over 1 MiB. Its bytes are its
+    ``blob_chunks``, written in the same transaction as this row: a committed row always has
+    all of them."""
+
+    __tablename__ = "blobs"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)  # raw/ab/cd/<sha256>.eml
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BlobChunk(Base):
+    """One piece of a blob's bytes (1 MiB, the last one less), in order by ``seq`` from 0.
+    A file written as it streams in (its digest known only at the end) is written under a
+    name of its own and takes its real name in the same transaction."""
+
+    __tablename__ = "blob_chunks"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 

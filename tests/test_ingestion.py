@@ -110,8 +110,13 @@ def test_attachments_are_kept_whole(world: DeskWorld) -> None:
         hashlib.sha256(pdf).hexdigest(),
         hashlib.sha256(png).hexdigest(),
     ]
-    blobs = list((world.root / "data" / "blobs").rglob("*"))
-    assert {p.name for p in blobs if p.is_file()} >= {a["sha256"] for a in atts}
+    # in the data directory on SQLite, in the database on PostgreSQL (its default store)
+    kept = {
+        name.rsplit("/", 1)[1]: world.desk.store.read(name) for name in world.desk.store.names()
+    }
+    assert kept == {a["sha256"]: data for a, data in zip(atts, (pdf, png), strict=True)}
+    on_disk = [p for p in (world.root / "data" / "blobs").rglob("*") if p.is_file()]
+    assert len(on_disk) == (2 if world.db.is_sqlite else 0)
 
 
 def test_html_only_and_encoded_subjects_become_readable(world: DeskWorld) -> None:

@@ -66,7 +66,13 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0012(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE blob_chunks"))
+    conn.execute(text("DROP TABLE blobs"))
+
+
 def _undo_0011(conn: Connection) -> None:
+    _undo_0012(conn)
     if conn.dialect.name == "sqlite":
         for kind, name in conn.execute(
             text(

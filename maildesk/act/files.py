@@ -26,6 +26,7 @@ from maildesk.desk import files as rules
 from maildesk.mail.compose import Enclosure
 from maildesk.mail.inbound import Inbound, ParsedAttachment
 from maildesk.models import Attachment, Message, Ticket
+from maildesk.store import Kept
 
 NOTICES = rules.NOTICES  # the notices to agents that carry the files of their message
 
@@ -74,7 +75,7 @@ def stored(desk: Desk, message: Message) -> list[rules.File]:
         rules.File(
             a.filename,
             a.size,
-            kept=not a.dropped and a.path is not None and desk.store.path(a.path).is_file(),
+            kept=not a.dropped and a.path is not None and desk.store.exists(a.path),
         )
         for a in message.attachments
     ]
@@ -87,7 +88,7 @@ def held_to_customer(desk: Desk, message: Message) -> tuple[Enclosure, ...]:
     choice = rules.to_customer(stored(desk, message), desk.settings.limits)
     parts = message.attachments
     return tuple(
-        Enclosure(parts[i].filename, parts[i].content_type, desk.store.path(parts[i].path or ""))
+        Enclosure(parts[i].filename, parts[i].content_type, Kept(desk.store, parts[i].path or ""))
         for i in choice.chosen
     )
 
@@ -162,7 +163,7 @@ def ticket_files(
         rules.File(
             row.filename,
             row.size,
-            kept=not row.dropped and row.path is not None and desk.store.path(row.path).is_file(),
+            kept=not row.dropped and row.path is not None and desk.store.exists(row.path),
         )
         for row in rows
     ]
@@ -183,7 +184,7 @@ def ticket_files(
             files=listed(found, batch, refused),
         )
         enclosures = tuple(
-            Enclosure(rows[i].filename, rows[i].content_type, desk.store.path(rows[i].path))
+            Enclosure(rows[i].filename, rows[i].content_type, Kept(desk.store, rows[i].path))
             for i in batch
         )
         mails.append(replace(mail, attachments=enclosures))

@@ -34,6 +34,7 @@ from maildesk.desk.customers import Case
 from maildesk.mail.inbound import Inbound, Limits, ReportRecipient
 from maildesk.mail.parsing import Budget
 from maildesk.models import DatabaseError, Ledger, Outbox, OutboxStatus, RawMail, Ticket, insert_row
+from maildesk.store import DamagedFile
 
 log = logging.getLogger("maildesk.ingest")  # the logs name the job, not the module path
 
@@ -170,7 +171,7 @@ def read_raw(session: Session, desk: Desk, raw_path: str) -> bytes:
     if raw_path.startswith("db:"):
         row = session.get(RawMail, raw_path[3:])
         if row is None:
-            raise FileNotFoundError(f"raw mail {raw_path} is not in the database")
+            raise DamagedFile(f"raw mail {raw_path} is not in the database")
         return row.data
     return desk.store.read(raw_path)
 

@@ -47,5 +47,6 @@ class Desk:
         return self.settings.desk.ref(ticket.id)
 
     def close(self) -> None:
-        """End the parser's worker processes."""
+        """End the parser's worker processes, and let go of the store."""
         self.parser.close()
+        self.store.close()

@@ -30,6 +30,7 @@ from maildesk.config.settings import (
     Settings,
     SlaTarget,
     SmtpSettings,
+    StoreBackend,
     TeamSettings,
     Transport,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Settings",
     "SlaTarget",
     "SmtpSettings",
+    "StoreBackend",
     "TeamSettings",
     "Transport",
     "build",

@@ -41,6 +41,7 @@ from maildesk.config.settings import (
     SecuritySettings,
     Settings,
     SlaTarget,
+    StoreBackend,
     TeamSettings,
 )
 from maildesk.config.table import Table, resolve
@@ -86,6 +87,7 @@ KNOWN_TABLES = (
     "business_hours",
     "intake",
     "rules",
+    "store",
 )
 
 
@@ -96,6 +98,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
     base = path.parent
     desk = _read_desk(Table(data.get("desk", {}), "[desk]", path), base, "desk" in data)
     database_url = _read_database(Table(data.get("database", {}), "[database]", path), desk)
+    store = _read_store(Table(data.get("store", {}), "[store]", path), database_url)
     teams = _read_teams(data, path)
     team_names = {t.name for t in teams}
     agents = _read_agents(data, path, team_names)
@@ -137,6 +140,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
         intake=intake,
         rules=rules,
         warnings=tuple(warnings),
+        store=store,
     )
 
 
@@ -153,6 +157,19 @@ def _read_database(t: Table, desk: DeskSettings) -> str:
         raise t.fail("url", "must be a sqlite:/// or postgresql+psycopg:// URL")
     t.finish()
     return url
+
+
+def _read_store(t: Table, database_url: str) -> StoreBackend:
+    """The database on PostgreSQL (every host on it reads the files), else the directory. The
+    database store takes writes on connections of its own while a message's transaction is
+    open, which SQLite (one writer at a time) cannot take."""
+    sqlite = database_url.startswith("sqlite")
+    default = StoreBackend.DIRECTORY if sqlite else StoreBackend.DATABASE
+    backend = StoreBackend(t.choice("backend", tuple(StoreBackend), default))
+    if backend == StoreBackend.DATABASE and sqlite:
+        raise t.fail("backend", '"database" needs PostgreSQL ([database] url); use "directory"')
+    t.finish()
+    return backend
 
 
 def _read_teams(data: dict[str, Any], path: Path) -> list[TeamSettings]:

@@ -248,6 +248,13 @@ class BusinessHours:
     holidays: tuple[str, ...] = ()  # ISO dates
 
 
+class StoreBackend(enum.StrEnum):
+    """Where attachments and large raw mail are kept (``[store] backend``)."""
+
+    DIRECTORY = "directory"  # files under data_dir: this host's, or a directory hosts share
+    DATABASE = "database"  # rows of the database: every host on it reads them
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
@@ -267,6 +274,7 @@ class Settings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     rules: tuple[RuleSettings, ...] = ()
     warnings: tuple[str, ...] = ()
+    store: StoreBackend = StoreBackend.DIRECTORY
 
     def agent(self, address: str | None) -> AgentSettings | None:
         if not address:

@@ -23,11 +23,11 @@ from datetime import datetime
 from email import quoprimime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, formataddr
-from pathlib import Path
 from urllib.parse import quote
 
 from maildesk.config import Settings
 from maildesk.mail.marks import LOOP_HEADER, bounce_address, own_message_id, probe_address
+from maildesk.store import Kept
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
@@ -48,7 +48,7 @@ class Enclosure:
 
     filename: str
     content_type: str
-    data: bytes | Path
+    data: bytes | Kept
     content_id: str = ""
 
     def payload(self) -> bytes:

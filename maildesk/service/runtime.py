@@ -153,6 +153,7 @@ class Runtime:
                 ("[[mailboxes]]", old.mailboxes, settings.mailboxes),
                 ("[smtp]", old.smtp, settings.smtp),
                 ("[database]", old.database_url, settings.database_url),
+                ("[store]", old.store, settings.store),
                 ("[metrics]", old.metrics, settings.metrics),
             )
             if before != after

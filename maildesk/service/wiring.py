@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mailer
-from maildesk.config import Settings
+from maildesk.config import Settings, StoreBackend
+from maildesk.database import Database
 from maildesk.desk import commands, people
 from maildesk.desk.routing import Identity
 from maildesk.mail.parsing import Parser
 from maildesk.store import Store
+from maildesk.store.directory import DirectoryStore
+from maildesk.store.rows import DatabaseStore
 
 CANNED = "canned/"  # where the canned replies are among the templates
 
@@ -34,13 +37,21 @@ def desk_for(
     mailer = mailer or Mailer(settings)
     return Desk(
         settings=settings,
-        store=store or Store(settings.desk.data_dir),
+        store=store or store_for(settings),
         mailer=mailer,
         clock=clock or (lambda: datetime.now(UTC)),
         parser=parser or Parser(),  # starts no process until it is used
         identity=identity_of(settings),
         directory=directory_of(settings, canned_names(mailer)),
     )
+
+
+def store_for(settings: Settings, backend: StoreBackend | None = None) -> Store:
+    """The store ``[store] backend`` names (or ``backend``): the database's on an engine of
+    its own, since its writes run while the message's transaction holds a connection."""
+    if (backend or settings.store) == StoreBackend.DATABASE:
+        return DatabaseStore(Database(settings.database_url))
+    return DirectoryStore(settings.desk.data_dir)
 
 
 def identity_of(settings: Settings) -> Identity:

@@ -202,6 +202,38 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Copy every file of the other backend into ``--to``; progress on stderr, one line of
+    summary on stdout. Exit 1 when a file of the source was damaged (the rest is copied)."""
+    from maildesk.config import StoreBackend
+    from maildesk.service.wiring import store_for
+    from maildesk.store import moving
+
+    settings = load_settings(args)
+    to = StoreBackend(args.to)
+    if to == StoreBackend.DATABASE and settings.database_url.startswith("sqlite"):
+        raise UsageError("--to database needs PostgreSQL ([database] url); SQLite is one host")
+    open_db(settings).dispose()  # the tables of the database store exist
+    other = StoreBackend.DIRECTORY if to == StoreBackend.DATABASE else StoreBackend.DATABASE
+    source, destination = store_for(settings, other), store_for(settings, to)
+
+    def progress(moved: moving.Moved, total: int) -> None:
+        print(
+            f"store migrate: {moved.files}/{total} files, {moved.copied} copied "
+            f"({moved.bytes / 1e6:.1f} MB)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        moved = moving.migrate(source, destination, progress)
+    finally:
+        source.close()
+        destination.close()
+    print(f"store migrate: {moved.summary(to.value)}")
+    return 1 if moved.damaged else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maildesk.demo import tour as demo
 
@@ -305,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply database migrations").set_defaults(func=cmd_db_upgrade)
+
+    store = sub.add_parser("store", help="where attachments and large raw mail are kept")
+    migrate = store.add_subparsers(dest="sub", required=True).add_parser(
+        "migrate",
+        help="copy every file of the other backend into this one (resumable; the source keeps "
+        "them); then set [store] backend to it and restart",
+    )
+    migrate.add_argument("--to", required=True, choices=("database", "directory"))
+    migrate.set_defaults(func=cmd_store_migrate)
 
     check = sub.add_parser(
         "check-config",

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from maildesk.config import Settings
 from maildesk.database import Database
 from maildesk.models import Ledger
+from maildesk.store import DamagedFile
 from maildesk.ui.start import checked_desk, load_settings, open_db
 from maildesk.ui.views import iso, table
 
@@ -103,8 +104,13 @@ def _replay(settings: Settings, db: Database, desk: Any, rows: list[Any]) -> int
             print(f"{ledger_id}: raw message not kept (too large to take); {how}")
             failed += 1
             continue
-        with db.transaction() as session:
-            raw = ingest.read_raw(session, desk, raw_path)
+        try:
+            with db.transaction() as session:
+                raw = ingest.read_raw(session, desk, raw_path)
+        except DamagedFile as exc:
+            print(f"{ledger_id}: cannot read the message kept: {exc}")
+            failed += 1
+            continue
         outcome = ingest.process(
             db, desk, ingest.Source(mailbox, uidvalidity, uid), raw, replay=ledger_id
         )
