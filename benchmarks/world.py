@@ -163,9 +163,10 @@ def write_config(
     *,
     database_url: str | None = None,
     limits: dict[str, Any] | None = None,
+    store: str | None = None,
 ) -> Path:
     """A maildesk config for one mailbox on ``account``, one team with one agent; ``limits``:
-    more ``[limits]`` keys."""
+    more ``[limits]`` keys; ``store``: its ``[store] backend`` (else the default)."""
     text = config_text(
         desk={
             "name": "Example Support",
@@ -174,6 +175,7 @@ def write_config(
             "secret": secrets.token_hex(16),
         },
         database={"url": database_url} if database_url else None,
+        store={"backend": store} if store else None,
         mailboxes=[
             {
                 "name": "support",
