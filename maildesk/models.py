@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import enum
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -427,6 +428,20 @@ class PipeCount(Base):
     outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DigestSent(Base):
+    """One digest a day per recipient (``act.digest``): written in the transaction that
+    enqueues it, so a second daemon, or a restart after it went out, finds the day done.
+    ``mailed`` False: the lists were empty that morning and nothing was sent."""
+
+    __tablename__ = "digests"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # in the desk's zone
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # agent | admin
+    recipient: Mapped[str] = mapped_column(String(320), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    mailed: Mapped[bool] = mapped_column(Boolean)
 
 
 class Lease(Base):

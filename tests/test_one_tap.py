@@ -178,6 +178,9 @@ def test_the_url_is_percent_encoded_as_rfc_6068_says() -> None:
     )
     # a newline in a subject cannot start a header of the mail it opens
     assert "%0A" not in mailto("a@b", "one\ntwo", "")
+    # a team name may hold any letter ([[teams]] name): it comes back as written
+    team = "größe.2_x-y"
+    assert opened(mailto("a@b", "s", f"#escalate {team} "))[2] == f"#escalate {team} "
 
 
 def test_no_mail_to_a_customer_carries_links(world: DeskWorld) -> None:

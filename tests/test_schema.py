@@ -66,7 +66,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0013(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE digests"))
+
+
 def _undo_0012(conn: Connection) -> None:
+    _undo_0013(conn)
     conn.execute(text("DROP TABLE blob_chunks"))
     conn.execute(text("DROP TABLE blobs"))
 
@@ -347,5 +352,20 @@ def test_a_database_at_the_tenth_revision_gains_the_search_index(database_url: s
         with db.sessions.begin() as session:  # the tickets of before are found
             assert [m.ticket_id for m in search.find(session, "thanks")] == [1]
             assert [m.ticket_id for m in search.find(session, "first")] == [2, 1]
+    finally:
+        db.dispose()
+
+
+def test_a_database_at_the_twelfth_revision_gains_the_digests(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        db.upgrade()
+        with db.engine.begin() as conn:
+            _undo_0013(conn)
+            conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))
+        assert "digests" not in inspect(db.engine).get_table_names()
+        db.upgrade()
+        assert db.revision() == HEAD_REVISION
+        assert "digests" in inspect(db.engine).get_table_names()
     finally:
         db.dispose()

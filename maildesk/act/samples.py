@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk.act import agents, notices, oversize, starts
+from maildesk.act import agents, digest, notices, oversize, starts, stats
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
@@ -233,6 +233,7 @@ def contexts(desk: Desk) -> dict[str, list[dict[str, Any]]]:
         **_to_customers(make, settings.limits.max_attachment_bytes),
         **_to_agents(make),
         "admin_alert": [desk.mailer.context(alert)],
+        **_digests(make),
         "canned": [notices.canned_context(desk, make.worked)],
     }
 
@@ -487,6 +488,31 @@ def _without_ticket(make: _Maker) -> dict[str, list[dict[str, Any]]]:
                 replay=True,
             ),
         ],
+    }
+
+
+def _digests(make: _Maker) -> dict[str, list[dict[str, Any]]]:
+    """The morning digests: an agent's with tickets in every list (more than it shows in
+    one), and with one list alone; the admin's figures."""
+    desk, agent, now = make.desk, make.agent, make.desk.clock()
+    day = now.date()
+    Listed = digest.Listed
+    full = (
+        Listed([make.worked, make.pending], 2),
+        Listed([make.new], 40),
+        Listed([make.worked], 1),
+    )
+    some = (Listed([], 0), Listed([make.new], 1), Listed([], 0))
+    since = now - timedelta(days=1)
+    statuses = {"open": 3, "pending": 2, "closed": 7}
+    team = stats.TeamStats(make.new.team, 12, statuses, 9, 5400.0, 86400.0)
+    figures = stats.Stats(since, now, 12, statuses, 9, 7, 5400.0, 86400.0, 4.5, 2, (team,))
+    return {
+        "agent_digest": [
+            desk.mailer.context(digest.agent_mail(desk, agent, (day, now), lists))
+            for lists in (full, some)
+        ],
+        "admin_digest": [desk.mailer.context(digest.admin_mail(desk.settings, day, figures, ""))],
     }
 
 

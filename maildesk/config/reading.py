@@ -31,6 +31,7 @@ from maildesk.config.settings import (
     BusinessHours,
     ConfigError,
     DeskSettings,
+    DigestSettings,
     ForeignDataDir,
     IntakeSettings,
     LifecycleSettings,
@@ -88,6 +89,7 @@ KNOWN_TABLES = (
     "intake",
     "rules",
     "store",
+    "digest",
 )
 
 
@@ -117,6 +119,9 @@ def build(data: dict[str, Any], path: Path) -> Settings:
         hours = _read_hours(Table(data["business_hours"], "[business_hours]", path))
     intake = _read_intake(Table(data.get("intake", {}), "[intake]", path), desk, agents)
     rules = read_rules(data, path, team_names, {a.email for a in agents})
+    digest = (
+        _read_digest(Table(data["digest"], "[digest]", path), desk) if "digest" in data else None
+    )
     warnings = [
         *_security_warnings(security),
         *file_warnings(path, data, desk, database_url),
@@ -139,6 +144,7 @@ def build(data: dict[str, Any], path: Path) -> Settings:
         business_hours=hours,
         intake=intake,
         rules=rules,
+        digest=digest,
         warnings=tuple(warnings),
         store=store,
     )
@@ -397,6 +403,23 @@ def _read_sla(data: Any, path: Path, teams: set[str]) -> dict[str, SlaTarget]:
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+_CLOCK = re.compile(r"([01]\d|2[0-3]):[0-5]\d")  # "HH:MM", 00:00 to 23:59
+
+
+def _read_digest(t: Table, desk: DeskSettings) -> DigestSettings:
+    unknown = sorted(set(t.data) - {"at", "admin"})
+    if unknown:  # before the missing "at": a misspelt key is the likeliest mistake
+        raise t.fail(unknown[0], "unknown key")
+    at = t.get("at", str, required=True)
+    if not _CLOCK.fullmatch(at):
+        raise t.fail("at", f'expected a time of day "HH:MM" (00:00 to 23:59), got {at!r}')
+    admin = t.get("admin", bool, False)
+    if admin and not desk.admin_address:
+        raise t.fail("admin", "needs [desk] admin_address, whom the figures are mailed to")
+    t.finish()
+    return DigestSettings(at=at, admin=admin)
+
+
 def _read_hours(t: Table) -> BusinessHours:
     days = []
     for day in t.strings("days", ("mon", "tue", "wed", "thu", "fri")):
@@ -407,7 +430,7 @@ def _read_hours(t: Table) -> BusinessHours:
         raise t.fail("days", "name at least one working day")
     start, end = t.get("start", str, "09:00"), t.get("end", str, "17:00")
     for key, value in (("start", start), ("end", end)):
-        if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+        if not _CLOCK.fullmatch(value):
             raise t.fail(key, f'expected "HH:MM", got {value!r}')
     if end <= start:
         raise t.fail("end", "must be after start")

@@ -256,6 +256,15 @@ class StoreBackend(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class DigestSettings:
+    """``[digest]``: each working day at ``at`` (HH:MM, the desk's zone) every agent is mailed
+    her open tickets; ``admin``: the admin the day's figures too. No table: no digest."""
+
+    at: str
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     desk: DeskSettings
@@ -273,6 +282,7 @@ class Settings:
     business_hours: BusinessHours | None = None
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     rules: tuple[RuleSettings, ...] = ()
+    digest: DigestSettings | None = None
     warnings: tuple[str, ...] = ()
     store: StoreBackend = StoreBackend.DIRECTORY
 
@@ -284,6 +294,11 @@ class Settings:
             if agent.email == address:
                 return agent
         return None
+
+    @property
+    def zone(self) -> str:
+        """The desk's time zone: that of ``[business_hours]``, else UTC."""
+        return self.business_hours.timezone if self.business_hours else "UTC"
 
     def team_agents(self, team: str) -> tuple[AgentSettings, ...]:
         return tuple(a for a in self.agents if team in a.teams)

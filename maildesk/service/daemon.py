@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from maildesk.act import automation, ingest
+from maildesk.act import automation, digest, ingest
 from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
 from maildesk.database import Database
@@ -272,13 +272,15 @@ class Daemon:
             await rt.pause(self.timings.timer_seconds, pulse)
 
     async def timer_pass(self, *, refresh: bool = False) -> None:
-        """One pass of ``automation.run_pass`` under the ``timers`` lease (one daemon at a time).
-        A ``DatabaseError`` is the caller's: an outage, not a failed pass."""
+        """One pass of ``automation.run_pass``, then the digests due (``digest.run``), under the
+        ``timers`` lease (one daemon at a time). A ``DatabaseError`` is the caller's: an outage,
+        not a failed pass."""
         rt = self.rt
         if not await asyncio.to_thread(rt.leases.take, "timers"):
             return
         try:
             result = await asyncio.to_thread(automation.run_pass, rt.db, rt.desk, refresh=refresh)
+            digests = await asyncio.to_thread(digest.run, rt.db, rt.desk)
         except DatabaseError:
             raise
         except Exception:  # noqa: BLE001 - the daemon keeps serving mail whatever the timers do
@@ -286,5 +288,5 @@ class Daemon:
             return
         finally:
             await asyncio.to_thread(rt.leases.release, "timers")
-        if result.reminded or result.closed or result.breached or result.failed:
+        if result.reminded or result.closed or result.breached or result.failed or digests:
             rt.wake()  # their mail (a failure's alert to the admin) is in the outbox
