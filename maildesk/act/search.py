@@ -23,10 +23,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import Integer, func, select, text
 from sqlalchemy.orm import Session
 
-from maildesk.models import Message, Status, Ticket
+from maildesk.models import Message, Status, Ticket, UTCDateTime
 
 __all__ = ["Match", "find", "terms"]
 
@@ -79,15 +79,19 @@ def find(session: Session, words: str, *, limit: int = 20) -> list[Match]:
     if not wanted or limit < 1 or any(len(t) > MAX_TOKEN_CHARS for w in wanted for t in w):
         return []
     engine = _SQLITE if session.get_bind().dialect.name == "sqlite" else _POSTGRESQL
-    by_subject = engine.tickets(session, wanted)
     phrase = [tuple(t for w in wanted for t in w)]
-    exact = engine.messages(session, phrase) if len(wanted) > 1 else []
-    loose = engine.messages(session, wanted)
-    kinds = {m: _LOOSE for m in loose} | {m: _EXACT for m in exact}
-    return _ranked(session, wanted, by_subject, kinds, limit)
+    kinds = [
+        (_SUBJECT, engine.subjects(session, wanted)),
+        (_EXACT, engine.messages(session, phrase) if len(wanted) > 1 else []),
+        (_LOOSE, engine.messages(session, wanted)),
+    ]
+    return _matches(session, wanted, _best(kinds, limit))
 
 
 # ---------------------------------------------------------------------------- the engines
+
+# A candidate: (message id or None for a subject, ticket id, when), newest first.
+Found = tuple[int | None, int, datetime]
 
 
 class _Sqlite:
@@ -97,25 +101,27 @@ class _Sqlite:
     def _query(wanted: list[tuple[str, ...]]) -> str:
         return " ".join('"' + " ".join(tokens) + '"' for tokens in wanted)
 
-    def tickets(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+    def subjects(self, session: Session, wanted: list[tuple[str, ...]]) -> list[Found]:
         rows = session.execute(
             text(
-                "SELECT rowid FROM tickets_search WHERE tickets_search MATCH :q"
-                " ORDER BY rowid DESC LIMIT :n"
-            ),
+                "SELECT id, created_at FROM tickets WHERE id IN (SELECT rowid FROM tickets_search"
+                " WHERE tickets_search MATCH :q ORDER BY rowid DESC LIMIT :n)"
+                " AND status != 'merged' ORDER BY id DESC"
+            ).columns(id=Integer, created_at=UTCDateTime),
             {"q": self._query(wanted), "n": CANDIDATES},
         )
-        return [int(row[0]) for row in rows]
+        return [(None, row[0], row[1]) for row in rows]
 
-    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[Found]:
         rows = session.execute(
             text(
-                "SELECT rowid FROM messages_search WHERE messages_search MATCH :q"
-                " ORDER BY rowid DESC LIMIT :n"
-            ),
+                "SELECT id, ticket_id, created_at FROM messages WHERE id IN (SELECT rowid"
+                " FROM messages_search WHERE messages_search MATCH :q ORDER BY rowid DESC"
+                " LIMIT :n) ORDER BY id DESC"
+            ).columns(id=Integer, ticket_id=Integer, created_at=UTCDateTime),
             {"q": self._query(wanted), "n": CANDIDATES},
         )
-        return [int(row[0]) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]
 
 
 class _Postgresql:
@@ -130,21 +136,27 @@ class _Postgresql:
             name: " ".join(tokens) for name, tokens in zip(names, wanted, strict=True)
         }
 
-    def tickets(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+    def subjects(self, session: Session, wanted: list[tuple[str, ...]]) -> list[Found]:
         query, values = self._query(wanted)
         rows = session.execute(
-            text(f"SELECT id FROM tickets WHERE search @@ {query} ORDER BY id DESC LIMIT :n"),
+            text(
+                f"SELECT id, created_at FROM tickets WHERE search @@ {query}"
+                " AND status != 'merged' ORDER BY id DESC LIMIT :n"
+            ).columns(id=Integer, created_at=UTCDateTime),
             {**values, "n": CANDIDATES},
         )
-        return [int(row[0]) for row in rows]
+        return [(None, row[0], row[1]) for row in rows]
 
-    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[int]:
+    def messages(self, session: Session, wanted: list[tuple[str, ...]]) -> list[Found]:
         query, values = self._query(wanted)
         rows = session.execute(
-            text(f"SELECT id FROM messages WHERE search @@ {query} ORDER BY id DESC LIMIT :n"),
+            text(
+                f"SELECT id, ticket_id, created_at FROM messages WHERE search @@ {query}"
+                " ORDER BY id DESC LIMIT :n"
+            ).columns(id=Integer, ticket_id=Integer, created_at=UTCDateTime),
             {**values, "n": CANDIDATES},
         )
-        return [int(row[0]) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]
 
 
 _SQLITE = _Sqlite()
@@ -157,69 +169,69 @@ _POSTGRESQL = _Postgresql()
 _SUBJECT, _EXACT, _LOOSE = 0, 1, 2  # the kinds of match, best first
 
 
-def _ranked(
-    session: Session,
-    wanted: list[tuple[str, ...]],
-    by_subject: list[int],
-    kinds: dict[int, int],
-    limit: int,
-) -> list[Match]:
-    """One match per ticket, the best kind first, newest first among equals."""
-    best: dict[int, tuple[int, datetime, int | None]] = {}  # ticket: kind, at, message
-    for message_id, (ticket_id, at) in _message_rows(session, list(kinds)).items():
-        mine = (kinds[message_id], at, message_id)
-        if ticket_id not in best or _key(mine) < _key(best[ticket_id]):
-            best[ticket_id] = mine
-    tickets = _ticket_rows(session, [*by_subject, *best])
-    for ticket_id in by_subject:
-        ticket = tickets.get(ticket_id)
-        if ticket is not None and ticket.status != Status.MERGED:
-            _, at, shown = best.get(ticket_id, (_SUBJECT, ticket.created_at, None))
-            best[ticket_id] = (_SUBJECT, at, shown)  # a message's line of context, if any
-    order = sorted((t for t in best if t in tickets), key=lambda t: (*_key(best[t]), -t))
-    chosen = order[:limit]
-    texts = _texts(session, [m for t in chosen if (m := best[t][2]) is not None])
+@dataclass(frozen=True, slots=True)
+class _Best:
+    """A ticket's best match: its kind, when, and the message shown (None: the subject)."""
+
+    ticket_id: int
+    kind: int
+    at: datetime
+    message_id: int | None
+
+    def key(self) -> tuple[int, float, int, int]:
+        return self.kind, -self.at.timestamp(), -(self.message_id or 0), -self.ticket_id
+
+
+def _best(kinds: list[tuple[int, list[Found]]], limit: int) -> list[_Best]:
+    """One per ticket, the best kind first and the newest among equals, at most ``limit``."""
+    best: dict[int, _Best] = {}
+    for kind, found in kinds:
+        for message_id, ticket_id, at in found:
+            mine = _Best(ticket_id, kind, at, message_id)
+            had = best.get(ticket_id)
+            if had is None:
+                best[ticket_id] = mine
+            elif had.kind == _SUBJECT and had.message_id is None and message_id is not None:
+                # a subject match shows the newest message that holds the words too
+                best[ticket_id] = _Best(ticket_id, _SUBJECT, at, message_id)
+            elif mine.key() < had.key():
+                best[ticket_id] = mine
+    return sorted(best.values(), key=_Best.key)[:limit]
+
+
+def _matches(session: Session, wanted: list[tuple[str, ...]], chosen: list[_Best]) -> list[Match]:
+    tickets = _ticket_rows(session, [b.ticket_id for b in chosen])
+    texts = _texts(session, [b.message_id for b in chosen if b.message_id is not None])
     pattern = _words_pattern(wanted)
-    return [
-        Match(
-            ticket_id=t,
-            subject=tickets[t].subject,
-            status=Status(tickets[t].status),
-            requester=tickets[t].requester,
-            at=best[t][1],
-            context=_context(texts.get(best[t][2] or 0, (tickets[t].subject, "")), pattern),
-            in_subject=best[t][0] == _SUBJECT,
+    matches = []
+    for b in chosen:
+        subject, status, requester = tickets[b.ticket_id]
+        shown = texts.get(b.message_id or 0, (subject, ""))
+        matches.append(
+            Match(
+                ticket_id=b.ticket_id,
+                subject=subject,
+                status=Status(status),
+                requester=requester,
+                at=b.at,
+                context=_context(shown, pattern),
+                in_subject=b.kind == _SUBJECT,
+            )
         )
-        for t in chosen
-    ]
+    return matches
 
 
-def _key(found: tuple[int, datetime, int | None]) -> tuple[int, float, int]:
-    kind, at, message_id = found
-    return kind, -at.timestamp(), -(message_id or 0)
-
-
-def _message_rows(session: Session, ids: list[int]) -> dict[int, tuple[int, datetime]]:
+def _ticket_rows(session: Session, ids: list[int]) -> dict[int, tuple[str, str, str]]:
     if not ids:
         return {}
     rows = session.execute(
-        select(Message.id, Message.ticket_id, Message.created_at).where(
-            Message.id.in_(bindparam("ids", expanding=True))
-        ),
-        {"ids": list(set(ids))},
+        select(Ticket.id, Ticket.subject, Ticket.status, Ticket.requester).where(Ticket.id.in_(ids))
     )
-    return {row[0]: (row[1], row[2]) for row in rows}
-
-
-def _ticket_rows(session: Session, ids: list[int]) -> dict[int, Ticket]:
-    if not ids:
-        return {}
-    found = session.scalars(select(Ticket).where(Ticket.id.in_(set(ids)))).all()
-    return {ticket.id: ticket for ticket in found}
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
 def _texts(session: Session, ids: list[int]) -> dict[int, tuple[str, str]]:
-    """The messages' text as far as it is indexed (never a whole huge text)."""
+    """The messages' subject and text as far as it is indexed (never a whole huge text)."""
     if not ids:
         return {}
     searched = func.substr(Message.text, 1, SEARCHED_CHARS)
