@@ -186,6 +186,7 @@ class ScriptedSmtp(SmtpServer):
         self._tls_context = tls_context
         self._auth_attempts: list[AuthAttempt] = []
         self._replies: dict[str, list[str]] = {"mail": [], "rcpt": [], "data": []}
+        self._replies_to: dict[str, list[str]] = {}
         self._connections = 0
         self._counted = threading.Lock()
         super().__init__()
@@ -206,20 +207,27 @@ class ScriptedSmtp(SmtpServer):
             self._captured.clear()
             self._auth_attempts.clear()
 
-    def script(self, stage: Stage, *replies: str) -> None:
-        """Answer the next commands of ``stage`` with ``replies`` (e.g. ``"451 4.3.0 later"``)."""
+    def script(self, stage: Stage, *replies: str, to: str | None = None) -> None:
+        """Answer the next commands of ``stage`` with ``replies`` (e.g. ``"451 4.3.0 later"``);
+        ``to``: only the next RCPT commands naming that address (whatever goes out first)."""
         with self._lock:
-            self._replies[stage].extend(replies)
+            if to is None:
+                self._replies[stage].extend(replies)
+            else:
+                self._replies_to.setdefault(to.lower(), []).extend(replies)
 
     def set_oauth_token(self, token: str) -> None:
         """The bearer token AUTH XOAUTH2 accepts from now on."""
         with self._lock:
             self._oauth_token = token
 
-    def refusal(self, stage: str, session: Session) -> str | None:
+    def refusal(self, stage: str, session: Session, address: str = "") -> str | None:
         if stage == "mail" and self.username is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         with self._lock:
+            named = self._replies_to.get(address.strip("<>").lower()) if stage == "rcpt" else None
+            if named:
+                return named.pop(0)
             queue = self._replies[stage]
             return queue.pop(0) if queue else None
 

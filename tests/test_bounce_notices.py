@@ -139,7 +139,7 @@ def test_a_reply_the_smtp_server_refuses_is_told_like_a_bounce(world: DeskWorld)
     ack, notice = open_ticket(world)
     before = counts(world)
     # the customer's server (through ours) refuses her address at RCPT TO: a permanent failure
-    world.smtp.script("rcpt", USER_UNKNOWN)
+    world.smtp.script("rcpt", USER_UNKNOWN, to=CUSTOMER)
     world.deliver(agent_reply(notice, ALICE, "Which floor is the printer on?"))
     world.run_once()
 

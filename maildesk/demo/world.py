@@ -354,7 +354,7 @@ class CaptureHandler:
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        refused = self._owner.refusal("rcpt", session)
+        refused = self._owner.refusal("rcpt", session, address)
         if refused:
             return refused
         envelope.rcpt_tos.append(address)
@@ -428,8 +428,9 @@ class SmtpServer(_Served):
         with self._lock:
             self._captured.clear()
 
-    def refusal(self, stage: str, session: Session) -> str | None:
-        """The reply refusing this MAIL, RCPT or DATA command (``stage``), or None to accept."""
+    def refusal(self, stage: str, session: Session, address: str = "") -> str | None:
+        """The reply refusing this MAIL, RCPT (to ``address``) or DATA command (``stage``), or
+        None to accept."""
         return None
 
     def _record(self, captured: Captured) -> None:
