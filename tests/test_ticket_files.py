@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import email.policy
 import os
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -155,3 +158,39 @@ def test_a_long_name_keeps_its_extension_within_the_bounds() -> None:
         safe = safe_name(name)
         assert safe.endswith(".pdf")
         assert len(safe) <= NAME_CHARS and len(safe.encode()) <= NAME_BYTES
+
+
+def test_a_directory_that_takes_no_file_is_one_line_and_leaves_no_part_of_one(
+    world: DeskWorld,
+) -> None:
+    small, large = b"%PDF small\n", PDF * 4
+    world.deliver(with_files("Files", [("a.pdf", small), ("b.pdf", large)]))
+    world.run_once()
+    # sysfs takes no new file, even from root
+    done = world.cli("tickets", "files", "1", "-o", "/sys")
+    assert (done.returncode, done.stderr.decode()) == (
+        1,
+        "maildesk: /sys/a.pdf: Permission denied\n",
+    )
+
+    # room for the small file, not for the large one (the disk full, as far as it knows)
+    def room() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(PDF), len(PDF)))
+
+    out = world.root / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "tickets", "files", "1", "-o", str(out)],
+        env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
+        capture_output=True,
+        timeout=60,
+        preexec_fn=room,
+    )
+    assert (done.returncode, done.stderr.decode()) == (
+        1,
+        f"maildesk: {out / 'b.pdf'}: File too large\n",
+    )
+    assert files_in(out) == {"a.pdf": small}
+    # with room again, the next run writes what is missing
+    again = world.cli("tickets", "files", "1", "-o", str(out))
+    assert again.returncode == 0, again.stderr
+    assert files_in(out) == {"a.pdf": small, "b.pdf": large}

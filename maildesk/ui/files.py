@@ -197,8 +197,14 @@ def _written(target: Path, name: str, data: bytes, taken: set[str]) -> str:
                 taken.add(candidate)
                 return f"unchanged {path} ({len(data)} bytes, there already)"
             continue
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        except OSError as exc:  # a directory that takes no new file
+            raise _Refused(f"{path}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError as exc:  # the disk full, say: no part of a file is left as the file
+            path.unlink(missing_ok=True)
+            raise _Refused(f"{path}: {exc.strerror or exc}") from None
         taken.add(candidate)
         moved = "" if candidate == name else f" ({name} was taken)"
         return f"wrote {path} ({len(data)} bytes){moved}"
