@@ -330,7 +330,8 @@ def from_agent(started: starts.Started, mid: str | None) -> Outcome:
         return Outcome(Became.QUARANTINED, None, started.reason, mid)
     if started.ticket is not None:
         return Outcome(Became.NEW_TICKET, started.ticket.id, started.reason, mid)
-    return Outcome(Became.IGNORED, None, started.reason, mid, routing.Ignored.AGENT_MAIL)
+    why = routing.Ignored.QUERY if started.answered else routing.Ignored.AGENT_MAIL
+    return Outcome(Became.IGNORED, None, started.reason, mid, why)
 
 
 def bounce(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk.act import agents, digest, notices, oversize, starts, stats
+from maildesk.act import agents, digest, notices, oversize, queries, showing, starts, stats
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
@@ -357,6 +357,7 @@ def _to_agents(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         ],
         "agent_unverified": _unverified(make),
         **_without_ticket(make),
+        "agent_query": _answers(make),
         "agent_sla": [
             make.notice(
                 worked, "agent_sla", target="first response", due=due, escalate_to=make.other_team
@@ -514,6 +515,56 @@ def _digests(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         ],
         "admin_digest": [desk.mailer.context(digest.admin_mail(desk.settings, day, figures, ""))],
     }
+
+
+def _answers(make: _Maker) -> list[dict[str, Any]]:
+    """The answer to queries: one that shows a ticket, one of every other kind of section."""
+    desk, ticket, now = make.desk, make.worked, make.desk.clock()
+    ref = desk_ref(make, ticket)
+    entry = {"at": "2026-11-26 09:00 UTC", "kind": "message", "label": f"message from {REQUESTER}"}
+    show = {
+        "kind": "show",
+        "source": f"#show {ticket.id}",
+        "notes": [f"{ref} was merged into {ref}"],
+        "ref": ref,
+        "number": ticket.id,
+        "subject": ticket.subject,
+        "status": "open",
+        "priority": "high",
+        "team": ticket.team,
+        "assignee": make.agent.email,
+        "requester": REQUESTER,
+        "tags": "hardware, printer",
+        "opened": "2026-11-26 09:00 UTC",
+        "due": "2026-11-26 13:00 UTC",
+        "entries": [{**entry, "text": CUSTOMER_TEXT, "files": ["error-on-display.jpg (48 KB)"]}],
+        "omitted": 3,
+        "files": SAMPLE_FILES,
+        "address": "",
+    }
+    row = {
+        "ref": ref,
+        "subject": ticket.subject,
+        "requester": REQUESTER,
+        "status": "open",
+        "priority": "high",
+        "age": "3d 4h",
+        "due": "2026-11-27 09:00 UTC",
+    }
+    listing = {"kind": "list", "source": "#list", "scope": "mine open", "rows": [row], "more": 2}
+    found = {**row, "at": "2026-11-26 09:00 UTC", "context": "the printer on the 3rd floor jams"}
+    others: list[dict[str, Any]] = [
+        listing,
+        {**listing, "rows": [], "more": 0},
+        {"kind": "search", "source": "#search jams", "words": "jams", "rows": [found]},
+        {"kind": "search", "source": "#search toner", "words": "toner", "rows": []},
+        {"kind": "help", "source": "#help"},
+        {"kind": "refused", "source": "#lsit", "reason": "not a query"},
+        {**show, "address": "support+token@example.com", "omitted": 0, "notes": []},
+    ]
+    one = queries.answer_mail(desk, make.agent, [show], [showing.Shown(ticket, show)], now)
+    many = queries.answer_mail(desk, make.agent, others, [], now, unread=5)
+    return [desk.mailer.context(one), desk.mailer.context(many)]
 
 
 def variables(desk: Desk) -> dict[str, list[str]]:

@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, guard, tickets
+from maildesk.act import agents, guard, queries, tickets
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import enqueue
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
 from maildesk.desk import auth, commands, starts
+from maildesk.desk import queries as desk_queries
 from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parse.forward import Forwarded
@@ -57,6 +58,7 @@ class Started:
     ticket: Ticket | None
     reason: str
     quarantined: bool = False
+    answered: bool = False  # queries (``#list``, ``#show``...), answered; nothing changed
 
 
 def from_agent(arrival: Arrival, sender: str) -> Started:
@@ -74,6 +76,10 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     proof = agents.prove(desk, None, inbound, agent, arrival.now)
     if not proof.ok:
         return unproven(arrival, agent, proof, parsed)
+    if desk_queries.is_query(inbound.reply_text):
+        lines = desk_queries.asked(inbound.reply_text, agent.email, desk.directory.teams)
+        said = queries.answer(arrival.session, desk, agent, lines, arrival.now)
+        return Started(None, said, answered=True)
     start = starts.decide(parsed, desk.directory, agent.email, desk.settings.desk.address)
     if isinstance(start, starts.Unstarted) and inbound.forwarded is not None:
         return forward(arrival, agent, inbound.forwarded)

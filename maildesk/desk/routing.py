@@ -69,6 +69,7 @@ class Ignored(StrEnum):
     BULK = "bulk"
     AUTO_REPLY = "auto_reply"
     AGENT_MAIL = "agent_mail"  # an agent's mail on no ticket that started nothing (told why)
+    QUERY = "query"  # a proven agent's queries (#list, #show...): answered, nothing changed
     BLOCKED = "blocked"  # from a sender on the block list (``desk.spam``)
     RULE = "rule"  # a rule of the config with ``ignore = true`` matched it
     OTHER = "other"

@@ -317,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tlist = tickets.add_parser("list", help="list tickets")
     tlist.add_argument("--status", choices=[s.value for s in Status])
+    tlist.add_argument("--assignee", metavar="EMAIL|none", help="assigned to EMAIL, or to nobody")
+    tlist.add_argument("--team", help="of this team")
+    tlist.add_argument("--tag", help="with this tag")
+    tlist.add_argument("--requester", metavar="EMAIL", help="asked by this address")
+    tlist.add_argument(
+        "--since", metavar="DATE", help="opened at or after: ISO date or date and time, UTC"
+    )
+    tlist.add_argument(
+        "--sla-breached", action="store_true", help="not closed, an SLA target missed or due"
+    )
     tlist.add_argument("--limit", type=int)
     tlist.add_argument("--json", action="store_true")
     tlist.set_defaults(func=cmd_tickets_list)

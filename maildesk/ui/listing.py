@@ -13,9 +13,10 @@ import re
 import sys
 from typing import Any
 
-from sqlalchemy import select
-
+from maildesk.act.selection import select_tickets
 from maildesk.config import MAX_TICKET_NUMBER, Settings
+from maildesk.desk import queries
+from maildesk.desk.queries import Selection
 from maildesk.mail import marks
 from maildesk.models import Status, Ticket
 from maildesk.ui.start import load_settings, open_db
@@ -24,16 +25,15 @@ from maildesk.ui.views import render_ticket, table, ticket_detail, ticket_summar
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    try:
+        chosen = list_selection(args, settings)
+    except ValueError as exc:
+        print(f"maildesk: {exc}", file=sys.stderr)
+        return 2
     db = open_db(settings)
     with db.transaction() as session:
-        query = select(Ticket).order_by(Ticket.id)
-        if args.status:
-            query = query.where(Ticket.status == args.status)
-        else:  # spam is listed only when asked for (--status spam)
-            query = query.where(Ticket.status != Status.SPAM)
-        if args.limit:
-            query = query.limit(args.limit)
-        tickets = [ticket_summary(t, settings.desk.ref_format) for t in session.scalars(query)]
+        found = select_tickets(session, chosen)
+        tickets = [ticket_summary(t, settings.desk.ref_format) for t in found.tickets]
     if args.json:
         print(json.dumps(tickets, indent=2, ensure_ascii=False))
     else:
@@ -53,6 +53,39 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
             table(rows, ("REF", "STATUS", "PRIORITY", "TEAM", "ASSIGNEE", "REQUESTER", "SUBJECT"))
         )
     return 0
+
+
+def list_selection(args: argparse.Namespace, settings: Settings) -> Selection:
+    """``tickets list``'s flags as the ``Selection`` ``#list`` also makes; ``ValueError``
+    naming the flag for a value it cannot take."""
+    since = None
+    if args.since is not None:
+        try:
+            since = queries.since_value(args.since)
+        except ValueError as exc:
+            raise ValueError(f"--since: {exc}") from None
+    team = None
+    if args.team is not None:
+        teams = [t.name for t in settings.teams]
+        team = queries.team_named(args.team, teams)
+        if team is None:
+            raise ValueError(f"--team: no team called {args.team} (known: {', '.join(teams)})")
+    assignee = (args.assignee or "").strip().lower()
+    if assignee and assignee != "none" and "@" not in assignee:
+        raise ValueError(f"--assignee: {args.assignee!r} is not an address (or none)")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit: must be positive, got {args.limit}")
+    return Selection(
+        status=Status(args.status) if args.status else None,
+        assignee=assignee if assignee and assignee != "none" else None,
+        unassigned=assignee == "none",
+        team=team,
+        tag=args.tag.strip().lower() if args.tag else None,
+        requester=args.requester.strip().lower() if args.requester else None,
+        since=since,
+        overdue=args.sla_breached,
+        limit=args.limit,
+    )
 
 
 def find_ticket(session: Any, settings: Settings, ref: str) -> Ticket | None:

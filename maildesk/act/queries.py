@@ -1,0 +1,162 @@
+"""Answer a proven agent's query mail: read what each query asks, enqueue one mail to them.
+
+Reached from ``act.starts`` for a proven agent's mail on no ticket whose first command line is
+a query (``desk.queries``). Nothing is written but the answer's outbox row: no ticket, no
+message, no event, nobody else mailed. A ``#show`` answer's Reply-To carries the agent's
+reply token for that ticket (and its subject the ticket's ref), so a reply to it acts on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from maildesk.act import selection, showing
+from maildesk.act.means import Desk
+from maildesk.act.notices import agent_mail, enqueue
+from maildesk.act.outbox import Mail
+from maildesk.config import AgentSettings
+from maildesk.desk import commands, guide, queries
+from maildesk.desk.timers import utc_text
+from maildesk.mail import marks
+from maildesk.models import Ticket
+
+log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
+
+KIND = "query"  # the outbox kind of an answer
+TEMPLATE = "agent_query"
+
+
+def answer(
+    session: Session, desk: Desk, agent: AgentSettings, asked: queries.Asked, now: datetime
+) -> str:
+    """Enqueue the one answer to ``asked``; returns what the ledger says of the mail."""
+    sections: list[dict[str, Any]] = []
+    shows: list[showing.Shown] = []
+    for query in asked.queries:
+        match query:
+            case queries.ListQuery():
+                sections.append(listed(session, desk, query, now))
+            case queries.ShowQuery(source=source, number=number):
+                show = showing.shown(session, desk, number, source)
+                shows += [show] if show.ticket is not None else []
+                sections.append(show.section)
+            case queries.SearchQuery(source=source, words=words):
+                sections.append(searched(session, desk, source, words))
+            case queries.HelpQuery(source=source):
+                sections.append({"kind": "help", "source": source})
+            case queries.Refused(source=source, reason=reason):
+                sections.append({"kind": "refused", "source": source, "reason": reason})
+    attached, files = showing.chosen(desk, shows)
+    for show, listed_files in zip(shows, files, strict=True):
+        show.section["files"] = listed_files
+    mail = answer_mail(desk, agent, sections, shows, now, unread=asked.unread)
+    enqueue(session, desk, [replace(mail, attachments=attached)], now)
+    said = ", ".join(s["source"] for s in sections)
+    log.info("queries from %s answered: %s", agent.email, said, extra={"ticket": "-"})
+    return f"queries from {agent.email} answered: {said}"[:2000]
+
+
+def answer_mail(
+    desk: Desk,
+    agent: AgentSettings,
+    sections: list[dict[str, Any]],
+    shows: list[showing.Shown],
+    now: datetime,
+    *,
+    unread: int = 0,
+) -> Mail:
+    """The answer: about the one ticket it shows (its reply token in Reply-To, its ref in the
+    subject), else about none, its Reply-To the agent's personal address. The list of commands
+    when the agent asked (``#help``) or a query was refused."""
+    tickets = {show.ticket.id: show.ticket for show in shows if show.ticket is not None}
+    address = marks.personal_address(
+        desk.settings.desk.secret, desk.settings.desk.address, agent.email, agent.address_version
+    )
+    asks_help = any(s["kind"] in ("help", "refused") for s in sections)
+    context = {
+        "sections": sections,
+        "address": address,
+        "one": len(tickets) == 1,
+        "unread": unread,
+        "help": commands.HELP if asks_help or unread else "",
+        "queries_help": queries.QUERY_HELP,
+    }
+    if len(tickets) == 1:
+        [ticket] = tickets.values()
+        mail = agent_mail(desk, ticket, agent, KIND, TEMPLATE, now, **context)
+        return replace(mail, context={**mail.context, "notice_help": guide.NOTICE_HELP})
+    for section in sections:
+        shown = tickets.get(section.get("number", 0)) if section["kind"] == "show" else None
+        if shown is not None:
+            section["address"] = reply_address(desk, shown, agent, now)
+    return Mail(
+        kind=KIND,
+        template=TEMPLATE,
+        to=agent.email,
+        context={
+            "agent": {"email": agent.email, "name": agent.name},
+            "notice_help": "",
+            **context,
+        },
+        to_agent=True,
+        reply_to=address,
+    )
+
+
+def reply_address(desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime) -> str:
+    """The address that acts on ``ticket`` as ``agent`` (their reply token for it)."""
+    expires = now + timedelta(days=desk.settings.security.token_days)
+    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
+    return marks.reply_address(desk.settings.desk.address, token)
+
+
+def listed(session: Session, desk: Desk, query: queries.ListQuery, now: datetime) -> dict[str, Any]:
+    """``#list``: a row per ticket, and how many more match than it shows."""
+    found = selection.select_tickets(session, query.selection)
+    rows = [row(desk, ticket, now) for ticket in found.tickets]
+    return {
+        "kind": "list",
+        "source": query.source,
+        "scope": query.scope,
+        "rows": rows,
+        "more": found.total - len(rows),
+    }
+
+
+def row(desk: Desk, ticket: Ticket, now: datetime) -> dict[str, str]:
+    """A ticket as ``#list`` shows it."""
+    if ticket.sla_breached:
+        due = "missed: " + ticket.sla_breached.replace(",", ", ").replace("_", " ")
+    elif ticket.due_at is not None:
+        due = utc_text(ticket.due_at) + (" (passed)" if ticket.due_at <= now else "")
+    else:
+        due = "-"
+    return {
+        "ref": desk.ref(ticket),
+        "subject": commands.defang(ticket.subject),
+        "requester": ticket.requester or "-",
+        "status": str(ticket.status),
+        "priority": ticket.priority,
+        "age": age(now - ticket.created_at),
+        "due": due,
+    }
+
+
+def age(elapsed: timedelta) -> str:
+    """``3d 4h``, ``5h 12m``, ``7m``."""
+    minutes = max(int(elapsed.total_seconds() // 60), 0)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def searched(session: Session, desk: Desk, source: str, words: str) -> dict[str, Any]:
+    """``#search``: not answered here yet."""
+    return {"kind": "refused", "source": source, "reason": "#search is not answered yet"}

@@ -1,0 +1,327 @@
+"""Queries by mail: a proven agent mails ``#list``, ``#show``, ``#help`` to their personal desk
+address and gets one answer, text and HTML; nothing changes, nobody else is mailed. An
+unproven sender gets the notice about the personal address, a customer's ``#list`` is text in
+their ticket. And ``tickets list`` filters as ``#list`` does. Every test runs the real daemon
+against pymap and Dovecot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from maildesk.demo.world import Captured
+from maildesk.models import Event, Ledger, Message, Outbox, Ticket
+from tests.desk import (
+    ALICE,
+    BOB,
+    CUSTOMER,
+    ON_BOTH_DATABASES,
+    Clock,
+    DeskWorld,
+    agent_reply,
+    customer_mail,
+    html_of,
+    reply_to_address,
+    text_of,
+)
+from tests.loopback import ScriptedSmtp
+from tests.servers import ImapAccount
+
+ERIN = "erin@customer.test"
+PHOTO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+
+
+@pytest.fixture
+def world(
+    imap_server: ImapAccount,
+    smtp_server: ScriptedSmtp,
+    tmp_path: Path,
+    database_url: str | None,
+) -> Iterator[DeskWorld]:
+    w = DeskWorld(
+        imap_server,
+        smtp_server,
+        tmp_path,
+        clock=Clock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
+        tables={
+            "security": {"trusted_authserv_ids": ["mx.example.com"]},
+            "sla": {"medium": {"first_response": "4h"}},
+        },
+        database_url=database_url,
+    )
+    yield w
+    w.close()
+
+
+def personal_address(world: DeskWorld, agent: str = ALICE) -> str:
+    done = world.cli("agents", "address", agent)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode().strip()
+
+
+def ask(world: DeskWorld, body: str, *, sender: str = ALICE, to: str | None = None) -> list[Any]:
+    """Mail ``body`` to the agent's personal address (or ``to``); the mails the desk sent."""
+    before = len(world.smtp.messages)
+    world.deliver(customer_mail("my queue", body, sender=sender, to=to or personal_address(world)))
+    world.run_once()
+    return world.smtp.messages[before:]
+
+
+def counts(world: DeskWorld) -> dict[str, int]:
+    """What a query must not change: the tickets, their messages and events, and the mail to
+    anyone but the agents."""
+    with world.db.transaction() as session:
+        to_customers = select(func.count(Outbox.id)).where(Outbox.recipient.like("%customer.test"))
+        return {
+            "tickets": session.scalar(select(func.count(Ticket.id))) or 0,
+            "messages": session.scalar(select(func.count(Message.id))) or 0,
+            "events": session.scalar(select(func.count(Event.id))) or 0,
+            "to_customers": session.scalar(to_customers) or 0,
+        }
+
+
+def queue(world: DeskWorld) -> Captured:
+    """Dana's ticket [#1] with a photo, taken by Alice with a note; Erin's [#2], unassigned."""
+    mail = customer_mail("Printer broken", "It prints blank pages.\n#list all")
+    mail.add_attachment(PHOTO, maintype="image", subtype="png", filename="display.png")
+    world.deliver(mail)
+    world.run_once()
+    notice = world.mails_to(ALICE)[-1]
+    world.deliver(agent_reply(notice, ALICE, "#assign me\n#note Called her, <b>no</b> answer"))
+    world.clock.advance(hours=1)
+    world.deliver(
+        customer_mail("Invoice <b>wrong</b> & late", "Amount is <script>x</script>", sender=ERIN)
+    )
+    world.run_once()
+    return notice
+
+
+def ledger(world: DeskWorld) -> list[tuple[str, str]]:
+    with world.db.transaction() as session:
+        rows = session.execute(select(Ledger.outcome, Ledger.reason).order_by(Ledger.id))
+        return [(r.outcome, r.reason) for r in rows]
+
+
+def said(mail: Captured) -> str:
+    """The text part as the agent reads it (lines ended by newlines)."""
+    return text_of(mail).replace("\r\n", "\n")
+
+
+# --------------------------------------------------------------------------- the answers
+
+
+@ON_BOTH_DATABASES
+def test_list_answers_the_agent_alone_and_changes_nothing(world: DeskWorld) -> None:
+    queue(world)
+    world.clock.advance(hours=2)
+    before = counts(world)
+    body = "#list\n#list unassigned\n#list team nosuch\n#lsit all\n\nthe text below is not read"
+    [answer] = ask(world, body)
+
+    assert answer.rcpt_tos == (ALICE,)
+    assert str(answer.message["Subject"]) == "Answer to your 4 queries"
+    assert reply_to_address(answer) == personal_address(world)
+    text = said(answer)
+    mine, unassigned, team, wrong = text.split("\n== ")[1:5]
+    assert mine.startswith("#list\n1 ticket (mine open):")
+    assert "[#1]  open, medium, 3h 0m old, SLA due: 2026-11-26 13:00 UTC" in mine
+    assert "Printer broken\n    from dana@customer.test" in mine
+    assert "[#2]" not in mine
+    assert "[#2]  open, medium, 2h 0m old, SLA due: 2026-11-26 14:00 UTC" in unassigned
+    assert "Invoice <b>wrong</b> & late" in unassigned  # text is text
+    assert "no team called nosuch (known: support, engineering)" in team
+    assert "#lsit all\nNot answered: not a query; the queries are #list, #show" in wrong
+    assert "#assign <agent email | agent name | me>" in text  # the help, after a refusal
+    html = html_of(answer)
+    assert html is not None
+    assert "<td>Invoice &lt;b&gt;wrong&lt;/b&gt; &amp; late</td>" in html
+    assert "<b>wrong</b>" not in html
+
+    assert counts(world) == before
+    assert ledger(world)[-1] == (
+        "ignored",
+        "queries from alice@example.com answered: #list, #list unassigned, "
+        "#list team nosuch, #lsit all",
+    )
+    assert world.cli("quarantine", "list", "--json").stdout.strip() == b"[]"
+
+
+def test_show_gives_the_whole_timeline_with_its_files_and_a_reply_acts_on_it(
+    world: DeskWorld,
+) -> None:
+    queue(world)
+    before = counts(world)
+    [answer] = ask(world, "#show [#1]")
+
+    assert answer.rcpt_tos == (ALICE,)
+    assert str(answer.message["Subject"]) == "[#1] Printer broken"
+    assert re.fullmatch(r"[^+]+\+[a-z2-7]{48}@.*", reply_to_address(answer))  # a reply token
+    text = said(answer)
+    assert "status open, priority medium, team support, assignee alice@example.com" in text
+    told = text.index("message from dana@customer.test\nIt prints blank pages.\n＃list all")
+    noted = text.index("internal note from alice@example.com\nCalled her, <b>no</b> answer")
+    assert told < noted
+    assert "assigned by alice@example.com" in text
+    assert "  [file] display.png (2 KB)" in text
+    assert "  - display.png (2 KB), attached" in text
+    [photo] = [p for p in answer.message.iter_attachments()]
+    assert (photo.get_filename(), photo.get_content()) == ("display.png", PHOTO)
+    html = html_of(answer)
+    assert html is not None and "Called her, &lt;b&gt;no&lt;/b&gt; answer" in html
+    assert counts(world) == before
+
+    # a reply to the answer acts on the ticket, as a reply to a notice does
+    world.deliver(agent_reply(answer, ALICE, "#close Replaced the toner"))
+    world.run_once()
+    assert world.ticket(1)["status"] == "closed"
+    assert "Replaced the toner" in said(world.mails_to(CUSTOMER)[-1])
+
+
+def test_show_of_a_merged_ticket_shows_the_one_it_joined_and_no_ticket_says_so(
+    world: DeskWorld,
+) -> None:
+    notice = queue(world)
+    world.deliver(agent_reply(notice, ALICE, "#merge 2"))
+    world.run_once()
+    assert world.ticket(1)["status"] == "merged"
+
+    [answer] = ask(world, "#show 1\n#show 999\n#show 2147483648")
+    text = said(answer)
+    assert str(answer.message["Subject"]) == "[#2] Invoice <b>wrong</b> & late"
+    assert "[#1] was merged into [#2]; shown here: [#2]." in text
+    assert "#show 999\nNot answered: no ticket [#999]." in text
+    assert "#show 2147483648\nNot answered: no ticket 2147483648." in text
+
+
+def test_help_lists_the_queries_and_the_ticket_commands(world: DeskWorld) -> None:
+    [answer] = ask(world, "#help")
+    text = said(answer)
+    assert str(answer.message["Subject"]) == "Answer to your query"
+    assert "#list [mine | unassigned | team <name> | overdue | all]" in text
+    assert "#search <words>" in text
+    assert "#escalate <team> [summary]" in text
+    assert world.tickets() == []
+
+
+def test_a_ticket_of_thousands_of_messages_makes_an_answer_of_bounded_size(
+    world: DeskWorld,
+) -> None:
+    queue(world)
+    with world.db.transaction() as session:
+        ticket = session.get(Ticket, 1)
+        assert ticket is not None
+        for number in range(5000):
+            session.add(
+                Message(
+                    ticket_id=1,
+                    sender=CUSTOMER,
+                    text=f"message {number} " + "x" * 30_000,
+                    created_at=ticket.created_at,
+                )
+            )
+    [answer] = ask(world, "#show 1")
+    text = said(answer)
+    assert len(answer.raw) < 1_000_000
+    assert "older entries of its history are not shown here: maildesk tickets show 1" in text
+    assert "message 4999 " in text
+    assert "It prints blank pages." in text  # the first message always
+    assert "more characters not shown here" in text
+
+
+# --------------------------------------------------------------------------- who may ask
+
+
+def test_a_forged_query_gets_only_the_notice_about_the_personal_address(world: DeskWorld) -> None:
+    queue(world)
+    before = counts(world)
+    [notice] = ask(world, "#list all\n#show 1", to="support@example.com")
+    assert notice.rcpt_tos == (ALICE,)
+    text = " ".join(said(notice).split())
+    assert "It was not sent to your personal desk address" in text
+    assert "Printer broken" not in text and "Invoice" not in text
+    assert counts(world) == before
+    assert ledger(world)[-1][0] == "quarantined"
+    # forged again within the hour: held back, nothing sent
+    assert ask(world, "#list all", to="support@example.com") == []
+    assert counts(world) == before
+
+
+def test_a_customers_list_is_text_in_their_own_ticket(world: DeskWorld) -> None:
+    queue(world)
+    mails = ask(world, "#list all\n#show 1", sender="frank@customer.test", to="support@example.com")
+    ack = next(m for m in mails if m.rcpt_tos == ("frank@customer.test",))
+    assert "Printer broken" not in said(ack) and "dana@customer.test" not in said(ack)
+    [ticket] = [t for t in world.tickets() if t["requester"] == "frank@customer.test"]
+    assert ticket["messages"][0]["text"] == "#list all\n#show 1"
+
+
+def test_a_removed_agents_personal_address_proves_nothing(world: DeskWorld) -> None:
+    queue(world)
+    old = personal_address(world, BOB)
+    world.tables["agents"][:] = [a for a in world.tables["agents"] if a["email"] != BOB]
+    world.rewrite_config()
+    from maildesk import config
+    from maildesk.service.wiring import desk_for
+
+    world.settings = config.load(world.config_path)
+    world.desk.close()
+    world.desk = desk_for(world.settings, clock=world.clock)
+    mails = ask(world, "#list all", sender=BOB, to=old)
+    # no longer an agent: a customer, whose mail is a ticket of their own and nothing more
+    assert [m.rcpt_tos for m in mails if BOB in m.rcpt_tos] == [(BOB,)]
+    assert all("Printer broken" not in said(m) for m in mails)
+    assert [t["requester"] for t in world.tickets()][-1] == BOB
+
+
+# --------------------------------------------------------------------------- tickets list
+
+
+def listed(world: DeskWorld, *flags: str) -> list[str]:
+    done = world.cli("tickets", "list", "--json", *flags)
+    assert done.returncode == 0, done.stderr
+    return [t["ref"] for t in json.loads(done.stdout)]
+
+
+@ON_BOTH_DATABASES
+def test_tickets_list_filters_as_list_does(world: DeskWorld) -> None:
+    notice = queue(world)
+    world.deliver(agent_reply(notice, ALICE, "#tag printer"))
+    world.run_once()
+    assert listed(world) == ["[#1]", "[#2]"]
+    assert listed(world, "--assignee", ALICE) == ["[#1]"]
+    assert listed(world, "--assignee", "none") == ["[#2]"]
+    assert listed(world, "--team", "Support") == ["[#1]", "[#2]"]
+    assert listed(world, "--team", "engineering") == []
+    assert listed(world, "--tag", "printer") == ["[#1]"]
+    assert listed(world, "--requester", ERIN) == ["[#2]"]
+    assert listed(world, "--since", "2026-11-26T09:30") == ["[#2]"]
+    assert listed(world, "--since", "2026-11-26T10:30+01:00") == ["[#2]"]
+    assert listed(world, "--since", "2026-11-27") == []
+    assert listed(world, "--sla-breached") == []
+    world.clock.advance(hours=3, minutes=30)  # [#1] was due at 13:00, [#2] at 14:00
+    world.run_once()  # the timers mark [#1] missed
+    assert listed(world, "--sla-breached") == ["[#1]"]
+    assert listed(world, "--sla-breached", "--assignee", "none") == []
+    [answer] = ask(world, "#list overdue\n#list all")
+    overdue, everything = said(answer).split("\n== ")[1:3]
+    assert "[#1]  open, medium, 4h 30m old, SLA due: missed: first response" in overdue
+    assert "[#2]" not in overdue
+    assert "[#1]" in everything and "[#2]" in everything
+
+    for flags, error in [
+        (("--since", "yesterday"), "maildesk: --since: not an ISO date or date and time"),
+        (("--team", "nosuch"), "maildesk: --team: no team called nosuch (known: support"),
+        (("--assignee", "alice"), "maildesk: --assignee: 'alice' is not an address (or none)"),
+    ]:
+        done = world.cli("tickets", "list", *flags)
+        assert done.returncode == 2
+        assert done.stderr.decode().startswith(error)
+        assert len(done.stderr.decode().strip().splitlines()) == 1
