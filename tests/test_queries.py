@@ -201,6 +201,35 @@ def test_show_of_a_merged_ticket_shows_the_one_it_joined_and_no_ticket_says_so(
     assert "#show 2147483648\nNot answered: no ticket 2147483648." in text
 
 
+@ON_BOTH_DATABASES
+def test_search_answers_the_best_matches_with_a_line_of_context(world: DeskWorld) -> None:
+    queue(world)
+    before = counts(world)
+    long_words = " ".join(["toner"] * 31)  # with "#search ", 193 characters: at most 200
+    [answer] = ask(
+        world,
+        f"#search blank pages\n#search INVOICE\n#search nothing-like-it\n#search {long_words}",
+    )
+    blank, invoice, nothing, toner = said(answer).split("\n== ")[1:5]
+    assert '1 best match for "blank pages":' in blank
+    assert "[#1]  open, 2026-11-26 09:00 UTC, from dana@customer.test" in blank
+    assert "It prints blank pages." in blank
+    assert "[#2]" in invoice and "[#1]" not in invoice
+    assert 'Nothing matches "nothing-like-it".' in nothing
+    assert "Nothing matches" in toner
+    html = html_of(answer)
+    assert html is not None and "Invoice &lt;b&gt;wrong&lt;/b&gt; &amp; late" in html
+    [amount] = ask(world, "#search amount")
+    assert "Amount is <script>x</script>" in said(amount)
+    html = html_of(amount)
+    assert html is not None and "Amount is &lt;script&gt;x&lt;/script&gt;" in html
+    assert "<script>" not in html
+    assert counts(world) == before
+
+    [refused] = ask(world, "#search " + "x" * 500)
+    assert "Not answered: longer than 200 characters." in said(refused)
+
+
 def test_help_lists_the_queries_and_the_ticket_commands(world: DeskWorld) -> None:
     [answer] = ask(world, "#help")
     text = said(answer)

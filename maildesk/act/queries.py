@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import selection, showing
+from maildesk.act import search, selection, showing
 from maildesk.act.means import Desk
 from maildesk.act.notices import agent_mail, enqueue
 from maildesk.act.outbox import Mail
@@ -29,6 +29,7 @@ log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the mo
 
 KIND = "query"  # the outbox kind of an answer
 TEMPLATE = "agent_query"
+SEARCH_ROWS = 20  # matches a #search shows
 
 
 def answer(
@@ -158,5 +159,17 @@ def age(elapsed: timedelta) -> str:
 
 
 def searched(session: Session, desk: Desk, source: str, words: str) -> dict[str, Any]:
-    """``#search``: not answered here yet."""
-    return {"kind": "refused", "source": source, "reason": "#search is not answered yet"}
+    """``#search``: the best ``SEARCH_ROWS`` matches (``act.search``), a line of context each."""
+    found = search.find(session, words, limit=SEARCH_ROWS)
+    rows = [
+        {
+            "ref": desk.settings.desk.ref(match.ticket_id),
+            "subject": commands.defang(match.subject),
+            "requester": match.requester or "-",
+            "status": str(match.status),
+            "at": utc_text(match.at),
+            "context": commands.defang(match.context),
+        }
+        for match in found
+    ]
+    return {"kind": "search", "source": source, "words": words, "rows": rows}
