@@ -133,6 +133,8 @@ def test_a_match_says_what_and_where(db: Database) -> None:
         ("東京都", "送付先: 東京都 渋谷区"),
         ("v2.3.1", "since the upgrade to v2.3.1 it fails"),
         ("C++", "our C++ build breaks"),
+        # typed decomposed (a terminal on macOS, a name pasted from a file), kept composed
+        ("Cafe\u0301 cre\u0300me", "Café crème is cold"),
     ],
 )
 def test_words_find_what_a_user_expects(db: Database, words: str, written: str) -> None:

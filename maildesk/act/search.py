@@ -20,6 +20,7 @@ index newest first and cut at ``CANDIDATES`` rows, which bounds the work for com
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,8 +59,10 @@ class Match:
 
 def terms(words: str) -> list[tuple[str, ...]]:
     """The words looked for, each as the tokens the index holds (lowercase letters and digits),
-    at most ``MAX_TERMS``, without repeats; a word of no letters or digits is no term."""
-    cut = words[:MAX_INPUT_CHARS]
+    at most ``MAX_TERMS``, without repeats; a word of no letters or digits is no term. The
+    words are composed (NFC) first, as every text the index holds is: an accent typed apart
+    from its letter would otherwise split the word in two."""
+    cut = unicodedata.normalize("NFC", words[:MAX_INPUT_CHARS])
     if len(words) > MAX_INPUT_CHARS and not words[MAX_INPUT_CHARS].isspace() and cut.split():
         if not cut[-1].isspace():  # no half of a word
             cut = cut[: len(cut) - len(cut.split()[-1])]
