@@ -265,6 +265,31 @@ def test_a_ticket_of_thousands_of_messages_makes_an_answer_of_bounded_size(
     assert "more characters not shown here" in text
 
 
+def test_a_thousand_query_lines_are_answered_ten_and_counted(world: DeskWorld) -> None:
+    queue(world)
+    [answer] = ask(world, "#list all\n" * 1000)
+    text = said(answer)
+    assert text.count("\n== #list all\n") == 10
+    assert "990 more query lines not read: at most 10 queries per message." in text
+
+
+def test_on_a_ticket_a_query_is_no_command_and_changes_nothing_but_the_note(
+    world: DeskWorld,
+) -> None:
+    notice = queue(world)
+    world.deliver(agent_reply(notice, ALICE, "#show 2\nwhat about this one?"))
+    world.run_once()
+    receipt = world.mails_to(ALICE)[-1]
+    assert "Not done" in str(receipt.message["Subject"])
+    assert "#show 2: unknown command" in said(receipt)
+    hint = "#list, #show and #search are queries, not commands for a ticket: mail them on lines"
+    assert hint in said(receipt) and personal_address(world) in said(receipt)
+    ticket = world.ticket(1)
+    assert ticket["status"] == "open"
+    assert ticket["messages"][-1]["internal"] is True
+    assert all("Invoice" not in said(m) for m in world.mails_to(CUSTOMER))
+
+
 # --------------------------------------------------------------------------- who may ask
 
 
@@ -281,6 +306,17 @@ def test_a_forged_query_gets_only_the_notice_about_the_personal_address(world: D
     # forged again within the hour: held back, nothing sent
     assert ask(world, "#list all", to="support@example.com") == []
     assert counts(world) == before
+
+
+def test_a_trusted_verdict_proves_a_query_at_the_plain_address(world: DeskWorld) -> None:
+    queue(world)
+    mail = customer_mail("queue", "#list unassigned", sender=ALICE, to=world.address)
+    verdict = b"Authentication-Results: mx.example.com; dmarc=pass header.from=example.com\r\n"
+    world.deliver(verdict + mail.as_bytes())
+    world.run_once()
+    answer = world.mails_to(ALICE)[-1]
+    assert str(answer.message["Subject"]) == "Answer to your query"
+    assert "[#2]" in said(answer)
 
 
 def test_a_customers_list_is_text_in_their_own_ticket(world: DeskWorld) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, guard, holding, merging
+from maildesk.act import files, guard, holding, merging, queries
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed, uncopied
@@ -61,7 +61,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     if not validation.ok:
         carry_out(scene, verbs.refused(agent.email, parsed.text, validation.refusals))
         refused = Receipt(
-            refused=validation.refusals,
+            refused=validation.refusals + queries.on_ticket(desk, agent, parsed),
             kept_as_note=bool(parsed.text),
             files=files.receipt_lines(desk, inbound, (), files.REFUSED),
         )

@@ -109,6 +109,20 @@ def answer_mail(
     )
 
 
+def on_ticket(desk: Desk, agent: AgentSettings, parsed: commands.Parsed) -> tuple[str, ...]:
+    """For the receipt of a mail on a ticket whose commands were refused: where queries go,
+    when one of them is a query (on a ticket they are no commands)."""
+    if not any(c.verb in queries.VERBS and c.verb != "help" for c in parsed.commands):
+        return ()
+    address = marks.personal_address(
+        desk.settings.desk.secret, desk.settings.desk.address, agent.email, agent.address_version
+    )
+    return (
+        "#list, #show and #search are queries, not commands for a ticket: mail them on lines "
+        f"of their own to your personal desk address, {address}",
+    )
+
+
 def reply_address(desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime) -> str:
     """The address that acts on ``ticket`` as ``agent`` (their reply token for it)."""
     expires = now + timedelta(days=desk.settings.security.token_days)
