@@ -194,3 +194,28 @@ def test_a_directory_that_takes_no_file_is_one_line_and_leaves_no_part_of_one(
     again = world.cli("tickets", "files", "1", "-o", str(out))
     assert again.returncode == 0, again.stderr
     assert files_in(out) == {"a.pdf": small, "b.pdf": large}
+
+
+def test_a_large_file_that_only_shares_a_name_is_not_read(world: DeskWorld) -> None:
+    world.deliver(with_files("Backup", [("backup.tar", PDF)]))
+    world.run_once()
+    out = world.root / "out"
+    out.mkdir()
+    with open(out / "backup.tar", "wb") as large:  # 4 GB, sparse: no disk taken
+        large.truncate(4 << 30)
+
+    def small_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "tickets", "files", "1", "-o", str(out)],
+        env={**os.environ, "MAILDESK_CONFIG": str(world.config_path)},
+        capture_output=True,
+        timeout=60,
+        preexec_fn=small_memory,
+    )
+    assert (done.returncode, done.stderr.decode()) == (0, "")
+    assert done.stdout.decode() == (
+        f"wrote {out / 'backup (2).tar'} ({len(PDF)} bytes) (backup.tar was taken)\n"
+    )
+    assert (out / "backup.tar").stat().st_size == 4 << 30

@@ -212,8 +212,12 @@ def _written(target: Path, name: str, data: bytes, taken: set[str]) -> str:
 
 
 def _same(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a file of ``data``'s bytes (its size first: a large file of the
+    directory that only shares a name is never read)."""
     try:
-        return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+        if not path.is_file() or path.is_symlink() or path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
     except OSError:
         return False
 
