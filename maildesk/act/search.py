@@ -13,8 +13,9 @@ and ``AND``/``OR``/``NOT`` are words like any other. At most ``MAX_TERMS`` words
 
 A ticket matches when its subject, or one of its messages, holds all the words. The best first:
 tickets whose subject holds them, then those with a message holding the words as typed (next
-to each other, in order), then the rest; newest first among equals. Each kind is read from the
-index newest first and cut at ``CANDIDATES`` rows, which bounds the work for common words.
+to each other, in order), then the rest; newest first among equals. Subjects and messages are
+read from the index newest first and cut at ``CANDIDATES`` rows, and the words as typed are
+looked for among those messages only, which bounds the work for common words.
 """
 
 from __future__ import annotations
@@ -82,11 +83,15 @@ def find(session: Session, words: str, *, limit: int = 20) -> list[Match]:
     if not wanted or limit < 1 or any(len(t) > MAX_TOKEN_CHARS for w in wanted for t in w):
         return []
     engine = _SQLITE if session.get_bind().dialect.name == "sqlite" else _POSTGRESQL
+    loose = engine.messages(session, wanted)
+    # the words as typed: looked for only among those (a phrase of common words that seldom
+    # stand together would otherwise be looked for through every message that holds them)
     phrase = [tuple(t for w in wanted for t in w)]
+    exact = engine.holding(session, phrase, loose) if len(wanted) > 1 and loose else set()
     kinds = [
         (_SUBJECT, engine.subjects(session, wanted)),
-        (_EXACT, engine.messages(session, phrase) if len(wanted) > 1 else []),
-        (_LOOSE, engine.messages(session, wanted)),
+        (_EXACT, [found for found in loose if found[0] in exact]),
+        (_LOOSE, loose),
     ]
     return _matches(session, wanted, _best(kinds, limit))
 
@@ -126,6 +131,20 @@ class _Sqlite:
         )
         return [(row[0], row[1], row[2]) for row in rows]
 
+    def holding(
+        self, session: Session, phrase: list[tuple[str, ...]], among: list[Found]
+    ) -> set[int]:
+        """Of the messages ``among`` (the newest that hold the words), those that hold
+        ``phrase``: no message newer than the oldest of them holds the words elsewhere, so
+        the index is read from that one on."""
+        rows = session.execute(
+            text(
+                "SELECT rowid FROM messages_search WHERE messages_search MATCH :q AND rowid >= :n"
+            ),
+            {"q": self._query(phrase), "n": min(f[0] or 0 for f in among)},
+        )
+        return {int(row[0]) for row in rows}
+
 
 class _Postgresql:
     """tsvector: one ``phraseto_tsquery`` per word, joined with ``&&``; every word a bound
@@ -160,6 +179,17 @@ class _Postgresql:
             {**values, "n": CANDIDATES},
         )
         return [(row[0], row[1], row[2]) for row in rows]
+
+    def holding(
+        self, session: Session, phrase: list[tuple[str, ...]], among: list[Found]
+    ) -> set[int]:
+        """Of the messages ``among``, those that hold ``phrase``, looked up by their ids."""
+        query, values = self._query(phrase)
+        rows = session.execute(
+            text(f"SELECT id FROM messages WHERE id = ANY(:ids) AND search @@ {query}"),
+            {**values, "ids": [f[0] for f in among]},
+        )
+        return {int(row[0]) for row in rows}
 
 
 _SQLITE = _Sqlite()
