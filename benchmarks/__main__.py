@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import parts, scale
+from benchmarks import search as search_part
 from benchmarks.world import World, corpus, write_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,10 +28,12 @@ class Sizes:
     memory: tuple[int, int]
     outbound: int
     roundup: int
+    searched: int  # messages in the database searched (h)
+    indexed: int  # messages ingested with and without the search index (i)
 
 
-FULL = Sizes(800, 20, 1_000_000, 600, (3, 9), 3000, 1000)
-QUICK = Sizes(150, 6, 20_000, 100, (2, 4), 600, 150)
+FULL = Sizes(800, 20, 1_000_000, 600, (3, 9), 3000, 1000, 1_000_000, 600)
+QUICK = Sizes(150, 6, 20_000, 100, (2, 4), 600, 150, 40_000, 100)
 ATTACHMENT = 25_000_000
 
 
@@ -144,6 +147,51 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     times >= 3,
                 )
             )
+    out += search_rows(results)
+    return out
+
+
+def search_rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    found = results.get("search")
+    for engine in ("sqlite", "postgres") if found else ():
+        figures = found.get(engine)
+        part = f"h search, {found['messages']:,} messages, {engine}"
+        if not figures:
+            continue
+        if "skipped" in figures:
+            out.append(Row(part, figures["skipped"], "p50 <= 100 ms", None))
+            continue
+        built = "kept from an earlier run" if figures["cached"] else "built now"
+        out.append(
+            Row(
+                part,
+                f"p50 {figures['p50_ms']} ms, p90 {figures['p90_ms']} ms, max"
+                f" {figures['max_ms']} ms ({figures['searches']} searches); database built in"
+                f" {figures['build_seconds']:.0f} s ({built})",
+                "p50 <= 100 ms",
+                figures["p50_ms"] <= 100,
+            )
+        )
+    cost = results.get("index_cost")
+    for engine in ("sqlite", "postgres") if cost else ():
+        figures = cost.get(engine)
+        part = f"i ingest with the search index, {engine}"
+        if not figures:
+            continue
+        if "skipped" in figures:
+            out.append(Row(part, figures["skipped"], "<= 1.1x", None))
+            continue
+        out.append(
+            Row(
+                part,
+                f"{figures['indexed_ms']} ms/msg vs {figures['unindexed_ms']} without ="
+                f" {figures['ratio']:.2f}x, median of chunks {figures['chunk_ratio_median']:.2f}x"
+                f" ({figures['messages']} msgs)",
+                "<= 1.1x",
+                figures["ratio"] <= 1.1,
+            )
+        )
     return out
 
 
@@ -179,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about 1-2 minutes)")
     parser.add_argument(
-        "--only", default="a,b,c,d,e,f,g", help="comma-separated parts to run (default: all)"
+        "--only", default="a,b,c,d,e,f,g,h,i", help="comma-separated parts to run (default: all)"
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -201,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         ("f", "memory_postgres", lambda: parts.memory_postgres(world, sizes.memory[1], ATTACHMENT)),
         ("e", "outbound", lambda: parts.outbound(world, sizes.outbound)),
         ("g", "roundup", lambda: parts.roundup(world, corpus(sizes.roundup, "roundup.example"))),
+        ("h", "search", lambda: search_part.search_speed(sizes.searched, postgres=True)),
+        ("i", "index_cost", lambda: _index_cost(world, sizes)),
     ]
     try:
         for letter, name, step in steps:
@@ -245,6 +295,13 @@ def _scale(world: World, sizes: Sizes) -> dict[str, Any]:
     work = world.workdir("scale")
     config = write_config(work, account, world.smtp.port)
     return scale.per_message_cost(config, sizes.seeded, sizes.scale_messages)
+
+
+def _index_cost(world: World, sizes: Sizes) -> dict[str, Any]:
+    account = world.account("index")
+    work = world.workdir("index")
+    config = write_config(work, account, world.smtp.port)
+    return search_part.index_cost(config, sizes.indexed, postgres=True)
 
 
 if __name__ == "__main__":
