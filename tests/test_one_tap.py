@@ -154,6 +154,34 @@ def test_a_link_in_a_customers_hands_acts_on_nothing(world: DeskWorld) -> None:
     assert world.ticket(1)["assignee"] is None
 
 
+def test_a_notice_pasted_into_a_reply_gives_the_customer_no_token_address(
+    world: DeskWorld,
+) -> None:
+    """Her client put the notice below her answer without quote marks: the customer gets the
+    words, and the desk's plain address where the notice had its token address."""
+    notice = new_ticket(world)[ALICE]
+    token_address = reply_to_address(notice)
+    pasted = text_of(notice)
+    assert token_address in pasted
+    world.deliver(
+        customer_mail(
+            f"Re: {notice.message['Subject']}",
+            f"Try another tray, please.\r\n\r\n{pasted}",
+            sender=ALICE,
+            to=token_address,
+        )
+    )
+    world.run_once()
+    [ack, reply] = world.wait_mails_to(CUSTOMER, 2)
+    shown = text_of(reply) + (html_of(reply) or "")
+    assert "Try another tray, please." in shown
+    assert token_address.split("@")[0] not in shown.lower()
+    # every address of the desk's shown is its plain one: mail to it from the customer is hers
+    domain = world.settings.desk.address.split("@")[1]
+    shown_addresses = re.findall(rf"[\w.+-]+@{re.escape(domain)}", shown)
+    assert shown_addresses and set(shown_addresses) == {world.settings.desk.address}
+
+
 def test_a_subject_that_breaks_urls_and_html_stays_inside_its_link(world: DeskWorld) -> None:
     subject = 'Q&A "urgent" <b>50% off?</b> #close é€ 😀'
     notice = new_ticket(world, subject)[ALICE]

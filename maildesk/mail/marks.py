@@ -203,6 +203,22 @@ def _split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+def without_plus_addresses(text: str, desk_address: str) -> str:
+    """``text`` with every plus-address of the desk (a reply token, a personal address, a VERP
+    address) written as the desk's plain address: for mail to someone who is not an agent, into
+    which an agent's words may carry a notice's token address (pasted below her reply without
+    quote marks, or in a notice's one-tap links)."""
+    local, domain = _split_address(desk_address)
+    if not local or not domain or "+" not in text:
+        return text
+    pattern = re.compile(
+        rf"(?<![\w.+!#$%&'*/=?^`{{|}}~-]){re.escape(local)}\+[^\s@<>\"'()\[\],;:]{{1,400}}"
+        rf"@{re.escape(domain)}(?![\w-]|\.\w)",
+        re.IGNORECASE,
+    )
+    return pattern.sub(desk_address, text)
+
+
 def reply_address(desk_address: str, token: str) -> str:
     """The plus-address carrying ``token``: ``support@example.com`` -> ``support+<token>@...``."""
     local, domain = _split_address(desk_address)
