@@ -375,3 +375,18 @@ def test_tickets_search_on_the_command_line(world: DeskWorld) -> None:
     assert (nothing.returncode, nothing.stdout) == (0, b"no ticket matches\n")
     wrong = world.cli("tickets", "search", "printer", "--limit", "0")
     assert wrong.returncode == 2 and b"not a number of tickets: '0'" in wrong.stderr
+
+
+@ON_BOTH_DATABASES
+def test_a_mail_taken_again_after_a_crash_is_indexed_once(world: DeskWorld) -> None:
+    world.deliver(customer_mail("Printer broken", "The okapi tray is stuck."))
+    for point in ("after_fetch", "after_commit"):  # killed before the commit, then after it
+        killed = world.cli("run", "--once", MAILDESK_CRASH_AT=point)
+        assert killed.returncode == 137, killed.stderr.decode()[-2000:]
+        with world.db.transaction() as session:
+            assert _indexed_messages(session, "okapi") == (point == "after_commit")
+    again = world.cli("run", "--once")  # the ledger knows the mail: moved, not taken again
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert [n for n, _ in matches(world, "okapi")] == [1]
+    with world.db.transaction() as session:
+        assert _indexed_messages(session, "okapi") == 1
