@@ -3,8 +3,10 @@
 Beside the flow: each mailbox loop holds ``mailbox:NAME`` while it consumes the mailbox and
 renews it on every round; the timers take ``timers`` for each pass. A lease not renewed within
 its TTL (its holder died) is taken over and its fence counted; a holder on this host that no
-longer runs is not waited out. Real time, not the injected clock: leases are about live
-processes.
+longer runs is not waited out. A lease given up (at a clean stop, and by the timers after each
+pass) names no holder, so the next daemon takes it without logging a takeover: with two
+daemons the timers change hands every minute. Real time, not the injected clock: leases are
+about live processes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from maildesk.database import Database
 from maildesk.models import DatabaseError, Lease
 
 log = logging.getLogger("maildesk.daemon")  # the logs name the job, not the module path
+
+RELEASED = ""  # the holder of a lease given up: nobody
 
 
 def new_holder() -> str:
@@ -58,7 +62,7 @@ class Leases:
                 ):
                     return False
                 if lease.holder != self.holder:
-                    log.info("taking over %s from %s (lease expired)", name, lease.holder)
+                    _log_takeover(name, lease.holder, lease.expires_at > now)
                     lease.fence += 1
                 lease.holder = self.holder
                 lease.expires_at = now + self.ttl
@@ -72,9 +76,20 @@ class Leases:
             with self.db.transaction() as session:
                 lease = session.get(Lease, name)
                 if lease is not None and lease.holder == self.holder:
+                    lease.holder = RELEASED
                     lease.expires_at = datetime.now(UTC) - timedelta(seconds=1)
         except DatabaseError as exc:  # an outage, which the loops report: it expires by itself
             log.debug("could not release %s: %s", name, exc)
+
+
+def _log_takeover(name: str, holder: str, running: bool) -> None:
+    """One line when a lease changes hands: at INFO when its holder failed to give it up."""
+    if holder == RELEASED:
+        log.debug("taking %s (given up by the daemon before)", name)
+    elif running:
+        log.info("taking over %s from %s (its process no longer runs)", name, holder)
+    else:
+        log.info("taking over %s from %s (lease expired)", name, holder)
 
 
 def holder_alive(holder: str) -> bool:
