@@ -222,6 +222,8 @@ def test_a_proven_mail_that_asks_nothing_gets_a_receipt_not_a_ticket(world: Desk
     [receipt] = only_to(world, ALICE)
     assert str(receipt.message["Subject"]) == "Not started: Lunch"
     assert "#new <customer address>" in text_of(receipt)
+    said = " ".join(text_of(receipt).split())  # "my tickets" in words: the queries are named
+    assert "It also answers queries, and changes nothing: #list (your open tickets)" in said
 
 
 # --------------------------------------------------------------------------- forged
