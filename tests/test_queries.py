@@ -169,7 +169,8 @@ def test_show_gives_the_whole_timeline_with_its_files_and_a_reply_acts_on_it(
     told = text.index("message from dana@customer.test\nIt prints blank pages.\n＃list all")
     noted = text.index("internal note from alice@example.com\nCalled her, <b>no</b> answer")
     assert told < noted
-    assert "assigned by alice@example.com" in text
+    assert "assigned by alice@example.com\nassignee: alice@example.com" in text
+    assert "acknowledged\nfirst contact: yes" in text  # details read as words, not as code
     assert "  [file] display.png (2 KB)" in text
     assert "  - display.png (2 KB), attached" in text
     [photo] = [p for p in answer.message.iter_attachments()]

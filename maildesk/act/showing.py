@@ -145,8 +145,10 @@ def event_entry(row: Any) -> dict[str, Any]:
         detail = json.loads(row.detail) if row.detail else {}
     except ValueError:
         detail = {}
-    said = ", ".join(
-        f"{k}={v}" for k, v in (detail.items() if isinstance(detail, dict) else ()) if v
+    said = "; ".join(
+        f"{k.replace('_', ' ')}: {_value(v)}"
+        for k, v in (detail.items() if isinstance(detail, dict) else ())
+        if v
     )
     if len(said) > DETAIL_CHARS:
         said = said[: DETAIL_CHARS - 3] + "..."
@@ -157,6 +159,15 @@ def event_entry(row: Any) -> dict[str, Any]:
         "text": commands.defang(said),
         "files": [],
     }
+
+
+def _value(value: Any) -> str:
+    """A detail's value as words: yes for true, a list's items with commas."""
+    if value is True:
+        return "yes"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 def files_of(
