@@ -286,3 +286,39 @@ def test_a_store_migrate_killed_midway_is_finished_by_the_next_run(
         assert sorted(database.names()) == sorted(kept)
     finally:
         database.close()
+
+
+def test_a_file_kept_in_one_hosts_directory_is_named_where_it_is_from_the_other(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
+) -> None:
+    """Host a kept its files in its own directory; host b, on the database store, cannot read
+    them, and says what copies them where it can, which then works."""
+    a = host(
+        "a",
+        imap_server,
+        smtp_server,
+        tmp_path,
+        database_url=postgres_url,
+        tables={"store": {"backend": "directory"}},
+    )
+    b = host("b", imap_server, smtp_server, tmp_path, database_url=postgres_url)
+    try:
+        logs = blob("logs.pdf", 200_000)
+        a.deliver(with_files(customer_mail("Scanner offline", "Log attached."), ("logs.pdf", logs)))
+        a.run_once()
+        out = tmp_path / "out"
+
+        missing = b.cli("tickets", "files", "1", "-o", str(out))
+        assert missing.returncode == 1
+        said = missing.stderr.decode()
+        assert "logs.pdf: not readable: " in said
+        assert 'a host that keeps files in its data_dir ([store] backend = "directory")' in said
+        assert "run `maildesk store migrate --to database` there" in said
+
+        assert a.cli("store", "migrate", "--to", "database").returncode == 0
+        found = b.cli("tickets", "files", "1", "-o", str(out))
+        assert found.returncode == 0, found.stderr
+        assert (out / "logs.pdf").read_bytes() == logs
+    finally:
+        a.close()
+        b.close()

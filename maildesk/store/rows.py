@@ -115,7 +115,11 @@ class DatabaseStore(Store):
     def _checked(self, connection: Any, name: str) -> _Counted:
         row = connection.execute(select(Blob.size, Blob.chunks).where(Blob.name == name)).first()
         if row is None:
-            raise DamagedFile(f"{name}: not in the store (the database)")
+            raise DamagedFile(
+                f"{name}: not in the store (the database); a host that keeps files in its "
+                'data_dir ([store] backend = "directory") may hold it: run `maildesk store '
+                "migrate --to database` there"
+            )
         return _Counted(name, row.size, row.chunks)
 
     def names(self) -> Iterator[str]:
