@@ -38,12 +38,16 @@ def answer(
     """Enqueue the one answer to ``asked``; returns what the ledger says of the mail."""
     sections: list[dict[str, Any]] = []
     shows: list[showing.Shown] = []
+    # the answer's #show share one bound of text, however many it asks
+    room = showing.ALL_TEXT_CHARS // max(
+        sum(isinstance(q, queries.ShowQuery) for q in asked.queries), 1
+    )
     for query in asked.queries:
         match query:
             case queries.ListQuery():
                 sections.append(listed(session, desk, query, now))
             case queries.ShowQuery(source=source, number=number):
-                show = showing.shown(session, desk, number, source)
+                show = showing.shown(session, desk, number, source, room)
                 shows += [show] if show.ticket is not None else []
                 sections.append(show.section)
             case queries.SearchQuery(source=source, words=words):

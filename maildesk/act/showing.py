@@ -27,7 +27,7 @@ from maildesk.store import Kept
 
 MAX_ENTRIES = 100  # timeline entries (messages and events) an answer shows
 TEXT_CHARS = 20_000  # of one message's text
-ALL_TEXT_CHARS = 200_000  # of all the texts of one answer's timeline
+ALL_TEXT_CHARS = 200_000  # of all the texts of one answer's timelines
 DETAIL_CHARS = 300  # of an event's detail
 MERGE_HOPS = 5  # merged into a ticket merged in turn: followed this far
 
@@ -42,8 +42,11 @@ class Shown:
     files: tuple[tuple[rules.File, Enclosure | None], ...] = ()
 
 
-def shown(session: Session, desk: Desk, number: int, source: str) -> Shown:
-    """Ticket ``number``, or the ticket it was merged into (said so), as a section."""
+def shown(
+    session: Session, desk: Desk, number: int, source: str, room: int = ALL_TEXT_CHARS
+) -> Shown:
+    """Ticket ``number``, or the ticket it was merged into (said so), as a section; ``room``:
+    the characters of text its timeline may show (an answer's shows share them)."""
     ref = desk.settings.desk.ref
     ticket = session.get(Ticket, number)
     notes: list[str] = []
@@ -55,7 +58,7 @@ def shown(session: Session, desk: Desk, number: int, source: str) -> Shown:
     if ticket is None:
         reason = f"no ticket {ref(number)}"
         return Shown(None, {"kind": "refused", "source": source, "reason": reason})
-    entries, omitted, files = timeline(session, desk, ticket)
+    entries, omitted, files = timeline(session, desk, ticket, room)
     section = {
         "kind": "show",
         "source": source,
@@ -80,9 +83,10 @@ def shown(session: Session, desk: Desk, number: int, source: str) -> Shown:
 
 
 def timeline(
-    session: Session, desk: Desk, ticket: Ticket
+    session: Session, desk: Desk, ticket: Ticket, room: int
 ) -> tuple[list[dict[str, Any]], int, tuple[tuple[rules.File, Enclosure | None], ...]]:
-    """The entries shown, oldest first, how many are not, and the files of the messages shown."""
+    """The entries shown, oldest first, how many are not, and the files of the messages shown;
+    their texts come to at most ``room`` characters."""
     wanted = {"ticket": ticket.id, "up_to": MAX_ENTRIES}
     messages = list(session.execute(_NEWEST_MESSAGES, wanted))
     first = session.execute(_FIRST_MESSAGE, wanted).first()
@@ -101,7 +105,6 @@ def timeline(
     shown_ids = [entry[2] for entry in kept if entry[1] == 0]
     files = files_of(session, desk, shown_ids)
     # the text room goes to the first message, then to the newest ones
-    room = ALL_TEXT_CHARS
     entries: list[dict[str, Any]] = [{} for _ in kept]
     for index in [0, *range(len(kept) - 1, 0, -1)][: len(kept)]:
         _, is_event, _, row = kept[index]
