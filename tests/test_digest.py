@@ -223,6 +223,17 @@ def test_her_tickets_her_teams_unassigned_and_the_sla_targets(make_world: MakeWo
     # Bob's team (engineering) has nothing of this: no mail for him
     assert digests_to(world, BOB) == []
 
+    # the footer's way to a ticket: #show above the quoted digest, and the answer acts on it
+    assert "Reply with #show <ref> on the first line" in " ".join(text.split())
+    personal = str(mail.message["Reply-To"]).split("<")[-1].rstrip(">")
+    quoted = "\n".join("> " + line for line in text.splitlines())
+    world.deliver(customer_mail("Re: your desk", f"#show 1\n\n{quoted}", sender=ALICE, to=personal))
+    world.run_once()
+    [shown] = [
+        m for m in world.mails_to(ALICE) if str(m.message["Subject"]) == "[#1] Printer broken"
+    ]
+    assert "message from " in lines_of(shown) and "It jams." in lines_of(shown)
+
 
 def test_five_hundred_tickets_make_a_bounded_mail(make_world: MakeWorld) -> None:
     world = make_world()
