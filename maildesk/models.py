@@ -270,7 +270,12 @@ class Outbox(Base):
     Message-ID, ``body`` its bytes) and one row per Cc address: a copy's ``message_id`` is a
     Message-ID of the desk's own kind that no mail carries, the key its VERP address is made
     from (so a bounce proves which recipient it is about); ``copy_of`` names the mail's
-    Message-ID, whose row's bytes it sends (its own ``body`` is empty)."""
+    Message-ID, whose row's bytes it sends (its own ``body`` is empty).
+
+    Files of the blob store a mail carries are not in its ``body``: each leaves a mark there,
+    and ``files`` (JSON: [[store name, mark], ...]) says which file goes in its place when the
+    mail is claimed for sending (``claims.with_files``); ``files_bytes`` is their size in the
+    mail. A mail's files are in the database once, whichever mails carry them."""
 
     __tablename__ = "outbox"
 
@@ -285,6 +290,8 @@ class Outbox(Base):
     mail_from: Mapped[str] = mapped_column(String(320))
     automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)
+    files: Mapped[str | None] = mapped_column(Text, nullable=True)
+    files_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -298,7 +298,9 @@ def test_the_delivery_holds_a_bounded_amount_of_mail_with_files_at_a_time(
     now = datetime.now(UTC) + timedelta(seconds=1)
 
     def claim() -> list[str]:
-        rows = outbox.claim_due(world.db, now, 200, timedelta(minutes=5), "t", max_bytes=100_000)
+        rows = outbox.claim_due(
+            world.db, now, 200, timedelta(minutes=5), "t", max_bytes=100_000, store=world.desk.store
+        )
         return [row.recipient for row in rows]
 
     # the two notices carry the file (55 KB each as base64); the acknowledgment is small

@@ -3,9 +3,9 @@
 Two desks on one PostgreSQL database, each with a data directory of its own (two hosts, as an
 admin adding a second machine sets them up), through the daemon against pymap and Dovecot: a
 customer's files taken in by host A are mailed to an agent by host B (``#files``), byte for
-byte; an agent's held reply with a file, taken in by host A, goes to the customer from host B
-(``#send``, and B's delivery); a large piped message quarantined on host A is replayed on host
-B. ``maildesk store migrate`` copies every file both ways byte for byte, a run killed with
+byte; an agent's held reply with a file goes to the customer by host B's delivery after host A
+took her ``#send``; a file damaged in the database is never sent (its mail fails, saying why);
+a large piped message quarantined on host A is replayed on host B. ``maildesk store migrate`` copies every file both ways byte for byte, a run killed with
 SIGKILL midway is finished by the next, and the rows naming the files keep working.
 """
 
@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from maildesk.database import Database
@@ -121,6 +122,32 @@ def test_a_tickets_files_taken_in_by_one_host_are_mailed_byte_identical_by_the_o
     assert nothing_on_disk(a) == nothing_on_disk(b) == []
 
 
+def test_a_file_damaged_in_the_database_is_never_sent_and_its_mail_fails_with_why(
+    hosts: tuple[DeskWorld, DeskWorld], postgres_url: str
+) -> None:
+    a, b = hosts
+    scan = blob("scan.pdf", 2_500_000)
+    a.deliver(with_files(customer_mail("Invoice wrong", "See the scan."), ("scan.pdf", scan)))
+    a.run_once()
+    [notice] = [m for m in a.mails_to(ALICE) if "New:" in subject(m)]
+    # one byte of its second piece changed in the database, the size kept
+    with psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql")) as db:
+        db.execute(
+            "UPDATE blob_chunks SET data = overlay(data placing '\\x00'::bytea from 7 for 1)"
+            " WHERE name LIKE 'blobs/%%' AND seq = 1"
+        )
+    before = len(b.mails_to(ALICE))
+    b.deliver(agent_reply(notice, ALICE, "#files"))
+    assert b.run_once() == 0
+
+    mails = b.mails_to(ALICE)[before:]
+    assert [m for m in mails if " Files" in subject(m)] == []  # not with other bytes
+    [failed] = [e for e in b.ticket(1)["events"] if e["kind"] == "mail_failed"]
+    assert failed["detail"]["recipient"] == ALICE
+    assert "a file it carries cannot be read" in failed["detail"]["error"]
+    assert "SHA-256 differs" in failed["detail"]["error"]
+
+
 def _named(*files: bytes) -> list[tuple[str, bytes]]:
     return list(zip(("scan.pdf", "logs.pdf"), files, strict=True))
 
@@ -148,10 +175,15 @@ def test_an_agents_held_file_taken_in_by_one_host_reaches_the_customer_from_the_
     a.run_once()
     [held] = [m for m in a.mails_to(CAROL_AGENT) if "Held, not sent" in subject(m)]
 
-    # host B takes her #send, composes the reply from the store and delivers it
-    b.deliver(agent_reply(held, CAROL_AGENT, "#send"))
-    assert b.run_once() == 0
+    # her #send comes to host A through its MTA's pipe, which queues the reply; host B's
+    # delivery sends it, the file read from the store where host A kept it
+    send = agent_reply(held, CAROL_AGENT, "#send").as_bytes(policy=email.policy.SMTP)
+    taken = a.cli("ingest", input=send)
+    assert taken.returncode == 0, taken.stderr
     number = ref_number(carol_notice)
+    assert [m for m in a.mails_to(CUSTOMER) if attachments(m)] == []  # nothing sent yet
+    sent = b.cli("deliver", "--once")
+    assert sent.returncode == 0, sent.stderr
     [answer] = [m for m in b.mails_to(CUSTOMER) if attachments(m) and ref_number(m) == number]
     assert text_of(answer).startswith("The contract is attached.")
     assert attachments(answer) == {"contract.pdf": contract}

@@ -26,7 +26,7 @@ from maildesk.desk import files as rules
 from maildesk.mail.compose import Enclosure
 from maildesk.mail.inbound import Inbound, ParsedAttachment
 from maildesk.models import Attachment, Message, Ticket
-from maildesk.store import Kept
+from maildesk.store import Kept, name_for
 
 NOTICES = rules.NOTICES  # the notices to agents that carry the files of their message
 
@@ -88,7 +88,11 @@ def held_to_customer(desk: Desk, message: Message) -> tuple[Enclosure, ...]:
     choice = rules.to_customer(stored(desk, message), desk.settings.limits)
     parts = message.attachments
     return tuple(
-        Enclosure(parts[i].filename, parts[i].content_type, Kept(desk.store, parts[i].path or ""))
+        Enclosure(
+            parts[i].filename,
+            parts[i].content_type,
+            Kept(desk.store, parts[i].path or "", parts[i].size),
+        )
         for i in choice.chosen
     )
 
@@ -103,10 +107,17 @@ def on_notice(
     parts = inbound.attachments
     choice = rules.on_notice(described(parts), desk.settings.limits)
     listing = listed(described(parts), choice.chosen, choice.refused)
-    enclosures = tuple(
-        Enclosure(parts[i].filename, parts[i].content_type, parts[i].payload) for i in choice.chosen
-    )
+    enclosures = tuple(_kept_or_given(desk, parts[i]) for i in choice.chosen)
     return listing, enclosures
+
+
+def _kept_or_given(desk: Desk, part: ParsedAttachment) -> Enclosure:
+    """A file of the message handled: from the store when the mail is sent (its bytes in the
+    database once, not in every notice too), or its bytes when the store does not have it."""
+    name = name_for("blobs", part.sha256)
+    kept = desk.store.exists(name)
+    data = Kept(desk.store, name, part.size) if kept else part.payload
+    return Enclosure(part.filename, part.content_type, data)
 
 
 def listed(
@@ -184,7 +195,9 @@ def ticket_files(
             files=listed(found, batch, refused),
         )
         enclosures = tuple(
-            Enclosure(rows[i].filename, rows[i].content_type, Kept(desk.store, rows[i].path))
+            Enclosure(
+                rows[i].filename, rows[i].content_type, Kept(desk.store, rows[i].path, rows[i].size)
+            )
             for i in batch
         )
         mails.append(replace(mail, attachments=enclosures))

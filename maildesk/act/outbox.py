@@ -19,17 +19,16 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm.attributes import set_committed_value
 
-from maildesk.act import guard
-from maildesk.act.claims import CLAIM_BYTES, within
+from maildesk.act import claims, guard
+from maildesk.act.claims import CLAIM_BYTES
 from maildesk.config import Settings
 from maildesk.database import Database
 from maildesk.mail.actions import Action, with_actions
@@ -38,6 +37,7 @@ from maildesk.mail.marks import bounce_address, own_message_id, without_plus_add
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
 from maildesk.mail.smtp import DeliveryOutcome, Sender, SendResult, no_smtputf8, server_name
 from maildesk.models import Event, Outbox, OutboxStatus, SmtpCapabilities, Ticket, insert_row
+from maildesk.store import Store
 
 log = logging.getLogger("maildesk.outbox")  # the logs name the job, not the module path
 
@@ -153,12 +153,14 @@ class Mailer:
         carries, which its VERP address is made from."""
         desk = self.settings.desk
         message_id = own_message_id(desk.secret, desk.domain)
-        body = compose(self.draft(mail, rendered, message_id, now))
+        marked, files = claims.marked(mail.attachments)
+        body = compose(self.draft(replace(mail, attachments=marked), rendered, message_id, now))
         mailed = {
             "ticket_id": mail.ticket.id if mail.ticket is not None else None,
             "kind": mail.kind,
             "automatic": mail.automatic,
             "body": body,
+            **files,
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
@@ -168,7 +170,8 @@ class Mailer:
         for address in mail.cc:  # their bytes are the mail's row's (``copies_read``)
             copy = own_message_id(desk.secret, desk.domain)
             standing = self._standing(session, mail, address, now)
-            self._insert(session, {**mailed, "body": b""}, (copy, message_id, address), standing)
+            copied = {**mailed, "body": b"", "files": None, "files_bytes": None}
+            self._insert(session, copied, (copy, message_id, address), standing)
         return Queued(message_id, why_not if status == OutboxStatus.SUPPRESSED else None)
 
     def _standing(
@@ -358,51 +361,22 @@ def claim_due(
     holder_lease: timedelta,
     holder: str = "",
     max_bytes: int = CLAIM_BYTES,
+    *,
+    store: Store,
 ) -> list[Outbox]:
     """Claim up to ``limit`` due rows for this process (several daemons never share a row),
     their bytes within ``max_bytes`` in all (the first row whatever its size; the copies of
-    one mail share its bytes)."""
-    with db.transaction() as session:
-        query = (
-            select(Outbox.id, Outbox.message_id, Outbox.copy_of, func.length(Outbox.body))
-            .where(
-                Outbox.status == OutboxStatus.PENDING,
-                Outbox.next_attempt_at <= now,
-                or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now),
-            )
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(limit)
-        )
-        if not db.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        ids = within(session, list(session.execute(query)), max_bytes)
-        if not ids:
-            return []
-        rows = list(
-            session.scalars(
-                select(Outbox).where(Outbox.id.in_(ids)).order_by(Outbox.next_attempt_at, Outbox.id)
-            )
-        )
-        session.execute(
-            update(Outbox)
-            .where(Outbox.id.in_(ids))
-            .values(claimed_until=now + holder_lease, claimed_by=holder)
-        )
-        copies_read(session, rows)
+    one mail share its bytes), with the files of ``store`` they carry put in. A row whose file
+    cannot be read is recorded as failed, with why, and not returned."""
+    rows = claims.claimed(db, now, limit, (holder_lease, holder), max_bytes)
+    failed = claims.with_files(rows, store)
+    if not failed:
         return rows
-
-
-def copies_read(session: Any, rows: Sequence[Outbox]) -> None:
-    """The bytes of the copies among ``rows``, read from their mail's row (a copy keeps none:
-    a mail of 20 MB to 50 participants would be a gigabyte), in memory only."""
-    copies = [row for row in rows if row.copy_of is not None and not row.body]
-    if not copies:
-        return
-    wanted = {row.copy_of for row in copies}
-    query = select(Outbox.message_id, Outbox.body).where(Outbox.message_id.in_(wanted))
-    found = {message_id: body for message_id, body in session.execute(query)}
-    for row in copies:
-        set_committed_value(row, "body", found.get(row.copy_of, b""))
+    for row, why in failed:
+        log.error("cannot send %s <%s> to %s: %s", row.kind, row.message_id, row.recipient, why)
+    record_many(db, [(row, SendResult(DeliveryOutcome.FAILED, why)) for row, why in failed], now)
+    dropped = {row.id for row, _ in failed}
+    return [row for row in rows if row.id not in dropped]
 
 
 def claim_holders(db: Database) -> list[str]:

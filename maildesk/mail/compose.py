@@ -40,6 +40,15 @@ def clean_header(value: str, limit: int = 900) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Mark:
+    """Where a file's base64 lines go in a mail composed without them: the bytes ``mark``
+    stand in their place until the mail is sent (``outbox`` puts the file in). "=_" never
+    occurs in quoted-printable text or in base64, so a mark is never taken for either."""
+
+    mark: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Enclosure:
     """A file an outgoing mail carries: its name (display text, as kept), its type and its
     bytes, given or read from ``data`` (a file of the blob store) when the mail is composed.
@@ -48,10 +57,12 @@ class Enclosure:
 
     filename: str
     content_type: str
-    data: bytes | Kept
+    data: bytes | Kept | Mark
     content_id: str = ""
 
     def payload(self) -> bytes:
+        if isinstance(self.data, Mark):
+            raise TypeError("a marked file has no bytes until the mail is sent")
         return self.data if isinstance(self.data, bytes) else self.data.read_bytes()
 
 
@@ -180,8 +191,14 @@ def _file_part(file: Enclosure, *, inline: bool) -> bytes:
     head += "Content-Transfer-Encoding: base64\r\n"
     if _CID.fullmatch(file.content_id):
         head += f"Content-ID: <{file.content_id}>\r\n"
-    body = base64.encodebytes(file.payload()).replace(b"\n", b"\r\n")
-    return head.encode("ascii") + b"\r\n" + body
+    if isinstance(file.data, Mark):
+        return head.encode("ascii") + b"\r\n" + file.data.mark + b"\r\n"
+    return head.encode("ascii") + b"\r\n" + base64_lines(file.payload())
+
+
+def base64_lines(data: bytes) -> bytes:
+    """A file's bytes as a base64 part's body: lines of 76 characters, each ending CRLF."""
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def _headers(draft: Draft) -> list[tuple[str, str]]:

@@ -275,7 +275,7 @@ class Delivery:
         finished = self.intake_done.is_set()
         now = rt.desk.clock()
         rows = await asyncio.to_thread(
-            outbox.claim_due, rt.db, now, OUTBOX_BATCH, CLAIM_LEASE, rt.holder
+            outbox.claim_due, rt.db, now, OUTBOX_BATCH, CLAIM_LEASE, rt.holder, store=rt.desk.store
         )
         await self.outages.database_works()
         pulse.beat()

@@ -130,10 +130,12 @@ class Store(ABC):
 
 @dataclass(frozen=True, slots=True)
 class Kept:
-    """A file of the store an outgoing mail carries, read when the mail is composed."""
+    """A file of the store an outgoing mail carries, read when the mail is sent (``size``: its
+    bytes, for the claim's count)."""
 
     store: Store
     name: str
+    size: int = 0
 
     def read_bytes(self) -> bytes:
         return self.store.read(self.name)
