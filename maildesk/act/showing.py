@@ -183,9 +183,8 @@ def files_of(
     rows = session.execute(_FILES, {"ids": message_ids})
     for row in rows:
         kept = not row.dropped and row.path is not None and desk.store.exists(row.path)
-        enclosure = (
-            Enclosure(row.filename, row.content_type, Kept(desk.store, row.path)) if kept else None
-        )
+        data = Kept(desk.store, row.path, row.size) if kept else None
+        enclosure = Enclosure(row.filename, row.content_type, data) if data else None
         file = rules.File(row.filename, row.size, kept=kept)
         found.setdefault(row.message_pk, []).append((file, enclosure))
     return found
