@@ -31,9 +31,9 @@ from maildesk.act import claims, guard
 from maildesk.act.claims import CLAIM_BYTES
 from maildesk.config import Settings
 from maildesk.database import Database
-from maildesk.mail.actions import Action, with_actions
+from maildesk.mail.actions import Action, with_actions, without_tokens
 from maildesk.mail.compose import Draft, Enclosure, clean_header, compose
-from maildesk.mail.marks import bounce_address, own_message_id, without_plus_addresses
+from maildesk.mail.marks import bounce_address, own_message_id
 from maildesk.mail.rendering import Rendered, TemplateError, TemplateProblem, Templates
 from maildesk.mail.smtp import DeliveryOutcome, Sender, SendResult, no_smtputf8, server_name
 from maildesk.models import Event, Outbox, OutboxStatus, SmtpCapabilities, Ticket, insert_row
@@ -334,15 +334,6 @@ class Mailer:
             attachments=mail.attachments,
             cc=mail.cc,
         )
-
-
-def without_tokens(rendered: Rendered, desk_address: str) -> Rendered:
-    """``rendered`` with the desk's plus-addresses written as its plain address."""
-
-    def plain(text: str | None) -> str | None:
-        return None if text is None else without_plus_addresses(text, desk_address)
-
-    return Rendered(plain(rendered.subject) or "", plain(rendered.text), plain(rendered.html))
 
 
 # --------------------------------------------------------------------------- delivery

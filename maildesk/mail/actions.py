@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from maildesk.mail.compose import clean_header
+from maildesk.mail.marks import without_plus_addresses
 from maildesk.mail.rendering import Rendered, render_page
 
 SUBJECT_CHARS = 200  # of a link's subject: a client's URL and a reader's screen stay small
@@ -86,3 +87,13 @@ font-family: sans-serif; font-size: 14px">{{ label }}</a>
 {% endif %}
 </body></html>
 """
+
+
+def without_tokens(rendered: Rendered, desk_address: str) -> Rendered:
+    """``rendered`` with the desk's plus-addresses written as its plain address: for mail to
+    anyone but an agent, which must not carry a notice's token address or its links on."""
+
+    def plain(text: str | None) -> str | None:
+        return None if text is None else without_plus_addresses(text, desk_address)
+
+    return Rendered(plain(rendered.subject) or "", plain(rendered.text), plain(rendered.html))
