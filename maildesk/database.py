@@ -35,7 +35,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, synchronous: str = "
 
 
 # The newest migration in maildesk/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 
 
 def _private_sqlite_files(path: Path) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "Blob",
     "BlobChunk",
     "DatabaseError",
+    "DeskState",
     "Event",
     "Lease",
     "Ledger",
@@ -449,6 +450,17 @@ class DigestSent(Base):
     recipient: Mapped[str] = mapped_column(String(320), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     mailed: Mapped[bool] = mapped_column(Boolean)
+
+
+class DeskState(Base):
+    """Desk-wide values every daemon on the database shares, one row a key: the desk's secret
+    (``secret``) when the config gives none, made once by whichever daemon starts first."""
+
+    __tablename__ = "desk_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Lease(Base):

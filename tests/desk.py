@@ -29,7 +29,7 @@ from typing import IO, Any, TypeVar
 
 import pytest
 
-from maildesk import config
+from maildesk import config, shared_secret
 from maildesk.database import Database
 from maildesk.demo import configs
 from maildesk.demo.configs import merged
@@ -143,9 +143,9 @@ class DeskWorld:
             self.tables["database"] = {"url": database_url}
         self.config_path = root / "maildesk.toml"
         self.rewrite_config(**(tables or {}))
-        self.settings = config.load(self.config_path)
-        self.db = Database(self.settings.database_url)
+        self.db = Database(config.load(self.config_path).database_url)
         self.db.upgrade()
+        self.settings = self.load_settings()
         self.desk = desk_for(self.settings, clock=self.clock)
         self.address = account.username
         self._thread: threading.Thread | None = None
@@ -158,6 +158,11 @@ class DeskWorld:
         self.tables = with_changes(self.tables, changes)
         self.config_path.write_text(configs.config_text(**self.tables))
         self.config_path.chmod(0o600)
+
+    def load_settings(self) -> config.Settings:
+        """The config file read again, with the desk's secret from the database, as a daemon
+        starting on it reads them."""
+        return shared_secret.settled(config.load(self.config_path), self.db)
 
     # ------------------------------------------------------------------ driving
 
@@ -192,7 +197,7 @@ class DeskWorld:
         """Point ``[desk] templates_dir`` at ``directory`` and take the config in again, as an
         operator would (the templates are not checked: a test of the check does that)."""
         self.rewrite_config(desk={"templates_dir": directory})
-        self.settings = config.load(self.config_path)
+        self.settings = self.load_settings()
         self.desk = desk_for(self.settings, clock=self.clock)
 
     def cli(

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from maildesk import config
 from maildesk.demo.world import Captured
 from maildesk.service.wiring import desk_for
 from tests.desk import (
@@ -107,7 +106,7 @@ def test_mail_to_a_revoked_address_proves_nothing(world: DeskWorld) -> None:
     agents = world.tables["agents"]
     agents[0] = {**agents[0], "address_version": 2}
     world.rewrite_config()
-    world.settings = config.load(world.config_path)
+    world.settings = world.load_settings()
     world.desk = desk_for(world.settings, clock=world.clock)
 
     world.deliver(new_mail(old, "#new dana@customer.test\n\nHello Dana."))
@@ -407,7 +406,7 @@ def assigning_round_robin(world: DeskWorld) -> None:
     world.tables["teams"] = [{"name": "support", "assign": "round_robin"}, {"name": "engineering"}]
     world.rewrite_config()
     world.desk.close()
-    world.settings = config.load(world.config_path)
+    world.settings = world.load_settings()
     world.desk = desk_for(world.settings, clock=world.clock)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from maildesk.act.notices import NOTICE_TEXT_CHARS
 from maildesk.demo.world import free_port
@@ -37,7 +37,7 @@ from maildesk.desk.people import MAX_PARTICIPANTS
 from maildesk.desk.routing import Identity, TicketView, classify, route
 from maildesk.mail import parsing
 from maildesk.mail.inbound import Inbound, parse
-from maildesk.models import Message, Participant
+from maildesk.models import DeskState, Message, Participant
 from maildesk.service.timings import Timings
 from tests.desk import (
     ALICE,
@@ -456,18 +456,21 @@ def test_a_message_the_disk_cannot_take_leaves_nothing_behind(world: DeskWorld) 
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
 def test_a_secret_the_disk_could_not_take_is_made_again(world: DeskWorld) -> None:
-    """The first start makes the desk's secret; on a full disk it failed but left the file
-    behind empty, and every start after the admin made room read the empty secret: a
-    traceback each time (``the desk secret is empty``), the desk down for good."""
-    secret = Path(world.settings.desk.data_dir) / "secret"
-    secret.unlink()  # a desk starting for the first time
+    """The first start makes the desk's secret; on a full disk it failed but left an empty
+    one behind, and every start after the admin made room read the empty secret: a traceback
+    each time (``the desk secret is empty``), the desk down for good."""
+    with world.db.transaction() as session:  # a desk starting for the first time
+        session.execute(delete(DeskState))
     mail = customer_mail("Printer broken", "It prints blank pages.", sender=CUSTOMER)
 
     assert ingest_with_room_for(world, mail.as_bytes(), 0) == 75  # no room: the MTA keeps it
 
     assert ingest_with_room_for(world, mail.as_bytes(), 1 << 30) == 0  # room again
     assert [t["subject"] for t in world.tickets()] == ["Printer broken"]
-    assert len(secret.read_text().strip()) >= 32
+    with world.db.transaction() as session:
+        [kept] = session.scalars(select(DeskState.value)).all()
+    assert len(kept) >= 32
+    assert not (Path(world.settings.desk.data_dir) / "secret").exists()
 
 
 # --------------------------------------------------------------------------- stopped processes

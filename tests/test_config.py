@@ -75,12 +75,13 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
     assert settings.desk.ref(42) == "[#42]"
 
 
-def test_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
+def test_no_secret_given_is_left_to_the_database(tmp_path: Path) -> None:
+    """Reading the config writes no secret into the data directory: the desk's is kept in the
+    database (``maildesk.shared_secret``, tested with two hosts in test_hosts.py)."""
     path = write(tmp_path, GOOD.replace('secret = "0123456789abcdef0123"\n', ""))
-    first = config.load(path).desk.secret
-    assert first == config.load(path).desk.secret
-    secret_file = tmp_path / "data" / "secret"
-    assert secret_file.stat().st_mode & 0o777 == 0o600
+    desk = config.load(path).desk
+    assert (desk.secret, desk.loop_id) == (b"", "")
+    assert not (tmp_path / "data" / "secret").exists()
 
 
 @pytest.mark.parametrize(

@@ -389,7 +389,7 @@ def test_piped_mail_is_counted_in_the_running_daemons_metrics(world: DeskWorld) 
     serves what was counted since it started, labelled by the pipe mailbox."""
     port = free_port()
     world.rewrite_config(metrics={"listen": f"127.0.0.1:{port}"})
-    world.settings = config.load(world.config_path)
+    world.settings = world.load_settings()
     assert ingest(world.config_path, input=mail("Before the start")).returncode == 0
     world.start()
     url = f"http://127.0.0.1:{port}"

@@ -77,8 +77,8 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def assert_kept(files: dict[str, str]) -> None:
-    """The database, the secret, one raw mail and both attachments are on disk."""
-    assert {"maildesk.db", "secret"} <= set(files)
+    """The database (which keeps the secret), one raw mail and both attachments are on disk."""
+    assert "maildesk.db" in files and "secret" not in files
     assert len([f for f in files if f.startswith("raw/") and f.endswith(".eml")]) == 1
     assert len([f for f in files if f.startswith("blobs/")]) == 2
 
@@ -124,6 +124,8 @@ def test_an_older_installation_keeps_working_its_own_files_tightened_the_admins_
     data = tmp_path / "data"
     path = write_config(tmp_path / "maildesk.toml", config_text(account, smtp_server, data))
     deliver_attachments(account)
+    data.mkdir(mode=0o700)
+    (data / "secret").write_text(secrets.token_urlsafe(32) + "\n")  # an older maildesk's
     assert maildesk(path, "run", "--once").returncode == 0
     # as an older version under umask 022 left them, in a data directory the admin made 755
     for name, mode in (("maildesk.db", 0o644), ("secret", 0o644), ("raw", 0o755), (".", 0o755)):
@@ -176,7 +178,13 @@ def test_check_config_names_what_others_could_read_before_it_connects(
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
     assert lines[0] == f"ok   config {path}"
-    assert [line.split()[0] for line in lines[1:]] == ["warn"] * 4 + ["ok"] * 4
+    assert [line.split()[0] for line in lines[1:]] == ["warn"] * 4 + [
+        "ok",
+        "ok",
+        "warn",
+        "ok",
+        "ok",
+    ]
     warned = "\n".join(lines[1:5])
     assert f"[desk] data_dir {data} can be read by others (mode 755)" in warned
     assert f"run chmod 700 {data}" in warned
@@ -190,7 +198,8 @@ def test_check_config_names_what_others_could_read_before_it_connects(
         in warned
     )
     assert lines[5].startswith("ok   templates") and lines[6].startswith("ok   database")
-    assert lines[7].startswith("ok   mailbox support")
+    assert lines[7].startswith("warn [store] backend") and "other hosts" in lines[7]
+    assert lines[8].startswith("ok   mailbox support")
     for secret in ("hunter2-db", account.password):
         assert secret not in done.stdout + done.stderr
     assert "warn" not in done.stderr and "by others" not in done.stderr  # printed once, not logged

@@ -319,7 +319,7 @@ def assigning_world(
     w.tables["teams"] = [{"name": "support", "assign": how}, {"name": "engineering"}]
     w.rewrite_config()
     w.desk.close()
-    w.settings = config.load(w.config_path)
+    w.settings = w.load_settings()
     w.desk = desk_for(w.settings, clock=w.clock)
     return w
 

@@ -66,7 +66,12 @@ def test_an_older_revision_is_upgraded(database_url: str) -> None:
         db.dispose()
 
 
+def _undo_0015(conn: Connection) -> None:
+    conn.execute(text("DROP TABLE desk_state"))
+
+
 def _undo_0014(conn: Connection) -> None:
+    _undo_0015(conn)
     conn.execute(text("ALTER TABLE outbox DROP COLUMN files_bytes"))
     conn.execute(text("ALTER TABLE outbox DROP COLUMN files"))
 

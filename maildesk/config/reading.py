@@ -24,7 +24,7 @@ from maildesk import private
 from maildesk.config.exposure import credential_warnings, file_warnings
 from maildesk.config.mailboxes import read_mailbox, read_smtp
 from maildesk.config.rules import read_rules
-from maildesk.config.secret import derive_loop_id, desk_secret
+from maildesk.config.secret import derive_loop_id, given_secret
 from maildesk.config.settings import (
     AgentSettings,
     AssignBy,
@@ -281,7 +281,7 @@ def _read_desk(t: Table, base: Path, present: bool) -> DeskSettings:
     address = t.address("address", required=True)
     data_dir = resolve(base, t.get("data_dir", str, required=True))
     owner = private.foreign_owner(data_dir)
-    if owner is not None:  # before anything is written there (the secret, below)
+    if owner is not None:  # before anything is written there
         raise ForeignDataDir(t.file, data_dir, owner)
     ref_format = t.get("ref_format", str, "[#{number}]")
     if ref_format.count("{number}") != 1 or re.search(r"\{(?!number\})", ref_format):
@@ -290,7 +290,7 @@ def _read_desk(t: Table, base: Path, present: bool) -> DeskSettings:
     templates_dir = t.path("templates_dir", base)
     if templates_dir is not None and not templates_dir.is_dir():
         raise t.fail("templates_dir", f"{templates_dir} is not a directory")
-    secret = desk_secret(t, base, data_dir)
+    secret = given_secret(t, base)
     loop_id = t.get("loop_id", str, "")
     t.finish()
     return DeskSettings(
@@ -301,7 +301,8 @@ def _read_desk(t: Table, base: Path, present: bool) -> DeskSettings:
         templates_dir=templates_dir,
         admin_address=admin,
         ref_format=ref_format,
-        loop_id=loop_id or derive_loop_id(secret),
+        # none given: derived once the desk's secret is read from the database
+        loop_id=loop_id or (derive_loop_id(secret) if secret else ""),
     )
 
 

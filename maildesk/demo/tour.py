@@ -23,7 +23,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from maildesk import config
+from maildesk import config, shared_secret
 from maildesk.database import Database
 from maildesk.demo.configs import config_text
 from maildesk.demo.world import Captured, ImapServer, SmtpServer
@@ -85,6 +85,7 @@ class World:
         self.settings = config.load(path)
         self.db = Database(self.settings.database_url)
         self.db.upgrade()
+        self.settings = shared_secret.settled(self.settings, self.db)
         self.daemon = Daemon(
             self.settings, self.db, desk_for(self.settings), on_outcome=self._handled
         )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from maildesk import shared_secret
 from maildesk.act import bounces, outbox
 from maildesk.config import Settings
 from maildesk.database import Database
@@ -509,6 +510,7 @@ def main(
     try:
         if supervised_by is None:
             db.upgrade()
+        settings = shared_secret.settled(settings, db)
         faults, timings = hooks
         rt = Runtime(settings, db, desk_for(settings), once=once, faults=faults, timings=timings)
         code = asyncio.run(deliver(rt, supervised_by=supervised_by))

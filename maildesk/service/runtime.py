@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from maildesk import config
+from maildesk import config, shared_secret
 from maildesk.act import samples
 from maildesk.act.means import Desk
 from maildesk.config import ConfigError, Settings
 from maildesk.database import Database
+from maildesk.models import DatabaseError
 from maildesk.service.faults import Faults, Loop
 from maildesk.service.leases import Leases, new_holder
 from maildesk.service.timings import Timings
@@ -130,13 +131,14 @@ class Runtime:
         Mailbox, SMTP, database and metrics settings take effect at the next restart.
         """
         try:
-            settings = config.load(self.settings.path)
+            # the desk's secret read again: the config may have come to give one, or to give none
+            settings = shared_secret.settled(config.load(self.settings.path), self.db)
             desk = desk_for(
                 settings, store=self.desk.store, clock=self.desk.clock, parser=self.desk.parser
             )
             # every template rendered with sample data before the first mail needs one
             samples.require(desk)
-        except (ConfigError, OSError, ValueError) as exc:
+        except (ConfigError, OSError, ValueError, DatabaseError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False
         except Exception as exc:  # noqa: BLE001 - e.g. a template that does not compile

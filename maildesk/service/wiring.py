@@ -33,7 +33,10 @@ def desk_for(
     clock: Callable[[], datetime] | None = None,
     parser: Parser | None = None,
 ) -> Desk:
-    """The desk of ``settings``; the parts not given are made from them."""
+    """The desk of ``settings``; the parts not given are made from them. Its secret must be
+    settled first (``maildesk.shared_secret``): marks made with an empty one prove nothing."""
+    if not settings.desk.secret:
+        raise ValueError("the desk's secret is not read from the database yet")
     mailer = mailer or Mailer(settings)
     return Desk(
         settings=settings,

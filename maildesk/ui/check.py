@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 
+from maildesk import shared_secret
 from maildesk.config import Settings
 from maildesk.database import Database
 from maildesk.models import DatabaseError
@@ -34,6 +35,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         db.ping()
         print(f"ok   database {settings.database_url.split('@')[-1]}")
+        for line in several_hosts(settings):
+            print(f"warn {line}")
     except DatabaseError as exc:
         print(f"FAIL database: {exc}")
         failed += 1
@@ -62,9 +65,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if failed:
         print("warn probe not sent: it needs the database, every mailbox and the SMTP server")
         return 1
-    if settings.watched != settings.mailboxes:
-        db.upgrade()  # a probe that comes through a pipe is looked for in the ledger
-    result = roundtrip.run(settings, db, wait=args.probe_wait)
+    # the probe is marked with the desk's secret, and one through a pipe is looked for in the
+    # ledger: the schema as the daemon has it
+    db.upgrade()
+    result = roundtrip.run(shared_secret.settled(settings, db), db, wait=args.probe_wait)
     print(f"ok   probe {result.line}" if result.ok else f"FAIL probe: {result.line}")
     return 0 if result.ok and not broken else 1
 
@@ -74,7 +78,8 @@ def check_templates(settings: Settings) -> int:
     from maildesk.act import samples
     from maildesk.service.wiring import desk_for
 
-    checked = samples.check(desk_for(settings))
+    # before the database is reached: the sample mails' marks need a secret, not the desk's
+    checked = samples.check(desk_for(shared_secret.stand_in(settings)))
     templates_dir = settings.desk.templates_dir
     where = f", {checked.overridden} from {templates_dir}" if templates_dir else ""
     if not checked.problems:
@@ -84,3 +89,15 @@ def check_templates(settings: Settings) -> int:
     for problem in checked.problems:
         print(f"FAIL template {problem}")
     return len(checked.problems)
+
+
+def several_hosts(settings: Settings) -> list[str]:
+    """What keeps another host on this database from doing this host's work."""
+    if settings.database_url.startswith("sqlite"):
+        return []  # one host: SQLite is a file of this one
+    return [
+        f'[store] backend: "directory" on PostgreSQL: attachments and raw mail are kept in '
+        f"{settings.desk.data_dir} on this host, and other hosts on this database cannot read "
+        "them (quarantine replay, an agent's files sent on, a ticket's files fetched); set "
+        '[store] backend = "database", or point every host\'s data_dir at one shared directory'
+    ]

@@ -44,7 +44,14 @@ from maildesk.ui.listing import (
     cmd_tickets_show,
 )
 from maildesk.ui.quarantine import cmd_quarantine_list, cmd_quarantine_replay
-from maildesk.ui.start import UsageError, checked_desk, load_settings, open_db, window
+from maildesk.ui.start import (
+    UsageError,
+    checked_desk,
+    load_settings,
+    open_db,
+    open_desk_db,
+    window,
+)
 from maildesk.ui.views import render_stats
 
 if TYPE_CHECKING:
@@ -64,9 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from maildesk.service.daemon import Daemon, Supervision
     from maildesk.service.watchdog import Notifier
 
-    settings = load_settings(args)
+    settings, db = open_desk_db(load_settings(args))
     desk = checked_desk(settings)
-    db = open_db(settings)
     faults, timings = hooks = test_hooks()
     # systemd's variables, taken out of the environment before any child process inherits it
     notifier = None if args.once else Notifier.from_environment(os.environ)
@@ -135,13 +141,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     mailbox = settings.ingest_mailbox(args.mailbox).name
+    settings, db = open_desk_db(settings)
+    db.dispose()  # no connection shared with the parse worker forked next: reopened after
     desk = checked_desk(settings)
     try:
         # one message: its worker is a fork of this process, which has no thread yet
         desk.parser.start(ingest.budget_of(desk), fork=True)
         limit = settings.limits.max_message_bytes
         raw = sys.stdin.buffer.read(limit + 1)
-        db = open_db(settings)
         pipe.proceed()
         if len(raw) > limit:
             outcome = too_large(db, desk, mailbox, raw, sys.stdin.buffer)
@@ -196,8 +203,8 @@ def add_pipe_count(session: Session, mailbox: str, outcome: str, reason: str) ->
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    open_db(settings, upgrade=True)
+    # the desk's secret too: an older data directory's is moved in now, not at the next start
+    open_desk_db(load_settings(args))
     print("database is up to date")
     return 0
 

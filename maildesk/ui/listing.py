@@ -19,7 +19,7 @@ from maildesk.desk import queries
 from maildesk.desk.queries import Selection
 from maildesk.mail import marks
 from maildesk.models import Status, Ticket
-from maildesk.ui.start import load_settings, open_db
+from maildesk.ui.start import load_settings, open_db, open_desk_db
 from maildesk.ui.views import render_ticket, table, ticket_detail, ticket_summary
 
 
@@ -147,12 +147,13 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
 
 def cmd_agents_address(args: argparse.Namespace) -> int:
     """The agent's personal desk address: the desk's address with their token, for mail that
-    names no ticket (``#new``); made from the secret, so nothing is read from the database."""
+    names no ticket (``#new``); made from the desk's secret, which every host shares."""
     settings = load_settings(args)
     agent = settings.agent(args.email.strip())
     if agent is None:
         print(f"maildesk: no agent {args.email} in [[agents]]", file=sys.stderr)
         return 1
+    settings, _ = open_desk_db(settings)
     desk = settings.desk
     print(marks.personal_address(desk.secret, desk.address, agent.email, agent.address_version))
     return 0

@@ -19,7 +19,7 @@ from maildesk.config import Settings
 from maildesk.database import Database
 from maildesk.models import Ledger
 from maildesk.store import DamagedFile
-from maildesk.ui.start import checked_desk, load_settings, open_db
+from maildesk.ui.start import checked_desk, load_settings, open_db, open_desk_db
 from maildesk.ui.views import iso, table
 
 
@@ -61,9 +61,8 @@ LARGEST_ID = 2**31 - 1
 def cmd_quarantine_replay(args: argparse.Namespace) -> int:
     from maildesk.act import ingest
 
-    settings = load_settings(args)
+    settings, db = open_desk_db(load_settings(args))
     desk = checked_desk(settings)
-    db = open_db(settings)
     with db.transaction() as session:
         query = select(Ledger).where(Ledger.outcome == "quarantined")
         if not args.all:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from maildesk import config as config_module
+from maildesk import shared_secret
 from maildesk.act import stats
 from maildesk.config import Settings
 from maildesk.database import Database
@@ -74,6 +75,14 @@ def open_db(settings: Settings, *, upgrade: bool = True) -> Database:
     if upgrade:
         db.upgrade()
     return db
+
+
+def open_desk_db(settings: Settings) -> tuple[Settings, Database]:
+    """The database opened and upgraded, and ``settings`` with the desk's secret read from it
+    (made, or moved in from the data directory, on the first start): for every command that
+    signs or checks a reply token, a personal or a bounce address."""
+    db = open_db(settings)
+    return shared_secret.settled(settings, db), db
 
 
 def checked_desk(settings: Settings) -> Desk:
