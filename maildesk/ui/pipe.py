@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import signal
 import sys
 import syslog
 import traceback
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 EX_TEMPFAIL = 75
 
@@ -98,6 +99,8 @@ def main(argv: Sequence[str], run: Command) -> int:
         if failed:
             assert failure is not None
             _say(sys.stderr, f"maildesk: temporary failure: {describe(failure)}")
+            if isinstance(failure, Stopped):
+                _exit_now()
         return EX_TEMPFAIL if failed else 0
     finally:
         _State.active = False
@@ -128,6 +131,16 @@ def _run(argv: Sequence[str], run: Command) -> BaseException | None:
         sys.stderr = stderr
     to_syslog(details.getvalue(), error=failure is not None)
     return failure
+
+
+def _exit_now() -> NoReturn:
+    """Exit 75 without waiting for other threads. A stop signal raises wherever the main thread
+    is, and may land inside a thread pool starting a worker (SIGXFSZ from that worker's first
+    write, on a full disk), before the pool records it as one to end at exit: the interpreter
+    then waited for it for good. Nothing of the message was committed, and nothing is left to
+    finish."""
+    sys.stdout.flush()
+    os._exit(EX_TEMPFAIL)
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
