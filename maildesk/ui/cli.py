@@ -141,7 +141,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     mailbox = settings.ingest_mailbox(args.mailbox).name
-    settings, db = open_desk_db(settings)
+    settings, db = open_desk_db(settings)  # the desk's secret, before the desk is made
     db.dispose()  # no connection shared with the parse worker forked next: reopened after
     desk = checked_desk(settings)
     try:
