@@ -261,6 +261,28 @@ def test_two_hosts_starting_at_once_on_a_new_database_both_start(
     assert len(addresses) == 1 and b"+a-" in addresses.pop()
 
 
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_check_config_says_when_other_hosts_cannot_read_this_hosts_files(
+    hosts: tuple[Host, Host],
+) -> None:
+    a, _ = hosts
+    shared = a.cli("check-config", "--no-probe")  # the database store, PostgreSQL's default
+    assert shared.returncode == 0, shared.stdout.decode() + shared.stderr.decode()
+    assert "other hosts" not in shared.stdout.decode()
+
+    a.world.rewrite_config(store={"backend": "directory"})
+    done = a.cli("check-config", "--no-probe")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    lines = done.stdout.decode().splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith("ok   database")]
+    assert lines[at + 1] == (
+        f'warn [store] backend: "directory" on PostgreSQL: attachments and raw mail are kept in '
+        f"{a.world.root / 'data'} on this host, and other hosts on this database cannot read "
+        "them (quarantine replay, an agent's files sent on, a ticket's files fetched); set "
+        '[store] backend = "database", or point every host\'s data_dir at one shared directory'
+    )
+
+
 # --------------------------------------------------------------------------- an upgrade
 
 

@@ -12,7 +12,7 @@ import asyncio
 import sys
 
 from maildesk import shared_secret
-from maildesk.config import Settings
+from maildesk.config import Settings, StoreBackend
 from maildesk.database import Database
 from maildesk.models import DatabaseError
 from maildesk.ui.start import load_settings
@@ -93,8 +93,8 @@ def check_templates(settings: Settings) -> int:
 
 def several_hosts(settings: Settings) -> list[str]:
     """What keeps another host on this database from doing this host's work."""
-    if settings.database_url.startswith("sqlite"):
-        return []  # one host: SQLite is a file of this one
+    if settings.database_url.startswith("sqlite") or settings.store != StoreBackend.DIRECTORY:
+        return []  # SQLite is a file of this host's; the database store is every host's
     return [
         f'[store] backend: "directory" on PostgreSQL: attachments and raw mail are kept in '
         f"{settings.desk.data_dir} on this host, and other hosts on this database cannot read "

@@ -22,7 +22,7 @@ from typing import Any
 from maildesk.config import Settings
 from maildesk.models import Ticket
 from maildesk.ui.listing import find_ticket
-from maildesk.ui.start import load_settings, open_db
+from maildesk.ui.start import load_settings, open_db, open_desk_db
 from maildesk.ui.views import iso, table
 
 NAME_CHARS = 120  # of a file's name made safe (its extension kept)
@@ -101,8 +101,7 @@ def cmd_tickets_files(args: argparse.Namespace) -> int:
     from maildesk.act import ingest
     from maildesk.service.wiring import desk_for
 
-    settings = load_settings(args)
-    db = open_db(settings)
+    settings, db = open_desk_db(load_settings(args))
     desk = desk_for(settings)
     target = Path(args.output)
     failed = 0
