@@ -338,10 +338,9 @@ def test_a_removed_agents_personal_address_proves_nothing(world: DeskWorld) -> N
     old = personal_address(world, BOB)
     world.tables["agents"][:] = [a for a in world.tables["agents"] if a["email"] != BOB]
     world.rewrite_config()
-    from maildesk import config
     from maildesk.service.wiring import desk_for
 
-    world.settings = config.load(world.config_path)
+    world.settings = world.load_settings()
     world.desk.close()
     world.desk = desk_for(world.settings, clock=world.clock)
     mails = ask(world, "#list all", sender=BOB, to=old)
