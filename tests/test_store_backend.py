@@ -348,6 +348,16 @@ def test_a_file_kept_in_one_hosts_directory_is_named_where_it_is_from_the_other(
         assert 'a host that keeps files in its data_dir ([store] backend = "directory")' in said
         assert "run `maildesk store migrate --to database` there" in said
 
+        # an agent's #files through host b names it, and why, not as too large when it came
+        [notice] = a.mails_to(ALICE)
+        b.deliver(agent_reply(notice, ALICE, "#files"))
+        b.run_once()
+        [files] = [m for m in b.mails_to(ALICE) if " Files" in subject(m)]
+        listed = " ".join(text_of(files).split())
+        assert "logs.pdf (200 KB): the file store this host reads does not have it" in listed
+        assert "larger than max_attachment_bytes" not in listed
+        assert attachments(files) == {}
+
         assert a.cli("store", "migrate", "--to", "database").returncode == 0
         found = b.cli("tickets", "files", "1", "-o", str(out))
         assert found.returncode == 0, found.stderr

@@ -71,14 +71,15 @@ def to_customer(
 def stored(desk: Desk, message: Message) -> list[rules.File]:
     """The files of a message on the thread, as the rules read them: kept while the blob store
     still has them."""
-    return [
-        rules.File(
-            a.filename,
-            a.size,
-            kept=not a.dropped and a.path is not None and desk.store.exists(a.path),
-        )
-        for a in message.attachments
-    ]
+    return [file_of(desk, a.filename, a.size, a.dropped, a.path) for a in message.attachments]
+
+
+def file_of(desk: Desk, filename: str, size: int, dropped: bool, path: str | None) -> rules.File:
+    """A kept file as the rules read it: ``missing`` when the store does not have it now."""
+    if dropped or path is None:
+        return rules.File(filename, size, kept=False)
+    present = desk.store.exists(path)
+    return rules.File(filename, size, kept=present, missing=not present)
 
 
 def held_to_customer(desk: Desk, message: Message) -> tuple[Enclosure, ...]:
@@ -170,14 +171,7 @@ def ticket_files(
     ``notice_attachment_bytes`` of files each; a file larger than that, or not kept, is named.
     Only the names and sizes are read here: each mail reads its own files when composed."""
     rows = session.execute(_TICKET_FILES, {"ticket": ticket.id}).all()
-    found = [
-        rules.File(
-            row.filename,
-            row.size,
-            kept=not row.dropped and row.path is not None and desk.store.exists(row.path),
-        )
-        for row in rows
-    ]
+    found = [file_of(desk, row.filename, row.size, row.dropped, row.path) for row in rows]
     batches = rules.in_batches(found, desk.settings.limits)
     parts = batches.mails or ((),)
     mails = []

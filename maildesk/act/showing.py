@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from maildesk.act.files import file_of
 from maildesk.act.means import Desk
 from maildesk.desk import commands
 from maildesk.desk import files as rules
@@ -182,10 +183,9 @@ def files_of(
         return found
     rows = session.execute(_FILES, {"ids": message_ids})
     for row in rows:
-        kept = not row.dropped and row.path is not None and desk.store.exists(row.path)
-        data = Kept(desk.store, row.path, row.size) if kept else None
+        file = file_of(desk, row.filename, row.size, row.dropped, row.path)
+        data = Kept(desk.store, row.path, row.size) if file.kept and row.path else None
         enclosure = Enclosure(row.filename, row.content_type, data) if data else None
-        file = rules.File(row.filename, row.size, kept=kept)
         found.setdefault(row.message_pk, []).append((file, enclosure))
     return found
 

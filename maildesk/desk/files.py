@@ -29,11 +29,13 @@ NOTICES = frozenset(
 @dataclass(frozen=True, slots=True)
 class File:
     """A file as the rules read it. ``kept``: False for a file over ``max_attachment_bytes``
-    when it came, of which only the name and size were kept."""
+    when it came, of which only the name and size were kept; or for one kept then that the
+    store does not have now (``missing``: another host's directory, or removed)."""
 
     filename: str
     size: int
     kept: bool = True
+    missing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,12 @@ class Choice:
     refused: tuple[tuple[int, str], ...] = ()
 
 
-def not_kept(limits: LimitsSettings) -> str:
+def not_kept(limits: LimitsSettings, file: File | None = None) -> str:
+    if file is not None and file.missing:
+        return (
+            "the file store this host reads does not have it (another host's data_dir with "
+            '[store] backend = "directory"? maildesk store migrate --to database there)'
+        )
     return (
         f"it was not kept: larger than max_attachment_bytes "
         f"({filesize(limits.max_attachment_bytes)}) when it came"
@@ -59,7 +66,7 @@ def to_customer(files: Sequence[File], limits: LimitsSettings) -> Choice:
     room = limits.max_outbound_bytes
     for index, file in enumerate(files):
         if not file.kept:
-            refused.append((index, not_kept(limits)))
+            refused.append((index, not_kept(limits, file)))
         elif file.size > limits.max_attachment_bytes:
             refused.append(
                 (
@@ -89,7 +96,7 @@ def on_notice(files: Sequence[File], limits: LimitsSettings) -> Choice:
     room = limits.notice_attachment_bytes
     for index, file in enumerate(files):
         if not file.kept:
-            refused.append((index, not_kept(limits)))
+            refused.append((index, not_kept(limits, file)))
         elif file.size > room:
             refused.append((index, too_many(limits)))
         else:
@@ -123,7 +130,7 @@ def in_batches(files: Sequence[File], limits: LimitsSettings) -> Batches:
     refused: list[tuple[int, str]] = []
     for index, file in enumerate(files):
         if not file.kept:
-            refused.append((index, not_kept(limits)))
+            refused.append((index, not_kept(limits, file)))
             continue
         if file.size > limit:
             refused.append(
