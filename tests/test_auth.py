@@ -343,6 +343,8 @@ FORGED_AR = ["evil.test; dmarc=pass header.from=example.com"]
         ([DESK], [], "token", False, "", "no reply token of yours"),
         ([reply_address(DESK, token(agent="bob@example.com"))], [], "token", False, "",
          "belongs to another agent"),
+        ([reply_address(DESK, make_token(b"q" * 32, ALICE, 1042, LATER))], [], "token", False, "",
+         "or was made with a desk secret no longer in use"),  # her own, from another host
         ([reply_address(DESK, token(expires=NOW))], FORGED_AR, "token", False, "", "expired"),
         ([reply_address(DESK, token(ticket=1))], [], "token", False, "", "another ticket"),
         ([reply_address(DESK, "a" * TOKEN_LENGTH)], [], "token", False, "", "altered"),

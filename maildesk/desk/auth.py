@@ -321,7 +321,9 @@ _NOTICES = {
         "command counts."
     ),
     "other_agent": (
-        "The reply token belongs to another agent; reply to a notification the desk sent to you."
+        "The reply token is not yours: it belongs to another agent, or was made with a desk "
+        "secret no longer in use (another host's, or one changed since); reply to a newer "
+        "notification the desk sent to you."
     ),
     "other_ticket": (
         "The reply token belongs to another ticket; reply to a notification about this ticket."
