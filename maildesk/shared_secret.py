@@ -85,6 +85,22 @@ def desk_secret(db: Database, data_dir: Path, config: Path) -> bytes:
     return kept.strip().encode()
 
 
+def stale_file(settings: Settings, db: Database) -> str | None:
+    """check-config's warning when ``data_dir/secret`` holds a secret other than the one the
+    database keeps (None when the config gives one, or the database keeps none yet)."""
+    if settings.desk.secret:
+        return None
+    path = settings.desk.data_dir / OLD_FILE
+    kept, old = _kept(db), _old_secret(path, settings.path, moving=False)
+    if kept is None or old is None or old == kept.strip():
+        return None
+    return (
+        f"[desk] secret: {path} holds a secret other than the desk's, which the database keeps "
+        "for every host: the reply tokens, personal addresses and bounce addresses this host "
+        f"made with it no longer verify; remove {path} to silence this"
+    )
+
+
 def _old_secret(path: Path, config: Path, *, moving: bool) -> str | None:
     """What an older maildesk kept in ``data_dir/secret`` (None: no such file). ``moving``: it
     is to be kept in the database, so a file that cannot be read, or too short for a secret,

@@ -356,6 +356,16 @@ def test_a_host_whose_old_secret_is_not_the_desks_uses_the_desks_and_says_so(
     assert f"{own} holds a secret other than the desk's" in done.stderr.decode()
     assert "no longer verify" in done.stderr.decode()
     assert kept_secrets(a.world) != [own.read_text().strip()]
+    # check-config says it too, as one of its warn lines (it went to no log of its own)
+    checked = b.cli("check-config", "--no-probe")
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    assert (
+        f"warn [desk] secret: {own} holds a secret other than the desk's, which the database "
+        "keeps for every host: the reply tokens, personal addresses and bounce addresses this "
+        f"host made with it no longer verify; remove {own} to silence this"
+    ) in checked.stdout.decode().splitlines()
+    own.unlink()
+    assert "[desk] secret" not in b.cli("check-config", "--no-probe").stdout.decode()
 
 
 @pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)

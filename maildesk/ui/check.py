@@ -37,6 +37,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"ok   database {settings.database_url.split('@')[-1]}")
         for line in several_hosts(settings):
             print(f"warn {line}")
+        if stale := shared_secret.stale_file(settings, db):
+            print(f"warn {stale}")
     except DatabaseError as exc:
         print(f"FAIL database: {exc}")
         failed += 1
