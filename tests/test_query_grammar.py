@@ -51,6 +51,14 @@ def test_list_defaults_to_my_open_tickets() -> None:
             "team Field Service closed",
         ),
         ("#list team SUPPORT", Selection(status=Status.OPEN, team="support"), "team support open"),
+        # the status first, as agents also write it
+        ("#list pending", Selection(status=Status.PENDING, assignee=ALICE), "mine pending"),
+        ("#list open mine", Selection(status=Status.OPEN, assignee=ALICE), "mine open"),
+        (
+            "#list Pending team field service",
+            Selection(status=Status.PENDING, team="Field Service"),
+            "team Field Service pending",
+        ),
     ],
 )
 def test_list_takes_a_scope_then_a_status(line: str, selection: Selection, scope: str) -> None:

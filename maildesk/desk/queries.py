@@ -167,11 +167,14 @@ def query(line: str, agent: str, teams: Sequence[str]) -> Query:
 
 def list_query(source: str, args: Sequence[str], agent: str, teams: Sequence[str]) -> Query:
     """``#list [mine|unassigned|team <name>|overdue|all] [open|pending|escalated|closed|spam]``,
-    ``mine open`` by default."""
+    ``mine open`` by default; the status may come first too (``#list pending team support``),
+    as agents write it."""
     words = [a.rstrip(".,;:!?") for a in args]
     status = "open"
     if words and words[-1].lower() in STATUSES:
         status = words.pop().lower()
+    elif words and words[0].lower() in STATUSES:
+        status = words.pop(0).lower()
     scope = words[0].lower() if words else "mine"
     rest = words[1:]
     shown = f"{scope} {status}"
