@@ -26,6 +26,8 @@ from maildesk.database import Database
 from maildesk.models import Blob, BlobChunk
 from maildesk.store import PIECE, Checked, DamagedFile, Store, digest_of, name_for
 
+KNOWN_AT_MOST = 100_000  # names remembered as kept
+
 
 class DatabaseStore(Store):
     """The store in the database of ``db`` (a ``Database`` of its own: its writes never wait
@@ -34,6 +36,9 @@ class DatabaseStore(Store):
     def __init__(self, db: Database) -> None:
         super().__init__()
         self.db = db
+        # names known to be kept (written or seen here): a file kept stays, so asking again
+        # whether a file just written exists (a notice carrying it) costs no query
+        self._known: set[str] = set()
 
     def put_raw_stream(self, first: bytes, rest: BinaryIO) -> tuple[str, str, int]:
         checked = Checked("raw/stream")
@@ -70,7 +75,7 @@ class DatabaseStore(Store):
         return True
 
     def _put(self, name: str, data: bytes) -> str:
-        if self.exists(name):
+        if name in self._known:
             return name
         view = memoryview(data)
         chunks = -(-len(data) // PIECE)
@@ -79,7 +84,13 @@ class DatabaseStore(Store):
             if self._claim(connection, name, len(data), chunks):
                 pieces = (view[start : start + PIECE] for start in range(0, len(data), PIECE))
                 _write_chunks(connection, name, pieces)
+        self._remember(name)
         return name
+
+    def _remember(self, name: str) -> None:
+        if len(self._known) >= KNOWN_AT_MOST:
+            self._known.clear()
+        self._known.add(name)
 
     def _claim(self, connection: Any, name: str, size: int, chunks: int) -> bool:
         """The row of ``name``, unless another writer has it (committed: waits for a writer
@@ -90,8 +101,13 @@ class DatabaseStore(Store):
         return connection.execute(statement).first() is not None
 
     def exists(self, name: str) -> bool:
+        if name in self._known:
+            return True
         with self.db.transaction() as session:
-            return session.execute(select(Blob.size).where(Blob.name == name)).first() is not None
+            found = session.execute(select(Blob.size).where(Blob.name == name)).first()
+        if found is not None:
+            self._remember(name)
+        return found is not None
 
     def stream(self, name: str) -> Iterator[bytes]:
         with self.db.transaction() as session:
