@@ -122,7 +122,7 @@ def test_one_digest_per_working_day_and_none_when_empty(make_world: MakeWorld) -
     )
     text = lines_of(monday)
     assert "Unassigned in your teams (1):\n  [#1] Printer broken" in text
-    assert "Your open tickets (0):\n  none" in text
+    assert "Your tickets not closed: open, pending or escalated (0):\n  none" in text
     assert html_of(monday) is not None and "[#1] Printer broken" in (html_of(monday) or "")
     assert len(digests_to(world, CAROL_AGENT)) == 1
     assert digests_to(world, BOB) == []  # engineering: every list empty, nothing sent
@@ -213,7 +213,7 @@ def test_her_tickets_her_teams_unassigned_and_the_sla_targets(make_world: MakeWo
 
     [mail] = digests_to(world, ALICE)
     text = lines_of(mail)
-    assert "Your open tickets (1):\n  [#1] Printer broken" in text
+    assert "Your tickets not closed: open, pending or escalated (1):\n  [#1] Printer broken" in text
     assert '[#2] Q&A <b>"50% off?"</b> \uff03close' in text  # defanged, never a command
     sla_part = text[text.index("SLA targets due today or missed (2):") :]
     assert "first response missed, due Mon 30 Nov 2026 07:00 UTC" in sla_part
@@ -241,7 +241,7 @@ def test_five_hundred_tickets_make_a_bounded_mail(make_world: MakeWorld) -> None
     at(world, MONDAY_6AM + timedelta(hours=3))
     [mail] = digests_to(world, ALICE)
     text = lines_of(mail)
-    assert "Your open tickets (500):" in text
+    assert "Your tickets not closed: open, pending or escalated (500):" in text
     assert text.count("Seeded request") == digest.SHOWN
     assert f"... and {500 - digest.SHOWN} more of yours" in text
     assert len(mail.raw) < 60_000
