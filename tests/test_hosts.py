@@ -385,7 +385,7 @@ def test_a_secret_kept_too_short_stops_the_start_with_one_line(hosts: tuple[Host
 # --------------------------------------------------------------------------- kill -9
 
 
-@pytest.mark.parametrize("imap_server", ["dovecot"], indirect=True)
+@pytest.mark.parametrize("imap_server", ["pymap", "dovecot"], indirect=True)
 def test_kill_9_of_either_host_mid_backlog_loses_and_doubles_nothing(
     hosts: tuple[Host, Host],
 ) -> None:
