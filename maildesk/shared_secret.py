@@ -21,7 +21,7 @@ from pathlib import Path
 
 from maildesk.config import ConfigError, Settings
 from maildesk.config.secret import MIN_SECRET_LENGTH, derive_loop_id
-from maildesk.database import Database
+from maildesk.database import HEAD_REVISION, Database
 from maildesk.models import DeskState, insert_row, select
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ def desk_secret(db: Database, data_dir: Path, config: Path) -> bytes:
 
 def stale_file(settings: Settings, db: Database) -> str | None:
     """check-config's warning when ``data_dir/secret`` holds a secret other than the one the
-    database keeps (None when the config gives one, or the database keeps none yet)."""
-    if settings.desk.secret:
+    database keeps (None when the config gives one, or the database keeps none yet: a new
+    database, or one an older maildesk made, has no table for it until the daemon's start)."""
+    if settings.desk.secret or db.revision() != HEAD_REVISION:
         return None
     path = settings.desk.data_dir / OLD_FILE
     kept, old = _kept(db), _old_secret(path, settings.path, moving=False)

@@ -283,6 +283,27 @@ def test_check_config_says_when_other_hosts_cannot_read_this_hosts_files(
     )
 
 
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_check_config_before_the_first_start_checks_a_new_database(
+    imap_server: ImapAccount, smtp_server: ScriptedSmtp, tmp_path: Path, postgres_url: str
+) -> None:
+    """As the admin installing a host runs it, before the service ever started: the database
+    has no tables yet, and the look for a stale data_dir/secret was a traceback."""
+    path = tmp_path / "maildesk.toml"
+    path.write_text(
+        config_text(imap_server, smtp_server, tmp_path / "data", database={"url": postgres_url})
+    )
+    path.chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(path), "check-config", "--no-probe"],
+        capture_output=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()[-2000:]
+    assert "ok   database" in done.stdout.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
 # --------------------------------------------------------------------------- an upgrade
 
 
