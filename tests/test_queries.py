@@ -241,6 +241,22 @@ def test_help_lists_the_queries_and_the_ticket_commands(world: DeskWorld) -> Non
     assert world.tickets() == []
 
 
+def test_a_query_typed_as_the_subject_is_answered(world: DeskWorld) -> None:
+    """A phone's quickest mail: the query as the subject, the body a signature."""
+    queue(world)
+    before = counts(world)
+    sent = customer_mail(
+        "#list all", "Sent from my iPhone", sender=ALICE, to=personal_address(world)
+    )
+    world.deliver(sent)
+    world.run_once()
+    [answer] = world.mails_to(ALICE)[-1:]
+    text = said(answer)
+    assert str(answer.message["Subject"]) == "Answer to your query"
+    assert text.split("\n== ")[1].startswith("#list all\n2 tickets (all open):")
+    assert counts(world) == before
+
+
 def test_a_ticket_of_thousands_of_messages_makes_an_answer_of_bounded_size(
     world: DeskWorld,
 ) -> None:

@@ -121,6 +121,15 @@ def test_a_mail_is_a_query_when_its_first_command_line_is_one() -> None:
     assert not queries.is_query("")
 
 
+def test_the_subject_asks_when_the_body_does_not() -> None:
+    assert queries.asking("Re: printer", "#show 12\nthanks") == "#show 12\nthanks"
+    assert queries.asking(" #list all ", "Sent from my phone") == "#list all\nSent from my phone"
+    assert queries.asking("#search toner", "#show 3") == "#search toner\n#show 3"
+    assert queries.asking("Re: #show 3", "#search toner") == "#search toner"
+    assert queries.asking("#new dana@customer.test", "Hello") is None
+    assert queries.asking("Printer", "Hello") is None
+
+
 def test_a_thousand_query_lines_are_ten_queries_and_a_count() -> None:
     found = queries.asked("#list\n" * 1000, ALICE, TEAMS)
     assert len(found.queries) == queries.MAX_QUERIES == 10

@@ -76,8 +76,9 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     proof = agents.prove(desk, None, inbound, agent, arrival.now)
     if not proof.ok:
         return unproven(arrival, agent, proof, parsed)
-    if desk_queries.is_query(inbound.reply_text):
-        lines = desk_queries.asked(inbound.reply_text, agent.email, desk.directory.teams)
+    asking = desk_queries.asking(inbound.subject, inbound.reply_text)
+    if asking is not None:
+        lines = desk_queries.asked(asking, agent.email, desk.directory.teams)
         said = queries.answer(arrival.session, desk, agent, lines, arrival.now)
         return Started(None, said, answered=True)
     start = starts.decide(parsed, desk.directory, agent.email, desk.settings.desk.address)

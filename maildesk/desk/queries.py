@@ -132,6 +132,16 @@ def is_query(body: str) -> bool:
     return bool(lines) and _verb(lines[0]) in VERBS
 
 
+def asking(subject: str, body: str) -> str | None:
+    """The text whose command lines are a mail's queries, or None when it asks none: its
+    subject followed by its body when the subject is one (on a phone, typing ``#list`` as the
+    subject is the quickest way), else its body when that begins with one."""
+    written = subject.strip()
+    if is_query(written):
+        return f"{written}\n{body}"
+    return body if is_query(body) else None
+
+
 def asked(body: str, agent: str, teams: Sequence[str]) -> Asked:
     """The queries of ``body``'s command lines, one per line, for ``agent``; a line that is
     not one of them (``#new``, a ticket's command, a misspelt verb) is refused."""
