@@ -59,12 +59,16 @@ class Database:
         (as a crash does), and ingestion's commits, flushed each, carry its writes to disk."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # every engine has hide_parameters: an error's text names the statement, never the
+        # values (the desk's secret as it is kept, customers' words), as it reaches a log
         if self.is_sqlite:
             path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if path and path != ":memory:":
                 _private_sqlite_files(Path(path))
             self.engine: Engine = create_engine(
-                url, connect_args={"timeout": 10, "check_same_thread": False}
+                url,
+                connect_args={"timeout": 10, "check_same_thread": False},
+                hide_parameters=True,
             )
             synchronous = "FULL" if flush_each_commit else "NORMAL"
             event.listen(
@@ -74,7 +78,12 @@ class Database:
             )
         else:
             self.engine = create_engine(
-                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=_timeout(url)
+                url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                connect_args=_timeout(url),
+                hide_parameters=True,
             )
         self._probing: Engine | None = None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -139,7 +148,9 @@ class Database:
         another process is seen, after a wait of ``PROBE_WAIT`` (not the busy timeout)."""
         if self._probing is None:
             wait = {"timeout": PROBE_WAIT} if self.is_sqlite else _timeout(self.url)
-            self._probing = create_engine(self.url, poolclass=NullPool, connect_args=wait)
+            self._probing = create_engine(
+                self.url, poolclass=NullPool, connect_args=wait, hide_parameters=True
+            )
         try:
             with self._probing.connect() as conn:
                 conn.execute(update(Lease).where(false()).values(holder=Lease.holder))

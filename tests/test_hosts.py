@@ -476,3 +476,34 @@ def lease_holder(world: DeskWorld) -> tuple[str, int] | None:
 def held_by(world: DeskWorld, pid: int) -> bool:
     holder = lease_holder(world)
     return holder is not None and holder[1] == pid
+
+
+@pytest.mark.parametrize("imap_server", ["pymap"], indirect=True)
+def test_a_secret_the_database_refuses_to_keep_is_never_printed(hosts: tuple[Host, Host]) -> None:
+    """The first start moves data_dir/secret into the database; when the database refuses
+    the row (a role without the right to write it, a read-only server), the error names the
+    statement but never the secret, which tokens already sent were made with."""
+    a, b = hosts
+    old_secret = "the-secret-of-an-older-installation-0123456789"
+    own = b.world.root / "data" / "secret"
+    own.parent.mkdir(mode=0o700, exist_ok=True)
+    own.write_text(old_secret + "\n")
+    with a.world.db.transaction() as session:
+        session.execute(text("DELETE FROM desk_state"))
+        session.execute(
+            text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'permission denied for table desk_state'; END $$"
+            )
+        )
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON desk_state "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        )
+    done = b.cli("agents", "address", ALICE)
+    assert done.returncode != 0
+    assert "permission denied for table desk_state" in done.stderr.decode()
+    assert old_secret not in done.stderr.decode() + done.stdout.decode()
+    assert kept_secrets(a.world) == []
