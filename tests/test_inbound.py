@@ -633,9 +633,10 @@ def nested_messages(depth: int) -> bytes:
 
 
 def timed(raw: bytes, limits: Limits | None = None) -> tuple[Inbound, float]:
-    start = time.perf_counter()
+    """The parse and the CPU time it took: a bound on work, not on how busy the machine is."""
+    start = time.process_time()
     m = parse(raw, limits)
-    return m, time.perf_counter() - start
+    return m, time.process_time() - start
 
 
 @pytest.mark.parametrize("depth", [500, 5000])
