@@ -50,6 +50,12 @@ CUSTOMER = "dana@customer.test"
 
 # An end-to-end flow that runs on SQLite and again on a fresh PostgreSQL database: the test's
 # world takes the ``database_url`` fixture (conftest.py).
+# every mail the desk sends from the shipped templates: one per name, and each canned reply
+_TEMPLATES = Path(__file__).parent.parent / "templates"
+SHIPPED_MAILS = len({p.name.split(".")[0] for p in _TEMPLATES.glob("*.j2")}) + len(
+    list(_TEMPLATES.glob("canned/*.txt.j2"))
+)
+
 ON_BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 

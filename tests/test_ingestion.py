@@ -17,6 +17,7 @@ from tests.desk import (
     CAROL_AGENT,
     CUSTOMER,
     ON_BOTH_DATABASES,
+    SHIPPED_MAILS,
     DeskWorld,
     customer_mail,
     html_of,
@@ -24,7 +25,6 @@ from tests.desk import (
 )
 from tests.loopback import ScriptedSmtp
 from tests.servers import ImapAccount
-from tests.test_templates import SHIPPED_MAILS
 
 MAIL = Path(__file__).parent / "mail"
 

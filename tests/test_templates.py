@@ -21,6 +21,7 @@ from maildesk.mail.rendering import shipped_templates
 from maildesk.models import Ledger
 from tests.desk import (
     CUSTOMER,
+    SHIPPED_MAILS,
     SUPPORT_NAME,
     DeskWorld,
     LogReader,
@@ -57,10 +58,6 @@ def shipped(name: str) -> str:
 
 
 SHIPPED = Path(__file__).parent.parent / "templates"
-# every mail the desk sends from the shipped templates: one per name, and each canned reply
-SHIPPED_MAILS = len({p.name.split(".")[0] for p in SHIPPED.glob("*.j2")}) + len(
-    list(SHIPPED.glob("canned/*.txt.j2"))
-)
 
 
 def check_config(world: DeskWorld) -> tuple[int, list[str]]:
