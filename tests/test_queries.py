@@ -186,6 +186,27 @@ def test_show_gives_the_whole_timeline_with_its_files_and_a_reply_acts_on_it(
     assert "Replaced the toner" in said(world.mails_to(CUSTOMER)[-1])
 
 
+def test_show_writes_a_customers_file_name_so_no_command_can_come_of_it(
+    world: DeskWorld,
+) -> None:
+    """A file name is the customer's text too: in the answer its ``#word`` is the full-width
+    ``＃``, as in the subject and the messages; the file attached keeps the name it came with."""
+    mail = customer_mail("Printer broken", "See the file.")
+    mail.add_attachment(PHOTO, maintype="image", subtype="png", filename="#close")
+    world.deliver(mail)
+    world.run_once()
+    [answer] = ask(world, "#show 1")
+
+    text = said(answer)
+    assert "  [file] ＃close (2 KB)" in text
+    assert "  - ＃close (2 KB), attached" in text
+    html = html_of(answer)
+    assert html is not None and "<li>＃close (2 KB), attached</li>" in html
+    assert "#close (2 KB)" not in text + html
+    [photo] = [p for p in answer.message.iter_attachments()]
+    assert photo.get_filename() == "#close"
+
+
 def test_show_of_a_merged_ticket_shows_the_one_it_joined_and_no_ticket_says_so(
     world: DeskWorld,
 ) -> None:

@@ -138,7 +138,7 @@ def message_entry(
         "kind": "note" if row.internal else "message",
         "label": f"{label} from {row.sender or '(no address)'}",
         "text": commands.defang(text),
-        "files": [f"{f.filename} ({filesize(f.size)})" for f, _ in files],
+        "files": [f"{commands.defang(f.filename)} ({filesize(f.size)})" for f, _ in files],
     }
     return entry, room
 
@@ -205,7 +205,12 @@ def chosen(
             attached.append(enclosure)
         note = why.get(position, "")
         listed[index].append(
-            {"filename": file.filename, "size": file.size, "attached": not note, "note": note}
+            {
+                "filename": commands.defang(file.filename),
+                "size": file.size,
+                "attached": not note,
+                "note": note,
+            }
         )
     return tuple(attached), listed
 
