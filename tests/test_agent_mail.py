@@ -530,3 +530,40 @@ def test_a_new_below_other_text_is_refused_with_where_it_goes(world: DeskWorld) 
     said = " ".join(text_of(receipt).split())
     assert "#new must be on the first line of your message, above your text" in said
     assert "asked to start none" not in said
+
+
+def test_a_personal_address_shown_to_a_customer_is_told_to_its_agent(world: DeskWorld) -> None:
+    """She copied a customer on her mail to her personal address: the customer now holds what
+    proves mail as hers. What she asked is done; she is told with whom it was shown and how to
+    have a new one, once an hour; mail that showed it to the desk and agents alone says nothing."""
+    address = personal_address(world)
+    mail = new_mail(address, "#new dana@customer.test\n\nHello Dana.")
+    mail["Cc"] = "Dana <dana@customer.test>, Bob <bob@example.com>, erin@customer.test"
+    world.deliver(mail)
+    world.run_once()
+
+    assert [t["requester"] for t in world.tickets()] == [CUSTOMER]  # done as usual
+    [told] = [m for m in world.mails_to(ALICE) if "was shown" in str(m.message["Subject"])]
+    said = " ".join(text_of(told).split())
+    assert (
+        f"went to your personal desk address {address} and also to: dana@customer.test erin@customer.test They can see"
+        in said
+    )
+    assert "bob@example.com" not in said  # an agent
+    assert "raise address_version" in said
+    assert not world.mails_to("erin@customer.test")  # only the agent hears of it
+
+    # again within the hour: held back, counted in the next one
+    again = new_mail(address, "#new erin@customer.test\n\nHello Erin.", subject="Two")
+    again["Cc"] = "erin@customer.test"
+    world.deliver(again)
+    world.run_once()
+    assert len([m for m in world.mails_to(ALICE) if "was shown" in str(m.message["Subject"])]) == 1
+
+    # to the desk and an agent alone: nothing to tell
+    world.clock.advance(hours=2)
+    quiet = new_mail(address, "#new dana@customer.test\n\nHello again.", subject="Three")
+    quiet["Cc"] = "bob@example.com"
+    world.deliver(quiet)
+    world.run_once()
+    assert len([m for m in world.mails_to(ALICE) if "was shown" in str(m.message["Subject"])]) == 1

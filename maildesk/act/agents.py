@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.act import files, guard, holding, merging, queries
+from maildesk.act import exposure, files, guard, holding, merging, queries
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk
 from maildesk.act.notices import CUSTOMER_MAILS, agent_mail, enqueue, not_mailed, uncopied
@@ -51,6 +51,7 @@ def agent_message(scene: Scene, agent: AgentSettings) -> AgentOutcome:
     proof = prove(desk, scene.ticket.id, inbound, agent, scene.now, merged=merged)
     if not proof.ok:
         return refuse_unverified(scene, agent, proof, parsed)
+    exposure.check(scene.session, desk, agent, proof, inbound, scene.now)
     on = commands.OnTicket(
         scene.ticket.requester,
         tuple(p.address for p in scene.ticket.participants),

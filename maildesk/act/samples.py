@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from maildesk.act import agents, digest, notices, oversize, queries, showing, starts, stats
+from maildesk.act import (
+    agents,
+    digest,
+    exposure,
+    notices,
+    oversize,
+    queries,
+    showing,
+    starts,
+    stats,
+)
 from maildesk.act.means import Desk
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, ConfigError
@@ -468,6 +478,16 @@ def _without_ticket(make: _Maker) -> dict[str, list[dict[str, Any]]]:
         "agent_start": [
             made("receipt", "agent_start", refused=[], subject=subject, help=commands.HELP),
             made("receipt", "agent_start", refused=refused, subject="", help=commands.HELP),
+        ],
+        "agent_address_shown": [
+            made(
+                exposure.SHOWN,
+                exposure.TEMPLATE,
+                shown_to=["dana@customer.test", "erin@customer.test"],
+                more=3,
+                subject=subject,
+                count=2,
+            ),
         ],
         "agent_address": [
             made(

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from maildesk.act import agents, guard, queries, tickets
+from maildesk.act import agents, exposure, guard, queries, tickets
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
 from maildesk.act.notices import enqueue
@@ -76,6 +76,7 @@ def from_agent(arrival: Arrival, sender: str) -> Started:
     proof = agents.prove(desk, None, inbound, agent, arrival.now)
     if not proof.ok:
         return unproven(arrival, agent, proof, parsed)
+    exposure.check(arrival.session, desk, agent, proof, inbound, arrival.now)
     asking = desk_queries.asking(inbound.subject, inbound.reply_text)
     if asking is not None:
         lines = desk_queries.asked(asking, agent.email, desk.directory.teams)
