@@ -19,6 +19,8 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from maildesk.config import ConfigError, Settings
 from maildesk.config.secret import MIN_SECRET_LENGTH, derive_loop_id
 from maildesk.database import HEAD_REVISION, Database
@@ -60,7 +62,15 @@ def desk_secret(db: Database, data_dir: Path, config: Path) -> bytes:
     old = _old_secret(old_path, config, moving=kept is None)
     if kept is None:
         candidate = old or secrets.token_urlsafe(32)
-        kept = _keep_first(db, candidate)
+        try:
+            kept = _keep_first(db, candidate)
+        except DBAPIError as exc:  # a role without INSERT, a read-only server: the admin's to fix
+            reason = str(exc.orig or exc).strip().splitlines() or [type(exc).__name__]
+            raise ConfigError(
+                f"{config}: [database] url: the database refused to keep the desk's secret "
+                f"(table desk_state): {reason[0]}; grant this role INSERT on it, or set [desk] "
+                "secret_file"
+            ) from None
         if kept == candidate:  # not another host's, put in a moment before
             log.info(
                 "the desk's secret is now kept in the database, shared by every host on it: %s",
