@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from maildesk.demo.world import Captured
 from maildesk.models import Event, Ledger, Message, Outbox, Ticket
+from maildesk.ui import cli
 from tests.desk import (
     ALICE,
     BOB,
@@ -390,32 +391,38 @@ def test_a_removed_agents_personal_address_proves_nothing(world: DeskWorld) -> N
 # --------------------------------------------------------------------------- tickets list
 
 
-def listed(world: DeskWorld, *flags: str) -> list[str]:
-    done = world.cli("tickets", "list", "--json", *flags)
-    assert done.returncode == 0, done.stderr
-    return [t["ref"] for t in json.loads(done.stdout)]
+def listed(world: DeskWorld, capsys: pytest.CaptureFixture[str], *flags: str) -> list[str]:
+    """``maildesk tickets list --json FLAGS`` run in this process (as ``world.cli`` runs it in
+    its own, a second's start each), the refs it lists."""
+    capsys.readouterr()
+    code = cli.main(["--config", str(world.config_path), "tickets", "list", "--json", *flags])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return [t["ref"] for t in json.loads(out.out)]
 
 
 @ON_BOTH_DATABASES
-def test_tickets_list_filters_as_list_does(world: DeskWorld) -> None:
+def test_tickets_list_filters_as_list_does(
+    world: DeskWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
     notice = queue(world)
     world.deliver(agent_reply(notice, ALICE, "#tag printer"))
     world.run_once()
-    assert listed(world) == ["[#1]", "[#2]"]
-    assert listed(world, "--assignee", ALICE) == ["[#1]"]
-    assert listed(world, "--assignee", "none") == ["[#2]"]
-    assert listed(world, "--team", "Support") == ["[#1]", "[#2]"]
-    assert listed(world, "--team", "engineering") == []
-    assert listed(world, "--tag", "printer") == ["[#1]"]
-    assert listed(world, "--requester", ERIN) == ["[#2]"]
-    assert listed(world, "--since", "2026-11-26T09:30") == ["[#2]"]
-    assert listed(world, "--since", "2026-11-26T10:30+01:00") == ["[#2]"]
-    assert listed(world, "--since", "2026-11-27") == []
-    assert listed(world, "--sla-breached") == []
+    assert listed(world, capsys) == ["[#1]", "[#2]"]
+    assert listed(world, capsys, "--assignee", ALICE) == ["[#1]"]
+    assert listed(world, capsys, "--assignee", "none") == ["[#2]"]
+    assert listed(world, capsys, "--team", "Support") == ["[#1]", "[#2]"]
+    assert listed(world, capsys, "--team", "engineering") == []
+    assert listed(world, capsys, "--tag", "printer") == ["[#1]"]
+    assert listed(world, capsys, "--requester", ERIN) == ["[#2]"]
+    assert listed(world, capsys, "--since", "2026-11-26T09:30") == ["[#2]"]
+    assert listed(world, capsys, "--since", "2026-11-26T10:30+01:00") == ["[#2]"]
+    assert listed(world, capsys, "--since", "2026-11-27") == []
+    assert listed(world, capsys, "--sla-breached") == []
     world.clock.advance(hours=3, minutes=30)  # [#1] was due at 13:00, [#2] at 14:00
     world.run_once()  # the timers mark [#1] missed
-    assert listed(world, "--sla-breached") == ["[#1]"]
-    assert listed(world, "--sla-breached", "--assignee", "none") == []
+    assert listed(world, capsys, "--sla-breached") == ["[#1]"]
+    assert listed(world, capsys, "--sla-breached", "--assignee", "none") == []
     [answer] = ask(world, "#list overdue\n#list all")
     overdue, everything = said(answer).split("\n== ")[1:3]
     assert "[#1]  open, medium, 4h 30m old, SLA due: missed: first response" in overdue
