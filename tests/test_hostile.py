@@ -167,7 +167,7 @@ def test_customer_text_is_never_a_template_nor_html(world: DeskWorld) -> None:
     assert "{{ 7*7 }}" in str(ack.message["Subject"])
     notices = world.wait_mails_to(ALICE, 1)
     text = text_of(notices[0])
-    assert "{{ 7*7 }}" in text and "49" not in text
+    assert "Total: {{ 7*7 }}" in text and "Total: 49" not in text  # (not the IMAP user49)
     assert "{{ cycler.__init__.__globals__ }}" in text and "__builtins__" not in text
     assert "{% for x in range(3) %}loop{% endfor %}" in text and "looploop" not in text
     [ticket] = world.tickets()
