@@ -81,17 +81,26 @@ class _Listener:
         self.port = port
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
+        self._open = False  # whether a connection made now is served (not between stop, start)
 
     @property
     def running(self) -> bool:
         return self._server is not None
 
-    def track(self, transport: asyncio.BaseTransport) -> None:
+    def track(self, transport: asyncio.BaseTransport) -> bool:
+        """Serve ``transport``, unless the listener stopped since the connection was accepted
+        (its handler runs after ``stop`` dropped the others): then it is dropped too, and
+        False says so."""
+        if not self._open:
+            transport.abort()  # type: ignore[attr-defined]
+            return False
         self._transports.add(transport)
+        return True
 
     def start(self, create: Callable[[int], Coroutine[Any, Any, asyncio.Server]]) -> None:
         if self._server is not None:
             return
+        self._open = True
         self._server = self._loop.call(create(self.port))
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -99,6 +108,7 @@ class _Listener:
         server, self._server = self._server, None
         if server is None:
             return
+        self._open = False
 
         async def shut() -> None:
             server.close()
@@ -245,7 +255,8 @@ class ImapServer(_Served):
         imap = IMAPServer(self._backend.login, self._config)
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._listener.track(writer.transport)
+            if not self._listener.track(writer.transport):
+                return
             info = SocketInfo.get(writer, None, unique_id=uuid.uuid4().bytes)
             await imap(reader, writer, info)
 
@@ -491,8 +502,8 @@ class _TrackedSMTP(SMTP):
         self._listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._listener.track(transport)
         super().connection_made(transport)
+        self._listener.track(transport)  # dropped at once when the listener has stopped
 
 
 # --------------------------------------------------------------------------- both
