@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 
 from maildesk.act import stats
 from maildesk.act.means import Desk
+from maildesk.act.notices import personal_address
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings, Settings
 from maildesk.database import Database
 from maildesk.desk import commands, sla, timers
 from maildesk.desk import digest as calendar
-from maildesk.mail import marks
 from maildesk.mail.compose import Enclosure
 from maildesk.models import SHELVED, DatabaseError, DigestSent, Ticket
 
@@ -146,14 +146,13 @@ def agent_mail(desk: Desk, agent: AgentSettings, when: tuple[date, datetime], li
     """The agent's digest of ``lists`` on that day; its Reply-To is her personal address."""
     day, now = when
     context = agent_context(desk, day, now, lists)
-    secret, address = desk.settings.desk.secret, desk.settings.desk.address
     return Mail(
         kind="digest",
         template="agent_digest",
         to=agent.email,
         context={"agent": {"email": agent.email, "name": agent.name}, **context},
         to_agent=True,
-        reply_to=marks.personal_address(secret, address, agent.email, agent.address_version),
+        reply_to=personal_address(desk, agent),
     )
 
 

@@ -17,12 +17,11 @@ from sqlalchemy.orm import Session
 
 from maildesk.act import guard
 from maildesk.act.means import Desk
-from maildesk.act.notices import enqueue
+from maildesk.act.notices import enqueue, personal_address
 from maildesk.act.outbox import Mail
 from maildesk.act.people import outsiders
 from maildesk.config import AgentSettings
 from maildesk.desk import auth
-from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 
 log = logging.getLogger("maildesk.agents")
@@ -56,10 +55,7 @@ def check(
     seen = shown_to(desk, inbound)
     if not seen:
         return
-    settings = desk.settings.desk
-    address = marks.personal_address(
-        settings.secret, settings.address, agent.email, agent.address_version
-    )
+    address = personal_address(desk, agent)
     cap = guard.hourly(session, SHOWN, agent.email, now)
     mail = Mail(
         kind=SHOWN,

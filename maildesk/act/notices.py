@@ -182,6 +182,21 @@ def notice_text(ticket: Ticket, text: str) -> str:
     )
 
 
+def token_address(desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime) -> str:
+    """The address that acts on ``ticket`` as ``agent``: their reply token for it."""
+    expires = now + timedelta(days=desk.settings.security.token_days)
+    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
+    return marks.reply_address(desk.settings.desk.address, token)
+
+
+def personal_address(desk: Desk, agent: AgentSettings) -> str:
+    """``agent``'s personal desk address: what proves mail on no ticket as theirs."""
+    settings = desk.settings.desk
+    return marks.personal_address(
+        settings.secret, settings.address, agent.email, agent.address_version
+    )
+
+
 def agent_mail(
     desk: Desk,
     ticket: Ticket,
@@ -196,8 +211,6 @@ def agent_mail(
     for key in ("text", "summary"):
         if isinstance(context.get(key), str):
             context[key] = notice_text(ticket, context[key])
-    expires = now + timedelta(days=desk.settings.security.token_days)
-    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
     return Mail(
         kind=kind,
         template=template,
@@ -211,7 +224,7 @@ def agent_mail(
         },
         automatic=True,
         to_agent=True,
-        reply_to=marks.reply_address(desk.settings.desk.address, token),
+        reply_to=token_address(desk, ticket, agent, now),
         references=thread_ids(ticket),
         actions=one_tap(desk, ticket, agent, template),
     )

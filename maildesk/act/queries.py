@@ -17,12 +17,11 @@ from sqlalchemy.orm import Session
 
 from maildesk.act import search, selection, showing
 from maildesk.act.means import Desk
-from maildesk.act.notices import agent_mail, enqueue
+from maildesk.act.notices import agent_mail, enqueue, personal_address, token_address
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
 from maildesk.desk import commands, guide, queries
 from maildesk.desk.timers import utc_text
-from maildesk.mail import marks
 from maildesk.models import Ticket
 
 log = logging.getLogger("maildesk.tickets")  # the logs name the job, not the module path
@@ -79,9 +78,7 @@ def answer_mail(
     subject), else about none, its Reply-To the agent's personal address. The list of commands
     when the agent asked (``#help``) or a query was refused."""
     tickets = {show.ticket.id: show.ticket for show in shows if show.ticket is not None}
-    address = marks.personal_address(
-        desk.settings.desk.secret, desk.settings.desk.address, agent.email, agent.address_version
-    )
+    address = personal_address(desk, agent)
     asks_help = any(s["kind"] in ("help", "refused") for s in sections)
     context = {
         "sections": sections,
@@ -98,7 +95,7 @@ def answer_mail(
     for section in sections:
         shown = tickets.get(section.get("number", 0)) if section["kind"] == "show" else None
         if shown is not None:
-            section["address"] = reply_address(desk, shown, agent, now)
+            section["address"] = token_address(desk, shown, agent, now)
     return Mail(
         kind=KIND,
         template=TEMPLATE,
@@ -118,20 +115,11 @@ def on_ticket(desk: Desk, agent: AgentSettings, parsed: commands.Parsed) -> tupl
     when one of them is a query (on a ticket they are no commands)."""
     if not any(c.verb in queries.VERBS and c.verb != "help" for c in parsed.commands):
         return ()
-    address = marks.personal_address(
-        desk.settings.desk.secret, desk.settings.desk.address, agent.email, agent.address_version
-    )
+    address = personal_address(desk, agent)
     return (
         "#list, #show and #search are queries, not commands for a ticket: mail them on lines "
         f"of their own to your personal desk address, {address}",
     )
-
-
-def reply_address(desk: Desk, ticket: Ticket, agent: AgentSettings, now: datetime) -> str:
-    """The address that acts on ``ticket`` as ``agent`` (their reply token for it)."""
-    expires = now + timedelta(days=desk.settings.security.token_days)
-    token = marks.make_token(desk.settings.desk.secret, agent.email, ticket.id, expires)
-    return marks.reply_address(desk.settings.desk.address, token)
 
 
 def listed(session: Session, desk: Desk, query: queries.ListQuery, now: datetime) -> dict[str, Any]:

@@ -19,12 +19,11 @@ from sqlalchemy.orm import Session
 from maildesk.act import agents, exposure, guard, queries, tickets
 from maildesk.act.apply import Scene, carry_out, state_of
 from maildesk.act.means import Desk, StoredMail
-from maildesk.act.notices import enqueue
+from maildesk.act.notices import enqueue, personal_address
 from maildesk.act.outbox import Mail
 from maildesk.config import AgentSettings
 from maildesk.desk import auth, commands, starts
 from maildesk.desk import queries as desk_queries
-from maildesk.mail import marks
 from maildesk.mail.inbound import Inbound
 from maildesk.mail.parse.forward import Forwarded
 from maildesk.models import Ticket
@@ -170,12 +169,6 @@ def as_written(inbound: Inbound, forwarded: Forwarded) -> Inbound:
     )
 
 
-def personal(desk: Desk, agent: AgentSettings) -> str:
-    """``agent``'s personal desk address."""
-    secret, address = desk.settings.desk.secret, desk.settings.desk.address
-    return marks.personal_address(secret, address, agent.email, agent.address_version)
-
-
 def shown_subject(subject: str) -> str:
     """A subject quoted in mail to an agent, who may answer it: no ``#`` in it is a command or
     a ticket's ref (a forger chooses it)."""
@@ -184,7 +177,7 @@ def shown_subject(subject: str) -> str:
 
 def to_agent(desk: Desk, agent: AgentSettings, kind: str, template: str, **context: Any) -> Mail:
     """A mail to ``agent`` about no ticket; its Reply-To is their personal desk address."""
-    address = personal(desk, agent)
+    address = personal_address(desk, agent)
     return Mail(
         kind=kind,
         template=template,
